@@ -1,0 +1,227 @@
+"""Command line: `chatterm [CHECKPOINT]` chats; subcommands generate, convert, train, bench.
+
+Errors a user can cause (a bad path, a broken checkpoint, an absurd setting) end with one line on
+stderr and exit code 2; tracebacks are only for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+
+from . import __version__
+
+SUBCOMMANDS = ("chat", "generate", "convert", "train", "bench")
+# Modules that register their own subcommand with `add_parser(subparsers)`.
+PLUGGED = {"train": "chatterm.train.command", "bench": "chatterm.bench"}
+SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window", "max_new_tokens", "seed")
+
+
+class UserError(Exception):
+    """Ends the program with a one-line message and exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
+        argv.insert(0, "chat")  # `chatterm [CHECKPOINT] [flags]` means `chatterm chat ...`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"chatterm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # user-caused errors from the lower layers carry one-line messages
+        from .model.errors import CheckpointError
+
+        if isinstance(e, (CheckpointError, FileNotFoundError)):
+            print(f"chatterm: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatterm", description="Chat with GPT-style checkpoints in the terminal.")
+    parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL")
+    _add_model_args(chat)
+    _add_sampling_args(chat)
+    chat.add_argument("--plain", action="store_true", help="plain line REPL instead of the TUI")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--theme", help="colour theme")
+    chat.add_argument("--config", help="config file (default: the user config dir's config.toml)")
+    chat.set_defaults(func=cmd_chat)
+
+    gen = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
+    _add_model_args(gen)
+    _add_sampling_args(gen)
+    gen.add_argument("--prompt", required=True, help="prompt text, or - to read stdin")
+    gen.add_argument("--chat", action="store_true", help="treat the prompt as one user message of a chat")
+    gen.add_argument("--stats", action="store_true", help="print speed figures to stderr at the end")
+    gen.set_defaults(func=cmd_generate)
+
+    conv = sub.add_parser("convert", help="convert a checkpoint to chatterm's safetensors format")
+    conv.add_argument("src", help="checkpoint to read (any supported format)")
+    conv.add_argument("dst", help="folder to write")
+    conv.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
+    conv.add_argument("--dtype", default=None, help="store weights as fp32, bf16 or fp16 (default: as loaded)")
+    conv.set_defaults(func=cmd_convert)
+
+    for name, module in PLUGGED.items():
+        try:
+            import_module(module).add_parser(sub)
+        except ImportError as e:
+            stub = sub.add_parser(name, help=f"(unavailable: {e})")
+            stub.set_defaults(func=lambda args, e=e: _raise(UserError(f"this command is unavailable ({e})")))
+    return parser
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", nargs="?", help="checkpoint file or folder (default: the shipped chat model)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
+    p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    for name in SAMPLING_FLAGS:
+        g.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="N")
+    g.add_argument("--stop", action="append", default=None, help="extra stop string (repeatable)")
+
+
+def _sampling_overrides(args) -> dict:
+    values = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
+    if args.stop:
+        values["stop"] = args.stop
+    return values
+
+
+def _apply_sampling(settings, args) -> None:
+    try:
+        settings.update(_sampling_overrides(args))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _raise(e: Exception):
+    raise e
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_chat(args) -> int:
+    from .session.config import default_checkpoint, load_config
+
+    config, problems = load_config(args.config)
+    for name in ("device", "dtype", "theme"):
+        if getattr(args, name):
+            setattr(config, name, getattr(args, name))
+    if args.system is not None:
+        config.system_prompt = args.system
+    _apply_sampling(config.sampling, args)
+    checkpoint = args.checkpoint or config.model or str(default_checkpoint())
+    if args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return _plain_chat(config, checkpoint, problems, args)
+    from .ui.app import ChatApp
+
+    ChatApp(config, checkpoint, problems).run()
+    return 0
+
+
+def _plain_chat(config, checkpoint, problems, args) -> int:
+    from .repl import PlainChat
+    from .session import ChatSession, ConversationStore, Conversation
+    from .session.config import data_dir
+
+    for problem in problems:
+        print(f"chatterm: warning: {problem}", file=sys.stderr)
+
+    def load(path):
+        return _load_backend(path, config.device, config.dtype, args.n_head)
+
+    session = ChatSession(
+        load(checkpoint),
+        config.sampling,
+        Conversation(system=config.system_prompt),
+        ConversationStore(data_dir() / "conversations"),
+    )
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        info = session.backend.info
+        print(f"chatterm: {info.name} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit", file=sys.stderr)
+        print("> ", end="", flush=True)
+    return PlainChat(session, load_backend=load).run(sys.stdin)
+
+
+def _load_backend(path, device, dtype, n_head=None):
+    from .session.local_backend import LocalBackend
+
+    try:
+        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head)
+    except ValueError as e:  # bad --device / --dtype
+        raise UserError(str(e)) from None
+
+
+def cmd_generate(args) -> int:
+    from .engine.events import Finished, TextDelta
+    from .engine.settings import SamplingSettings
+    from .session import ChatSession, Conversation
+    from .session.config import default_checkpoint
+    from .session.sanitize import printable
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    if not prompt:
+        raise UserError("the prompt is empty")
+    settings = SamplingSettings()
+    _apply_sampling(settings, args)
+    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head)
+    if args.chat:
+        events = ChatSession(backend, settings, Conversation()).send(prompt)
+    else:
+        ids = backend.tokenizer.encode(prompt)
+        limit = backend.info.context_window - 1
+        events = backend.generator.stream(ids[-limit:], settings)
+    done = None
+    for event in events:
+        if isinstance(event, TextDelta):
+            sys.stdout.write(printable(event.text))  # `| cat` still reaches a terminal
+            sys.stdout.flush()
+        elif isinstance(event, Finished):
+            done = event
+    sys.stdout.write("\n")
+    if done is not None and args.stats:
+        print(
+            f"{done.new_tokens} tokens, stop: {done.stop_reason}, time to first token {done.ttft_s * 1000:.0f} ms, "
+            f"{done.tokens_per_s:.1f} tokens/s",
+            file=sys.stderr,
+        )
+    if done is not None and done.error:
+        print(f"chatterm: error: {done.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .model import load_checkpoint, pick_dtype, save_checkpoint
+
+    try:
+        dtype = pick_dtype(args.dtype, __import__("torch").device("cpu"))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    ckpt = load_checkpoint(args.src, dtype=dtype, n_head=args.n_head)
+    meta = dict(ckpt.meta)
+    if "tokenizer" not in meta and ckpt.config.vocab_size >= 50257:
+        meta["tokenizer"] = {"type": "gpt2"}
+    meta.setdefault("name", ckpt.name)
+    meta["converted_from"] = {"path": str(ckpt.path), "format": ckpt.format}
+    out = save_checkpoint(args.dst, ckpt.model, meta)
+    print(f"wrote {out} ({ckpt.format} -> chatterm, {ckpt.model.num_params():,} parameters)")
+    return 0

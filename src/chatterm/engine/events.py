@@ -1,0 +1,56 @@
+"""What a generation stream yields. Plain data: no torch, safe to hand to any front end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New reply text, safe to show: never part of a stop string or of a split character."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One sampled token with the distribution it was drawn from (after the sampling filters)."""
+
+    index: int  # 0 for the first new token
+    token_id: int
+    text: str  # the token on its own, for display
+    prob: float
+    candidates: tuple[tuple[int, str, float], ...]  # (id, text, prob), most likely first
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    """Old turns were dropped (before or during the reply) to fit the context window."""
+
+    dropped_turns: int
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a reply, with its statistics. Always the last event of a stream."""
+
+    text: str  # the whole reply as streamed (stop string excluded)
+    stop_reason: str  # "stop", "eos", "length", "cancelled", "error"
+    prompt_tokens: int  # tokens in the context when the reply started
+    prefill_tokens: int  # of those, how many had to be computed (the rest came from the cache)
+    new_tokens: int
+    ttft_s: float  # time to first token
+    elapsed_s: float
+    token_ids: tuple[int, ...] = field(default=())  # generated ids wholly inside `text`
+    error: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed: tokens after the first over the time after the first."""
+        decode_time = self.elapsed_s - self.ttft_s
+        return (self.new_tokens - 1) / decode_time if self.new_tokens > 1 and decode_time > 0 else 0.0
+
+
+Event = TextDelta | TokenStep | ContextTrimmed | Finished
+STOP_REASONS = ("stop", "eos", "length", "cancelled", "error")

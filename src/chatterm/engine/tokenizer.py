@@ -1,0 +1,124 @@
+"""Text <-> token ids, always through tiktoken, always offline.
+
+Two kinds of tokenizer, described by a small JSON-able spec stored in checkpoints:
+- `{"type": "gpt2"}`: OpenAI's GPT-2 BPE, read from the `vocab.bpe`/`encoder.json` files shipped
+  inside this package and checked against tiktoken's own sha256 hashes (no download, ever);
+- `{"type": "bpe", "pat_str": ..., "ranks": [base64 token bytes, in rank order],
+  "special_tokens": {"<|endoftext|>": id}}`: a checkpoint's own byte-level BPE, so small models
+  can have small vocabularies.
+
+User text is encoded with `encode_ordinary`: typing "<|endoftext|>" in a chat is just text.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from pathlib import Path
+
+import tiktoken
+
+ENDOFTEXT = "<|endoftext|>"
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+# GPT-2's pre-tokenization pattern (tiktoken's r50k); also the default for our own BPEs.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+_BPE_DIR = Path(__file__).parent / "gpt2_bpe"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer spec that cannot be used."""
+
+
+class Tokenizer:
+    def __init__(self, encoding: tiktoken.Encoding, spec: dict) -> None:
+        self.encoding = encoding
+        self.spec = spec
+        self.eot_id: int | None = encoding._special_tokens.get(ENDOFTEXT)
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_spec(cls, spec: dict | None) -> "Tokenizer":
+        spec = spec or {"type": "gpt2"}
+        kind = spec.get("type")
+        if kind == "gpt2":
+            return cls(_gpt2_encoding(), {"type": "gpt2"})
+        if kind == "bpe":
+            try:
+                ranks = {base64.b64decode(tok): rank for rank, tok in enumerate(spec["ranks"])}
+                special = {str(k): int(v) for k, v in spec.get("special_tokens", {}).items()}
+                encoding = tiktoken.Encoding(
+                    name=spec.get("name", "custom-bpe"),
+                    pat_str=spec.get("pat_str", GPT2_PATTERN),
+                    mergeable_ranks=ranks,
+                    special_tokens=special,
+                )
+            except (KeyError, ValueError, TypeError) as e:
+                raise TokenizerError(f"bad BPE tokenizer spec ({e})") from e
+            return cls(encoding, spec)
+        raise TokenizerError(f"unknown tokenizer type {kind!r}; expected 'gpt2' or 'bpe'")
+
+    @classmethod
+    def gpt2(cls) -> "Tokenizer":
+        return cls.from_spec({"type": "gpt2"})
+
+    @staticmethod
+    def bpe_spec(ranks: list[bytes], special_tokens: dict[str, int], pat_str: str = GPT2_PATTERN, name: str = "bpe") -> dict:
+        """The spec of a byte-level BPE given its token bytes in rank order."""
+        return {
+            "type": "bpe",
+            "name": name,
+            "pat_str": pat_str,
+            "ranks": [base64.b64encode(t).decode("ascii") for t in ranks],
+            "special_tokens": special_tokens,
+        }
+
+    # -- use -----------------------------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        """Ids 0..n_vocab-1 are real tokens; a model's embedding may have more rows (padding)."""
+        return self.encoding.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids, errors="replace")
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        return self.encoding.decode_bytes(ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(token_id)
+
+    def token_text(self, token_id: int) -> str:
+        """A token shown on its own (for the inspector); partial UTF-8 shows as escapes."""
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_encoding() -> tiktoken.Encoding:
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(_BPE_DIR / "vocab.bpe"),
+            encoder_json_file=str(_BPE_DIR / "encoder.json"),
+            vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256,
+            encoder_json_hash=GPT2_ENCODER_JSON_SHA256,
+        )
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"the GPT-2 BPE files shipped in {_BPE_DIR} are missing or damaged ({e})") from e
+    return tiktoken.Encoding(
+        name="gpt2",
+        explicit_n_vocab=50257,
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: 50256},
+    )

@@ -1,0 +1,110 @@
+"""ChatSession: what every front end drives.
+
+It ties a conversation, the live sampling settings and a backend together and offers the chat
+actions (send, regenerate, undo, edit, clear, system prompt), each as one call. Replies are
+generators of engine events, meant to be consumed in a worker thread; nothing here knows about
+Textual or terminals. After every reply the conversation is autosaved, if a store is given.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator
+
+from ..engine.events import Event
+from ..engine.settings import SamplingSettings
+from .backend import ChatBackend
+from .conversation import Conversation
+from .persistence import ConversationStore
+
+MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
+
+
+class ChatSession:
+    def __init__(
+        self,
+        backend: ChatBackend | None = None,
+        settings: SamplingSettings | None = None,
+        conversation: Conversation | None = None,
+        store: ConversationStore | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings or SamplingSettings()
+        self.conversation = conversation or Conversation()
+        self.store = store
+        self.cancel = threading.Event()
+
+    # -- replies (run these in a worker thread) ------------------------------------------------
+
+    def send(self, text: str, *, inspect: int = 0) -> Iterator[Event]:
+        """Add a user message and stream the reply."""
+        text = clean_message(text)
+        self.conversation.add("user", text)
+        self.save()
+        return self._reply(inspect)
+
+    def regenerate(self, *, inspect: int = 0) -> Iterator[Event]:
+        """Replace the last reply with a new one."""
+        if not self.conversation.turns:
+            raise ValueError("nothing to regenerate yet")
+        self.conversation.pop_reply()
+        return self._reply(inspect)
+
+    def _reply(self, inspect: int) -> Iterator[Event]:
+        if self.backend is None:
+            raise ValueError("no model is loaded yet")
+        self.cancel.clear()
+        try:
+            yield from self.backend.reply(self.conversation, self.settings, cancel=self.cancel, inspect=inspect)
+        finally:
+            self.save()
+
+    def stop(self) -> None:
+        """Ask the reply in flight to stop; it ends within one decode step."""
+        self.cancel.set()
+
+    # -- editing -------------------------------------------------------------------------------
+
+    def undo(self) -> bool:
+        """Remove the last exchange (user message and reply). False when there is none."""
+        removed = self.conversation.pop_exchange()
+        self.save()
+        return bool(removed)
+
+    def edit_last(self) -> str:
+        """Remove the last exchange and return the user's message, to edit and send again."""
+        removed = self.conversation.pop_exchange()
+        self.save()
+        return removed[0].text if removed else ""
+
+    def clear(self) -> None:
+        """Start a new conversation (the old one stays saved), keeping the system prompt."""
+        self.conversation = Conversation(system=self.conversation.system)
+
+    def set_system(self, text: str) -> None:
+        self.conversation.system = text.strip()
+        self.save()
+
+    def load_conversation(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+
+    def context_tokens(self) -> int:
+        if self.backend is None:
+            return 0
+        return self.backend.context_tokens(self.conversation, self.settings)
+
+    def save(self) -> None:
+        if self.store is not None and self.conversation.turns:
+            self.store.save(self.conversation)
+
+
+def clean_message(text: str) -> str:
+    """Check and tidy a message before it joins the conversation (raises ValueError)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty message: type something first")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ValueError(f"message too long ({len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,})")
+    # Control characters other than newline and tab mean nothing to a model and can confuse
+    # terminals when echoed back; drop them.
+    text = "".join(ch for ch in text if ch in "\n\t" or ch >= " " and ch != "\x7f")
+    return text.replace("\r\n", "\n").strip()

@@ -1,0 +1,109 @@
+"""A conversation: a system prompt and alternating user/assistant turns, plus where it lives.
+
+Turns keep their text for display and, once a local backend has seen them, the exact token ids
+they occupy in the model's context (`ids`, tagged with the tokenizer they belong to), so the
+next prompt repeats those ids exactly and the KV cache can be reused. `context_start` is the
+index of the oldest turn still in the model's context (older ones were dropped to fit).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+ROLES = ("user", "assistant")
+
+
+@dataclass(eq=False)
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str
+    stopped: bool = False  # an assistant reply cut short (Esc, error, length)
+    note: str = ""  # a short remark shown under the turn ("stopped", an error message)
+    ids: list[int] | None = field(default=None, repr=False)  # tokens in context, see module doc
+    ids_key: str = field(default="", repr=False)  # which tokenizer/template produced `ids`
+
+    def to_dict(self) -> dict:
+        data = {"role": self.role, "text": self.text}
+        if self.stopped:
+            data["stopped"] = True
+        if self.note:
+            data["note"] = self.note
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Turn":
+        role, text = data.get("role"), data.get("text")
+        if role not in ROLES or not isinstance(text, str):
+            raise ValueError(f"bad turn {data!r:.80}")
+        return cls(role=role, text=text, stopped=bool(data.get("stopped")), note=str(data.get("note", "")))
+
+
+@dataclass(eq=False)
+class Conversation:
+    system: str = ""
+    turns: list[Turn] = field(default_factory=list)
+    id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+    created: float = field(default_factory=time.time)
+    context_start: int = 0  # oldest turn still in the model's context
+
+    @property
+    def title(self) -> str:
+        first = next((t.text for t in self.turns if t.role == "user"), "")
+        first = " ".join(first.split())
+        return (first[:60] + "…") if len(first) > 60 else (first or "New chat")
+
+    def add(self, role: str, text: str, **kwargs) -> Turn:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+        turn = Turn(role=role, text=text, **kwargs)
+        self.turns.append(turn)
+        return turn
+
+    def pop_exchange(self) -> list[Turn]:
+        """Remove the last user message and everything after it (the undo of one exchange)."""
+        for i in range(len(self.turns) - 1, -1, -1):
+            if self.turns[i].role == "user":
+                removed, self.turns = self.turns[i:], self.turns[:i]
+                self.context_start = min(self.context_start, len(self.turns))
+                return removed
+        return []
+
+    def pop_reply(self) -> Turn | None:
+        """Remove the last assistant turn (before regenerating it)."""
+        if self.turns and self.turns[-1].role == "assistant":
+            return self.turns.pop()
+        return None
+
+    def clear(self) -> None:
+        self.turns.clear()
+        self.context_start = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "created": self.created,
+            "system": self.system,
+            "turns": [t.to_dict() for t in self.turns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Conversation":
+        if not isinstance(data, dict) or not isinstance(data.get("turns", []), list):
+            raise ValueError("not a chatterm conversation")
+        conv = cls(system=str(data.get("system", "")), turns=[Turn.from_dict(t) for t in data.get("turns", [])])
+        if isinstance(data.get("id"), str):
+            conv.id = data["id"]
+        if isinstance(data.get("created"), (int, float)):
+            conv.created = float(data["created"])
+        return conv
+
+    def to_markdown(self) -> str:
+        lines = [f"# {self.title}", ""]
+        if self.system:
+            lines += [f"**System:** {self.system}", ""]
+        for turn in self.turns:
+            who = "User" if turn.role == "user" else "Assistant"
+            lines += [f"**{who}:** {turn.text}" + (f" *({turn.note})*" if turn.note else ""), ""]
+        return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""Build the prompt token ids for a conversation, fitted to the context window.
+
+The prompt is: system prompt + the turns from `conversation.context_start` on + the assistant
+prefix. Every turn is tokenized once and its ids kept on the turn, so consecutive prompts share
+an exact prefix and the KV cache is reused.
+
+Fitting: the budget is the context window minus room reserved for the reply. When the prompt
+does not fit, whole oldest exchanges are dropped (the system prompt and the latest user message
+always stay), and not just until it fits but until it is about half the window: then the next
+several turns append to the same prefix instead of shifting the window every turn (positions are
+learned, so a shifted context must be prefilled again from scratch). A latest user message that
+alone is too long keeps its tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .conversation import Conversation, Turn
+from .template import ChatTemplate
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    dropped_turns: int  # turns newly dropped from the context by this call
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer, template: ChatTemplate, context_window: int) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.window = context_window
+        self.key = f"{id(tokenizer)}:{hash(template)}"  # turns' cached ids are valid for this pair
+        self._prefix = tokenizer.encode(template.assistant_prefix)
+
+    def reserve_for_reply(self, max_new_tokens: int) -> int:
+        return max(1, min(max_new_tokens, self.window // 2))
+
+    def turn_ids(self, turn: Turn) -> list[int]:
+        if turn.ids is None or turn.ids_key != self.key:
+            turn.ids = self.tokenizer.encode(self.template.render_turn(turn.role, turn.text))
+            turn.ids_key = self.key
+        return turn.ids
+
+    def system_ids(self, conversation: Conversation) -> list[int]:
+        if not conversation.system:
+            return []
+        return self.tokenizer.encode(self.template.render_turn("system", conversation.system))
+
+    def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
+        """Prompt ids asking for the next assistant turn; may advance `context_start`."""
+        turns = conversation.turns
+        if not turns or turns[-1].role != "user":
+            raise ValueError("the conversation must end with a user message")
+        budget = self.window - self.reserve_for_reply(max_new_tokens)
+        system = self.system_ids(conversation)
+        start = min(conversation.context_start, len(turns) - 1)
+        lengths = [len(self.turn_ids(t)) for t in turns]
+        fixed = len(system) + len(self._prefix)
+        total = fixed + sum(lengths[start:])
+        dropped = 0
+        if total > budget:
+            target = min(budget, self.window // 2)
+            while start < len(turns) - 1 and total > target:
+                total -= lengths[start]
+                start += 1
+                dropped += 1
+            while start < len(turns) - 1 and turns[start].role != "user":  # never open on a reply
+                total -= lengths[start]
+                start += 1
+                dropped += 1
+        conversation.context_start = start
+        body = [i for t in turns[start:] for i in self.turn_ids(t)]
+        ids = system + body + self._prefix
+        if len(ids) > budget:  # the latest user message alone is too long: keep its tail
+            keep = max(budget - fixed, 1)
+            ids = (system + body[-keep:] + self._prefix)[-budget:]
+        return Prompt(ids=ids, dropped_turns=dropped)
+
+    def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
+        """The window filled up mid-reply: drop old turns to about half the window and return the
+        new context, ending with the reply so far."""
+        half = self.window // 2
+        turns = conversation.turns
+        system = self.system_ids(conversation)
+        start = conversation.context_start
+        tail = self._prefix + reply_ids
+        total = len(system) + sum(len(self.turn_ids(t)) for t in turns[start:]) + len(tail)
+        while start < len(turns) - 1 and total > half:
+            total -= len(self.turn_ids(turns[start]))
+            start += 1
+        conversation.context_start = start
+        ids = system + [i for t in turns[start:] for i in self.turn_ids(t)] + tail
+        if len(ids) > half:
+            ids = ids[-half:]
+        return ids
+
+    def finished_turn_ids(self, reply_text: str, reply_ids: list[int]) -> list[int]:
+        """The ids a finished assistant turn occupies. The generated ids are reused as they are
+        (so the cache still matches next turn); only text they do not cover, and the template's
+        line ending, are tokenized afresh."""
+        covered = self.tokenizer.decode_bytes(list(reply_ids)).decode("utf-8", errors="replace")
+        if not reply_text.startswith(covered):  # cannot happen with a byte-level BPE; be safe
+            return self.tokenizer.encode(self.template.render_turn("assistant", reply_text.strip()))
+        rest = reply_text[len(covered) :]
+        ending = self.template.assistant.split("{text}", 1)[1]  # "\n" by default
+        if not reply_text.endswith(ending):
+            rest += ending
+        return self._prefix + list(reply_ids) + (self.tokenizer.encode(rest) if rest else [])

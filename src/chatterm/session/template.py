@@ -1,0 +1,54 @@
+"""How a conversation becomes the text a model reads.
+
+The default is the plain transcript the default model is trained on:
+
+    <system prompt>
+    User: hello
+    Assistant: hi there
+    User: how are you?
+    Assistant:
+
+The prompt ends with the assistant prefix (no trailing space: with GPT-2 style BPE the space
+belongs to the next word's token), and a reply ends where the model starts the next user line,
+so the user prefix is the default stop string. A checkpoint may carry its own template (metadata
+key "chat_template"), and the user may override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    system: str = "{text}\n"  # how the system prompt is written (omitted when empty)
+    user: str = "User: {text}\n"  # one user turn
+    assistant: str = "Assistant: {text}\n"  # one finished assistant turn
+    assistant_prefix: str = "Assistant:"  # what the prompt ends with to ask for a reply
+    stop: tuple[str, ...] = field(default=("User:",))  # strings that end a reply
+
+    def __post_init__(self) -> None:
+        for name in ("system", "user", "assistant"):
+            if "{text}" not in getattr(self, name):
+                raise ValueError(f"chat template: {name!r} must contain '{{text}}'")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def render_turn(self, role: str, text: str) -> str:
+        if role not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown role {role!r}")
+        return getattr(self, role).replace("{text}", text)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["stop"] = list(self.stop)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "ChatTemplate":
+        if not data:
+            return cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+DEFAULT_TEMPLATE = ChatTemplate()

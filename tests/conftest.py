@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import save_tiny_checkpoint, train_parrot  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path, monkeypatch):
+    """Never touch the real user's config or conversations."""
+    monkeypatch.setenv("CHATTERM_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def parrot():
+    """(model, tokenizer) of a tiny GPT that recites PARROT_SCRIPT under greedy decoding."""
+    return train_parrot()
+
+
+@pytest.fixture(scope="session")
+def parrot_checkpoint(parrot, tmp_path_factory) -> Path:
+    """The parrot saved in our checkpoint format."""
+    model, _ = parrot
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "parrot", model, name="parrot")

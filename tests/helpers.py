@@ -1,0 +1,71 @@
+"""Tiny real models for tests: built with fixed seeds in well under a second.
+
+`byte_tokenizer_spec` is a byte-level BPE (256 bytes, a few merges, <|endoftext|>), so strings
+split over tokens in known ways. `train_parrot` overfits a tiny GPT on a short chat transcript so
+that greedy decoding reproduces it: a real model whose replies we can predict, which makes stop
+strings, streaming and the UI testable without mocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from chatterm.engine.tokenizer import Tokenizer
+from chatterm.model import GPT, GPTConfig, save_checkpoint
+from chatterm.session.template import DEFAULT_TEMPLATE
+
+MERGES = [b"Us", b"er", b"As", b"si", b"st", b"an", b"nt", b"\xc3\xa9", b"he", b"ll", b"lo"]
+
+PARROT_SCRIPT = (
+    "User: hi\nAssistant: hello there, friend\n"
+    "User: how are you?\nAssistant: very well, thank you\n"
+    "User: what is your name?\nAssistant: my name is parrot\n"
+)
+
+
+def byte_tokenizer_spec() -> dict:
+    ranks = [bytes([i]) for i in range(256)] + MERGES
+    return Tokenizer.bpe_spec(ranks, {"<|endoftext|>": len(ranks)}, name="test-bytes")
+
+
+def tiny_config(**overrides) -> GPTConfig:
+    base = GPTConfig(block_size=256, vocab_size=288, n_layer=2, n_head=2, n_embd=64)
+    return replace(base, **overrides)
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny_config(**overrides)).init_weights(seed).eval()
+
+
+def train_parrot(steps: int = 300, seed: int = 0, text: str = PARROT_SCRIPT) -> tuple[GPT, Tokenizer]:
+    """A tiny GPT overfitted on `text` (repeated), so greedy decoding recites it."""
+    tok = Tokenizer.from_spec(byte_tokenizer_spec())
+    torch.manual_seed(seed)
+    model = GPT(tiny_config()).init_weights(seed)
+    ids = torch.tensor(tok.encode(text * 8), dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    T = 96
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - T - 1, (8,), generator=gen)
+        x = torch.stack([ids[s : s + T] for s in starts])
+        y = torch.stack([ids[s + 1 : s + T + 1] for s in starts])
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), tok
+
+
+def save_tiny_checkpoint(folder: Path, model: GPT, tokenizer_spec: dict | None = None, name: str = "tiny") -> Path:
+    meta = {
+        "name": name,
+        "tokenizer": tokenizer_spec or byte_tokenizer_spec(),
+        "chat_template": DEFAULT_TEMPLATE.to_dict(),
+    }
+    return save_checkpoint(folder, model, meta)
