@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,10 +207,13 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: refused: the file holds Python objects other than tensors (possibly code), "
-            "and chatterm never unpickles those; convert it to safetensors where you trust it"
-        ) from e
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:  # the pickle names a Python callable or class: code we refuse to run
+            raise CheckpointError(
+                f"{path}: refused: the file asks to run Python code ({found.group(1)}), and chatterm never "
+                "unpickles anything but plain tensors; convert it to safetensors where you trust it"
+            ) from e
+        raise CheckpointError(f"{path}: not a PyTorch weights file, or corrupt (unreadable pickle)") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({_first_line(e)})") from e
 

@@ -1,0 +1,135 @@
+"""Sampling filters against Hugging Face's formulas, on many random logit vectors."""
+
+import pytest
+import torch
+from hypothesis import given, settings as hsettings, strategies as st
+
+from chatterm.engine.sampling import (
+    apply_repetition_penalty,
+    filtered_logits,
+    min_p_filter,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+from chatterm.engine.settings import SamplingSettings
+
+
+def ref_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Written from the definition: keep the most likely tokens until their mass reaches p,
+    including the token that crosses it."""
+    probs = logits.softmax(-1).tolist()
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    keep, mass = set(), 0.0
+    for i in order:
+        keep.add(i)
+        mass += probs[i]
+        if mass >= p:
+            break
+    out = logits.clone()
+    for i in range(len(out)):
+        if i not in keep:
+            out[i] = float("-inf")
+    return out
+
+
+def random_logits(seed: int, n: int = 200) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g) * (1 + seed % 5)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_filters_match_transformers_processors(seed):
+    transformers = pytest.importorskip("transformers")
+    from transformers.generation import logits_process as lp
+
+    logits = random_logits(seed)
+    ids = torch.randint(0, 200, (30,), generator=torch.Generator().manual_seed(seed))
+    penalty, temp, k, p, m = 1.3, 0.7, 50, 0.9, 0.05
+    theirs = logits[None].clone()
+    theirs = lp.RepetitionPenaltyLogitsProcessor(penalty)(ids[None], theirs)
+    theirs = lp.TemperatureLogitsWarper(temp)(ids[None], theirs)
+    theirs = lp.TopKLogitsWarper(k)(ids[None], theirs)
+    theirs = lp.TopPLogitsWarper(p)(ids[None], theirs)
+    theirs = lp.MinPLogitsWarper(m)(ids[None], theirs)
+    s = SamplingSettings(temperature=temp, top_k=k, top_p=p, min_p=m, repetition_penalty=penalty)
+    ours = filtered_logits(logits, ids, s)
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs[0]))
+    finite = torch.isfinite(ours)
+    assert torch.allclose(ours[finite], theirs[0][finite], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_top_p_keeps_the_crossing_token(seed):
+    logits = random_logits(seed)
+    p = [0.1, 0.5, 0.9, 0.99][seed % 4]
+    assert torch.equal(torch.isinf(top_p_filter(logits, p)), torch.isinf(ref_top_p(logits, p)))
+
+
+def test_repetition_penalty_formula_and_duplicates():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    out = apply_repetition_penalty(logits, torch.tensor([0, 1, 0, 0]), 2.0)
+    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]  # id 0 penalized once, negative multiplied
+
+
+def test_top_k_keeps_ties_and_min_p_is_relative():
+    logits = torch.tensor([3.0, 2.0, 2.0, 1.0, 0.0])
+    assert torch.isfinite(top_k_filter(logits, 2)).tolist() == [True, True, True, False, False]
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    kept = torch.isfinite(min_p_filter(probs.log(), 0.2)).tolist()
+    assert kept == [True, True, True, False]  # 0.05 < 0.2 * 0.5
+
+
+def test_temperature_zero_is_argmax_for_every_seed():
+    logits = random_logits(3, 1000)
+    s = SamplingSettings(temperature=0, repetition_penalty=1.0)
+    picks = {sample(logits, torch.tensor([], dtype=torch.long), s, torch.Generator().manual_seed(i)).token_id for i in range(20)}
+    assert picks == {int(logits.argmax())}
+
+
+def test_padded_vocab_ids_are_never_sampled():
+    logits = torch.zeros(64)
+    logits[50:] = 100.0  # padding rows that a broken model made attractive
+    s = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
+    g = torch.Generator().manual_seed(0)
+    assert all(sample(logits, torch.tensor([], dtype=torch.long), s, g, vocab_limit=50).token_id < 50 for _ in range(200))
+
+
+def test_seeded_sampling_is_reproducible():
+    logits = random_logits(5, 500)
+    s = SamplingSettings(temperature=1.0)
+    empty = torch.tensor([], dtype=torch.long)
+    a = [sample(logits, empty, s, torch.Generator().manual_seed(42)).token_id for _ in range(5)]
+    b = [sample(logits, empty, s, torch.Generator().manual_seed(42)).token_id for _ in range(5)]
+    assert a == b
+
+
+def test_nan_logits_raise_a_clear_error():
+    with pytest.raises(FloatingPointError, match="NaN"):
+        sample(torch.full((10,), float("nan")), torch.tensor([], dtype=torch.long), SamplingSettings(), None)
+
+
+logit_vectors = st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=60)
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(values=logit_vectors, k=st.integers(0, 70), p=st.floats(0.01, 1.0), m=st.floats(0.0, 1.0),
+       temp=st.floats(0.05, 3.0))
+def test_filtered_distribution_is_a_distribution_inside_top_k_and_top_p(values, k, p, m, temp):
+    logits = torch.tensor(values)
+    s = SamplingSettings(temperature=temp, top_k=k, top_p=p, min_p=m, repetition_penalty=1.0)
+    probs = filtered_logits(logits, torch.tensor([], dtype=torch.long), s).softmax(-1)
+    assert abs(float(probs.sum()) - 1.0) < 1e-4
+    support = set(torch.nonzero(probs > 0).flatten().tolist())
+    assert support, "at least one token always survives"
+    if k > 0:
+        kth = sorted(values, reverse=True)[min(k, len(values)) - 1]
+        assert all(values[i] >= kth for i in support)
+    scaled = logits / temp
+    if 0 < k < len(values):
+        scaled = top_k_filter(scaled, k)
+    # Inside the top-p set; among tokens of equal probability either may be the one kept.
+    scaled_probs = scaled.softmax(-1)
+    top_p_set = torch.isfinite(ref_top_p(scaled, p))
+    floor = float(scaled_probs[top_p_set].min())
+    assert all(float(scaled_probs[i]) >= floor * (1 - 1e-5) for i in support)
