@@ -56,9 +56,10 @@ class PromptBuilder:
         budget = self.window - self.reserve_for_reply(max_new_tokens)
         system = self.system_ids(conversation)
         start = min(conversation.context_start, len(turns) - 1)
-        lengths = [len(self.turn_ids(t)) for t in turns]
+        # Only turns still in context are measured: a 1,000-turn chat costs no more per turn.
+        lengths = {i: len(self.turn_ids(turns[i])) for i in range(start, len(turns))}
         fixed = len(system) + len(self._prefix)
-        total = fixed + sum(lengths[start:])
+        total = fixed + sum(lengths.values())
         dropped = 0
         if total > budget:
             target = min(budget, self.window // 2)

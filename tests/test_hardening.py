@@ -1,0 +1,203 @@
+"""Hostile files, bad input, faults: each case from the hardening issue, on real files and models."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from chatterm.engine.settings import SamplingSettings
+from chatterm.model import CheckpointError, load_checkpoint, save_checkpoint
+from chatterm.session import ChatSession, Conversation, clean_message
+from chatterm.session.local_backend import LocalBackend
+from chatterm.session.sanitize import printable
+from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, train_parrot
+
+MARKER = "/tmp/chatterm-pwned-marker"
+
+
+class Payload:
+    """Unpickling this would run code (create a marker file)."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+@pytest.fixture
+def no_marker():
+    if os.path.exists(MARKER):
+        os.unlink(MARKER)
+    yield
+    assert not os.path.exists(MARKER), "code in a checkpoint ran"
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump", "nanogpt-dict"])
+def test_pickle_with_code_is_refused_and_never_runs(tmp_path, no_marker, how):
+    path = tmp_path / "evil.pt"
+    if how == "torch.save":
+        torch.save({"model": Payload()}, path)
+    elif how == "pickle.dump":
+        with open(path, "wb") as f:
+            pickle.dump({"w": Payload()}, f)
+    else:
+        sd = tiny_model().state_dict()
+        torch.save({"model": sd, "model_args": {"n_layer": 2}, "config": Payload()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    if how != "pickle.dump":
+        assert "refused" in str(err.value) and "posix.system" in str(err.value)
+
+
+def _saved(tmp_path, **meta):
+    folder = tmp_path / "m"
+    save_checkpoint(folder, tiny_model(), {"tokenizer": byte_tokenizer_spec(), **meta})
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:1000]), "corrupt or truncated"),
+        (lambda f: (f / "model.safetensors").unlink(), "weights file is missing"),
+        (lambda f: (f / "chatterm.json").write_text("{not json"), "not valid JSON"),
+        (lambda f: _edit_meta(f, lambda m: m["model"].update(n_embd=128, n_head=2)), "has shape"),
+        (lambda f: _edit_meta(f, lambda m: m["model"].update(n_layer=3)), "missing"),
+        (lambda f: _edit_meta(f, lambda m: m["model"].update(n_layer=1)), "unexpected tensor"),
+        (lambda f: _edit_meta(f, lambda m: m["model"].update(n_head=3)), "divisible"),
+        (lambda f: _edit_meta(f, lambda m: m.pop("model")), "model config is missing"),
+    ],
+)
+def test_broken_checkpoints_give_one_line_naming_the_file(tmp_path, damage, message):
+    folder = _saved(tmp_path)
+    damage(folder)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(folder)
+    text = str(err.value)
+    assert message in text and str(folder) in text and "\n" not in text
+
+
+def _edit_meta(folder, change):
+    meta = json.loads((folder / "chatterm.json").read_text())
+    change(meta)
+    (folder / "chatterm.json").write_text(json.dumps(meta))
+
+
+def test_tokenizer_larger_than_embedding_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    save_checkpoint(folder, tiny_model(vocab_size=200), {"tokenizer": byte_tokenizer_spec()})  # needs 268 rows
+    with pytest.raises(CheckpointError, match="tokenizer has 268 tokens but the model's embedding only 200"):
+        LocalBackend.load(folder)
+
+
+def test_folder_without_a_model_and_wrong_path(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(CheckpointError, match="no model found in this folder"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("temperature", "abc"), ("temperature", "nan"), ("temperature", "inf"), ("temperature", "-1"),
+    ("top_k", "-5"), ("top_k", "2.5"), ("top_p", "1.5"), ("min_p", "-0.1"), ("repetition_penalty", "0"),
+    ("max_new_tokens", "0"), ("max_new_tokens", "1e12"), ("seed", "-3"), ("seed", "x"),
+])
+def test_absurd_settings_are_refused_with_the_allowed_range(name, value):
+    s = SamplingSettings()
+    before = s.to_dict()
+    with pytest.raises(ValueError, match=f"^{name}: .*(from .* to|number)"):
+        s.set(name, value)
+    assert s.to_dict() == before  # the previous value stays
+
+
+def test_unknown_setting_suggests_the_nearest():
+    with pytest.raises(ValueError, match="did you mean 'top_p'"):
+        SamplingSettings().set("topp", "0.5")
+
+
+def test_input_edge_cases_reach_the_model_safely(parrot_checkpoint):
+    session = ChatSession(LocalBackend.load(parrot_checkpoint), SamplingSettings(temperature=0, max_new_tokens=8))
+    for bad in ("", "   \n\t "):
+        with pytest.raises(ValueError, match="empty message"):
+            list(session.send(bad))
+    assert clean_message("a\x00b\x1b[2Jc\x07") == "ab[2Jc"
+    for text in ("مرحبا بالعالم", "😀🎉 émoji", "x" * 100_000):  # right-to-left, emoji, a 100 KB paste
+        done = list(session.send(text))[-1]
+        assert done.error is None and done.prompt_tokens < 256
+    assert session.conversation.turns[-2].text == "x" * 100_000  # the paste is kept whole in history
+    with pytest.raises(ValueError, match="too long"):
+        list(session.send("y" * 300_000))
+
+
+def test_model_output_with_escape_sequences_is_made_inert(tmp_path):
+    hostile = "User: hi\nAssistant: \x1b]52;c;cHdu\x07red \x1b[31mtext\x1b[0m\x1b[2J done\n"
+    model, _ = train_parrot(steps=300, text=hostile)
+    ckpt = save_tiny_checkpoint(tmp_path / "hostile", model)
+    r = subprocess.run([sys.executable, "-m", "chatterm", str(ckpt), "--plain", "--temperature", "0"],
+                       input="hi\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "red" in r.stdout and "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert printable("a\x1b[31mb\x9b2Jc\x1bPq#0\x1b\\d") == "abcd"
+
+
+def test_out_of_memory_ends_the_reply_with_a_message_and_the_session_lives(parrot_checkpoint):
+    backend = LocalBackend.load(parrot_checkpoint)
+    session = ChatSession(backend, SamplingSettings(temperature=0))
+    calls = []
+
+    def explode(module, args, output):  # fault injection on the real model: the third step fails
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = backend.generator.model.transformer.h[0].register_forward_hook(explode)
+    done = list(session.send("hi"))[-1]
+    hook.remove()
+    assert done.stop_reason == "error" and "ran out of memory" in done.error
+    assert session.conversation.turns[-1].note.startswith("error:")
+    again = list(session.send("how are you?"))[-1]
+    assert again.error is None and again.text.strip() == "very well, thank you"
+
+
+def test_autosave_survives_kill_at_any_moment(tmp_path):
+    """A writer is killed with SIGKILL at random moments; the file is always a whole conversation."""
+    target = tmp_path / "conv.json"
+    writer = (
+        "import sys; from chatterm.session import Conversation, write_conversation\n"
+        "c = Conversation()\n"
+        "for i in range(100000):\n"
+        "    c.add('user', 'message %d ' % i + 'x' * 2000)\n"
+        "    write_conversation(sys.argv[1], c)\n"
+    )
+    for delay in (0.3, 0.45, 0.6, 0.8):
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(target)])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():
+            data = json.loads(target.read_text())  # never half a file
+            assert Conversation.from_dict(data).turns
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "conv.json"]
+    assert all(p.name.endswith(".tmp") for p in leftovers)  # at most a stray temp file, never the target
+
+
+def test_ctrl_c_stops_the_reply_then_quits(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "babbler", tiny_model(seed=0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatterm", str(ckpt), "--plain", "--max-new-tokens", "100000", "--seed", "1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    proc.stdin.write("talk forever\n")
+    proc.stdin.flush()
+    proc.stdout.read(20)  # the reply is streaming
+    proc.send_signal(signal.SIGINT)
+    line = proc.stderr.readline()
+    assert "(stopped)" in line
+    proc.send_signal(signal.SIGINT)  # at the prompt: quit
+    assert proc.wait(timeout=30) == 130
