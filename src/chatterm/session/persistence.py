@@ -54,7 +54,9 @@ def read_conversation(path: Path) -> Conversation:
 
 
 def write_conversation(path: Path, conversation: Conversation) -> Path:
-    atomic_write_text(Path(path).expanduser(), json.dumps(conversation.to_dict(), ensure_ascii=False, indent=1))
+    # No indent: json's C encoder only runs without one, and a long chat is saved every turn.
+    text = json.dumps(conversation.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    atomic_write_text(Path(path).expanduser(), text)
     return Path(path)
 
 
