@@ -42,6 +42,11 @@ class KVCache(nn.Module):
         self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.max_len = max_len
         self.static = static
+        if static:
+            # Tell torch.compile the buffers never move, so CUDA graphs can capture the in-place
+            # writes instead of falling back to eager for "mutated inputs".
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
         self.length = 0  # valid positions, shared by all layers
 
     @classmethod
