@@ -1,4 +1,5 @@
-"""Command line: `chatterm [CHECKPOINT]` chats; subcommands generate, convert, train, bench.
+"""Command line: `chatterm [CHECKPOINT]` chats; subcommands generate, convert, prepare, train,
+eval, bench.
 
 Errors a user can cause (a bad path, a broken checkpoint, an absurd setting) end with one line on
 stderr and exit code 2; tracebacks are only for bugs.
@@ -12,9 +13,9 @@ from importlib import import_module
 
 from . import __version__
 
-SUBCOMMANDS = ("chat", "generate", "convert", "train", "bench")
+SUBCOMMANDS = ("chat", "generate", "convert", "prepare", "train", "eval", "bench")
 # Modules that register their own subcommand with `add_parser(subparsers)`.
-PLUGGED = {"train": "chatterm.train.command", "bench": "chatterm.bench"}
+PLUGGED = {"train": "chatterm.train.command", "bench": "chatterm.bench"}  # train also adds prepare, eval
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window", "max_new_tokens", "seed")
 
 

@@ -259,6 +259,7 @@ def _atomic_write(target: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is meant to be shared
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
