@@ -1,0 +1,1 @@
+"""The Textual front end. Nothing here imports torch: the model loads in a worker thread."""

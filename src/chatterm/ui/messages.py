@@ -1,0 +1,35 @@
+"""Messages that worker threads post to the app: the only way they talk to the UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from ..engine.events import ContextTrimmed, Finished, TokenStep
+
+
+@dataclass
+class ModelLoaded(Message):
+    backend: object  # a ChatBackend
+    seconds: float
+
+
+@dataclass
+class ModelFailed(Message):
+    error: str  # one line
+
+
+@dataclass
+class ReplyProgress(Message):
+    """What a reply produced since the last update (batched: at most every ~40 ms)."""
+
+    text: str
+    steps: list[TokenStep]
+    trimmed: ContextTrimmed | None
+
+
+@dataclass
+class ReplyFinished(Message):
+    done: Finished | None  # None when the reply could not start
+    error: str = ""

@@ -1,0 +1,80 @@
+"""The message input: multi-line, Enter sends, history on Up/Down.
+
+Enter sends. A newline is Ctrl+J, Alt+Enter or Shift+Enter (many terminals cannot send
+Shift+Enter, so the other two are the dependable ones). Up on the first line and Down on the last
+line walk through earlier inputs, like a shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import events
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import TextArea
+
+
+class PromptInput(TextArea):
+    BINDINGS = [
+        Binding("ctrl+j,alt+enter,shift+enter", "newline", "Newline", show=False, id="newline"),
+    ]
+
+    @dataclass
+    class Submitted(Message):
+        input: "PromptInput"
+        text: str
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
+        self.sent: list[str] = []
+        self._history_pos: int | None = None  # index into history while browsing
+        self._draft = ""
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            self.submit()
+            return
+        if event.key == "up" and self.cursor_location[0] == 0 and self.sent:
+            event.stop()
+            event.prevent_default()
+            self._browse(-1)
+            return
+        if event.key == "down" and self.cursor_location[0] == self.document.line_count - 1 and self._history_pos is not None:
+            event.stop()
+            event.prevent_default()
+            self._browse(+1)
+            return
+        await super()._on_key(event)
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+    def submit(self) -> None:
+        text = self.text
+        if not text.strip():
+            return
+        if not self.sent or self.sent[-1] != text:
+            self.sent.append(text)
+        self._history_pos = None
+        self.clear()
+        self.post_message(self.Submitted(self, text))
+
+    def _browse(self, direction: int) -> None:
+        if self._history_pos is None:
+            self._draft = self.text
+            pos = len(self.sent)
+        else:
+            pos = self._history_pos
+        pos += direction
+        if pos < 0:
+            pos = 0
+        if pos >= len(self.sent):
+            self._history_pos = None
+            self.load_text(self._draft)
+        else:
+            self._history_pos = pos
+            self.load_text(self.sent[pos])
+        self.move_cursor(self.document.end)
