@@ -43,9 +43,10 @@ class ChatApp(SlashCommands, App):
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="stop"),
         Binding("ctrl+r", "retry", "Retry", id="retry"),
-        Binding("ctrl+z", "undo", "Undo", id="undo"),
-        Binding("ctrl+e", "edit", "Edit last", id="edit"),
-        Binding("ctrl+l", "clear", "New chat", id="clear"),
+        # Not ctrl+z / ctrl+e: the message editor uses those for its own undo and line end.
+        Binding("ctrl+b", "undo", "Undo", id="undo"),
+        Binding("ctrl+o", "edit", "Edit last", id="edit"),
+        Binding("ctrl+n", "clear", "New chat", id="clear"),
         Binding("f2", "toggle_settings", "Settings", id="toggle_settings"),
         Binding("f3", "toggle_inspector", "Inspector", id="toggle_inspector"),
         Binding("f1", "help", "Help", id="help"),

@@ -89,9 +89,9 @@ class TokenInspector(Widget, can_focus=True):
         if step.token_id not in {c[0] for c in step.candidates}:
             table.add_row(Text("▶"), Text(token_label(step.text)), Text("(outside the top list)", style="dim"),
                           Text(f"{step.prob * 100:5.1f}%"))
-        follow = "live" if self.selected == -1 else "←/→ to step"
-        header = Text.assemble(("token ", "dim"), (f"{index + 1}/{len(self.steps)}", "bold"),
-                               ("  chosen ", "dim"), (token_label(step.text), "bold"), (f"  ({follow})", "dim"))
+        follow = "live" if self.selected == -1 else "←/→ step"
+        header = Text.assemble((f"token {index + 1}/{len(self.steps)} ", "bold"), ("chosen ", "dim"),
+                               (token_label(step.text), "bold"), (f" · {follow}", "dim"))
         grid = Table.grid()
         grid.add_row(header)
         grid.add_row(table)

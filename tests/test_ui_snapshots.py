@@ -1,0 +1,57 @@
+"""Snapshots of the main screen, the settings panel and the token inspector.
+
+Timing figures are replaced before the snapshot so it is the same on every run. Update with
+`python -m pytest tests/test_ui_snapshots.py --snapshot-update` after an intended change, and
+look at the report before committing.
+"""
+
+from chatterm.session.config import AppConfig
+from chatterm.ui.app import ChatApp
+from chatterm.ui.chat_view import Note
+
+
+def app_for(checkpoint):
+    config = AppConfig()
+    config.sampling.update({"temperature": 0, "seed": 1})
+    return ChatApp(config, str(checkpoint), [])
+
+
+async def chat_once(pilot):
+    app = pilot.app
+    await app.workers.wait_for_complete()
+    for note in app.chat.query(Note):  # the load note carries a timing
+        await note.remove()
+    await app.send("hi")
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.pause()
+    app.status.speed = "TTFT 0.05 s · 100.0 tok/s"
+
+
+def test_main_screen(snap_compare, parrot_checkpoint):
+    assert snap_compare(app_for(parrot_checkpoint), terminal_size=(100, 30), run_before=chat_once)
+
+
+def test_settings_panel_with_an_invalid_value(snap_compare, parrot_checkpoint):
+    async def run_before(pilot):
+        await chat_once(pilot)
+        pilot.app.query_one("#set-top_p").value = "2"
+        await pilot.pause()
+
+    assert snap_compare(app_for(parrot_checkpoint), terminal_size=(100, 30), run_before=run_before)
+
+
+def test_inspector_stepping_back(snap_compare, parrot_checkpoint):
+    async def run_before(pilot):
+        await chat_once(pilot)
+        await pilot.press("f2")  # hide settings: the inspector gets the column
+        pilot.app.inspector.focus()
+        for _ in range(3):
+            await pilot.press("left")
+        await pilot.pause()
+
+    assert snap_compare(app_for(parrot_checkpoint), terminal_size=(100, 30), run_before=run_before)
+
+
+def test_narrow_terminal(snap_compare, parrot_checkpoint):
+    assert snap_compare(app_for(parrot_checkpoint), terminal_size=(60, 20), run_before=chat_once)
