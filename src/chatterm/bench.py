@@ -1,0 +1,200 @@
+"""`chatterm bench`: generation speed, side by side with Hugging Face transformers and with the
+memory-bandwidth bound, measured in one run on this machine.
+
+Every figure is the median of `--runs` runs after a warm-up. Sections:
+- decode: greedy tokens/s after a short prompt, cached vs uncached, per dtype, and (when
+  transformers is installed) `GPT2LMHeadModel.generate` on the same weights, with the ratio;
+- bound: bytes read per decoded token (weights + KV cache) / bandwidth measured on the spot;
+- prefill: prompt tokens/s and time to first token at several context lengths;
+- turns: time to first token of a chat turn after ~900 vs ~50 tokens of cached history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+SECTIONS = ("decode", "bound", "prefill", "turns")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure generation speed (vs transformers and the bandwidth bound)")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint to measure (default: random weights of --shape)")
+    p.add_argument("--shape", default="gpt2", help="named shape for random weights (gpt2, small, ...)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--contexts", default="64,256,900", help="prefill lengths")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--sections", default=",".join(SECTIONS))
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.set_defaults(func=run)
+
+
+def _median_time(fn, runs: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _model(args, dtype):
+    import torch
+
+    from .model import GPT, load_checkpoint, shape
+
+    if args.checkpoint:
+        return load_checkpoint(args.checkpoint, device=args.device, dtype=dtype).model
+    torch.manual_seed(0)
+    return GPT(shape(args.shape)).init_weights(0).to(args.device, dtype).eval()
+
+
+def _bandwidth_gbs() -> float:
+    """Read bandwidth: sum a buffer far larger than the caches, median of 5."""
+    import torch
+
+    x = torch.ones(256 * 2**20 // 4)  # 256 MiB of fp32
+    t = _median_time(lambda: x.sum().item(), 5)
+    return x.nbytes / t / 1e9
+
+
+def _greedy(gen, prompt, n):
+    from .engine.settings import SamplingSettings
+
+    return gen.complete(prompt, SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=n))
+
+
+def _uncached(model, prompt, n):
+    import torch
+
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        for _ in range(n):
+            nxt = model(ids)[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    return ids
+
+
+def _hf_model(model):
+    """transformers' GPT2LMHeadModel holding exactly our weights (Conv1D weights transposed)."""
+    import transformers
+
+    c = model.config
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+        layer_norm_epsilon=c.layer_norm_eps, attn_implementation="sdpa"))
+    conv = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    sd = {k: (v.t() if k.endswith(conv) else v) for k, v in model.state_dict().items()}
+    hf.load_state_dict(sd, strict=False)
+    return hf.to(next(model.parameters()).dtype).eval()
+
+
+def run(args) -> int:
+    import torch
+
+    from .engine.generator import Generator
+    from .engine.tokenizer import Tokenizer
+    from .model.device import DTYPES
+
+    sections = set(args.sections.split(","))
+    tok = Tokenizer.gpt2()
+    prompt = list(range(100, 100 + args.prompt_tokens))
+    print(f"chatterm bench: {args.checkpoint or args.shape} on {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; median of {args.runs} runs after a warm-up")
+    results = {}
+    for name in args.dtypes.split(","):
+        dtype = DTYPES[name]
+        model = _model(args, dtype)
+        params = sum(p.numel() for p in model.parameters())
+        gen = Generator(model, tok if model.config.vocab_size >= tok.n_vocab else _ids_tokenizer(model))
+        if "decode" in sections:
+            t = _median_time(lambda: _greedy(gen, prompt, args.new_tokens), args.runs)
+            done = _greedy(gen, prompt, args.new_tokens)
+            ours = done.tokens_per_s
+            results[name] = (ours, done)
+            line = f"[{name}] decode {ours:7.1f} tok/s (cached, {args.new_tokens} new after {len(prompt)})"
+            if name == "fp32":
+                n_unc = min(args.new_tokens, 64)
+                tu = _median_time(lambda: _uncached(model, prompt, n_unc), 1)
+                line += f" | uncached {n_unc / tu:6.1f} tok/s"
+            print(line)
+            if not args.no_hf:
+                _compare_hf(model, prompt, args, ours, name, done)
+        if "bound" in sections and name == "fp32":
+            bw = _bandwidth_gbs()
+            kv = 2 * model.config.n_layer * model.config.n_embd * (len(prompt) + args.new_tokens / 2) * dtype.itemsize
+            per_token = params * dtype.itemsize + kv
+            bound = bw * 1e9 / per_token
+            ours = results.get(name, (0,))[0]
+            print(f"[{name}] bandwidth {bw:.1f} GB/s, {per_token / 1e6:.0f} MB read per token -> bound {bound:.1f} tok/s;"
+                  f" achieved {ours / bound:.0%} of it")
+        if "prefill" in sections:
+            for n in [int(c) for c in args.contexts.split(",") if int(c) < model.config.block_size]:
+                ids = [(7 * i) % 250 for i in range(n)]
+                def fresh():
+                    gen.cached_ids = []
+                    gen.prefill(ids)
+                t = _median_time(fresh, args.runs)
+                print(f"[{name}] prefill {n:4d} tokens: {n / t:8.0f} tok/s, time to first token {t * 1000:6.1f} ms")
+        if "turns" in sections and name == "fp32":
+            _turns(gen, args)
+    return 0
+
+
+def _ids_tokenizer(model):
+    """For random small shapes: a byte-level tokenizer (speed does not depend on the vocabulary's
+    contents, and prompts here are plain ids)."""
+    from .engine.tokenizer import Tokenizer
+
+    ranks = [bytes([i]) for i in range(256)]
+    return Tokenizer.from_spec(Tokenizer.bpe_spec(ranks, {"<|endoftext|>": 256}))
+
+
+def _compare_hf(model, prompt, args, ours, name, done):
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        print("  (transformers not installed: pip install 'chatterm[bench]' for the side-by-side)")
+        return
+    import torch
+
+    hf = _hf_model(model)
+    ids = torch.tensor([prompt])
+    kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+    with torch.inference_mode():
+        t = _median_time(lambda: hf.generate(ids, **kwargs), args.runs)
+        theirs_ids = hf.generate(ids, **kwargs)[0, len(prompt):].tolist()
+    theirs = args.new_tokens / t
+    same = sum(a == b for a, b in zip(theirs_ids, done.token_ids)) / max(1, len(done.token_ids))
+    print(f"[{name}] transformers generate {theirs:7.1f} tok/s (end to end) -> ours/theirs {ours / theirs:.2f}x;"
+          f" same greedy tokens: {same:.0%}")
+
+
+def _turns(gen, args):
+    long = [(11 * i) % 250 for i in range(min(900, gen.context_window - 40))]
+    base = long[:50]
+
+    def turn(history):
+        gen.cached_ids = []
+        gen.cache.reset()
+        gen.prefill(history)  # the earlier turns, cached
+        t0 = time.perf_counter()
+        gen.prefill(history + list(range(10, 30)))  # the new turn: only its tokens are computed
+        return time.perf_counter() - t0
+
+    short_t = statistics.median(turn(base) for _ in range(args.runs))
+    long_t = statistics.median(turn(long) for _ in range(args.runs))
+    print(f"[fp32] turn TTFT with cached history: {len(base)} tokens {short_t * 1000:.1f} ms, "
+          f"{len(long)} tokens {long_t * 1000:.1f} ms -> ratio {long_t / short_t:.2f}x")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m chatterm.bench")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    a = parser.parse_args(["bench", *__import__("sys").argv[1:]])
+    raise SystemExit(a.func(a))
