@@ -87,23 +87,20 @@ def tokenize_documents(tokenizer: Tokenizer, docs: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int32)
 
 
-def prepare(out_dir: Path, vocab_size: int = 4096, source: Path | None = None, log=print) -> dict:
+def write_prepared(out_dir: Path, train_docs: list[str], val_docs: list[str], vocab_size: int, name: str,
+                   log=print) -> tuple[Tokenizer, dict]:
+    """Train the BPE on `train_docs`, tokenize both splits, write train.pt / val.pt / tokenizer.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    conversations = load_chitchat(source)
-    train_docs, val_docs = split_documents(conversations)
-    log(f"{len(conversations)} conversations -> {len(train_docs)} train / {len(val_docs)} val documents")
     ranks = train_bpe(count_words(train_docs), vocab_size - 1, progress=lambda n: log(f"  BPE: {n} tokens"))
-    spec = Tokenizer.bpe_spec(ranks, {"<|endoftext|>": len(ranks)}, name=f"chitchat-bpe-{vocab_size}")
+    spec = Tokenizer.bpe_spec(ranks, {"<|endoftext|>": len(ranks)}, name=name)
     tokenizer = Tokenizer.from_spec(spec)
     train_ids = tokenize_documents(tokenizer, train_docs)
     val_ids = tokenize_documents(tokenizer, val_docs)
     torch.save(train_ids, out_dir / "train.pt")
     torch.save(val_ids, out_dir / "val.pt")
     (out_dir / "tokenizer.json").write_text(json.dumps(spec))
-    info = {
-        "source": "chitchat-dataset (MIT)",
-        "conversations": len(conversations),
+    counts = {
         "train_documents": len(train_docs),
         "val_documents": len(val_docs),
         "train_tokens": int(train_ids.numel()),
@@ -111,26 +108,28 @@ def prepare(out_dir: Path, vocab_size: int = 4096, source: Path | None = None, l
         "vocab_size": tokenizer.n_vocab,
         "chars_per_token": round(sum(map(len, train_docs)) / max(1, train_ids.numel()), 2),
     }
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2))
+    return tokenizer, counts
+
+
+def prepare(out_dir: Path, vocab_size: int = 4096, source: Path | None = None, log=print) -> dict:
+    """The chitchat corpus, as the default model was trained on it."""
+    conversations = load_chitchat(source)
+    train_docs, val_docs = split_documents(conversations)
+    log(f"{len(conversations)} conversations -> {len(train_docs)} train / {len(val_docs)} val documents")
+    _, counts = write_prepared(out_dir, train_docs, val_docs, vocab_size, f"chitchat-bpe-{vocab_size}", log)
+    info = {"source": "chitchat-dataset (MIT)", "conversations": len(conversations), **counts}
+    (Path(out_dir) / "info.json").write_text(json.dumps(info, indent=2))
     log(json.dumps(info))
     return info
 
 
 def prepare_text(text_file: Path, out_dir: Path, vocab_size: int = 4096, log=print) -> dict:
     """A user's own plain-text corpus: documents separated by blank lines, last 5% for validation."""
-    docs = [d.strip() for d in Path(text_file).read_text(encoding="utf-8").split("\n\n") if d.strip()]
-    if len(docs) < 2:
-        docs = [Path(text_file).read_text(encoding="utf-8")]
+    text = Path(text_file).read_text(encoding="utf-8")
+    docs = [d.strip() for d in text.split("\n\n") if d.strip()] or [text]
     cut = max(1, len(docs) * (100 - VAL_PERCENT) // 100)
     train_docs, val_docs = docs[:cut], docs[cut:] or docs[-1:]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ranks = train_bpe(count_words(train_docs), vocab_size - 1)
-    spec = Tokenizer.bpe_spec(ranks, {"<|endoftext|>": len(ranks)}, name=f"bpe-{vocab_size}")
-    tokenizer = Tokenizer.from_spec(spec)
-    torch.save(tokenize_documents(tokenizer, train_docs), out_dir / "train.pt")
-    torch.save(tokenize_documents(tokenizer, val_docs), out_dir / "val.pt")
-    (out_dir / "tokenizer.json").write_text(json.dumps(spec))
-    info = {"source": str(text_file), "train_documents": len(train_docs), "val_documents": len(val_docs)}
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2))
+    _, counts = write_prepared(out_dir, train_docs, val_docs, vocab_size, f"bpe-{vocab_size}", log)
+    info = {"source": str(text_file), **counts}
+    (Path(out_dir) / "info.json").write_text(json.dumps(info, indent=2))
     return info
