@@ -240,10 +240,8 @@ class ChatApp(SlashCommands, App):
         if widget is not None:
             await widget.finish(done.text.strip(), note)
         self.status.speed = f"TTFT {done.ttft_s:.2f} s · {done.tokens_per_s:.1f} tok/s"
-        if not self.status.note.startswith("dropped"):
+        if not self.status.note.startswith("dropped"):  # a trimming note stays until the next reply
             self.status.note = ""
-        else:
-            self.status.note = self.status.note.replace("generating… (Esc stops)", "")
         self.update_context()
         self.chat.keep_following(follow)
 
