@@ -1,15 +1,18 @@
 """The chat pane: one widget per message; replies stream into a Markdown widget.
 
 A streaming reply is appended through Textual's `MarkdownStream` (which coalesces fragments
-when rendering falls behind), never re-rendered whole per token. The view follows the newest
-text unless the user has scrolled up. Model text is made inert (escape sequences and controls
-removed) before it reaches any widget.
+when rendering falls behind), never re-rendered whole per token. The view is anchored to the
+bottom, so it follows the newest text until the user scrolls up, and again once they scroll back
+down. Model text is made inert before it reaches any widget: escape sequences and controls are
+removed, Markdown is the only markup interpreted (Rich/Textual markup in it is shown as typed),
+and links in it are not opened.
 """
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.widgets import Markdown, Static
 
 from ..session.conversation import Conversation, Turn
@@ -26,12 +29,12 @@ class Note(Static):
     """A one-line remark from the app (errors, confirmations, help)."""
 
     def __init__(self, text: str, kind: str = "info") -> None:
-        super().__init__(Text(text), classes=f"note {kind}")
+        super().__init__(Text(printable(text)), classes=f"note {kind}")
 
 
 class AssistantMessage(Markdown):
     def __init__(self, text: str = "", note: str = "") -> None:
-        super().__init__(printable(text), classes="message assistant")
+        super().__init__(printable(text), classes="message assistant", open_links=False)
         self.border_title = "Assistant"
         self._stream = None
         self.text = printable(text)
@@ -39,7 +42,7 @@ class AssistantMessage(Markdown):
             self.set_note(note)
 
     def set_note(self, note: str) -> None:
-        self.border_subtitle = note
+        self.border_subtitle = Content(printable(note))  # Content: an error's "[Errno 2]" stays text
         self.set_class(bool(note), "-noted")
 
     async def append_text(self, fragment: str) -> None:
@@ -71,20 +74,20 @@ class ChatView(VerticalScroll):
         super().__init__(**kwargs)
         self.can_focus = False
 
+    def on_mount(self) -> None:
+        self.anchor()  # stay at the bottom as text arrives, until the user scrolls up
+
     @property
     def following(self) -> bool:
-        """True when the view is at (or within a line of) the bottom."""
-        return self.scroll_y >= self.max_scroll_y - 1
+        """True while the view sticks to the newest text (the user has not scrolled away)."""
+        return self.is_anchored and not self._anchor_released
 
     async def add(self, widget) -> None:
-        follow = self.following
         await self.mount(widget)
-        if follow:
-            self.scroll_end(animate=False)
 
-    def keep_following(self, was_following: bool) -> None:
-        if was_following:
-            self.scroll_end(animate=False)
+    def follow(self) -> None:
+        """Jump to the newest text and stick to it again (after the user sends a message)."""
+        self.scroll_end(animate=False)
 
     async def show_conversation(self, conversation: Conversation) -> None:
         await self.remove_children()
@@ -93,7 +96,7 @@ class ChatView(VerticalScroll):
         widgets = [self._widget_for(turn) for turn in conversation.turns]
         if widgets:
             await self.mount_all(widgets)
-        self.scroll_end(animate=False)
+        self.follow()
 
     @staticmethod
     def _widget_for(turn: Turn):
