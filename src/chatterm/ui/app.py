@@ -3,8 +3,9 @@
 The app is interactive at once; the model loads in a thread worker. Each reply runs in one
 thread worker that consumes the session's event stream and posts batched messages (at most one
 every ~40 ms) back to the app, so the UI keeps pace with the engine. Everything the user can do
-is a bound action with an id (remappable from the config file), in the command palette and in
-/help.
+is a bound action with an id (remappable from the config file's [keys]), in the command
+palette (`palette.ChatCommands`) and in /help. This module imports neither torch nor the model:
+the first frame never waits for them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import time
 from typing import Iterable
 
 from textual import on, work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer
 
 from ..engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
@@ -25,6 +25,7 @@ from ..session.config import AppConfig, config_dir, data_dir
 from .chat_view import AssistantMessage, ChatView, Note, UserMessage
 from .inspector import TokenInspector
 from .messages import ModelFailed, ModelLoaded, ReplyFinished, ReplyProgress
+from .palette import ChatCommands
 from .prompt_input import PromptInput
 from .settings_panel import SettingsPanel
 from .slash import SlashCommands
@@ -33,13 +34,13 @@ from .themes import load_themes, theme_folders
 
 INSPECT_TOP = 8  # candidates per token shown by the inspector
 FLUSH_SECONDS = 0.04  # how often a streaming reply updates the screen
-STOP_NOTES = {"cancelled": "stopped", "length": "max new tokens reached", "eos": "", "stop": ""}
 
 
 class ChatApp(SlashCommands, App):
     CSS_PATH = "app.tcss"
     TITLE = "chatterm"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (80, "-wide")]
+    COMMANDS = App.COMMANDS | {ChatCommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (90, "-wide")]  # below 90 columns the side panel folds away
     BINDINGS = [
         Binding("escape", "stop", "Stop", id="stop"),
         Binding("ctrl+r", "retry", "Retry", id="retry"),
@@ -52,6 +53,17 @@ class ChatApp(SlashCommands, App):
         Binding("f1", "help", "Help", id="help"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
     ]
+    ACTION_HELP = {  # longer titles for the command palette and /help
+        "stop": "Stop the reply (the partial reply stays)",
+        "retry": "Regenerate the last reply",
+        "undo": "Undo the last exchange",
+        "edit": "Edit and resend the last message",
+        "clear": "Clear: start a new conversation",
+        "toggle_settings": "Show or hide the settings panel",
+        "toggle_inspector": "Show or hide the token inspector",
+        "help": "Help: commands and keys",
+        "quit": "Quit chatterm",
+    }
 
     def __init__(self, config: AppConfig, checkpoint: str | None, problems: list[str] | None = None) -> None:
         super().__init__()
@@ -112,7 +124,17 @@ class ChatApp(SlashCommands, App):
         prompt.focus()
         for problem in self.problems:
             await self.note(problem, "error")
+        self.status.busy = "loading model"
         self.load_model(self.checkpoint)
+
+    def action_entries(self) -> list[tuple[str, str, str]]:
+        """(title, key as shown, action) for every bound action, keys as remapped by the config."""
+        entries = []
+        for binding in self.BINDINGS:
+            key = self.config.keys.get(binding.id, binding.key) if binding.id else binding.key
+            shown = self.get_key_display(Binding(key.split(",")[0], binding.action))
+            entries.append((self.ACTION_HELP.get(binding.action, binding.description), shown, binding.action))
+        return entries
 
     # -- model loading -------------------------------------------------------------------------
 
@@ -125,6 +147,11 @@ class ChatApp(SlashCommands, App):
             if path is None:
                 from ..session.config import default_checkpoint
 
+                if not default_checkpoint().exists():
+                    self.post_message(ModelFailed(
+                        f"the default model is not installed ({default_checkpoint()}); "
+                        "load a checkpoint with /model PATH"))
+                    return
                 path = str(default_checkpoint())
             backend = LocalBackend.load(path, device=self.config.device, dtype=self.config.dtype)
         except Exception as e:  # a bad file must never take the app down: one line, old model kept
@@ -134,6 +161,7 @@ class ChatApp(SlashCommands, App):
         self.post_message(ModelLoaded(backend, time.perf_counter() - started))
 
     async def on_model_loaded(self, message: ModelLoaded) -> None:
+        self.status.busy = ""
         self.session.backend = message.backend
         info = message.backend.info
         self.status.model = info.name
@@ -144,6 +172,7 @@ class ChatApp(SlashCommands, App):
                         f"in {message.seconds:.1f} s")
 
     async def on_model_failed(self, message: ModelFailed) -> None:
+        self.status.busy = ""
         await self.note(f"could not load the model: {message.error}", "error")
         if self.session.backend is None:
             self.status.model = "no model"
@@ -170,6 +199,7 @@ class ChatApp(SlashCommands, App):
             await self.note(str(e), "error")
             return
         await self.chat.add(UserMessage(self.session.conversation.turns[-1].text))
+        self.chat.follow()  # sending brings the newest text back into view
         await self._start_reply(events)
 
     async def _can_reply(self) -> bool:
@@ -183,7 +213,9 @@ class ChatApp(SlashCommands, App):
 
     async def _start_reply(self, events: Iterable) -> None:
         self.generating = True
-        self.status.note = "generating… (Esc stops)"
+        self.status.busy = "generating (Esc stops)"
+        if not self.status.note.startswith("dropped"):
+            self.status.note = ""
         self.inspector.reset()
         self._reply_widget = AssistantMessage()
         await self.chat.add(self._reply_widget)
@@ -217,33 +249,30 @@ class ChatApp(SlashCommands, App):
         self.post_message(ReplyFinished(done, error))
 
     async def on_reply_progress(self, message: ReplyProgress) -> None:
-        follow = self.chat.following
         if message.text and self._reply_widget is not None:
             await self._reply_widget.append_text(message.text)
         if message.steps:
             self.inspector.add_steps(message.steps)
         if message.trimmed and message.trimmed.dropped_turns:
             self.status.note = f"dropped {message.trimmed.dropped_turns} old turns to fit the window"
-        self.chat.keep_following(follow)
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         self.generating = False
+        self.status.busy = ""
         done = message.done
         widget, self._reply_widget = self._reply_widget, None
-        follow = self.chat.following
         if done is None:
             if widget is not None:
                 await widget.finish("", f"error: {message.error}")
-            self.status.note = ""
             return
-        note = f"error: {done.error}" if done.error else STOP_NOTES.get(done.stop_reason, "")
+        turns = self.session.conversation.turns
+        # The backend wrote the turn with its note ("stopped", "cut at max_new_tokens", an error).
+        note = turns[-1].note if turns and turns[-1].role == "assistant" else (done.error or "")
         if widget is not None:
             await widget.finish(done.text.strip(), note)
+        self.inspector.finish(len(done.token_ids), done.stop_reason)
         self.status.speed = f"TTFT {done.ttft_s:.2f} s · {done.tokens_per_s:.1f} tok/s"
-        if not self.status.note.startswith("dropped"):  # a trimming note stays until the next reply
-            self.status.note = ""
         self.update_context()
-        self.chat.keep_following(follow)
 
     def update_context(self) -> None:
         backend = self.session.backend
@@ -255,6 +284,10 @@ class ChatApp(SlashCommands, App):
     def action_stop(self) -> None:
         if self.generating:
             self.session.stop()
+
+    async def action_quit(self) -> None:
+        self.session.stop()  # a streaming reply ends within a token, so the exit never waits on it
+        self.exit()
 
     async def action_retry(self) -> None:
         if not await self._can_reply():
@@ -355,9 +388,3 @@ class ChatApp(SlashCommands, App):
     async def show_conversation(self) -> None:
         await self.chat.show_conversation(self.session.conversation)
         self.update_context()
-
-    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        for binding in self.BINDINGS:
-            if binding.description and binding.action not in ("quit",):
-                yield SystemCommand(binding.description, f"{binding.key}", lambda a=binding.action: self.run_action(a))

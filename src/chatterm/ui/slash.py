@@ -21,8 +21,10 @@ class SlashCommands:
             await self.note(str(e).splitlines()[0] if str(e) else type(e).__name__, "error")
 
     async def slash_help(self, arg: str) -> None:
-        keys = [f"{b.key}: {b.description}" for b in self.BINDINGS if b.description]
-        await self.note("\n".join(help_lines() + ["", "Keys: " + ", ".join(keys), "Ctrl+P opens the command palette."]))
+        keys = [f"  {key:<8} {title}" for title, key, _ in self.action_entries()]
+        extra = ["  Enter    send", "  ^j       new line (also Alt+Enter)", "  ↑/↓      earlier messages",
+                 "  ←/→ [ ]  step through tokens (inspector focused)", "  ^p       command palette"]
+        await self.note("\n".join(help_lines() + ["", "Keys:"] + keys + extra))
 
     async def slash_clear(self, arg: str) -> None:
         await self.action_clear()
@@ -75,6 +77,7 @@ class SlashCommands:
         if self.generating:
             raise CommandError("a reply is streaming; press Esc first")
         await self.note(f"loading {arg}…")
+        self.status.busy = "loading model"
         self.load_model(arg)
 
     async def slash_theme(self, arg: str) -> None:
@@ -86,10 +89,10 @@ class SlashCommands:
         await self.note(f"theme: {arg}")
 
     async def slash_quit(self, arg: str) -> None:
-        self.exit()
+        await self.action_quit()
 
     def persist_config(self) -> None:
         try:
             save_config(self.config)
         except OSError as e:
-            self.notify(f"could not save settings: {e}", severity="error")
+            self.notify(f"could not save settings: {e}", severity="error", markup=False)
