@@ -81,7 +81,7 @@ async def test_settings_change_mid_reply_applies_to_the_next_token(babbler):
         await settle(app, pilot)
         assert not app.generating
         assert app.session.conversation.turns[-1].note == "cut at max_new_tokens"
-        assert app.chat.query(AssistantMessage).last().border_subtitle == "max new tokens reached"
+        assert app.chat.query(AssistantMessage).last().border_subtitle == "cut at max_new_tokens"
 
 
 async def test_escape_stops_and_keeps_the_partial_reply(babbler):
@@ -196,3 +196,41 @@ async def test_bad_model_path_keeps_the_app_usable(parrot_checkpoint, tmp_path):
         await type_and_send(pilot, f"/model {parrot_checkpoint}")
         await settle(app, pilot)
         assert app.session.backend is not None and app.status.model == "parrot"
+
+
+async def test_command_palette_runs_actions_and_switches_themes(parrot_checkpoint):
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        await type_and_send(pilot, "hi")
+        await settle(app, pilot)
+
+        async def palette(query):
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            for ch in query:
+                await pilot.press("space" if ch == " " else ch)
+            await pilot.pause(0.3)  # the palette searches in the background
+            await pilot.press("enter")
+            await settle(app, pilot)
+
+        await palette("undo the last")
+        assert app.session.conversation.turns == [] and not app.chat.query(UserMessage)
+        await palette("theme: chatterm-light")
+        assert app.theme == "chatterm-light"
+
+
+async def test_inspector_marks_the_held_back_stop_string(parrot_checkpoint):
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        await type_and_send(pilot, "hi")
+        await settle(app, pilot)
+        inspector = app.inspector
+        shown = "".join(s.text for s in inspector.steps[: inspector.shown_tokens])
+        held = "".join(s.text for s in inspector.steps[inspector.shown_tokens :])
+        assert shown.strip() == "hello there, friend" and held.strip().startswith("User")
+        assert "cut: stop string" in str(inspector.render().renderables[0])
+        inspector.focus()
+        await pilot.press("home", "right")
+        assert inspector.index == 1 and "cut" not in str(inspector.render().renderables[0])
