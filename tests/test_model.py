@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from chatterm.model import GPT, CheckpointError, GPTConfig, KVCache, load_checkpoint, save_checkpoint
+from chatterm.model import GPT, CheckpointError, GPTConfig, KVCache, load_checkpoint, pack_linears, save_checkpoint
+from chatterm.model.cpu_linear import PackedLinear, can_pack
+from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.generator import Generator
 from chatterm.engine.tokenizer import Tokenizer
 from helpers import byte_tokenizer_spec, tiny_model
@@ -209,3 +211,33 @@ def test_bf16_load_runs(tmp_path):
     with torch.inference_mode():
         out = ckpt.model(torch.tensor([[1, 2, 3]]))
     assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linears_match_the_plain_model(dtype):
+    """oneDNN-packed linears (the CPU inference path) give the plain model's logits and the same
+    greedy continuation through the KV cache."""
+
+    plain = tiny_model(seed=3).to(dtype)
+    packed = tiny_model(seed=3).to(dtype)
+    if not can_pack(packed):
+        pytest.skip(f"oneDNN packing unsupported for {dtype} on this CPU")
+    assert pack_linears(packed) == 2 * 4 + 1  # four per block, and the output projection
+    assert isinstance(packed.lm_head, PackedLinear) and isinstance(packed.transformer.h[1].mlp.c_fc, PackedLinear)
+    ids = torch.tensor([[5, 9, 200, 31, 7, 7, 64]])
+    with torch.inference_mode():
+        want, got = plain(ids).float(), packed(ids).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.allclose(got, want, atol=tolerance * float(want.abs().max())), float((got - want).abs().max())
+    tok = Tokenizer.from_spec(byte_tokenizer_spec(eot=False))
+    settings = SamplingSettings(temperature=0, max_new_tokens=60)
+    replies = [Generator(m, tok).complete([72, 105], settings).token_ids for m in (plain, packed)]
+    assert len(replies[0]) == 60 and replies[0] == replies[1]
+
+
+def test_packing_leaves_unsupported_models_untouched():
+    model = tiny_model(seed=3).double()  # oneDNN has no float64 linears
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert pack_linears(model) == 0
+    assert isinstance(model.lm_head, torch.nn.Linear)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

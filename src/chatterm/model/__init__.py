@@ -2,6 +2,7 @@
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import SHAPES, GPTConfig, shape
+from .cpu_linear import pack_linears
 from .device import pick_device, pick_dtype
 from .errors import CheckpointError
 from .gpt import GPT
@@ -9,5 +10,5 @@ from .kv_cache import KVCache
 
 __all__ = [
     "GPT", "GPTConfig", "SHAPES", "shape", "KVCache", "Checkpoint", "CheckpointError",
-    "load_checkpoint", "save_checkpoint", "pick_device", "pick_dtype",
+    "load_checkpoint", "save_checkpoint", "pick_device", "pick_dtype", "pack_linears",
 ]

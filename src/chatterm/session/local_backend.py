@@ -44,7 +44,7 @@ class LocalBackend:
         """Load a checkpoint of any supported format. Raises CheckpointError (one line) on bad files."""
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
-        from ..model import CheckpointError, load_checkpoint, pick_device, pick_dtype
+        from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
 
         torch_device = pick_device(device)
         ckpt = load_checkpoint(path, device=torch_device, dtype=pick_dtype(dtype, torch_device), n_head=n_head)
@@ -54,9 +54,13 @@ class LocalBackend:
                 f"{ckpt.path}: no tokenizer inside, and its vocabulary ({ckpt.config.vocab_size}) is too "
                 "small for GPT-2's; convert it with a tokenizer spec (see README)"
             )
+        compile = bool(compile) if compile is not None else torch_device.type == "cuda"
+        parameters = ckpt.model.num_params()  # counted before packing turns weights into buffers
+        if not compile:
+            pack_linears(ckpt.model)  # CPU only; 2-2.5x faster matmuls, a no-op elsewhere
         try:
             tokenizer = Tokenizer.from_spec(spec)
-            generator = Generator(ckpt.model, tokenizer, compile=bool(compile) if compile is not None else torch_device.type == "cuda")
+            generator = Generator(ckpt.model, tokenizer, compile=compile)
         except (TokenizerError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: {e}") from e
         if template is None:
@@ -69,7 +73,7 @@ class LocalBackend:
             device=str(torch_device),
             dtype=_DTYPE_NAMES.get(str(next(ckpt.model.parameters()).dtype), "?"),
             context_window=ckpt.config.block_size,
-            parameters=ckpt.model.num_params(),
+            parameters=parameters,
             source=str(ckpt.path),
         )
         return cls(generator, template, info, ckpt.meta)
