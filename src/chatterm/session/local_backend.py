@@ -8,9 +8,11 @@ worker. One `Generator` and its KV cache live as long as the backend; prompts ar
 from __future__ import annotations
 
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
+from ..engine import torch_thread
 from ..engine.events import ContextTrimmed, Event, Finished
 from ..engine.settings import SamplingSettings
 from .backend import BackendInfo
@@ -41,7 +43,12 @@ class LocalBackend:
         compile: bool | None = None,
         n_head: int | None = None,
     ) -> "LocalBackend":
-        """Load a checkpoint of any supported format. Raises CheckpointError (one line) on bad files."""
+        """Load a checkpoint of any supported format. Raises CheckpointError (one line) on bad files.
+        The work runs on the torch thread (see engine/torch_thread.py), like every reply."""
+        return torch_thread.call(cls._load, path, device, dtype, template, compile, n_head)
+
+    @classmethod
+    def _load(cls, path, device, dtype, template, compile, n_head) -> "LocalBackend":
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
         from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
@@ -106,9 +113,9 @@ class LocalBackend:
             return new
 
         events: list[Event] = []
-        for event in self.generator.stream(
-            prompt.ids, settings, stop=self.template.stop, cancel=cancel, on_context_full=refit, inspect=inspect
-        ):
+        stream = partial(self.generator.stream, prompt.ids, settings, stop=self.template.stop, cancel=cancel,
+                         on_context_full=refit, inspect=inspect)
+        for event in torch_thread.iterate(stream):  # generated on the torch thread, consumed here
             if events:  # a refit happened during the last step: report it in order
                 yield from events
                 events.clear()
