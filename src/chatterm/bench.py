@@ -2,11 +2,14 @@
 memory-bandwidth bound, measured in one run on this machine.
 
 Every figure is the median of `--runs` runs after a warm-up. Sections:
-- decode: greedy tokens/s after a short prompt, cached vs uncached, per dtype, and (when
-  transformers is installed) `GPT2LMHeadModel.generate` on the same weights, with the ratio;
+- decode: greedy tokens/s after a short prompt per dtype, first through plain `F.linear`, then
+  with the linears packed for oneDNN as the app runs them, and (when transformers is installed)
+  `GPT2LMHeadModel.generate` on the same weights, with the ratio;
+- uncached: decode tokens/s with ~512 tokens of context, with the KV cache and without;
 - bound: bytes read per decoded token (weights + KV cache) / bandwidth measured on the spot;
 - prefill: prompt tokens/s and time to first token at several context lengths;
-- turns: time to first token of a chat turn after ~900 vs ~50 tokens of cached history.
+- turns: time to first token of a chat turn after ~900 vs ~50 tokens of cached history;
+- ui: tokens/s of replies shown by the headless app vs the engine alone (see bench_ui.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import argparse
 import statistics
 import time
 
-SECTIONS = ("decode", "bound", "prefill", "turns")
+SECTIONS = ("decode", "uncached", "bound", "prefill", "turns", "ui")
 
 
 def add_parser(sub) -> None:
@@ -30,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--ui-checkpoint", help="model for the UI section (default: the default model)")
     p.set_defaults(func=run)
 
 
@@ -63,12 +67,6 @@ def _bandwidth_gbs() -> float:
     return x.nbytes / t / 1e9
 
 
-def _greedy(gen, prompt, n):
-    from .engine.settings import SamplingSettings
-
-    return gen.complete(prompt, SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=n))
-
-
 def _uncached(model, prompt, n):
     import torch
 
@@ -95,10 +93,24 @@ def _hf_model(model):
 
 
 def run(args) -> int:
+    from .engine import torch_thread
+
+    # All torch work on the one thread the app uses for it (see engine/torch_thread.py). The UI
+    # section runs the app here, and the app sends its own torch work to that thread.
+    torch_thread.call(_run, args)
+    if "ui" in args.sections.split(","):
+        from .bench_ui import ui_vs_engine
+
+        ui_vs_engine(args.ui_checkpoint, runs=args.runs)
+    return 0
+
+
+def _run(args) -> None:
     import torch
 
     from .engine.generator import Generator
     from .engine.tokenizer import Tokenizer
+    from .model import pack_linears
     from .model.device import DTYPES
 
     sections = set(args.sections.split(","))
@@ -106,33 +118,36 @@ def run(args) -> int:
     prompt = list(range(100, 100 + args.prompt_tokens))
     print(f"chatterm bench: {args.checkpoint or args.shape} on {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.runs} runs after a warm-up")
-    results = {}
-    for name in args.dtypes.split(","):
+    for name in args.dtypes.split(",") if sections - {"ui"} else ():
         dtype = DTYPES[name]
         model = _model(args, dtype)
         params = sum(p.numel() for p in model.parameters())
-        gen = Generator(model, tok if model.config.vocab_size >= tok.n_vocab else _ids_tokenizer(model))
+        tokenizer = tok if model.config.vocab_size >= tok.n_vocab else _ids_tokenizer(model)
+        hf = _hf_model(model) if "decode" in sections and not args.no_hf and _has_transformers() else None
+        if "decode" in sections:  # the same weights through plain F.linear, before packing
+            plain = _greedy(Generator(model, tokenizer), prompt, args.new_tokens, args.runs)
+            print(f"[{name}] decode {plain.tokens_per_s:7.1f} tok/s with F.linear (unpacked)")
+        packed = pack_linears(model)  # what the app does after loading (a no-op off the CPU)
+        gen = Generator(model, tokenizer)
+        ours = None
         if "decode" in sections:
-            t = _median_time(lambda: _greedy(gen, prompt, args.new_tokens), args.runs)
-            done = _greedy(gen, prompt, args.new_tokens)
-            ours = done.tokens_per_s
-            results[name] = (ours, done)
-            line = f"[{name}] decode {ours:7.1f} tok/s (cached, {args.new_tokens} new after {len(prompt)})"
-            if name == "fp32":
-                n_unc = min(args.new_tokens, 64)
-                tu = _median_time(lambda: _uncached(model, prompt, n_unc), 1)
-                line += f" | uncached {n_unc / tu:6.1f} tok/s"
-            print(line)
-            if not args.no_hf:
-                _compare_hf(model, prompt, args, ours, name, done)
+            ours = _greedy(gen, prompt, args.new_tokens, args.runs)
+            print(f"[{name}] decode {ours.tokens_per_s:7.1f} tok/s (cached, {args.new_tokens} new after {len(prompt)}"
+                  f"{f', {packed} linears packed for oneDNN' if packed else ''})")
+            if hf is not None:
+                _compare_hf(hf, prompt, args, ours, name)
+            elif not args.no_hf:
+                print("  (transformers not installed: pip install 'chatterm[bench]' for the side-by-side)")
+        if "uncached" in sections and name == "fp32":
+            _cached_vs_uncached(gen, args)
         if "bound" in sections and name == "fp32":
             bw = _bandwidth_gbs()
             kv = 2 * model.config.n_layer * model.config.n_embd * (len(prompt) + args.new_tokens / 2) * dtype.itemsize
             per_token = params * dtype.itemsize + kv
             bound = bw * 1e9 / per_token
-            ours = results.get(name, (0,))[0]
-            print(f"[{name}] bandwidth {bw:.1f} GB/s, {per_token / 1e6:.0f} MB read per token -> bound {bound:.1f} tok/s;"
-                  f" achieved {ours / bound:.0%} of it")
+            achieved = f"; achieved {ours.tokens_per_s / bound:.0%} of it" if ours else ""
+            print(f"[{name}] bandwidth {bw:.1f} GB/s, {per_token / 1e6:.0f} MB read per token -> bound {bound:.1f} tok/s"
+                  + achieved)
         if "prefill" in sections:
             for n in [int(c) for c in args.contexts.split(",") if int(c) < model.config.block_size]:
                 ids = [(7 * i) % 250 for i in range(n)]
@@ -143,7 +158,26 @@ def run(args) -> int:
                 print(f"[{name}] prefill {n:4d} tokens: {n / t:8.0f} tok/s, time to first token {t * 1000:6.1f} ms")
         if "turns" in sections and name == "fp32":
             _turns(gen, args)
-    return 0
+
+
+def _greedy(gen, prompt, n, runs):
+    """Median-of-`runs` greedy completion of `prompt` (by decode speed), after a warm-up."""
+    from .engine.settings import SamplingSettings
+
+    settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=n)
+    gen.complete(prompt, settings)
+    results = sorted((gen.complete(prompt, settings) for _ in range(runs)), key=lambda d: d.tokens_per_s)
+    return results[len(results) // 2]
+
+
+def _cached_vs_uncached(gen, args):
+    """Decode speed with ~512 tokens in context: the KV cache vs re-running the whole sequence."""
+    total, n = min(512, gen.context_window), 16
+    prompt = [(5 * i) % 250 for i in range(total - n)]
+    cached = _greedy(gen, prompt, n, args.runs).tokens_per_s
+    t = _median_time(lambda: _uncached(gen.model, prompt, n), max(1, args.runs - 1))
+    print(f"[fp32] at {total} tokens of context: cached {cached:6.1f} tok/s, uncached {n / t:6.1f} tok/s"
+          f" -> {cached * t / n:.1f}x")
 
 
 def _ids_tokenizer(model):
@@ -155,23 +189,25 @@ def _ids_tokenizer(model):
     return Tokenizer.from_spec(Tokenizer.bpe_spec(ranks, {"<|endoftext|>": 256}))
 
 
-def _compare_hf(model, prompt, args, ours, name, done):
+def _has_transformers() -> bool:
     try:
         import transformers  # noqa: F401
     except ImportError:
-        print("  (transformers not installed: pip install 'chatterm[bench]' for the side-by-side)")
-        return
+        return False
+    return True
+
+
+def _compare_hf(hf, prompt, args, ours, name):
     import torch
 
-    hf = _hf_model(model)
     ids = torch.tensor([prompt])
     kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
     with torch.inference_mode():
         t = _median_time(lambda: hf.generate(ids, **kwargs), args.runs)
         theirs_ids = hf.generate(ids, **kwargs)[0, len(prompt):].tolist()
     theirs = args.new_tokens / t
-    same = sum(a == b for a, b in zip(theirs_ids, done.token_ids)) / max(1, len(done.token_ids))
-    print(f"[{name}] transformers generate {theirs:7.1f} tok/s (end to end) -> ours/theirs {ours / theirs:.2f}x;"
+    same = sum(a == b for a, b in zip(theirs_ids, ours.token_ids)) / max(1, len(ours.token_ids))
+    print(f"[{name}] transformers generate {theirs:7.1f} tok/s (end to end) -> ours/theirs {ours.tokens_per_s / theirs:.2f}x;"
           f" same greedy tokens: {same:.0%}")
 
 
