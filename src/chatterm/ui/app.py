@@ -33,7 +33,12 @@ from .status_bar import StatusBar
 from .themes import load_themes, theme_folders
 
 INSPECT_TOP = 8  # candidates per token shown by the inspector
-FLUSH_SECONDS = 0.04  # how often a streaming reply updates the screen
+FLUSH_SECONDS = 0.04  # the most often a streaming reply updates the screen (25 times a second)
+MAX_FLUSH_SECONDS = 0.25  # and the least often
+# The engine shares this process (its GIL and its cores) with the UI, so every redraw is time the
+# engine does not get. While a reply streams, updates are spaced so that the UI thread uses at
+# most this share of the time (its CPU time over wall time); see BENCHMARKS.md.
+UI_TIME_SHARE = 0.1
 
 
 class ChatApp(SlashCommands, App):
@@ -77,6 +82,8 @@ class ChatApp(SlashCommands, App):
         self.show_settings = True
         self.show_inspector = True
         self._reply_widget: AssistantMessage | None = None
+        self._flush_seconds = FLUSH_SECONDS  # adapted to the UI's share of the time; read by the reply worker
+        self._ui_clock = (0.0, 0.0)  # (wall, UI thread CPU) at the last streaming update
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -239,7 +246,7 @@ class ChatApp(SlashCommands, App):
                 elif isinstance(event, Finished):
                     done = event
                 now = time.monotonic()
-                if now - last >= FLUSH_SECONDS and (text or steps):
+                if now - last >= self._flush_seconds and (text or steps):
                     self.post_message(ReplyProgress("".join(text), steps, trimmed))
                     text, steps, trimmed, last = [], [], None, now
         except Exception as e:  # keep the app alive whatever happens in the engine
@@ -249,12 +256,24 @@ class ChatApp(SlashCommands, App):
         self.post_message(ReplyFinished(done, error))
 
     async def on_reply_progress(self, message: ReplyProgress) -> None:
+        self._pace_updates()
         if message.text and self._reply_widget is not None:
             await self._reply_widget.append_text(message.text)
         if message.steps:
             self.inspector.add_steps(message.steps)
         if message.trimmed and message.trimmed.dropped_turns:
             self.status.note = f"dropped {message.trimmed.dropped_turns} old turns to fit the window"
+
+    def _pace_updates(self) -> None:
+        """Stretch or shrink the update interval by the UI thread's share of the time since the
+        last update, so that it converges on UI_TIME_SHARE."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        last_wall, last_cpu = self._ui_clock
+        self._ui_clock = (wall, cpu)
+        if last_wall and wall - last_wall < 1.0:  # within one reply's stream
+            share = (cpu - last_cpu) / max(wall - last_wall, 1e-3)
+            wanted = self._flush_seconds * share / UI_TIME_SHARE
+            self._flush_seconds = min(MAX_FLUSH_SECONDS, max(FLUSH_SECONDS, wanted))
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         self.generating = False
