@@ -71,3 +71,21 @@ def test_convert_nanogpt_to_our_format(tmp_path):
     assert (tmp_path / "out" / "model.safetensors").exists()
     r = run("generate", str(tmp_path / "out"), "--prompt", "Hello", "--max-new-tokens", "5", "--seed", "1")
     assert r.returncode == 0, r.stderr  # GPT-2 tokenizer chosen for a padded 50304 vocabulary
+
+
+def test_launch_path_imports_neither_torch_nor_tiktoken():
+    """The first frame must not wait for torch (about a second to import): the command line and
+    the app's module import nothing heavy; the model loads after the first frame."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from chatterm.cli import build_parser; build_parser(); import chatterm.ui.app; "
+            "print(sorted(m for m in ('torch', 'tiktoken') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_first_frame_arrives_on_a_real_terminal():
+    from chatterm.bench_ui import _first_frame_once
+
+    assert _first_frame_once(timeout=30) > 0  # raises with the last output if it never draws

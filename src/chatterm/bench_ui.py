@@ -11,15 +11,25 @@ Two models:
   last Markdown render) weigh as much as the streaming itself.
 - stream: the same shape and tokenizer with random weights, which never writes the `User:`
   marker, so every reply runs to max_new_tokens: the sustained streaming rate.
+
+First frame: `python -m chatterm` started on a pseudo-terminal, timed from the spawn to the first
+full screen it writes (its prompt's placeholder). Nothing is faked: the real CLI, config and
+default model; torch is imported and the model loaded after that frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+FIRST_FRAME_MARKER = b"Enter sends"  # in the prompt's border: drawn with the first frame
 
 CHAT_MESSAGES = [
     "hi, how are you?",
@@ -51,12 +61,52 @@ def ui_vs_engine(checkpoint: str | None, runs: int = 3) -> None:
                 app = asyncio.run(_app_rate(model, messages))
                 print(f"[ui] {label}: engine alone {engine[0]:7.1f} tok/s, app {app[0]:7.1f} tok/s -> {app[0] / engine[0]:.0%}"
                       f" ({engine[1]} tokens in {len(messages) - 1} replies)")
+            print(f"[ui] first frame of `python -m chatterm`: {first_frame_seconds(runs):.2f} s after launch "
+                  "(median; the model loads after it)")
         finally:
             for key, value in saved_env.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+def first_frame_seconds(runs: int = 3) -> float:
+    """Median seconds from spawning `python -m chatterm` on a 100x30 pseudo-terminal to its
+    first frame."""
+    times = sorted(_first_frame_once() for _ in range(runs))
+    return times[len(times) // 2]
+
+
+def _first_frame_once(timeout: float = 20.0) -> float:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color"}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "chatterm"], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, start_new_session=True)
+    os.close(slave)
+    seen = b""
+    try:
+        while time.perf_counter() - started < timeout:
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the app exited
+                    break
+                if FIRST_FRAME_MARKER in seen:
+                    return time.perf_counter() - started
+        raise RuntimeError(f"no first frame within {timeout:.0f} s; last output: {seen[-200:]!r}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(master)
 
 
 def _settings():

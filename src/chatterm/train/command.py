@@ -7,7 +7,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 # Flags generated from TrainConfig so the dataclass stays the one documented source.
 _SKIP = {"data", "out", "extra"}
