@@ -132,8 +132,7 @@ class ChatApp(SlashCommands, App):
         for problem in self.problems:
             await self.note(problem, "error")
         self.status.busy = "loading model"
-        # Only once the first frame is on screen: importing torch holds the GIL for long stretches.
-        self.call_after_refresh(self.load_model, self.checkpoint)
+        self.load_model(self.checkpoint)
 
     def action_entries(self) -> list[tuple[str, str, str]]:
         """(title, key as shown, action) for every bound action, keys as remapped by the config."""
