@@ -1,0 +1,57 @@
+"""Where a decode step's time goes: torch's profiler over 20 cached decode steps of a model
+(default: GPT-2 small shape, random weights, fp32, linears packed as the app runs them).
+
+    python scripts/profile_decode.py [--shape gpt2] [--dtype fp32] [--unpacked]
+
+Prints ms per token, the achieved read bandwidth of the weights, and the top operators.
+"""
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from chatterm.model import GPT, KVCache, pack_linears, shape
+from chatterm.model.device import DTYPES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="gpt2")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--unpacked", action="store_true", help="keep F.linear (MKL) for comparison")
+    args = parser.parse_args()
+    run(args)  # this script is the only thread doing torch work, as the app's torch thread is
+
+
+def run(args) -> None:
+    model = GPT(shape(args.shape)).init_weights(0).to(DTYPES[args.dtype]).eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not args.unpacked:
+        pack_linears(model)
+    cache = KVCache.for_model(model)
+    with torch.inference_mode():
+        model(torch.arange(32)[None], torch.arange(32), cache)
+        cache.commit(32)
+
+        def step():
+            model(torch.tensor([[5]]), torch.tensor([cache.length]), cache)
+            cache.commit(1)
+
+        for _ in range(10):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(40):
+            step()
+        per_token = (time.perf_counter() - t0) / 40
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(20):
+                step()
+    print(f"{args.shape} {args.dtype} {'unpacked' if args.unpacked else 'packed'}: {per_token * 1e3:.1f} ms/token,"
+          f" weights read at {weight_bytes / per_token / 1e9:.1f} GB/s")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
+if __name__ == "__main__":
+    main()
