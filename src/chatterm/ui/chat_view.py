@@ -77,11 +77,6 @@ class ChatView(VerticalScroll):
     def on_mount(self) -> None:
         self.anchor()  # stay at the bottom as text arrives, until the user scrolls up
 
-    @property
-    def following(self) -> bool:
-        """True while the view sticks to the newest text (the user has not scrolled away)."""
-        return self.is_anchored and not self._anchor_released
-
     async def add(self, widget) -> None:
         await self.mount(widget)
 
