@@ -27,10 +27,14 @@ async def ready(app, pilot):
     await pilot.pause()
 
 
-async def type_and_send(pilot, text):
-    await pilot.click(PromptInput)
+async def type_keys(pilot, text):
     for ch in text:
         await pilot.press("space" if ch == " " else ch)
+
+
+async def type_and_send(pilot, text):
+    await pilot.click(PromptInput)
+    await type_keys(pilot, text)
     await pilot.press("enter")
 
 
@@ -208,8 +212,7 @@ async def test_command_palette_runs_actions_and_switches_themes(parrot_checkpoin
         async def palette(query):
             await pilot.press("ctrl+p")
             await pilot.pause()
-            for ch in query:
-                await pilot.press("space" if ch == " " else ch)
+            await type_keys(pilot, query)
             await pilot.pause(0.3)  # the palette searches in the background
             await pilot.press("enter")
             await settle(app, pilot)
