@@ -13,9 +13,9 @@ from importlib import import_module
 
 from . import __version__
 
-SUBCOMMANDS = ("chat", "generate", "convert", "prepare", "train", "eval", "bench")
+SUBCOMMANDS = ("chat", "generate", "convert", "prepare", "train", "eval", "bench", "pull", "models")
 # Modules that register their own subcommand with `add_parser(subparsers)`.
-PLUGGED = {"train": "chatterm.train.command", "bench": "chatterm.bench"}  # train also adds prepare, eval
+PLUGGED = {"train": "chatterm.train.command", "bench": "chatterm.bench", "pull": "chatterm.models_command"}  # train also adds prepare, eval; pull adds models
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window", "max_new_tokens", "seed")
 
 
@@ -88,6 +88,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
     p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
+    p.add_argument("--context", type=int, metavar="N", help="cap the context window at N tokens (default: the model's, at most 4096)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -146,7 +147,7 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
         print(f"chatterm: warning: {problem}", file=sys.stderr)
 
     def load(path):
-        return _load_backend(path, config.device, config.dtype, args.n_head)
+        return _load_backend(path, config.device, config.dtype, args.n_head, args.context)
 
     session = ChatSession(
         load(checkpoint),
@@ -162,11 +163,13 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
     return PlainChat(session, load_backend=load).run(sys.stdin)
 
 
-def _load_backend(path, device, dtype, n_head=None):
+def _load_backend(path, device, dtype, n_head=None, context=None):
     from .session.local_backend import LocalBackend
 
+    if context is not None and context < 2:
+        raise UserError(f"--context {context}: the context window must be at least 2 tokens")
     try:
-        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head)
+        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head, context=context)
     except ValueError as e:  # bad --device / --dtype
         raise UserError(str(e)) from None
 
@@ -183,7 +186,7 @@ def cmd_generate(args) -> int:
         raise UserError("the prompt is empty")
     settings = SamplingSettings()
     _apply_sampling(settings, args)
-    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head)
+    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head, args.context)
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
     else:

@@ -121,7 +121,7 @@ class Generator:
         seed = settings.seed
         rng = torch.Generator(device=self.device).manual_seed(seed if seed is not None else secrets.randbits(63))
         vocab_limit = self.tokenizer.n_vocab
-        eot = self.tokenizer.eot_id
+        stop_ids = self.tokenizer.stop_ids  # end of text, end of turn: the reply is over
         try:
             logits, prefilled = self.prefill(ids)
             while True:
@@ -140,7 +140,7 @@ class Generator:
                 if not generated:
                     ttft = time.perf_counter() - t0
                 token = choice.token_id
-                if token == eot:
+                if token in stop_ids:
                     reason = "eos"
                     break
                 generated.append(token)

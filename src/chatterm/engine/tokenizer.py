@@ -35,6 +35,9 @@ class Tokenizer:
         self.encoding = encoding
         self.spec = spec
         self.eot_id: int | None = encoding._special_tokens.get(ENDOFTEXT)
+        self.bos_id: int | None = None
+        self.stop_ids = frozenset({self.eot_id} - {None})  # ids that end a reply
+        self.special_tokens = dict(encoding._special_tokens)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -57,7 +60,11 @@ class Tokenizer:
             except (KeyError, ValueError, TypeError) as e:
                 raise TokenizerError(f"bad BPE tokenizer spec ({e})") from e
             return cls(encoding, spec)
-        raise TokenizerError(f"unknown tokenizer type {kind!r}; expected 'gpt2' or 'bpe'")
+        if kind in ("huggingface", "gguf"):  # Hugging Face `tokenizers`: Llama-family models
+            from .hf_tokenizer import HFTokenizer
+
+            return HFTokenizer.from_spec(spec)
+        raise TokenizerError(f"unknown tokenizer type {kind!r}; expected 'gpt2', 'bpe', 'huggingface' or 'gguf'")
 
     @classmethod
     def gpt2(cls) -> "Tokenizer":
@@ -83,6 +90,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
+
+    def encode_marked(self, text: str, plain=()) -> list[int]:
+        """Template text: the same as `encode` (our own templates have no special markers)."""
+        return self.encode(text)
 
     def decode(self, ids: list[int]) -> str:
         return self.encoding.decode(ids, errors="replace")

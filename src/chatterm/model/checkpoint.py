@@ -31,6 +31,7 @@ from . import state_dict as sdmod
 from .config import GPTConfig
 from .errors import CheckpointError
 from .gpt import GPT
+from .registry import cap_context
 
 META_FILE = "chatterm.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -58,22 +59,31 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     n_head: int | None = None,
+    context: int | None = None,
+    progress=None,
 ) -> Checkpoint:
     """Load any supported checkpoint; weights end up on `device` in `dtype` (default: as stored,
-    floats widened to fp32 when stored in half precision on the CPU)."""
+    floats widened to fp32 when stored in half precision on the CPU). `context` caps the context
+    window; `progress(what, fraction)` is called while big files load (other families only)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     try:
-        fmt, config, sd, meta = _read(path, n_head)
-        model = _build(config, sd, path)
+        family = _read_family(path, context, progress)  # GGUF files, Llama-family HF folders
+        if family is not None:
+            fmt, model, meta = family
+            config, sd = model.config, model.state_dict()
+        else:
+            fmt, config, sd, meta = _read(path, n_head)
+            model = _build(config, sd, path)
     except CheckpointError:
         raise
     except (KeyError, ValueError, TypeError, RuntimeError, OSError, EOFError) as e:
         raise CheckpointError(f"{path}: cannot load checkpoint ({_first_line(e)})") from e
     target = dtype or _default_dtype(sd, device)
     model.to(device=device, dtype=target).eval()
-    return Checkpoint(model=model, config=config, path=path, format=fmt, meta=meta)
+    cap_context(model, context)
+    return Checkpoint(model=model, config=model.config, path=path, format=fmt, meta=meta)
 
 
 def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = None) -> Path:
@@ -92,6 +102,20 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
 
 
 # --- reading ---------------------------------------------------------------------------------
+
+
+def _read_family(path: Path, context, progress):
+    """(format, model, meta) when the registry's loaders own this path, else None."""
+    from .gguf_format import is_gguf, read_gguf
+    from .hf_folder import is_hf_family_folder, read_hf_folder
+
+    if is_gguf(path):
+        model, _, meta = read_gguf(path, context, progress)
+        return "gguf", model, meta
+    if is_hf_family_folder(path):
+        model, _, meta = read_hf_folder(path, context, progress)
+        return "huggingface", model, meta
+    return None
 
 
 def _read(path: Path, n_head: int | None) -> tuple[str, GPTConfig, dict, dict]:

@@ -56,7 +56,7 @@ class KVCache(nn.Module):
         param = next(model.parameters())
         return cls(
             cfg.n_layer,
-            cfg.n_head,
+            getattr(cfg, "n_kv_head", cfg.n_head),  # grouped-query attention caches only the kv heads
             cfg.head_dim,
             max_len or cfg.block_size,
             batch_size=batch_size,

@@ -17,6 +17,7 @@ from ..engine.events import ContextTrimmed, Event, Finished
 from ..engine.settings import SamplingSettings
 from .backend import BackendInfo
 from .conversation import Conversation
+from .jinja_template import JinjaChatTemplate, JinjaPromptBuilder
 from .prompt import PromptBuilder
 from .template import ChatTemplate
 
@@ -30,7 +31,8 @@ class LocalBackend:
         self.template = template
         self.info = info
         self.meta = meta or {}
-        self.prompts = PromptBuilder(self.tokenizer, template, info.context_window)
+        builder = JinjaPromptBuilder if isinstance(template, JinjaChatTemplate) else PromptBuilder
+        self.prompts = builder(self.tokenizer, template, info.context_window)
 
     @classmethod
     def load(
@@ -42,19 +44,27 @@ class LocalBackend:
         template: ChatTemplate | None = None,
         compile: bool | None = None,
         n_head: int | None = None,
+        context: int | None = None,
+        progress=None,
     ) -> "LocalBackend":
-        """Load a checkpoint of any supported format. Raises CheckpointError (one line) on bad files.
+        """Load a checkpoint of any supported format, or an installed model by name (see
+        models.py). Raises CheckpointError (one line) on bad files. `context` caps the context
+        window; `progress(what, fraction)` reports loading progress (called on the torch thread).
         The work runs on the torch thread (see engine/torch_thread.py), like every reply."""
-        return torch_thread.call(cls._load, path, device, dtype, template, compile, n_head)
+        from .models import resolve_model
+
+        path = resolve_model(path)
+        return torch_thread.call(cls._load, path, device, dtype, template, compile, n_head, context, progress)
 
     @classmethod
-    def _load(cls, path, device, dtype, template, compile, n_head) -> "LocalBackend":
+    def _load(cls, path, device, dtype, template, compile, n_head, context=None, progress=None) -> "LocalBackend":
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
         from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
 
         torch_device = pick_device(device)
-        ckpt = load_checkpoint(path, device=torch_device, dtype=pick_dtype(dtype, torch_device), n_head=n_head)
+        ckpt = load_checkpoint(path, device=torch_device, dtype=pick_dtype(dtype, torch_device), n_head=n_head,
+                               context=context, progress=progress)
         spec = ckpt.meta.get("tokenizer")
         if spec is None and ckpt.config.vocab_size < 50257:
             raise CheckpointError(
@@ -72,7 +82,7 @@ class LocalBackend:
             raise CheckpointError(f"{ckpt.path}: {e}") from e
         if template is None:
             try:
-                template = ChatTemplate.from_dict(ckpt.meta.get("chat_template"))
+                template = _jinja_template(ckpt.meta, tokenizer) or ChatTemplate.from_dict(ckpt.meta.get("chat_template"))
             except (TypeError, ValueError) as e:
                 raise CheckpointError(f"{ckpt.path}: bad chat template ({e})") from e
         info = BackendInfo(
@@ -132,3 +142,12 @@ class LocalBackend:
         turn = conversation.add("assistant", text, stopped=stopped, note=note)
         turn.ids = self.prompts.finished_turn_ids(done.text, list(done.token_ids))
         turn.ids_key = self.prompts.key
+
+
+def _jinja_template(meta: dict, tokenizer) -> JinjaChatTemplate | None:
+    """The model's own Jinja chat template, if it has one (Hugging Face folders, GGUF files)."""
+    source = meta.get("chat_template_jinja")
+    if not source:
+        return None
+    bos, eos = (tokenizer.decode([i]) if i is not None else "" for i in (tokenizer.bos_id, tokenizer.eot_id))
+    return JinjaChatTemplate(source, bos_token=bos, eos_token=eos).check()

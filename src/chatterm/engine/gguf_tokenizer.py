@@ -1,0 +1,82 @@
+"""The tokenizer embedded in a GGUF file, rebuilt as a Hugging Face `tokenizers` object.
+
+`tokenizer.ggml.model` says which kind:
+- "gpt2": byte-level BPE (GPT-2, SmolLM2, Qwen2, Llama 3): the vocabulary and merges as stored,
+  pre-tokenized by the regex that `tokenizer.ggml.pre` names;
+- "llama": a SentencePiece vocabulary (Llama 2, TinyLlama, Mistral): a BPE with byte fallback
+  whose merges are derived from the vocabulary, ranked by piece id (ids follow the scores).
+Token types: 3 (control) become special added tokens, 4 (user-defined) plain added tokens.
+"""
+
+from __future__ import annotations
+
+from .tokenizer import TokenizerError
+
+# Pre-tokenization regexes by `tokenizer.ggml.pre`; anything else uses GPT-2's.
+_LETTERS_FIRST = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+PRE_PATTERNS = {
+    "llama-bpe": _LETTERS_FIRST % "{1,3}",  # Llama 3: numbers in groups of up to three digits
+    "llama3": _LETTERS_FIRST % "{1,3}",
+    "qwen2": _LETTERS_FIRST % "",  # one digit per token
+}
+CONTROL, USER_DEFINED = 3, 4
+
+
+def tokenizer_from_gguf(spec: dict):
+    """A `tokenizers.Tokenizer` for the spec (see model/gguf_names.metadata)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tokens: list[str] = spec["tokens"]
+    types = spec.get("token_types") or [1] * len(tokens)
+    vocab = {token: i for i, token in enumerate(tokens)}
+    kind = spec.get("model")
+    if kind == "gpt2":
+        merges = [tuple(m.split(" ", 1)) for m in spec.get("merges") or []]
+        pre = spec.get("pre") or "default"
+        tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=pre in ("llama-bpe", "llama3")))
+        if pre in PRE_PATTERNS:
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(PRE_PATTERNS[pre]), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ])
+        elif pre == "smollm":  # digits one by one, then GPT-2's regex
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ])
+        else:
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+    elif kind == "llama":
+        unk = next((t for t, k in zip(tokens, types) if k == 2), None)
+        tok = Tokenizer(models.BPE(vocab, _sentencepiece_merges(tokens, types), unk_token=unk, byte_fallback=True, fuse_unk=True))
+        steps = [normalizers.Replace(" ", "▁")]
+        if spec.get("add_space_prefix", True):
+            steps.insert(0, normalizers.Prepend("▁"))
+        tok.normalizer = normalizers.Sequence(steps)
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    else:
+        raise TokenizerError(f"GGUF tokenizer model {kind!r} is not supported (supported: gpt2, llama)")
+    special = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k == CONTROL]
+    plain = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED]
+    if special:
+        tok.add_special_tokens(special)
+    if plain:
+        tok.add_tokens(plain)
+    return tok
+
+
+def _sentencepiece_merges(tokens: list[str], types: list[int]) -> list[tuple[str, str]]:
+    """Every split of a normal piece into two pieces of the vocabulary is a merge; merges that
+    build earlier (higher-scored) pieces come first, as SentencePiece's BPE applies them."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    ranked = []
+    for i, (piece, kind) in enumerate(zip(tokens, types)):
+        if kind != 1 or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in ids and right in ids:
+                ranked.append((i, ids[left], ids[right], left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]

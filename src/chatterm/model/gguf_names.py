@@ -1,0 +1,148 @@
+"""GGUF metadata and tensor names -> our configs, state dicts and checkpoint metadata.
+
+llama.cpp names: `token_embd`, `blk.N.attn_q/k/v/output`, `blk.N.ffn_gate/up/down`,
+`blk.N.attn_norm`, `blk.N.ffn_norm`, `output_norm`, `output` (absent when tied); GPT-2 files
+have `position_embd` and a fused `attn_qkv`. Metadata keys are prefixed by the architecture
+(`llama.context_length`, `qwen2.attention.head_count_kv`, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import GPTConfig
+from .llama import LlamaConfig
+from .registry import context_window
+
+
+def config_from_metadata(g, arch: str, context: int | None):
+    def f(key, default=None):
+        return g.field(f"{arch}.{key}", default)
+
+    vocab = g.tensors["token_embd.weight"][1][0]
+    tied = "output.weight" not in g.tensors
+    if arch == "gpt2":  # the window is capped after loading: position embeddings have fixed rows
+        return GPTConfig(
+            block_size=int(f("context_length")), vocab_size=vocab, n_layer=int(f("block_count")),
+            n_head=int(f("attention.head_count")), n_embd=int(f("embedding_length")), bias=True,
+            layer_norm_eps=float(f("attention.layer_norm_epsilon", 1e-5)), tie_embeddings=tied,
+        )
+    heads = int(f("attention.head_count"))
+    n_embd = int(f("embedding_length"))
+    scaling = None
+    kind = f("rope.scaling.type")
+    if kind == "linear":
+        scaling = {"rope_type": "linear", "factor": float(f("rope.scaling.factor"))}
+    elif kind not in (None, "none"):
+        scaling = {"rope_type": kind}  # refused by LlamaConfig with a message naming it
+    if "rope_freqs.weight" in g.tensors:  # Llama 3.1's scaling, stored as per-frequency divisors
+        scaling = {"rope_type": "factors", "factors": g.tensor("rope_freqs.weight").tolist()}
+    trained = int(f("context_length", 2048))
+    return LlamaConfig(
+        block_size=context_window(trained, context),
+        vocab_size=vocab,
+        n_layer=int(f("block_count")),
+        n_head=heads,
+        n_kv_head=int(f("attention.head_count_kv", heads)),
+        n_embd=n_embd,
+        intermediate_size=int(f("feed_forward_length")),
+        head_size=int(f("attention.key_length", 0) or f("rope.dimension_count", 0) or n_embd // heads),
+        rms_norm_eps=float(f("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(f("rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        attention_bias="blk.0.attn_q.bias" in g.tensors,
+        tie_embeddings=tied,
+        max_position_embeddings=trained,
+    )
+
+
+def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of q/k rows: within each head it interleaves the two halves
+    (row pairs 2i, 2i+1 rotate together); we keep halves (rows i and i + hs/2)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def state_dict(g, arch: str, config, progress=None) -> dict[str, torch.Tensor]:
+    names = _gpt2_names(config) if arch == "gpt2" else _llama_names(config)
+    loaded: dict[str, torch.Tensor] = {}
+    wanted = [src for sources in names.values() for src in sources]
+    for i, src in enumerate(wanted):
+        if src in g.tensors:
+            loaded[src] = g.tensor(src)
+        if progress is not None and i % 8 == 0:
+            progress("dequantizing weights", i / len(wanted))
+    if progress is not None:
+        progress("weights read", 1.0)
+    sd = {}
+    for ours, sources in names.items():
+        if not all(s in loaded for s in sources):
+            if ours.endswith(".bias") or ours == "lm_head.weight":
+                continue  # optional: biases, and the output projection when tied
+            missing = next(s for s in sources if s not in loaded)
+            raise KeyError(f"tensor {missing!r} is missing")
+        parts = [loaded[s] for s in sources]
+        if arch == "llama" and ours.endswith("attn.qkv.weight"):  # only llama's files are reordered
+            parts[0] = unpermute_rotary(parts[0], config.n_head)
+            parts[1] = unpermute_rotary(parts[1], config.n_kv_head)
+        if arch == "llama" and ours.endswith("attn.qkv.bias"):
+            parts[0] = unpermute_rotary(parts[0], config.n_head)
+            parts[1] = unpermute_rotary(parts[1], config.n_kv_head)
+        sd[ours] = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return sd
+
+
+def _llama_names(config: LlamaConfig) -> dict[str, list[str]]:
+    names = {"embed_tokens.weight": ["token_embd.weight"], "norm.weight": ["output_norm.weight"],
+             "lm_head.weight": ["output.weight"]}
+    for i in range(config.n_layer):
+        b, o = f"blk.{i}.", f"layers.{i}."
+        names[o + "attn_norm.weight"] = [b + "attn_norm.weight"]
+        names[o + "attn.qkv.weight"] = [b + f"attn_{n}.weight" for n in "qkv"]
+        names[o + "attn.qkv.bias"] = [b + f"attn_{n}.bias" for n in "qkv"]
+        names[o + "attn.out.weight"] = [b + "attn_output.weight"]
+        names[o + "mlp_norm.weight"] = [b + "ffn_norm.weight"]
+        names[o + "mlp.gate_up.weight"] = [b + "ffn_gate.weight", b + "ffn_up.weight"]
+        names[o + "mlp.down.weight"] = [b + "ffn_down.weight"]
+    return names
+
+
+def _gpt2_names(config: GPTConfig) -> dict[str, list[str]]:
+    names = {"transformer.wte.weight": ["token_embd.weight"], "transformer.wpe.weight": ["position_embd.weight"],
+             "transformer.ln_f.weight": ["output_norm.weight"], "transformer.ln_f.bias": ["output_norm.bias"],
+             "lm_head.weight": ["output.weight"]}
+    pairs = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output", "ln_2": "ffn_norm",
+             "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+    for i in range(config.n_layer):
+        for ours, theirs in pairs.items():
+            for kind in ("weight", "bias"):
+                names[f"transformer.h.{i}.{ours}.{kind}"] = [f"blk.{i}.{theirs}.{kind}"]
+    return names
+
+
+def metadata(g, path: Path) -> dict:
+    """Checkpoint metadata: name, the embedded tokenizer as a spec, the chat template."""
+    f = g.field
+    tokens = f("tokenizer.ggml.tokens")
+    meta: dict = {"name": path.stem, "architecture": f("general.architecture")}
+    if tokens:
+        stop = [f(k) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
+        meta["tokenizer"] = {
+            "type": "gguf",
+            "model": f("tokenizer.ggml.model"),
+            "pre": f("tokenizer.ggml.pre", "default"),
+            "tokens": tokens,
+            "token_types": f("tokenizer.ggml.token_type"),
+            "merges": f("tokenizer.ggml.merges"),
+            "scores": f("tokenizer.ggml.scores"),
+            "bos_id": f("tokenizer.ggml.bos_token_id"),
+            "eos_id": f("tokenizer.ggml.eos_token_id"),
+            "add_bos_token": bool(f("tokenizer.ggml.add_bos_token", False)),
+            "add_space_prefix": bool(f("tokenizer.ggml.add_space_prefix", True)),
+            "stop_ids": [int(i) for i in stop if isinstance(i, int)],
+        }
+    if isinstance(f("tokenizer.chat_template"), str):
+        meta["chat_template_jinja"] = f("tokenizer.chat_template")
+    return meta

@@ -1,0 +1,139 @@
+"""Hugging Face model folders of the families in the registry (Llama, Mistral, Qwen2, ...).
+
+What is read:
+- `config.json`: the family (`model_type`, `architectures`) and its shape;
+- `model.safetensors`, or the shards named by `model.safetensors.index.json`;
+- `tokenizer.json` (recorded as a tokenizer spec, built by the engine), and
+  `tokenizer_config.json` / `chat_template.jinja`: the Jinja chat template and the special tokens;
+- `generation_config.json`: end-of-sequence ids (every one of them stops a reply) and the
+  recommended sampling values, exposed as `meta["sampling"]`.
+
+GPT-2 folders keep their own loader in checkpoint.py. Only safetensors weights are read here:
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import CheckpointError
+from .registry import architecture_for, build_model
+
+ProgressCallback = Callable[[str, float], None]  # (what is happening, fraction done 0..1)
+_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def is_hf_family_folder(path: Path) -> bool:
+    """A folder with a config.json that declares a family other than GPT-2 (GPT-2 folders are
+    checkpoint.py's)."""
+    if not path.is_dir() or not (path / "config.json").exists() or (path / "chatterm.json").exists():
+        return False
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and raw.get("model_type", "gpt2") != "gpt2"
+
+
+def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback | None = None):
+    """(model, config, meta) for the folder; the model is on the CPU in the stored dtype."""
+    raw = _json(path / "config.json")
+    declared = raw.get("model_type") or next(iter(raw.get("architectures") or []), None)
+    arch = architecture_for(declared, path / "config.json")
+    try:
+        config = arch.config_from_hf(raw, context)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from e
+    sd = _read_weights(path, progress)
+    try:
+        sd = arch.state_dict_from_hf(sd, config)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: the weights lack tensor {e} that a {arch.name} model needs") from e
+    model = build_model(arch, config, sd, path)
+    return model, config, folder_meta(path)
+
+
+def folder_meta(path: Path) -> dict:
+    """Name, tokenizer spec, Jinja chat template and recommended sampling values of a folder."""
+    meta: dict = {"name": path.name, "architecture": "llama"}
+    tok_config = _json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").exists() else {}
+    gen_config = _json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
+    model_config = _json(path / "config.json")
+    if (path / "tokenizer.json").exists():
+        eos = gen_config.get("eos_token_id", model_config.get("eos_token_id"))
+        meta["tokenizer"] = {
+            "type": "huggingface",
+            "path": str(path / "tokenizer.json"),
+            "bos_token": _token_text(tok_config.get("bos_token")),
+            "eos_token": _token_text(tok_config.get("eos_token")),
+            "add_bos_token": bool(tok_config.get("add_bos_token", False)),
+            "stop_ids": [int(i) for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int)],
+        }
+    template = _chat_template(path, tok_config)
+    if template:
+        meta["chat_template_jinja"] = template
+    sampling = {k: gen_config[k] for k in _SAMPLING_KEYS if isinstance(gen_config.get(k), (int, float))}
+    if sampling:
+        meta["sampling"] = sampling
+    return meta
+
+
+def _chat_template(path: Path, tok_config: dict) -> str | None:
+    if (path / "chat_template.jinja").exists():  # transformers >= 4.49 writes it beside the config
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default") or next(iter(named.values()), None)
+    return template if isinstance(template, str) else None
+
+
+def _token_text(token) -> str | None:
+    if isinstance(token, dict):  # {"content": "<s>", "lstrip": false, ...}
+        token = token.get("content")
+    return token if isinstance(token, str) else None
+
+
+def _read_weights(path: Path, progress: ProgressCallback | None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError, safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _json(index).get("weight_map") or {}
+        shards = sorted(set(weight_map.values()))
+    elif (path / "model.safetensors").exists():
+        shards = ["model.safetensors"]
+    else:
+        raise CheckpointError(
+            f"{path}: no model.safetensors or model.safetensors.index.json (pickled .bin weights of this "
+            "family are not read; convert them to safetensors)"
+        )
+    sd: dict[str, torch.Tensor] = {}
+    for n, shard in enumerate(shards):
+        file = path / shard
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                keys = list(f.keys())
+                for i, key in enumerate(keys):
+                    sd[key] = f.get_tensor(key)
+                    if progress is not None and i % 16 == 0:
+                        progress(f"reading {shard}", (n + i / max(len(keys), 1)) / len(shards))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{file}: missing, corrupt or truncated safetensors file ({e})") from e
+    if progress is not None:
+        progress("weights read", 1.0)
+    return sd
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data

@@ -1,0 +1,235 @@
+"""The Llama family as a torch module: Llama 2/3, Mistral-style, TinyLlama, SmolLM2, Qwen2.
+
+RMSNorm, rotary position embeddings (`rope_theta`, with the `llama3` or `linear` frequency
+scaling where a config has it), a SwiGLU MLP, grouped-query attention (`n_kv_head` key/value
+heads shared by groups of query heads), optional q/k/v biases (Qwen2), tied or separate output
+embeddings.
+
+The forward signature is the GPT module's, `forward(idx, input_pos, cache, last_logits_only)`, so
+the generator, prefix reuse and the context refit work unchanged. The KV cache holds only the
+`n_kv_head` key/value heads. Rotary tables cover `block_size` positions (the context window in
+use, which may be smaller than what the model was trained for).
+
+Two fusions, because at batch 1 on a CPU every linear call costs: q, k and v are one projection,
+and so are the MLP's gate and up projections (loaders concatenate the weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    block_size: int = 2048  # context window in use: max_position_embeddings, maybe capped lower
+    vocab_size: int = 32000  # rows of the token embedding
+    n_layer: int = 22  # transformer blocks
+    n_head: int = 32  # query heads
+    n_kv_head: int = 4  # key/value heads; n_head must be a multiple (grouped-query attention)
+    n_embd: int = 2048  # residual stream width
+    intermediate_size: int = 5632  # SwiGLU hidden width
+    head_size: int = 0  # per-head width; 0 means n_embd // n_head
+    rms_norm_eps: float = 1e-5  # epsilon of every RMSNorm
+    rope_theta: float = 10000.0  # rotary base frequency
+    rope_scaling: dict | None = None  # {"rope_type": "llama3"|"linear"|"factors", ...} or None
+    attention_bias: bool = False  # biases on the q/k/v projections (Qwen2 has them)
+    tie_embeddings: bool = False  # output projection shares the token embedding
+    max_position_embeddings: int = 2048  # positions the model was trained for
+    architecture: str = field(default="llama", compare=False)  # the family's registry name
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"model config: n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if not self.head_size and self.n_embd % self.n_head:
+            raise ValueError(f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.head_dim % 2:
+            raise ValueError(f"model config: the head width ({self.head_dim}) must be even for rotary embeddings")
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
+        if rope_type not in ("default", "llama3", "linear", "factors"):
+            raise ValueError(f"rope scaling type {rope_type!r} is not supported (supported: llama3, linear)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size or self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LlamaConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def rotary_frequencies(config: LlamaConfig) -> torch.Tensor:
+    """Inverse frequencies (head_dim / 2,) with the config's scaling applied."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", "default")
+    if kind == "linear":
+        return (inv_freq / float(scaling["factor"])).float()
+    if kind == "factors":  # GGUF's rope_freqs tensor: one divisor per frequency
+        return (inv_freq / torch.tensor(scaling["factors"], dtype=torch.float64)).float()
+    if kind == "llama3":
+        # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band in
+        # between blended smoothly, so the model reaches 128k positions without retraining.
+        factor = float(scaling["factor"])
+        low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+        trained = float(scaling.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv_freq
+        # 0 for wavelengths longer than trained / low (fully slowed), 1 for those shorter than
+        # trained / high (kept), linear in between.
+        smooth = ((trained / wavelen - low) / (high - low)).clamp(0.0, 1.0)
+        inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return inv_freq.float()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the "rotate half" layout: dims i and i + hs/2 form a pair."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalised in fp32 whatever the model's dtype, as the reference implementation does.
+        normed = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
+        return normed * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        q_width, kv_width = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+        self.split = (q_width, kv_width, kv_width)
+        self.qkv = nn.Linear(config.n_embd, q_width + 2 * kv_width, bias=config.attention_bias)
+        self.out = nn.Linear(q_width, config.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, input_pos, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split(self.split, dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        mask = None
+        if cache is not None:
+            k, v, mask = cache.update(self.layer_idx, input_pos, k, v)  # (B, nkv, S, hs)
+        group = self.n_head // self.n_kv_head
+        if T == 1 and mask is None:
+            # One query per head: the heads of a group become that kv head's queries, so no
+            # copy of the keys/values is made. (B, nkv, group, hs)
+            y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv_head, group, self.head_dim), k, v)
+        else:
+            if group > 1:
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        y = y.reshape(B, self.n_head, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
+        return self.out(y)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.hidden = config.intermediate_size
+        self.gate_up = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=False)
+        self.down = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.n_embd, config.rms_norm_eps)
+        self.attn = Attention(config, layer_idx)
+        self.mlp_norm = RMSNorm(config.n_embd, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x, cos, sin, input_pos, cache) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        if not self.embed_tokens.weight.is_meta:
+            self.build_rotary_tables()
+
+    def build_rotary_tables(self) -> None:
+        """(Re)compute the cos/sin tables for `block_size` positions, in fp32 on the model's
+        device (loaders call it after the weights have been assigned from a meta-device build)."""
+        device = self.embed_tokens.weight.device
+        angles = torch.outer(torch.arange(self.config.block_size, dtype=torch.float32), rotary_frequencies(self.config))
+        angles = torch.cat((angles, angles), dim=-1).to(device)  # (block_size, hs)
+        self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
+
+    def init_weights(self, seed: int | None = None, std: float = 0.02) -> "Llama":
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * std)
+        return self
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        input_pos: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        last_logits_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids `idx` (B, T) at positions `input_pos` (T,); see
+        GPT.forward for the cache and `last_logits_only` contract."""
+        B, T = idx.shape
+        if input_pos is None:
+            start = cache.length if cache is not None else 0
+            input_pos = torch.arange(start, start + T, device=idx.device)
+        x = self.embed_tokens(idx)  # (B, T, C)
+        cos = self.rope_cos[input_pos].to(x.dtype)  # (T, hs), broadcast over (B, nh)
+        sin = self.rope_sin[input_pos].to(x.dtype)
+        for block in self.layers:
+            x = block(x, cos, sin, input_pos, cache)
+        if last_logits_only:
+            x = x[:, -1:, :]
+        return self.lm_head(self.norm(x))  # (B, T or 1, vocab)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights counted once

