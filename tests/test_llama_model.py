@@ -1,0 +1,123 @@
+"""Llama-family models from Hugging Face folders: the same logits and greedy text as transformers."""
+
+import json
+
+import pytest
+import torch
+
+from chatterm.engine.generator import Generator
+from chatterm.engine.settings import SamplingSettings
+from chatterm.engine.tokenizer import Tokenizer
+from chatterm.model import CheckpointError, KVCache, load_checkpoint, pack_linears
+from chatterm.model.llama import Llama, LlamaConfig, rotary_frequencies
+from chatterm.session.local_backend import LocalBackend
+from tiny_llama import SMOLLM2, hf_model, save_hf_folder
+
+PROMPT = [5, 77, 120, 33, 260, 9, 41]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "llama-tied"])
+def hf_pair(request, tmp_path_factory):
+    """(transformers model, its saved folder) for each family."""
+    kind = request.param.removesuffix("-tied")
+    model = hf_model(kind, seed=3, tie=request.param.endswith("tied"))
+    folder = save_hf_folder(tmp_path_factory.mktemp(request.param), model, template=SMOLLM2,
+                            generation={"eos_token_id": [2, 0], "temperature": 0.6, "top_p": 0.9})
+    return model, folder
+
+
+def test_logits_match_transformers(hf_pair):
+    reference, folder = hf_pair
+    ckpt = load_checkpoint(folder)
+    assert isinstance(ckpt.model, Llama) and ckpt.format == "huggingface"
+    with torch.inference_mode():
+        want = reference(torch.tensor([PROMPT])).logits[0]
+        got = ckpt.model(torch.tensor([PROMPT]))[0]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+
+
+def test_greedy_continuation_matches_transformers_generate(hf_pair):
+    reference, folder = hf_pair
+    ckpt = load_checkpoint(folder)
+    pack_linears(ckpt.model)  # the packed oneDNN linears must apply and agree
+    tokenizer = Tokenizer.from_spec(ckpt.meta["tokenizer"])
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([PROMPT]), max_new_tokens=40, do_sample=False, eos_token_id=None,
+                                 pad_token_id=0)[0, len(PROMPT):].tolist()
+    gen = Generator(ckpt.model, tokenizer)
+    logits, _ = gen.prefill(PROMPT)
+    ours = []
+    for _ in range(40):
+        token = int(logits.argmax())
+        ours.append(token)
+        logits = gen.decode(token)
+    assert ours == out
+
+
+def test_kv_cache_holds_only_the_kv_heads_and_cached_equals_uncached(hf_pair):
+    _, folder = hf_pair
+    model = load_checkpoint(folder).model
+    cache = KVCache.for_model(model)
+    assert cache.keys.shape[2] == model.config.n_kv_head == 2
+    ids = torch.tensor([PROMPT])
+    with torch.inference_mode():
+        full = model(ids)[0]
+        first = model(ids[:, :4], torch.arange(4), cache)
+        cache.commit(4)
+        rest = model(ids[:, 4:], torch.arange(4, len(PROMPT)), cache)  # a block after a cached prefix
+    assert torch.allclose(torch.cat([first[0], rest[0]]), full, atol=1e-5)
+
+
+def test_folder_metadata_gives_stop_ids_template_and_sampling(hf_pair):
+    _, folder = hf_pair
+    meta = load_checkpoint(folder).meta
+    assert meta["sampling"] == {"temperature": 0.6, "top_p": 0.9}
+    assert "<|im_start|>" in meta["chat_template_jinja"]
+    tok = Tokenizer.from_spec(meta["tokenizer"])
+    assert tok.stop_ids == {2, 0} and tok.eot_id == 2
+
+
+def test_context_is_the_configs_capped_by_the_setting(hf_pair):
+    _, folder = hf_pair
+    assert load_checkpoint(folder).config.block_size == 256
+    capped = load_checkpoint(folder, context=64)
+    assert capped.config.block_size == 64 and capped.model.rope_cos.shape[0] == 64
+    backend = LocalBackend.load(folder, context=64)
+    assert backend.info.context_window == 64 and backend.generator.cache.max_len == 64
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+    reference = hf_model("llama", seed=5, rope_scaling=scaling, rope_theta=500000.0)
+    folder = save_hf_folder(tmp_path / "l3", reference)
+    ckpt = load_checkpoint(folder)
+    assert ckpt.config.rope_scaling["rope_type"] == "llama3"
+    ids = torch.arange(3, 203).remainder(400).unsqueeze(0)  # 200 positions: past the original 64
+    with torch.inference_mode():
+        assert torch.allclose(ckpt.model(ids)[0], reference(ids).logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_architecture_is_one_line_naming_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
+    with pytest.raises(CheckpointError, match="architecture 'mamba' is not supported") as err:
+        load_checkpoint(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_rope_scaling_is_refused_by_name():
+    with pytest.raises(ValueError, match="'yarn'"):
+        LlamaConfig(n_layer=1, n_head=2, n_kv_head=1, n_embd=8, intermediate_size=8, rope_scaling={"rope_type": "yarn"})
+    cfg = LlamaConfig(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, intermediate_size=8)
+    assert rotary_frequencies(cfg).shape == (4,)
+
+
+def test_chat_through_the_backend_stops_at_end_of_turn(hf_pair):
+    from chatterm.session import ChatSession, Conversation
+    from chatterm.engine.events import Finished
+
+    _, folder = hf_pair
+    backend = LocalBackend.load(folder)
+    session = ChatSession(backend, SamplingSettings(temperature=0, max_new_tokens=30), Conversation())
+    done = [e for e in session.send("Hello there") if isinstance(e, Finished)][-1]
+    assert done.stop_reason in ("eos", "length") and done.error is None

@@ -1,0 +1,174 @@
+"""Tiny real Llama-family models for tests, built with transformers in well under a second.
+
+`byte_bpe()` trains a small byte-level BPE (tokenizers) on a few sentences, with ChatML's special
+tokens. `hf_model(kind)` is a random `LlamaForCausalLM` or `Qwen2ForCausalLM` with a fixed seed
+and weights scaled up so that greedy decoding has clear winners (a random model at the usual
+0.02 has near-uniform logits, and float noise would flip its argmax). `save_hf_folder` writes
+it with `save_pretrained` plus the tokenizer and a chat template; `write_gguf` writes it as
+llama.cpp would (query/key rows reordered for `llama`), in F32 or a quantized type.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SENTENCES = [
+    "Hello there, how are you today?",
+    "The capital of France is Paris.",
+    "I like tea and biscuits in the afternoon.",
+    "Numbers like 12345 and 2024 appear in text.",
+    "Le café est très bon à Paris, n'est-ce pas?",
+    "User: hi\nAssistant: hello, friend!",
+] * 3
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# SmolLM2's template: a default system prompt when the conversation has none.
+SMOLLM2 = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Llama 3's shape: a BOS, headers, contents trimmed.
+LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}{% set content = '<|im_start|>' + message['role'] + '\n\n' + "
+    "message['content'] | trim + '<|im_end|>' %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n\n' }}{% endif %}"
+)
+# Zephyr/TinyLlama's shape: plain-text role markers, the EOS token after each turn.
+ZEPHYR = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + eos_token }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n'  + message['content'] + eos_token }}{% endif %}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}"
+)
+
+
+def byte_bpe(vocab_size: int = 400):
+    """A `tokenizers.Tokenizer`: byte-level BPE with <|endoftext|>, <|im_start|>, <|im_end|> as 0, 1, 2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(SENTENCES, trainer)
+    return tok
+
+
+def hf_tokenizer(template: str = CHATML):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=byte_bpe(), bos_token="<|endoftext|>", eos_token="<|im_end|>", chat_template=template
+    )
+
+
+def hf_model(kind: str = "llama", seed: int = 0, vocab_size: int = 416, tie: bool = False, scale: float = 4.0, **overrides):
+    """A random tiny model; `scale` multiplies every weight matrix's init so logits are peaked."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=tie,
+        bos_token_id=0, eos_token_id=2,
+    )
+    shape.update(overrides)
+    torch.manual_seed(seed)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape) * 0.1)
+    return model.eval()
+
+
+def save_hf_folder(folder: Path, model, template: str = CHATML, generation: dict | None = None) -> Path:
+    import json
+
+    model.save_pretrained(folder)
+    hf_tokenizer(template).save_pretrained(folder)
+    if generation is not None:
+        (folder / "generation_config.json").write_text(json.dumps(generation))
+    return folder
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's reordering of q/k rows for `llama` files (pairs interleaved within a head)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", template: str = CHATML) -> Path:
+    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`."""
+    import gguf
+
+    cfg = model.config
+    arch = "llama" if kind == "llama" else "qwen2"
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    tok = byte_bpe()
+    vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab] + [f"[PAD{i}]" for i in range(len(vocab), cfg.vocab_size)]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIAL else (5 if t.startswith("[PAD") else 1) for t in tokens])
+    import json
+
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(2)
+    w.add_chat_template(template)
+    heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+    names = {"embed_tokens": "token_embd", "norm": "output_norm", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+             "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight":
+            if cfg.tie_word_embeddings:
+                continue
+            name = "output.weight"
+        else:
+            key = key.removeprefix("model.")
+            parts = key.split(".")
+            if parts[0] == "layers":
+                inner = ".".join(parts[2:-1])
+                name = f"blk.{parts[1]}.{names[inner]}.{parts[-1]}"
+            else:
+                name = f"{names[parts[0]]}.{parts[-1]}"
+        data = value.detach().float().numpy()
+        if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
+            data = llama_cpp_permute(data, heads if ".attn_q." in name else kv_heads)
+        if data.ndim == 2 and qtype != "F32":
+            q = gguf.GGMLQuantizationType[qtype]
+            w.add_tensor(name, gguf.quants.quantize(data, q), raw_shape=data.shape, raw_dtype=q)
+        else:
+            w.add_tensor(name, np.ascontiguousarray(data))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
