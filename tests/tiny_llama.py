@@ -164,7 +164,7 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
             data = llama_cpp_permute(data, heads if ".attn_q." in name else kv_heads)
         if data.ndim == 2 and qtype != "F32":
             q = gguf.GGMLQuantizationType[qtype]
-            w.add_tensor(name, gguf.quants.quantize(data, q), raw_shape=data.shape, raw_dtype=q)
+            w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             w.add_tensor(name, np.ascontiguousarray(data))
     w.write_header_to_file()
