@@ -169,9 +169,19 @@ def _load_backend(path, device, dtype, n_head=None, context=None):
     if context is not None and context < 2:
         raise UserError(f"--context {context}: the context window must be at least 2 tokens")
     try:
-        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head, context=context)
+        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head, context=context,
+                                 progress=_progress_line if sys.stderr.isatty() else None)
     except ValueError as e:  # bad --device / --dtype
         raise UserError(str(e)) from None
+
+
+def _progress_line(what: str, fraction: float) -> None:
+    """Loading progress of a big model, redrawn on one stderr line (cleared when done)."""
+    if fraction >= 1.0:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+        return
+    bar = "█" * int(fraction * 30)
+    print(f"\rchatterm: {what} {bar:<30} {fraction:4.0%}", end="", file=sys.stderr, flush=True)
 
 
 def cmd_generate(args) -> int:
@@ -221,6 +231,9 @@ def cmd_convert(args) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     ckpt = load_checkpoint(args.src, dtype=dtype, n_head=args.n_head)
+    if ckpt.format in ("gguf",) or type(ckpt.model).__name__ != "GPT":
+        raise UserError(f"{args.src}: converting {ckpt.format} {type(ckpt.model).__name__} models is not supported; "
+                        "chatterm opens this file or folder directly")
     meta = dict(ckpt.meta)
     if "tokenizer" not in meta and ckpt.config.vocab_size >= 50257:
         meta["tokenizer"] = {"type": "gpt2"}

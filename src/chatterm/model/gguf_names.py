@@ -16,6 +16,9 @@ from .config import GPTConfig
 from .llama import LlamaConfig
 from .registry import context_window
 
+_SAMPLING = {"temp": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+             "penalty_repeat": "repetition_penalty", "penalty_last_n": "repetition_window"}
+
 
 def config_from_metadata(g, arch: str, context: int | None):
     def f(key, default=None):
@@ -143,6 +146,10 @@ def metadata(g, path: Path) -> dict:
             "add_space_prefix": bool(f("tokenizer.ggml.add_space_prefix", True)),
             "stop_ids": [int(i) for i in stop if isinstance(i, int)],
         }
+    sampling = {ours: f(f"general.sampling.{theirs}") for theirs, ours in _SAMPLING.items()}
+    sampling = {k: v for k, v in sampling.items() if isinstance(v, (int, float))}
+    if sampling:  # the recommended values some files carry
+        meta["sampling"] = sampling
     if isinstance(f("tokenizer.chat_template"), str):
         meta["chat_template_jinja"] = f("tokenizer.chat_template")
     return meta
