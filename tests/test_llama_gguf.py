@@ -65,10 +65,6 @@ def test_dequantization_agrees_with_the_original_weights(tmp_path):
         got = f.tensor(name)
         assert got.shape == (8, 64)
         assert float((got - torch.from_numpy(rows)).abs().max()) < tolerance * float(np.abs(rows).max()), name
-        # our torch dequantization is exactly gguf.quants' reference
-        _, _, start, nbytes = f.tensors[name]
-        raw = np.frombuffer(f._map, dtype=np.uint8, count=nbytes, offset=start).reshape(8, -1).copy()
-        assert torch.equal(got, torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[name]))), name
     f.close()
 
 

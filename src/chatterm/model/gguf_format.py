@@ -2,8 +2,8 @@
 
 The file is memory-mapped. Its header (metadata and tensor table) is parsed here, because the
 `gguf` package's reader builds a numpy view per array element and takes seconds on a 49k-token
-vocabulary. Tensors are dequantized into fp32 torch tensors: F32, F16, BF16, Q8_0, Q4_0 and Q4_1
-with torch (fast), Q5_0, Q5_1 and the K-quants Q2_K..Q6_K with `gguf.quants.dequantize`.
+vocabulary; the tensors are dequantized with `gguf.quants.dequantize` (F32, F16, BF16, Q8_0,
+Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants Q2_K..Q6_K) into fp32 torch tensors.
 
 Families: `llama` (Llama, Mistral, SmolLM2, TinyLlama), `qwen2` and `gpt2`. llama.cpp reorders the
 rows of a `llama` model's query and key weights so that rotary pairs are adjacent; that is undone
@@ -90,15 +90,11 @@ class GGUFFile:
 
         type_name, shape, start, nbytes = self.tensors[name]
         raw = np.frombuffer(self._map, dtype=np.uint8, count=nbytes, offset=start)
-        if type_name in _TORCH_DEQUANTIZE:
-            result = _TORCH_DEQUANTIZE[type_name](torch.from_numpy(raw.copy())).reshape(shape)
-            del raw  # release the view of the map, so that close() can unmap it
-            return result
         if type_name == "F32":
             values = raw.view(np.float32).copy()
         else:
             values = dequantize(_rows(raw, shape), GGMLQuantizationType[type_name])
-        del raw
+        del raw  # release the view of the map, so that close() can unmap it
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
 
     def close(self) -> None:
@@ -135,45 +131,6 @@ class GGUFFile:
                 return values
             return [self._value(item) for _ in range(count)]
         raise CheckpointError(f"{self.path}: corrupt GGUF metadata (value type {kind})")
-
-
-# The commonest block types, dequantized with torch: several times faster than gguf.quants'
-# numpy code, which the rest use. Each block of 32 weights holds an fp16 scale `d` (Q4_1 also an
-# fp16 offset `m`) and then the quants; 4-bit quants keep weights 0-15 in the low nibbles and
-# 16-31 in the high ones.
-
-
-def _halves(blocks: torch.Tensor, at: int) -> torch.Tensor:
-    return blocks[:, at : at + 2].contiguous().view(torch.float16).float()  # (n, 1)
-
-
-def _nibbles(qs: torch.Tensor) -> torch.Tensor:
-    return torch.cat([qs & 0x0F, qs >> 4], dim=1).float()  # (n, 32)
-
-
-def _q8_0(raw: torch.Tensor) -> torch.Tensor:
-    blocks = raw.view(-1, 34)
-    return (_halves(blocks, 0) * blocks[:, 2:].contiguous().view(torch.int8).float()).flatten()
-
-
-def _q4_0(raw: torch.Tensor) -> torch.Tensor:
-    blocks = raw.view(-1, 18)
-    return (_halves(blocks, 0) * (_nibbles(blocks[:, 2:]) - 8)).flatten()
-
-
-def _q4_1(raw: torch.Tensor) -> torch.Tensor:
-    blocks = raw.view(-1, 20)
-    return (_halves(blocks, 0) * _nibbles(blocks[:, 4:]) + _halves(blocks, 2)).flatten()
-
-
-_TORCH_DEQUANTIZE = {
-    "F32": lambda raw: raw.view(torch.float32),
-    "F16": lambda raw: raw.view(torch.float16).float(),
-    "BF16": lambda raw: raw.view(torch.bfloat16).float(),
-    "Q8_0": _q8_0,
-    "Q4_0": _q4_0,
-    "Q4_1": _q4_1,
-}
 
 
 def _rows(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
