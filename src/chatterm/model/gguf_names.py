@@ -69,31 +69,26 @@ def unpermute_rotary(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def state_dict(g, arch: str, config, progress=None) -> dict[str, torch.Tensor]:
+    """Our tensors, built one at a time (so that the dequantized parts of a fused tensor are
+    freed as soon as it is built: the peak memory stays near the model's own size)."""
     names = _gpt2_names(config) if arch == "gpt2" else _llama_names(config)
-    loaded: dict[str, torch.Tensor] = {}
-    wanted = [src for sources in names.values() for src in sources]
-    for i, src in enumerate(wanted):
-        if src in g.tensors:
-            loaded[src] = g.tensor(src)
-        if progress is not None and i % 8 == 0:
-            progress("dequantizing weights", i / len(wanted))
-    if progress is not None:
-        progress("weights read", 1.0)
     sd = {}
-    for ours, sources in names.items():
-        if not all(s in loaded for s in sources):
+    for n, (ours, sources) in enumerate(names.items()):
+        if progress is not None and n % 8 == 0:
+            progress("dequantizing weights", n / len(names))
+        if not all(s in g.tensors for s in sources):
             if ours.endswith(".bias") or ours == "lm_head.weight":
                 continue  # optional: biases, and the output projection when tied
-            missing = next(s for s in sources if s not in loaded)
+            missing = next(s for s in sources if s not in g.tensors)
             raise KeyError(f"tensor {missing!r} is missing")
-        parts = [loaded[s] for s in sources]
-        if arch == "llama" and ours.endswith("attn.qkv.weight"):  # only llama's files are reordered
-            parts[0] = unpermute_rotary(parts[0], config.n_head)
-            parts[1] = unpermute_rotary(parts[1], config.n_kv_head)
-        if arch == "llama" and ours.endswith("attn.qkv.bias"):
+        parts = [g.tensor(s) for s in sources]
+        if arch == "llama" and ".attn.qkv." in ours:  # only llama's files are reordered
             parts[0] = unpermute_rotary(parts[0], config.n_head)
             parts[1] = unpermute_rotary(parts[1], config.n_kv_head)
         sd[ours] = parts[0] if len(parts) == 1 else torch.cat(parts)
+        del parts
+    if progress is not None:
+        progress("weights read", 1.0)
     return sd
 
 
