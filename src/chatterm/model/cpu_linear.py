@@ -72,8 +72,10 @@ def pack_linears(model: nn.Module) -> int:
     for name, linear in linears:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, PackedLinear(linear))
+    count = len(linears)
+    del linears, linear  # the last references to the unpacked weights
     _return_freed_memory()
-    return len(linears)
+    return count
 
 
 def _return_freed_memory() -> None:

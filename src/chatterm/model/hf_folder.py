@@ -59,10 +59,10 @@ def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback |
 
 def folder_meta(path: Path) -> dict:
     """Name, tokenizer spec, Jinja chat template and recommended sampling values of a folder."""
-    meta: dict = {"name": path.name, "architecture": "llama"}
+    model_config = _json(path / "config.json")
+    meta: dict = {"name": path.name, "architecture": model_config.get("model_type")}
     tok_config = _json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").exists() else {}
     gen_config = _json(path / "generation_config.json") if (path / "generation_config.json").exists() else {}
-    model_config = _json(path / "config.json")
     if (path / "tokenizer.json").exists():
         eos = gen_config.get("eos_token_id", model_config.get("eos_token_id"))
         meta["tokenizer"] = {
