@@ -144,3 +144,12 @@ def test_sentencepiece_vocabulary_from_gguf():
     assert tok.token_bytes(tokens.index("▁the")) == b" the" and tok.token_bytes(3 + 0xC3) == b"\xc3"
     assert tok.bos_id == 1 and tok.stop_ids == {2}
     assert tok.encode("</s>") != [2]  # typed markers stay text
+
+
+@pytest.mark.parametrize("keep", [10, 200, 5000])
+def test_truncated_file_is_one_line(tmp_path, keep):
+    path = write_gguf(tmp_path / "m.gguf", hf_model("qwen2", seed=3), "qwen2")
+    (tmp_path / "cut.gguf").write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(CheckpointError, match="cut.gguf: ") as err:
+        load_checkpoint(tmp_path / "cut.gguf")
+    assert "\n" not in str(err.value)

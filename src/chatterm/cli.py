@@ -224,15 +224,15 @@ def cmd_generate(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .model import load_checkpoint, pick_dtype, save_checkpoint
+    from .model import GPT, load_checkpoint, pick_dtype, save_checkpoint
 
     try:
         dtype = pick_dtype(args.dtype, __import__("torch").device("cpu"))
     except ValueError as e:
         raise UserError(str(e)) from None
     ckpt = load_checkpoint(args.src, dtype=dtype, n_head=args.n_head)
-    if ckpt.format in ("gguf",) or type(ckpt.model).__name__ != "GPT":
-        raise UserError(f"{args.src}: converting {ckpt.format} {type(ckpt.model).__name__} models is not supported; "
+    if not isinstance(ckpt.model, GPT):  # chatterm's format holds GPT configs only
+        raise UserError(f"{args.src}: converting {type(ckpt.model).__name__} models is not supported; "
                         "chatterm opens this file or folder directly")
     meta = dict(ckpt.meta)
     if "tokenizer" not in meta and ckpt.config.vocab_size >= 50257:

@@ -46,11 +46,19 @@ class GGUFFile:
     (ggml type name, numpy shape, byte offset, byte length)) over a memory map of the file."""
 
     def __init__(self, path: Path) -> None:
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
         self.path = path
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._parse_header()
+        except (struct.error, IndexError, OverflowError, MemoryError) as e:
+            self.close()
+            raise CheckpointError(f"{path}: truncated or corrupt GGUF header ({e})") from None
+
+    def _parse_header(self) -> None:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        path = self.path
         self._pos = 4
         version = self._read("<I")
         if version not in (2, 3):
