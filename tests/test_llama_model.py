@@ -121,3 +121,28 @@ def test_chat_through_the_backend_stops_at_end_of_turn(hf_pair):
     session = ChatSession(backend, SamplingSettings(temperature=0, max_new_tokens=30), Conversation())
     done = [e for e in session.send("Hello there") if isinstance(e, Finished)][-1]
     assert done.stop_reason in ("eos", "length") and done.error is None
+
+
+@pytest.mark.parametrize("form", ["folder", "gguf"])
+def test_chatterm_generate_prints_transformers_greedy_text(hf_pair, form, tmp_path, capsys):
+    from chatterm.cli import main
+    from chatterm.session.sanitize import printable
+    from tiny_llama import hf_tokenizer, write_gguf
+
+    reference, folder = hf_pair
+    path = folder
+    if form == "gguf":
+        kind = "qwen2" if reference.config.model_type == "qwen2" else "llama"
+        path = write_gguf(tmp_path / "m.gguf", reference, kind)
+    tokenizer = hf_tokenizer()
+    prompt = "The capital of France is"
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    stops = [2, 0] if form == "folder" else [2]  # generation_config.json's list; the GGUF's EOS
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=stops, pad_token_id=0)
+    new = out[0, len(ids):].tolist()
+    new = new[: next((n for n, i in enumerate(new) if i in stops), len(new))]  # up to the end of turn
+    want = tokenizer.decode(new)
+    capsys.readouterr()
+    assert main(["generate", str(path), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "24"]) == 0
+    assert capsys.readouterr().out == printable(want) + "\n"
