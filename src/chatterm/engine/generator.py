@@ -197,6 +197,8 @@ class TokenLoop:
             generated.append(token)
             ids.append(token)
             yield choice
+            if len(generated) >= settings.max_new_tokens or (cancel is not None and cancel.is_set()):
+                continue  # ends at the top of the loop, without a forward pass for this token
             if len(ids) <= window_size:  # room for this token's position
                 logits = gen.decode(token)
             elif self.on_context_full is not None:
