@@ -114,7 +114,9 @@ class KVCache(nn.Module):
         return keys, values, key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
 
     def _checked_span(self, input_pos: torch.Tensor, T: int) -> tuple[int, int]:
-        start = int(input_pos[0])  # one host read per forward pass; positions are contiguous
+        # One host read per forward pass (positions are contiguous); tolist is the cheap one for
+        # a single decode position, indexing for a long prefill.
+        start = input_pos.tolist()[0] if T == 1 else int(input_pos[0])
         end = start + T
         if start > self._length:
             raise ValueError(f"KV cache: writing at position {start} would leave positions "
