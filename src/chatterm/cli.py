@@ -164,14 +164,14 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
 
 
 def _load_backend(path, device, dtype, n_head=None, context=None):
-    from .session.local_backend import LocalBackend
+    from .session.backends import open_backend
 
     if context is not None and context < 2:
         raise UserError(f"--context {context}: the context window must be at least 2 tokens")
     try:
-        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head, context=context,
-                                 progress=_progress_line if sys.stderr.isatty() else None)
-    except ValueError as e:  # bad --device / --dtype
+        progress = _progress_line if sys.stderr.isatty() and not str(path).startswith(("http://", "https://")) else None
+        return open_backend(path, device=device, dtype=dtype, n_head=n_head, context=context, progress=progress)
+    except ValueError as e:  # bad --device / --dtype, a remote backend that is not there
         raise UserError(str(e)) from None
 
 
@@ -199,10 +199,10 @@ def cmd_generate(args) -> int:
     backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head, args.context)
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
+    elif hasattr(backend, "complete_stream"):
+        events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
     else:
-        ids = backend.tokenizer.encode(prompt)
-        limit = backend.info.context_window - 1
-        events = backend.generator.stream(ids[-limit:], settings)
+        raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
     for event in events:
         if isinstance(event, TextDelta):

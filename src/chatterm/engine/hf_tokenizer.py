@@ -16,6 +16,7 @@ parsed, the `plain` spans (message contents) are not.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from .tokenizer import TokenizerError
@@ -39,10 +40,13 @@ _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 class HFTokenizer:
-    def __init__(self, raw, spec: dict, *, bos: str | None = None, eos: str | None = None) -> None:
-        """`raw` is a `tokenizers.Tokenizer`; `bos`/`eos` the texts of those tokens, if any."""
+    def __init__(self, raw, spec: dict, *, bos: str | None = None, eos: str | None = None, content: bytes = b"") -> None:
+        """`raw` is a `tokenizers.Tokenizer`; `bos`/`eos` the texts of those tokens, if any;
+        `content` what defines the vocabulary (file bytes), for `key`."""
         self.spec = spec
         self._raw = raw
+        # which vocabulary produced a list of ids (see tokenizer.py): the content, not the path
+        self.key = hashlib.sha256(content or raw.to_str().encode("utf-8")).hexdigest()[:16]
         raw.encode_special_tokens = True  # markers in text are text; see encode_marked
         added = raw.get_added_tokens_decoder()  # id -> AddedToken
         self.special_tokens = {t.content: i for i, t in added.items() if t.special}
@@ -63,14 +67,19 @@ class HFTokenizer:
 
         try:
             if spec.get("type") == "huggingface":
-                return cls(RawTokenizer.from_file(spec["path"]), spec, bos=spec.get("bos_token"), eos=spec.get("eos_token"))
+                with open(spec["path"], "rb") as f:
+                    content = f.read()
+                raw = RawTokenizer.from_str(content.decode("utf-8"))
+                return cls(raw, spec, bos=spec.get("bos_token"), eos=spec.get("eos_token"), content=content)
             if spec.get("type") == "gguf":
                 from .gguf_tokenizer import tokenizer_from_gguf
 
                 tokens = spec["tokens"]
                 bos = tokens[spec["bos_id"]] if isinstance(spec.get("bos_id"), int) else None
                 eos = tokens[spec["eos_id"]] if isinstance(spec.get("eos_id"), int) else None
-                return cls(tokenizer_from_gguf(spec), spec, bos=bos, eos=eos)
+                fields = (spec.get(k) or [] for k in ("tokens", "merges", "token_types"))
+                content = "\0".join("\1".join(map(str, f)) for f in fields).encode("utf-8")
+                return cls(tokenizer_from_gguf(spec), spec, bos=bos, eos=eos, content=b"gguf:" + content)
         except TokenizerError:
             raise
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception for bad files

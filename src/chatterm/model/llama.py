@@ -224,8 +224,9 @@ class Llama(nn.Module):
         GPT.forward for the cache and `last_logits_only` contract."""
         B, T = idx.shape
         if input_pos is None:
-            start = cache.length if cache is not None else 0
-            input_pos = torch.arange(start, start + T, device=idx.device)
+            if cache is not None:
+                raise ValueError("a forward pass with a KV cache needs input_pos (where the tokens go)")
+            input_pos = torch.arange(T, device=idx.device)
         x = self.embed_tokens(idx)  # (B, T, C)
         cos = self.rope_cos[input_pos].to(x.dtype).unsqueeze(1)  # (T, 1, hs), broadcast over (B, ., heads)
         sin = self.rope_sin[input_pos].to(x.dtype).unsqueeze(1)

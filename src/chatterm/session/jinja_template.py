@@ -21,6 +21,7 @@ reply exactly and only the new turn is prefilled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
 from dataclasses import dataclass
@@ -89,7 +90,8 @@ class JinjaPromptBuilder:
         self.tokenizer = tokenizer
         self.template = template
         self.window = context_window
-        self.key = f"{id(tokenizer)}:{hash(template)}"
+        source = f"{template.source}\0{template.bos_token}\0{template.eos_token}".encode("utf-8")
+        self.key = f"{tokenizer.key}:{hashlib.sha256(source).hexdigest()[:16]}"  # content, as PromptBuilder's
         self._segment_ids: weakref.WeakKeyDictionary[Turn, list[int]] = weakref.WeakKeyDictionary()
 
     # -- PromptBuilder's interface -------------------------------------------------------------
