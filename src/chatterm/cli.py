@@ -141,6 +141,7 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
     from .repl import PlainChat
     from .session import ChatSession, ConversationStore, Conversation
     from .session.config import data_dir
+    from .session.sanitize import printable
 
     for problem in problems:
         print(f"chatterm: warning: {problem}", file=sys.stderr)
@@ -153,6 +154,7 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
         config.sampling,
         Conversation(system=config.system_prompt),
         ConversationStore(data_dir() / "conversations"),
+        warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if interactive:

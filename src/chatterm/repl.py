@@ -24,6 +24,7 @@ from .session import (
     write_conversation,
 )
 from .session.commands import help_lines
+from .session.persistence import path_and_force, write_user_file
 from .session.sanitize import printable
 
 
@@ -127,8 +128,9 @@ class PlainChat:
         self.note("\n".join(f"{name} = {s.describe(name)}" for name in s.to_dict()))
 
     def cmd_save(self, arg: str) -> None:
-        if arg:
-            path = write_conversation(Path(arg), self.session.conversation)
+        target, force = path_and_force(arg)
+        if target:
+            path = write_conversation(target, self.session.conversation, force=force)
         elif self.session.store is not None:
             path = self.session.store.save(self.session.conversation)
         else:
@@ -140,10 +142,9 @@ class PlainChat:
         self.note(f"(loaded {len(self.session.conversation.turns)} turns)")
 
     def cmd_export(self, arg: str) -> None:
-        from .session.persistence import atomic_write_text
-
-        atomic_write_text(Path(arg).expanduser(), self.session.conversation.to_markdown())
-        self.note(f"(exported to {arg})")
+        target, force = path_and_force(arg)
+        path = write_user_file(target, self.session.conversation.to_markdown(), force=force)
+        self.note(f"(exported to {path})")
 
     def cmd_model(self, arg: str) -> None:
         if self.load_backend is None:
