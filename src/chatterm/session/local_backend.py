@@ -52,6 +52,7 @@ class LocalBackend:
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
         from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
+        from ..model.errors import reading
 
         torch_device = pick_device(device)
         ckpt = load_checkpoint(path, device=torch_device, dtype=pick_dtype(dtype, torch_device), n_head=n_head)
@@ -66,7 +67,8 @@ class LocalBackend:
         if not compile:
             pack_linears(ckpt.model)  # CPU only; 2-2.5x faster matmuls, a no-op elsewhere
         try:
-            tokenizer = Tokenizer.from_spec(spec)
+            with reading(ckpt.path, "its tokenizer"):  # any failure, a Rust panic included
+                tokenizer = Tokenizer.from_spec(spec)
             generator = Generator(ckpt.model, tokenizer, compile=compile)
         except (TokenizerError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: {e}") from e
