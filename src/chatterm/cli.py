@@ -290,5 +290,7 @@ def cmd_convert(args) -> int:
     meta.setdefault("name", ckpt.name)
     meta["converted_from"] = {"path": str(ckpt.path), "format": ckpt.format}
     out = save_checkpoint(args.dst, ckpt.model, meta)
-    print(f"wrote {out} ({ckpt.format} -> chatterm, {ckpt.model.num_params():,} parameters)")
+    from .session.sanitize import printable
+
+    print(printable(f"wrote {out} ({ckpt.format} -> chatterm, {ckpt.model.num_params():,} parameters)"))
     return 0
