@@ -20,8 +20,6 @@ from .conversation import Conversation
 from .prompt import PromptBuilder
 from .template import ChatTemplate
 
-_DTYPE_NAMES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
-
 
 class LocalBackend:
     def __init__(self, generator, template: ChatTemplate, info: BackendInfo, meta: dict | None = None) -> None:
@@ -52,6 +50,7 @@ class LocalBackend:
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
         from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
+        from ..model.device import dtype_name
         from ..model.errors import reading
 
         torch_device = pick_device(device)
@@ -80,7 +79,7 @@ class LocalBackend:
         info = BackendInfo(
             name=ckpt.name,
             device=str(torch_device),
-            dtype=_DTYPE_NAMES.get(str(next(ckpt.model.parameters()).dtype), "?"),
+            dtype=dtype_name(next(ckpt.model.parameters()).dtype),
             context_window=ckpt.config.block_size,
             parameters=parameters,
             source=str(ckpt.path),
