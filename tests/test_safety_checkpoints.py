@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from chatterm.model import CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
-from chatterm.model.errors import reading
 from chatterm.session.local_backend import LocalBackend
 from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
 
@@ -169,6 +168,8 @@ def test_malformed_or_truncated_tokenizer_data(tmp_path, spec):
 
 def test_a_rust_panic_becomes_a_checkpoint_error_but_ctrl_c_does_not():
     import tiktoken
+
+    from chatterm.model.errors import reading
 
     broken = tiktoken.Encoding(name="broken", pat_str=r"\S+|\s+", mergeable_ranks={b"a": 0}, special_tokens={})
     with pytest.raises(BaseException) as raw:

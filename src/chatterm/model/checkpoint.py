@@ -22,12 +22,12 @@ import os
 import pickle
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from . import state_dict as sdmod
 from .config import GPTConfig
 from .errors import CheckpointError, reading
@@ -91,8 +91,9 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)  # safetensors refuses shared storage; it is re-tied on load
     full_meta = {"format_version": FORMAT_VERSION, **(meta or {}), "model": model.config.to_dict()}
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(sd, tmp))
-    _atomic_write(path / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full_meta, indent=2)))
+    # 0644 for new files: mkstemp makes them private, and a model is meant to be shared
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(sd, tmp), new_mode=0o644)
+    atomic_write(path / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full_meta, indent=2)), new_mode=0o644)
     return path
 
 
@@ -325,17 +326,3 @@ def _default_dtype(sd: dict, device) -> torch.dtype:
     if torch.device(device).type == "cpu" and stored in (torch.float16, torch.bfloat16):
         return torch.float32  # half precision is slow on most CPUs; memory is not the problem here
     return stored if stored.is_floating_point else torch.float32
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is meant to be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

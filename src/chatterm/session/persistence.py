@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .conversation import Conversation, is_valid_id, new_conversation_id
 from .conversation_lock import ConversationLock
 
@@ -47,28 +47,9 @@ class FileRefusedError(ValueError):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Replace `path` with `text` atomically. A replaced file keeps its mode; a new one is
-    private to the user (0600), like the conversations and settings it mostly holds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        old_mode = stat.S_IMODE(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        old_mode = None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            if old_mode is not None:
-                os.fchmod(f.fileno(), old_mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Replace `path` with `text` atomically (see atomic.py). A replaced file keeps its mode; a
+    new one is private to the user (0600), like the conversations and settings it mostly holds."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _kind(mode: int) -> str | None:
