@@ -86,8 +86,9 @@ def _hf_model(model):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
         layer_norm_epsilon=c.layer_norm_eps, attn_implementation="sdpa"))
-    conv = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    sd = {k: (v.t() if k.endswith(conv) else v) for k, v in model.state_dict().items()}
+    from .model.state_dict import HF_CONV1D_WEIGHTS
+
+    sd = {k: (v.t() if k.endswith(HF_CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
     hf.load_state_dict(sd, strict=False)
     return hf.to(next(model.parameters()).dtype).eval()
 

@@ -30,6 +30,7 @@ GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2
 # GPT-2's pre-tokenization pattern (tiktoken's r50k); also the default for our own BPEs.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 _BPE_DIR = Path(__file__).parent / "gpt2_bpe"
+_UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]  # bytes UTF-8 text can hold
 
 
 class TokenizerError(ValueError):
@@ -51,12 +52,18 @@ class Tokenizer:
     @classmethod
     def from_spec(cls, spec: dict | None) -> "Tokenizer":
         spec = spec or {"type": "gpt2"}
+        if not isinstance(spec, dict):
+            raise TokenizerError(f"bad tokenizer spec (a {type(spec).__name__}, not an object)")
         kind = spec.get("type")
         if kind == "gpt2":
             return cls(_gpt2_encoding(), {"type": "gpt2"})
         if kind == "bpe":
             try:
                 ranks = {base64.b64decode(tok): rank for rank, tok in enumerate(spec["ranks"])}
+                # tiktoken panics mid-encode on a byte with no token: a truncated list of ranks
+                missing = [b for b in _UTF8_BYTES if bytes([b]) not in ranks]
+                if missing:
+                    raise ValueError(f"{len(missing)} bytes have no token, e.g. {missing[0]:#04x}; truncated?")
                 special = {str(k): int(v) for k, v in spec.get("special_tokens", {}).items()}
                 encoding = tiktoken.Encoding(
                     name=spec.get("name", "custom-bpe"),
@@ -64,7 +71,7 @@ class Tokenizer:
                     mergeable_ranks=ranks,
                     special_tokens=special,
                 )
-            except (KeyError, ValueError, TypeError) as e:
+            except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
                 raise TokenizerError(f"bad BPE tokenizer spec ({e})") from e
             return cls(encoding, spec)
         if kind in ("huggingface", "gguf"):  # Hugging Face `tokenizers`: Llama-family models

@@ -26,8 +26,6 @@ from .jinja_template import JinjaChatTemplate, JinjaPromptBuilder
 from .prompt import PromptBuilder
 from .template import ChatTemplate
 
-_DTYPE_NAMES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
-
 
 class LocalBackend:
     def __init__(self, generator, template: ChatTemplate, info: BackendInfo, meta: dict | None = None) -> None:
@@ -63,6 +61,8 @@ class LocalBackend:
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
         from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
+        from ..model.device import dtype_name
+        from ..model.errors import reading
 
         torch_device = pick_device(device)
         ckpt = load_checkpoint(path, device=torch_device, dtype=pick_dtype(dtype, torch_device), n_head=n_head,
@@ -78,7 +78,8 @@ class LocalBackend:
         if not compile:
             pack_linears(ckpt.model)  # CPU only; 2-2.5x faster matmuls, a no-op elsewhere
         try:
-            tokenizer = Tokenizer.from_spec(spec)
+            with reading(ckpt.path, "its tokenizer"):  # any failure, a Rust panic included
+                tokenizer = Tokenizer.from_spec(spec)
             generator = Generator(ckpt.model, tokenizer, compile=compile)
         except (TokenizerError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: {e}") from e
@@ -90,7 +91,7 @@ class LocalBackend:
         info = BackendInfo(
             name=ckpt.name,
             device=str(torch_device),
-            dtype=_DTYPE_NAMES.get(str(next(ckpt.model.parameters()).dtype), "?"),
+            dtype=dtype_name(next(ckpt.model.parameters()).dtype),
             context_window=ckpt.config.block_size,
             parameters=parameters,
             source=str(ckpt.path),

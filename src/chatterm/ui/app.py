@@ -76,7 +76,8 @@ class ChatApp(SlashCommands, App):
         self.checkpoint = checkpoint
         self.problems = list(problems or [])
         self.session = ChatSession(
-            None, config.sampling, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations")
+            None, config.sampling, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations"),
+            warn=lambda text: self.notify(text, severity="warning", markup=False),  # any thread; autosave failures
         )
         self.generating = False
         self.show_settings = True
