@@ -1,0 +1,332 @@
+"""The backend for models served over the OpenAI-compatible API (vLLM, llama.cpp's llama-server,
+Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract (backend.py): it
+yields engine events, ends with exactly one `Finished`, and never appends to the conversation.
+
+Modes (`mode=` overrides; otherwise chosen when the backend opens):
+- "chat": `/v1/chat/completions`; the server applies the model's own template. For
+  instruction-tuned models.
+- "completion": `/v1/completions` with chatterm's `User:`/`Assistant:` template (template.py) and
+  its `User:` stop. For base models.
+Auto: llama.cpp reports the model's template in `/props`: chat if it has one, else completion.
+Other servers do not say, so chat is tried first; if the server refuses it for want of a chat
+template (a 4xx/5xx whose message mentions a template), the backend switches to completion for
+good and retries the request.
+
+Stop strings go to the server and are also enforced here with the same holdback as the local
+engine (StopStringMatcher), so a partial `User:` never reaches the screen. Cancel is checked
+every POLL_S seconds even while the server is silent, and closing the stream shuts its socket.
+
+Refusals are learnt from: an extension field the server rejects (top_k on `transformers serve`,
+say) is dropped and listed in `supported_settings` with the reason; a request field the server
+cannot honour (logprobs, stream_options) is dropped too. "Prompt too long" drops the oldest turns
+and retries once; 429/5xx with Retry-After waits once. Every other fault ends the reply with
+stop_reason "error" and a one-line `error`, keeping the partial text.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Iterator
+
+from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, TokenStep
+from ..engine.settings import SPECS, SamplingSettings
+from ..engine.stop import StopStringMatcher
+from .backend import BackendInfo
+from .conversation import Conversation
+from .openai_stream import StreamFormatError, parse_chunk
+from .prompt import PromptBuilder
+from .remote_http import BackendError, ServerAddress, ServerClient, StreamItem
+from .remote_probe import ServerFacts, probe, resolve_api_key
+from .template import DEFAULT_TEMPLATE, ChatTemplate
+from .token_estimate import TokenCounter
+
+__all__ = ["BackendError", "RemoteBackend"]
+
+POLL_S = 0.02  # how often a silent stream checks for cancel
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is reported, not waited for
+OPTIONAL_FIELDS = ("logprobs", "top_logprobs", "stream_options", "seed")  # dropped if refused
+_TOO_LONG = re.compile(r"context|too long|maximum .*length|exceeds", re.I)
+_MAX_CONTEXT = re.compile(r"maximum context length is (\d+)", re.I)
+
+
+class RemoteBackend:
+    def __init__(self, client: ServerClient, facts: ServerFacts, mode: str | None,
+                 template: ChatTemplate | None = None) -> None:
+        self.client = client
+        self.facts = facts
+        self.auto_mode = mode is None
+        self.mode = mode or ("completion" if facts.has_chat_template is False else "chat")
+        self.template = template or DEFAULT_TEMPLATE
+        self.warnings: list[str] = []  # one line each, for the front end to print once
+        self.inspector_note: str | None = None  # set once the server turns out to give no logprobs
+        self._dropped_fields: set[str] = set()  # request fields this server refused
+        self.counter = TokenCounter(client if facts.can_tokenize else None)
+        self.prompts = PromptBuilder(self.counter, self.template, facts.context_window)
+        self.info = BackendInfo(name=facts.model, device=facts.kind, dtype="remote",
+                                context_window=facts.context_window, source=facts.address.root)
+
+    @classmethod
+    def open(cls, url: str, *, model: str | None = None, api_key: str | None = None,
+             api_key_env: str | None = None, mode: str | None = None, timeout: float = 120.0,
+             template: ChatTemplate | None = None, context_window: int | None = None,
+             **_ignored) -> "RemoteBackend":
+        """Connect and probe the server. Raises BackendError (one line, never the key).
+        Unknown options (a local backend's device, dtype, ...) are ignored."""
+        if mode not in (None, "auto", "chat", "completion"):
+            raise BackendError(f"mode {mode!r}: expected chat, completion or auto")
+        address = ServerAddress.parse(url)
+        client = ServerClient(address, resolve_api_key(api_key, api_key_env), timeout=timeout)
+        try:
+            facts = probe(client, model, context_window)
+        except BackendError:
+            client.close()
+            raise
+        backend = cls(client, facts, None if mode == "auto" else mode, template)
+        if warning := address.insecure_warning():
+            backend.warnings.append(warning)
+        return backend
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- what the front ends show --------------------------------------------------------------
+
+    @property
+    def supported_settings(self) -> dict[str, str | None]:
+        """Every sampling setting -> None if the server honours it, else the reason it does not."""
+        return {name: self.facts.unsupported.get(name) for name in SPECS}
+
+    @property
+    def context_is_estimate(self) -> bool:
+        """True when context_tokens counts characters rather than the server's tokens."""
+        return self.counter.estimated
+
+    def context_tokens(self, conversation: Conversation, settings: SamplingSettings) -> int:
+        """Tokens the next prompt would use. Never calls the server: turns not yet counted by it
+        are estimated (and `context_is_estimate` says so)."""
+        return self.counter.count_cached(self.prompts, conversation)
+
+    # -- a reply -------------------------------------------------------------------------------
+
+    def reply(self, conversation: Conversation, settings: SamplingSettings, *,
+              cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
+        run = _Reply(self, conversation, settings.copy(), cancel or threading.Event(), inspect)
+        return run.events()
+
+    def request(self, conversation: Conversation, settings: SamplingSettings, inspect: int) -> tuple[str, dict]:
+        """The route and JSON body for the next reply (the prompt must already be fitted)."""
+        body: dict = {"model": self.facts.model, "stream": True, "max_tokens": settings.max_new_tokens,
+                      "temperature": settings.temperature, "top_p": settings.top_p,
+                      "stream_options": {"include_usage": True}}
+        stops = self.stop_strings(settings)
+        if stops:
+            body["stop"] = stops[:4]  # OpenAI's limit; the rest are enforced here
+        if settings.seed is not None:
+            body["seed"] = settings.seed
+        for name, field_name in self.facts.fields.items():
+            value = getattr(settings, name)
+            if name == "repetition_window" and value == 0:
+                value = -1  # llama.cpp: -1 is the whole context, 0 would switch the penalty off
+            if name == "top_k" and value == 0 and self.facts.kind == "vllm":
+                value = -1  # vLLM's "off", accepted by every version
+            body[field_name] = value
+        if inspect > 0:
+            top = min(inspect, 20)
+            if self.mode == "chat":
+                body.update(logprobs=True, top_logprobs=top)
+            else:
+                body["logprobs"] = top
+        start = conversation.context_start
+        if self.mode == "chat":
+            messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
+            messages += [{"role": t.role, "content": t.text} for t in conversation.turns[start:]]
+            body["messages"] = messages
+            path = "/chat/completions"
+        else:
+            t = self.template
+            parts = [t.render_turn("system", conversation.system)] if conversation.system else []
+            parts += [t.render_turn(turn.role, turn.text) for turn in conversation.turns[start:]]
+            body["prompt"] = "".join(parts) + t.assistant_prefix
+            path = "/completions"
+        for name in self._dropped_fields:
+            body.pop(name, None)
+        return path, body
+
+    def stop_strings(self, settings: SamplingSettings) -> list[str]:
+        own = list(self.template.stop) if self.mode == "completion" else []
+        return list(dict.fromkeys(own + list(settings.stop)))
+
+    def learn_from_refusal(self, status: int, message: str, body: dict) -> bool:
+        """A 4xx/5xx before any text: adapt so that a retry can succeed. True if it did."""
+        lowered = message.lower()
+        if self.auto_mode and self.mode == "chat" and "template" in lowered:
+            self.mode = "completion"
+            self.warnings.append(f"{self.facts.model} has no chat template on the server: using "
+                                 "chatterm's User:/Assistant: template (completion mode)")
+            return True
+        if status >= 500:
+            return False
+        extension = {f: s for s, f in self.facts.fields.items() if f in body}
+        named = [f for f in list(extension) + list(OPTIONAL_FIELDS) if f in body and re.search(rf"\b{f}\b", message)]
+        if not named and extension and re.search(r"unexpected|unknown|unrecognized|extra|not permitted", lowered):
+            named = list(extension)  # refused without naming fields: drop every extension
+        for f in named:
+            if f in extension:
+                self.facts.fields.pop(extension[f], None)
+                self.facts.unsupported[extension[f]] = f"the server refused it ({message})"
+            else:
+                self._dropped_fields.add(f)
+                if f in ("logprobs", "top_logprobs"):
+                    self.inspector_note = "the server gives no token probabilities"
+        return bool(named)
+
+    def too_long(self, status: int, message: str) -> bool:
+        if status not in (400, 413, 422) or not _TOO_LONG.search(message):
+            return False
+        if m := _MAX_CONTEXT.search(message):  # vLLM names its window: fit to it from now on
+            self.prompts.window = int(m.group(1))
+            self.info = BackendInfo(**{**self.info.__dict__, "context_window": int(m.group(1))})
+        return True
+
+
+class _Reply:
+    """One reply's state: retries, text released so far, counts and timings."""
+
+    def __init__(self, backend: RemoteBackend, conversation: Conversation, settings: SamplingSettings,
+                 cancel: threading.Event, inspect: int) -> None:
+        self.b, self.conv, self.settings, self.cancel, self.inspect = backend, conversation, settings, cancel, inspect
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+        self.shown = ""
+        self.new_tokens = 0  # chunks with text, replaced by the server's usage figure when sent
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.steps = 0
+
+    def events(self) -> Iterator[Event]:
+        try:
+            prompt = self.b.prompts.build(self.conv, self.settings.max_new_tokens)
+        except ValueError as e:
+            yield self.finish("error", str(e))
+            return
+        self.prompt_tokens = len(prompt.ids)
+        if prompt.dropped_turns:
+            yield ContextTrimmed(prompt.dropped_turns, self.prompt_tokens)
+        retried = {"busy": False, "context": False}
+        refusals = 0
+        while True:
+            path, body = self.b.request(self.conv, self.settings, self.inspect)
+            matcher = StopStringMatcher(self.b.stop_strings(self.settings))
+            stream = self.b.client.stream(path, body)
+            try:
+                outcome = yield from self.read(stream, matcher)
+            finally:
+                stream.close()
+            if isinstance(outcome, Finished):
+                yield outcome
+                return
+            status, message, retry_after = outcome.status, outcome.message, outcome.retry_after
+            if self.b.too_long(status, message) and not retried["context"]:
+                retried["context"] = True
+                dropped = drop_oldest_turns(self.conv)
+                if dropped:
+                    yield ContextTrimmed(dropped, self.b.counter.count_cached(self.b.prompts, self.conv))
+                    continue
+                yield self.finish("error", f"the message is too long for the server's context window ({message})")
+                return
+            if refusals < 3 and self.b.learn_from_refusal(status, message, body):
+                refusals += 1
+                continue
+            if (status == 429 or status >= 500) and retry_after is not None and not retried["busy"] \
+                    and retry_after <= MAX_RETRY_AFTER_S:
+                retried["busy"] = True
+                if self.cancel.wait(retry_after):
+                    yield self.finish("cancelled")
+                    return
+                continue
+            if status == 404 and "model" in message.lower():
+                yield self.finish("error", f"the server has no model {self.b.facts.model!r} (404): {message}")
+                return
+            yield self.finish("error", self.b.client.describe_status(status, message))
+            return
+
+    def read(self, stream, matcher: StopStringMatcher):
+        """Yield the stream's events; return a Finished, or the StreamItem of an HTTP error."""
+        finish_reason = matched_stop = None
+        while True:
+            if self.cancel.is_set():
+                return self.finish("cancelled")
+            item: StreamItem | None = stream.get(POLL_S)
+            if item is None:
+                continue
+            if item.kind == "status":
+                if self.shown:  # cannot happen over HTTP; never retry over shown text
+                    return self.finish("error", self.b.client.describe_status(item.status, item.message))
+                return item
+            if item.kind == "fail":
+                return self.finish("error", item.message)
+            if item.kind == "end":
+                if finish_reason is None and item.data != "done":
+                    return self.finish("error", "the server's stream ended before the reply was finished")
+                tail = matcher.flush()  # the server ended here: a held-back tail was no stop after all
+                if tail:
+                    self.shown += tail
+                    yield TextDelta(tail)
+                if finish_reason == "length":
+                    return self.finish("length")
+                # "stop" from the server is a stop string or end of text; only vLLM says which.
+                return self.finish("stop" if matched_stop or self.b.mode == "completion" else "eos")
+            try:
+                chunk = parse_chunk(item.data)
+            except StreamFormatError as e:
+                return self.finish("error", f"malformed reply from the server: {e}")
+            if chunk.error:
+                return self.finish("error", f"the server failed mid-reply: {self.b.client.scrub(chunk.error)}")
+            if chunk.prompt_tokens is not None:
+                self.prompt_tokens = chunk.prompt_tokens
+                self.cached_tokens = chunk.cached_tokens or 0
+            if chunk.completion_tokens is not None:
+                self.new_tokens = chunk.completion_tokens
+            if self.inspect and chunk.text and not chunk.tokens and self.b.inspector_note is None and self.steps == 0:
+                self.b.inspector_note = "the server gives no token probabilities"
+            for token in chunk.tokens:
+                yield TokenStep(self.steps, token.token_id, token.text, token.prob, token.candidates)
+                self.steps += 1
+            if chunk.text:
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                if chunk.completion_tokens is None:
+                    self.new_tokens += max(1, len(chunk.tokens))
+                safe, stopped = matcher.feed(chunk.text)
+                if safe:
+                    self.shown += safe
+                    yield TextDelta(safe)
+                if stopped:
+                    return self.finish("stop")
+            finish_reason = chunk.finish_reason or finish_reason
+            matched_stop = chunk.matched_stop or matched_stop
+
+    def finish(self, reason: str, error: str | None = None) -> Finished:
+        now = time.monotonic()
+        ttft = (self.first_token_at or now) - self.started
+        return Finished(
+            text=self.shown, stop_reason=reason, prompt_tokens=self.prompt_tokens,
+            prefill_tokens=max(0, self.prompt_tokens - self.cached_tokens), new_tokens=self.new_tokens,
+            ttft_s=ttft, elapsed_s=now - self.started, token_ids=(),
+            error=" ".join(error.split()) if error else None,
+        )
+
+
+def drop_oldest_turns(conversation: Conversation) -> int:
+    """Drop about half the turns in context (never the latest user message; the context opens on
+    a user turn). Returns how many were dropped."""
+    turns, start = conversation.turns, conversation.context_start
+    last = len(turns) - 1
+    target = start + max(1, (last - start) // 2)
+    while target < last and turns[target].role != "user":
+        target += 1
+    target = min(target, last)
+    conversation.context_start = target
+    return target - start
