@@ -50,10 +50,13 @@ def free_port() -> int:
 
 
 def make_bigram_model(folder: Path, *, chat_template: bool = True) -> Path:
+    """Write the model folder (config, tokenizer, safetensors weights) without importing
+    transformers: only `transformers serve` needs it, and it loads in the server's process."""
     import torch
+    from safetensors.torch import save_file
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -61,36 +64,50 @@ def make_bigram_model(folder: Path, *, chat_template: bool = True) -> Path:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["ab"], trainer)
     tok.add_tokens([AddedToken(w, normalized=False) for w in WORDS])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    tok.save(str(folder / "tokenizer.json"))
+    eos = tok.token_to_id("<|endoftext|>")
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+                        "pad_token": "<|endoftext|>", "model_max_length": 8192}
     if chat_template:
-        fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
+        tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    _write_json(folder / "tokenizer_config.json", tokenizer_config)
 
-    vocab = len(fast)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=vocab, intermediate_size=8, num_hidden_layers=1,
-                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=8192,
-                         eos_token_id=fast.eos_token_id, bos_token_id=None, pad_token_id=fast.eos_token_id,
-                         tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
-        for layer in model.model.layers:  # the layers add nothing to the residual stream
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        head = torch.zeros(vocab, vocab)
-        for current, following in NEXT.items():
-            head[_token_id(fast, following), _token_id(fast, current)] = 3.0  # logit 3*sqrt(vocab) ~ 50
-        model.lm_head.weight.copy_(head)
-    model.generation_config.eos_token_id = fast.eos_token_id
-    model.generation_config.pad_token_id = fast.eos_token_id
-    model.save_pretrained(folder)
+    vocab = tok.get_vocab_size()
+    hidden = vocab + vocab % 2  # rotary embeddings want an even head size
+    _write_json(folder / "config.json", {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": hidden,
+        "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "eos_token_id": eos, "pad_token_id": eos,
+        "bos_token_id": None, "tie_word_embeddings": False, "dtype": "float32"})
+    _write_json(folder / "generation_config.json", {"eos_token_id": eos, "pad_token_id": eos})
+
+    def token_id(text: str) -> int:
+        ids = tok.encode(text).ids
+        assert len(ids) == 1, (text, ids)
+        return ids[0]
+
+    head = torch.zeros(vocab, hidden)
+    for current, following in NEXT.items():
+        head[token_id(following), token_id(current)] = 3.0  # a logit of 3 * sqrt(hidden), about 50
+    zeros = lambda *shape: torch.zeros(*shape)  # noqa: E731
+    weights = {
+        "model.embed_tokens.weight": torch.eye(vocab, hidden),  # one-hot: the residual is the token
+        "model.norm.weight": torch.ones(hidden),
+        "lm_head.weight": head,
+        # One layer that adds nothing to the residual stream (its output projections are zero).
+        "model.layers.0.input_layernorm.weight": torch.ones(hidden),
+        "model.layers.0.post_attention_layernorm.weight": torch.ones(hidden),
+        **{f"model.layers.0.self_attn.{p}_proj.weight": zeros(hidden, hidden) for p in "qkvo"},
+        "model.layers.0.mlp.gate_proj.weight": zeros(8, hidden),
+        "model.layers.0.mlp.up_proj.weight": zeros(8, hidden),
+        "model.layers.0.mlp.down_proj.weight": zeros(hidden, 8),
+    }
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
 
 
-def _token_id(tokenizer, text: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    assert len(ids) == 1, (text, ids)
-    return ids[0]
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=1))
 
 
 class TransformersServer:

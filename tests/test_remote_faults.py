@@ -342,3 +342,19 @@ def test_context_estimate_fits_the_window():
     assert isinstance(events[0], ContextTrimmed) and conv.context_start == 4
     assert [m["content"] for m in server.requests[0]["messages"]] == ["now"]
     assert backend.context_is_estimate and backend.info.context_window == 64
+
+
+def test_a_bare_500_from_the_chat_route_tries_completion_and_reports_chat_if_both_fail():
+    bare = Scripted(500, body=[b"Internal Server Error"], headers={"Content-Type": "text/plain"})
+    with ScriptedServer([bare, Scripted(404, json_body={"detail": "Not Found"})]) as server:
+        backend = RemoteBackend.open(server.url)
+        _, done = run(backend)
+    assert server.paths == ["/v1/chat/completions", "/v1/completions"]
+    assert done.error == "server error (500): Internal Server Error" and backend.mode == "chat"
+    assert backend.warnings == []
+    ok = Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))
+    with ScriptedServer([ok, bare]) as server:  # once chat has worked, a 500 is just a 500
+        backend = RemoteBackend.open(server.url)
+        run(backend)
+        _, done = run(backend)
+    assert server.paths == ["/v1/chat/completions"] * 2 and done.error.startswith("server error (500)")

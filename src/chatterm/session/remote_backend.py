@@ -8,9 +8,11 @@ Modes (`mode=` overrides; otherwise chosen when the backend opens):
 - "completion": `/v1/completions` with chatterm's `User:`/`Assistant:` template (template.py) and
   its `User:` stop. For base models.
 Auto: llama.cpp reports the model's template in `/props`: chat if it has one, else completion.
-Other servers do not say, so chat is tried first; if the server refuses it for want of a chat
-template (a 4xx/5xx whose message mentions a template), the backend switches to completion for
-good and retries the request.
+Other servers do not say, so chat is tried first; if the chat route fails before any chat reply
+has worked, with a message that mentions a template or with a 5xx (`transformers serve` answers a
+model without a template with a bare "500 Internal Server Error"), the backend switches to
+completion and retries; if completion fails as well, it goes back to chat and reports the chat
+route's error.
 
 Stop strings go to the server and are also enforced here with the same holdback as the local
 engine (StopStringMatcher), so a partial `User:` never reaches the screen. Cancel is checked
@@ -62,6 +64,7 @@ class RemoteBackend:
         self.warnings: list[str] = []  # one line each, for the front end to print once
         self.inspector_note: str | None = None  # set once the server turns out to give no logprobs
         self._dropped_fields: set[str] = set()  # request fields this server refused
+        self.chat_works = False  # a chat reply has succeeded: chat-route failures are not about templates
         self.counter = TokenCounter(client if facts.can_tokenize else None)
         self.prompts = PromptBuilder(self.counter, self.template, facts.context_window)
         self.info = BackendInfo(name=facts.model, device=facts.kind, dtype="remote",
@@ -161,10 +164,10 @@ class RemoteBackend:
     def learn_from_refusal(self, status: int, message: str, body: dict) -> bool:
         """A 4xx/5xx before any text: adapt so that a retry can succeed. True if it did."""
         lowered = message.lower()
-        if self.auto_mode and self.mode == "chat" and "template" in lowered:
-            self.mode = "completion"
-            self.warnings.append(f"{self.facts.model} has no chat template on the server: using "
-                                 "chatterm's User:/Assistant: template (completion mode)")
+        if self.auto_mode and self.mode == "chat" and not self.chat_works and ("template" in lowered or status >= 500):
+            self.mode = "completion"  # `transformers serve` says only "500 Internal Server Error"
+            self.warnings.append(f"{self.facts.model}: the server's chat route failed ({status}: {message}); "
+                                 "using chatterm's User:/Assistant: template (completion mode)")
             return True
         if status >= 500:
             return False
@@ -216,7 +219,9 @@ class _Reply:
             yield ContextTrimmed(prompt.dropped_turns, self.prompt_tokens)
         retried = {"busy": False, "context": False}
         refusals = 0
+        fallback = None  # (status, message) of a chat-route failure that made us try completion
         while True:
+            path_mode = self.b.mode
             path, body = self.b.request(self.conv, self.settings, self.inspect)
             matcher = StopStringMatcher(self.b.stop_strings(self.settings))
             stream = self.b.client.stream(path, body)
@@ -225,6 +230,8 @@ class _Reply:
             finally:
                 stream.close()
             if isinstance(outcome, Finished):
+                if path_mode == "chat" and outcome.error is None:
+                    self.b.chat_works = True
                 yield outcome
                 return
             status, message, retry_after = outcome.status, outcome.message, outcome.retry_after
@@ -236,9 +243,6 @@ class _Reply:
                     continue
                 yield self.finish("error", f"the message is too long for the server's context window ({message})")
                 return
-            if refusals < 3 and self.b.learn_from_refusal(status, message, body):
-                refusals += 1
-                continue
             if (status == 429 or status >= 500) and retry_after is not None and not retried["busy"] \
                     and retry_after <= MAX_RETRY_AFTER_S:
                 retried["busy"] = True
@@ -246,6 +250,15 @@ class _Reply:
                     yield self.finish("cancelled")
                     return
                 continue
+            if refusals < 3 and self.b.learn_from_refusal(status, message, body):
+                refusals += 1
+                if fallback is None and self.b.mode != path_mode:
+                    fallback = (status, message)
+                continue
+            if fallback is not None:  # completion failed too: the chat route's error is the one to show
+                (status, message), fallback = fallback, None
+                self.b.mode = "chat"
+                self.b.warnings.pop()
             if status == 404 and "model" in message.lower():
                 yield self.finish("error", f"the server has no model {self.b.facts.model!r} (404): {message}")
                 return
