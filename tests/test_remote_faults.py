@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from remote_servers import MODELS, Scripted, ScriptedServer, chat_chunk, free_port, sse
+from remote_servers import Scripted, ScriptedServer, chat_chunk, free_port, sse
 
 from chatterm.engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
 from chatterm.engine.settings import SamplingSettings
