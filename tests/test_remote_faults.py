@@ -358,3 +358,13 @@ def test_a_bare_500_from_the_chat_route_tries_completion_and_reports_chat_if_bot
         run(backend)
         _, done = run(backend)
     assert server.paths == ["/v1/chat/completions"] * 2 and done.error.startswith("server error (500)")
+
+
+def test_complete_stream_continues_a_plain_prompt():
+    body = sse({"choices": [{"text": " upon a", "finish_reason": None}]},
+               {"choices": [{"text": " time", "finish_reason": "length"}]})
+    with ScriptedServer([Scripted(body=body)]) as server:
+        backend = RemoteBackend.open(server.url, mode="chat")
+        events = list(backend.complete_stream("Once", SamplingSettings(stop=["END"])))
+    assert server.paths == ["/v1/completions"] and server.requests[0]["prompt"] == "Once"
+    assert server.requests[0]["stop"] == ["END"] and events[-1].text == " upon a time"

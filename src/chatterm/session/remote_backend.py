@@ -114,12 +114,22 @@ class RemoteBackend:
         run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect)
         return run.events()
 
-    def request(self, conversation: Conversation, settings: SamplingSettings, inspect: int) -> tuple[str, dict]:
-        """The route and JSON body for the next reply (the prompt must already be fitted)."""
+    def complete_stream(self, prompt: str | list[int], settings: SamplingSettings, *,
+                        cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
+        """Stream a plain continuation of `prompt` (text, or the server's token ids) from
+        `/v1/completions`, without any template: `chatterm generate URL --prompt ...`."""
+        run = RemoteReply(self, None, settings.copy(), cancel or threading.Event(), inspect, raw=prompt)
+        return run.events()
+
+    def request(self, conversation: Conversation | None, settings: SamplingSettings, inspect: int,
+                raw: str | list[int] | None = None) -> tuple[str, dict]:
+        """The route and JSON body for the next reply (the prompt must already be fitted), or,
+        with `raw`, for a plain completion of that prompt."""
+        mode = "completion" if raw is not None else self.mode
         body: dict = {"model": self.facts.model, "stream": True, "max_tokens": settings.max_new_tokens,
                       "temperature": settings.temperature, "top_p": settings.top_p,
                       "stream_options": {"include_usage": True}}
-        stops = self.stop_strings(settings)
+        stops = self.stop_strings(settings, raw=raw is not None)
         if stops:
             body["stop"] = stops[:4]  # OpenAI's limit; the rest are enforced here
         if settings.seed is not None:
@@ -133,18 +143,21 @@ class RemoteBackend:
             body[field_name] = value
         if inspect > 0:
             top = min(inspect, 20)
-            if self.mode == "chat":
+            if mode == "chat":
                 body.update(logprobs=True, top_logprobs=top)
             else:
                 body["logprobs"] = top
-        start = conversation.context_start
-        if self.mode == "chat":
+        if raw is not None:
+            body["prompt"] = raw
+            path = "/completions"
+        elif mode == "chat":
+            start = conversation.context_start
             messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
             messages += [{"role": t.role, "content": t.text} for t in conversation.turns[start:]]
             body["messages"] = messages
             path = "/chat/completions"
         else:
-            t = self.template
+            t, start = self.template, conversation.context_start
             parts = [t.render_turn("system", conversation.system)] if conversation.system else []
             parts += [t.render_turn(turn.role, turn.text) for turn in conversation.turns[start:]]
             body["prompt"] = "".join(parts) + t.assistant_prefix
@@ -153,14 +166,15 @@ class RemoteBackend:
             body.pop(name, None)
         return path, body
 
-    def stop_strings(self, settings: SamplingSettings) -> list[str]:
-        own = list(self.template.stop) if self.mode == "completion" else []
+    def stop_strings(self, settings: SamplingSettings, *, raw: bool = False) -> list[str]:
+        own = list(self.template.stop) if self.mode == "completion" and not raw else []
         return list(dict.fromkeys(own + list(settings.stop)))
 
-    def learn_from_refusal(self, status: int, message: str, body: dict) -> bool:
-        """A 4xx/5xx before any text: adapt so that a retry can succeed. True if it did."""
+    def learn_from_refusal(self, status: int, message: str, body: dict, route_mode: str) -> bool:
+        """A 4xx/5xx before any text from a `route_mode` request: adapt so that a retry can
+        succeed. True if it did."""
         lowered = message.lower()
-        if self.auto_mode and self.mode == "chat" and not self.chat_works and ("template" in lowered or status >= 500):
+        if self.auto_mode and route_mode == "chat" and self.mode == "chat" and not self.chat_works and ("template" in lowered or status >= 500):
             self.mode = "completion"  # `transformers serve` says only "500 Internal Server Error"
             self.warnings.append(f"{self.facts.model}: the server's chat route failed ({status}: {message}); "
                                  "using chatterm's User:/Assistant: template (completion mode)")

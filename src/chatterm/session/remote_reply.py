@@ -20,6 +20,7 @@ from ..engine.stop import StopStringMatcher
 from .conversation import Conversation
 from .openai_stream import StreamFormatError, parse_chunk
 from .remote_http import StreamItem
+from .token_estimate import estimate_tokens
 
 if TYPE_CHECKING:
     from .remote_backend import RemoteBackend
@@ -31,9 +32,10 @@ MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is reported, not waited for
 class RemoteReply:
     """One reply's state: retries, text released so far, counts and timings."""
 
-    def __init__(self, backend: RemoteBackend, conversation: Conversation, settings: SamplingSettings,
-                 cancel: threading.Event, inspect: int) -> None:
+    def __init__(self, backend: RemoteBackend, conversation: Conversation | None, settings: SamplingSettings,
+                 cancel: threading.Event, inspect: int, raw: str | list[int] | None = None) -> None:
         self.b, self.conv, self.settings, self.cancel, self.inspect = backend, conversation, settings, cancel, inspect
+        self.raw = raw  # a plain prompt (complete_stream) instead of a conversation
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.shown = ""
@@ -43,21 +45,24 @@ class RemoteReply:
         self.steps = 0
 
     def events(self) -> Iterator[Event]:
-        try:
-            prompt = self.b.prompts.build(self.conv, self.settings.max_new_tokens)
-        except ValueError as e:
-            yield self.finish("error", str(e))
-            return
-        self.prompt_tokens = len(prompt.ids)
-        if prompt.dropped_turns:
-            yield ContextTrimmed(prompt.dropped_turns, self.prompt_tokens)
+        if self.raw is not None:
+            self.prompt_tokens = len(self.raw) if isinstance(self.raw, list) else estimate_tokens(self.raw)
+        else:
+            try:
+                prompt = self.b.prompts.build(self.conv, self.settings.max_new_tokens)
+            except ValueError as e:
+                yield self.finish("error", str(e))
+                return
+            self.prompt_tokens = len(prompt.ids)
+            if prompt.dropped_turns:
+                yield ContextTrimmed(prompt.dropped_turns, self.prompt_tokens)
         retried = {"busy": False, "context": False}
         refusals = 0
         fallback = None  # (status, message) of a chat-route failure that made us try completion
         while True:
-            path_mode = self.b.mode
-            path, body = self.b.request(self.conv, self.settings, self.inspect)
-            matcher = StopStringMatcher(self.b.stop_strings(self.settings))
+            path_mode = self.b.mode if self.raw is None else "completion"
+            path, body = self.b.request(self.conv, self.settings, self.inspect, self.raw)
+            matcher = StopStringMatcher(self.b.stop_strings(self.settings, raw=self.raw is not None))
             stream = self.b.client.stream(path, body)
             try:
                 outcome = yield from self.read(stream, matcher)
@@ -71,7 +76,7 @@ class RemoteReply:
             status, message, retry_after = outcome.status, outcome.message, outcome.retry_after
             if self.b.too_long(status, message) and not retried["context"]:
                 retried["context"] = True
-                dropped = drop_oldest_turns(self.conv)
+                dropped = drop_oldest_turns(self.conv) if self.conv is not None else 0
                 if dropped:
                     yield ContextTrimmed(dropped, self.b.counter.count_cached(self.b.prompts, self.conv))
                     continue
@@ -84,7 +89,7 @@ class RemoteReply:
                     yield self.finish("cancelled")
                     return
                 continue
-            if refusals < 3 and self.b.learn_from_refusal(status, message, body):
+            if refusals < 3 and self.b.learn_from_refusal(status, message, body, path_mode):
                 refusals += 1
                 if fallback is None and self.b.mode != path_mode:
                     fallback = (status, message)
