@@ -84,10 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="checkpoint file or folder (default: the shipped chat model)")
+    p.add_argument("checkpoint", nargs="?",
+                   help="checkpoint file or folder, or a server's http(s):// address (default: the shipped chat model)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
     p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
+    remote = p.add_argument_group("remote servers (an http:// or https:// address instead of a checkpoint)")
+    remote.add_argument("--remote-model", metavar="NAME", help="the served model to use (default: the only one)")
+    remote.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
+                        "(default: OPENAI_API_KEY)")
+    remote.add_argument("--remote-mode", choices=("auto", "chat", "completion"), default=None,
+                        help="chat: the server applies the model's template; completion: chatterm's "
+                        "User:/Assistant: template, for base models (default: auto)")
+
+
+def _remote_options(args) -> dict:
+    """The remote flags as open_backend options (a local checkpoint ignores them)."""
+    return {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -29,8 +29,9 @@ from .openai_stream import error_text
 MAX_ERROR_CHARS = 240  # a server's error text is cut here: one line in the chat
 
 
-class BackendError(Exception):
-    """A remote backend could not be opened or used: one line for the user (exit code 2)."""
+class BackendError(ValueError):
+    """A remote backend could not be opened or used: one line for the user (exit code 2). A
+    ValueError, so front ends that turn bad option values into one-line errors catch it too."""
 
 
 @dataclass(frozen=True)
