@@ -36,7 +36,7 @@ class RemoteReply:
                  cancel: threading.Event, inspect: int, raw: str | list[int] | None = None) -> None:
         self.b, self.conv, self.settings, self.cancel, self.inspect = backend, conversation, settings, cancel, inspect
         self.raw = raw  # a plain prompt (complete_stream) instead of a conversation
-        self.started = time.monotonic()
+        self.started = time.monotonic()  # reset when the reply starts streaming
         self.first_token_at: float | None = None
         self.shown = ""
         self.new_tokens = 0  # chunks with text, replaced by the server's usage figure when sent
@@ -45,6 +45,7 @@ class RemoteReply:
         self.steps = 0
 
     def events(self) -> Iterator[Event]:
+        self.started = time.monotonic()
         if self.raw is not None:
             self.prompt_tokens = len(self.raw) if isinstance(self.raw, list) else estimate_tokens(self.raw)
         else:
