@@ -368,3 +368,18 @@ def test_complete_stream_continues_a_plain_prompt():
         events = list(backend.complete_stream("Once", SamplingSettings(stop=["END"])))
     assert server.paths == ["/v1/completions"] and server.requests[0]["prompt"] == "Once"
     assert server.requests[0]["stop"] == ["END"] and events[-1].text == " upon a time"
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (404, {"error": {"message": "The model `scripted` does not exist.", "code": 404}},
+     "the server has no model 'scripted' (404): The model `scripted` does not exist."),
+    (403, {"error": "forbidden"}, "the server said 403 (forbidden): it wants an API key: set OPENAI_API_KEY or "
+     "pass --api-key-env VAR"),
+    (400, {"error": {"message": "temperature must be at most 2"}},
+     "the server refused the request (400): temperature must be at most 2"),
+])
+def test_http_errors_in_a_reply_are_one_line(status, body, expected, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with ScriptedServer([Scripted(status, json_body=body)]) as server:
+        _, done = run(RemoteBackend.open(server.url, mode="chat"))
+    assert done.stop_reason == "error" and done.error == expected and done.text == ""
