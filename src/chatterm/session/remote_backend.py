@@ -61,7 +61,7 @@ class RemoteBackend:
         self.inspector_note: str | None = None  # set once the server turns out to give no logprobs
         self._dropped_fields: set[str] = set()  # request fields this server refused
         self.chat_works = False  # a chat reply has succeeded: chat-route failures are not about templates
-        self.counter = TokenCounter(client if facts.can_tokenize else None)
+        self.counter = TokenCounter(client if facts.can_tokenize else None, f"remote:{facts.address.root}/{facts.model}")
         self.prompts = PromptBuilder(self.counter, self.template, facts.context_window)
         self.info = BackendInfo(name=facts.model, device=facts.kind, dtype="remote",
                                 context_window=facts.context_window, source=facts.address.root)

@@ -23,8 +23,11 @@ def estimate_tokens(text: str) -> int:
 
 
 class TokenCounter:
-    def __init__(self, client=None) -> None:
+    def __init__(self, client=None, key: str = "estimate") -> None:
         self.client = client  # a ServerClient whose server has /tokenize, or None
+        # Names the vocabulary, as a tokenizer's `key` does: ids cached on turns under this key
+        # are never mistaken for a local model's.
+        self.key = f"{key}:{'server' if client is not None else f'chars/{CHARS_PER_TOKEN}'}"
         self._counted: OrderedDict[str, list[int]] = OrderedDict()
         self.estimated = True  # whether the last count used an estimate anywhere
 
