@@ -27,6 +27,7 @@ from httpx_sse import EventSource, SSEError
 from .openai_stream import error_text
 
 MAX_ERROR_CHARS = 240  # a server's error text is cut here: one line in the chat
+PROBE_TIMEOUT_S = 20.0  # for GETs when opening (model list, properties)
 
 
 class BackendError(ValueError):
@@ -106,8 +107,8 @@ class ServerClient:
     def get_json(self, path: str, *, root: bool = False, timeout: float | None = None) -> object:
         """GET a JSON document; raises BackendError (one line) on any failure."""
         url = (self.address.root if root else self.address.api_base) + path
-        try:
-            response = self.http.get(url, timeout=timeout or self.http.timeout)
+        try:  # a listing or a probe is quick on any healthy server: do not wait a reply's timeout
+            response = self.http.get(url, timeout=timeout or min(PROBE_TIMEOUT_S, self.read_timeout))
         except httpx.HTTPError as e:
             raise BackendError(self.describe_exception(e)) from None
         if response.status_code >= 400:
