@@ -383,3 +383,15 @@ def test_http_errors_in_a_reply_are_one_line(status, body, expected, monkeypatch
     with ScriptedServer([Scripted(status, json_body=body)]) as server:
         _, done = run(RemoteBackend.open(server.url, mode="chat"))
     assert done.stop_reason == "error" and done.error == expected and done.text == ""
+
+
+def test_llama_cpp_context_message_counts_as_too_long_but_other_400s_do_not():
+    llama = Scripted(400, json_body={"error": {"code": 400, "type": "exceed_context_size_error",
+                                               "message": "the request exceeds the available context size, try increasing it"}})
+    ok = Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))
+    with ScriptedServer([llama, ok]) as server:
+        events, done = run(RemoteBackend.open(server.url, mode="chat"), ask("c", "a", "b"))
+    assert done.text == "ok" and isinstance(events[0], ContextTrimmed)
+    with ScriptedServer([Scripted(400, json_body={"error": "temperature exceeds 2"})]) as server:
+        events, done = run(RemoteBackend.open(server.url, mode="chat"), ask("c", "a", "b"))
+    assert len(server.requests) == 1 and not any(isinstance(e, ContextTrimmed) for e in events)

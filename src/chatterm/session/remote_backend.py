@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import replace
 from typing import Iterator
 
 from ..engine.events import Event
@@ -45,7 +46,8 @@ from .token_estimate import TokenCounter
 __all__ = ["BackendError", "RemoteBackend"]
 
 OPTIONAL_FIELDS = ("logprobs", "top_logprobs", "stream_options", "seed")  # dropped if refused
-_TOO_LONG = re.compile(r"context|too long|maximum .*length|exceeds", re.I)
+# vLLM/OpenAI: "maximum context length is N tokens"; llama.cpp: "exceeds the available context size".
+_TOO_LONG = re.compile(r"context[ _-]?(length|size|window)|maximum context|too long|too many tokens", re.I)
 _MAX_CONTEXT = re.compile(r"maximum context length is (\d+)", re.I)
 
 
@@ -174,7 +176,8 @@ class RemoteBackend:
         """A 4xx/5xx before any text from a `route_mode` request: adapt so that a retry can
         succeed. True if it did."""
         lowered = message.lower()
-        if self.auto_mode and route_mode == "chat" and self.mode == "chat" and not self.chat_works and ("template" in lowered or status >= 500):
+        chat_failed = self.auto_mode and route_mode == self.mode == "chat" and not self.chat_works
+        if chat_failed and ("template" in lowered or status >= 500):
             self.mode = "completion"  # `transformers serve` says only "500 Internal Server Error"
             self.warnings.append(f"{self.facts.model}: the server's chat route failed ({status}: {message}); "
                                  "using chatterm's User:/Assistant: template (completion mode)")
@@ -182,7 +185,7 @@ class RemoteBackend:
         if status >= 500:
             return False
         extension = {f: s for s, f in self.facts.fields.items() if f in body}
-        named = [f for f in list(extension) + list(OPTIONAL_FIELDS) if f in body and re.search(rf"\b{f}\b", message)]
+        named = [f for f in [*extension, *OPTIONAL_FIELDS] if f in body and re.search(rf"\b{f}\b", message)]
         if not named and extension and re.search(r"unexpected|unknown|unrecognized|extra|not permitted", lowered):
             named = list(extension)  # refused without naming fields: drop every extension
         for f in named:
@@ -200,5 +203,5 @@ class RemoteBackend:
             return False
         if m := _MAX_CONTEXT.search(message):  # vLLM names its window: fit to it from now on
             self.prompts.window = int(m.group(1))
-            self.info = BackendInfo(**{**self.info.__dict__, "context_window": int(m.group(1))})
+            self.info = replace(self.info, context_window=int(m.group(1)))
         return True
