@@ -395,3 +395,11 @@ def test_llama_cpp_context_message_counts_as_too_long_but_other_400s_do_not():
     with ScriptedServer([Scripted(400, json_body={"error": "temperature exceeds 2"})]) as server:
         events, done = run(RemoteBackend.open(server.url, mode="chat"), ask("c", "a", "b"))
     assert len(server.requests) == 1 and not any(isinstance(e, ContextTrimmed) for e in events)
+
+
+def test_a_server_that_does_not_stream_still_answers():
+    whole = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "all at once"},
+                          "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+    with ScriptedServer([Scripted(json_body=whole)]) as server:
+        events, done = run(RemoteBackend.open(server.url, mode="chat"))
+    assert shown(events) == "all at once" == done.text and done.new_tokens == 3 and done.error is None

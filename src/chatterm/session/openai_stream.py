@@ -73,7 +73,7 @@ def parse_chunk(data: object) -> Chunk:
     choice = choices[0]
     if not isinstance(choice, dict):
         raise StreamFormatError("'choices[0]' is not an object")
-    delta = choice.get("delta")
+    delta = choice.get("delta") or choice.get("message")  # "message": a reply that was not streamed
     if isinstance(delta, dict):
         text = delta.get("content")
     else:

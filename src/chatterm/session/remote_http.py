@@ -238,8 +238,14 @@ class EventStream:
                 return
             if response.status_code >= 400:
                 response.read()
-                self._put(StreamItem("status", status=response.status_code, message=client.scrub(_body_message(response)),
+                message = client.scrub(_body_message(response))
+                self._put(StreamItem("status", status=response.status_code, message=message,
                                      retry_after=_retry_after(response)))
+                return
+            if response.headers.get("content-type", "").startswith("application/json"):
+                response.read()  # a server that does not stream: the whole reply as one chunk
+                self._put(StreamItem("data", data=response.json()))
+                self._put(StreamItem("end", data="done"))
                 return
             for event in EventSource(response).iter_sse():
                 if self._closed.is_set():
@@ -252,9 +258,10 @@ class EventStream:
                 try:
                     self._put(StreamItem("data", data=json.loads(event.data)))
                 except ValueError:
-                    self._put(StreamItem("fail", message=client.scrub(f"malformed event from the server: {event.data!r}")))
+                    message = client.scrub(f"malformed event from the server: {event.data!r}")
+                    self._put(StreamItem("fail", message=message))
                     return
-            self._put(StreamItem("end", data="eof"))  # no [DONE]: the caller decides whether the reply was complete
+            self._put(StreamItem("end", data="eof"))  # no [DONE]: the caller decides if the reply was whole
         except SSEError as e:
             self._put(StreamItem("fail", message=client.scrub(f"the server did not stream events ({e})")))
         except httpx.HTTPError as e:
