@@ -4,6 +4,8 @@ One server per module, killed at teardown (the kill test kills it early; it runs
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -93,6 +95,22 @@ def test_cancel_ends_a_streaming_reply_within_100ms(server):
 def test_wrong_model_name(server):
     with pytest.raises(BackendError, match=r"has no model 'nope'; it serves: .*bigram$"):
         RemoteBackend.open(server.url, model="nope")
+
+
+def chatterm(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "chatterm", *args], input=stdin, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_command_line_plain_chat_generate_and_errors(server):
+    r = chatterm(server.url, "--plain", "--temperature", "0", stdin="hi\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == CHAT_REPLY.strip() and r.stderr == ""
+    r = chatterm("generate", server.url, "--chat", "--remote-mode", "completion", "--prompt", "hi", "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == COMPLETION_REPLY + "\n" and "stop: stop" in r.stderr
+    r = chatterm(server.url, "--plain", "--remote-model", "nope")
+    assert r.returncode == 2 and "has no model 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_auto_mode_uses_completion_for_a_model_without_chat_template(tmp_path):

@@ -99,8 +99,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _remote_options(args) -> dict:
-    """The remote flags as open_backend options (a local checkpoint ignores them)."""
+    """The remote flags as backend options (a local checkpoint ignores them)."""
     return {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
+
+
+def _load_model(path, device, dtype, args):
+    """The backend for a checkpoint or a server address; prints the backend's warnings."""
+    if str(path).startswith(("http://", "https://")):
+        from .session.remote_backend import RemoteBackend
+
+        options = {name: value for name, value in _remote_options(args).items() if value is not None}
+        try:
+            backend = RemoteBackend.open(str(path), **options)
+        except ValueError as e:  # BackendError: refused connection, unknown model, ...
+            raise UserError(str(e)) from None
+    else:
+        backend = _load_backend(path, device, dtype, args.n_head)
+    for warning in getattr(backend, "warnings", ()):  # e.g. plain http to another machine
+        print(f"chatterm: warning: {warning}", file=sys.stderr)
+    return backend
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -159,7 +176,7 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
         print(f"chatterm: warning: {problem}", file=sys.stderr)
 
     def load(path):
-        return _load_backend(path, config.device, config.dtype, args.n_head)
+        return _load_model(path, config.device, config.dtype, args)
 
     session = ChatSession(
         load(checkpoint),
@@ -196,7 +213,7 @@ def cmd_generate(args) -> int:
         raise UserError("the prompt is empty")
     settings = SamplingSettings()
     _apply_sampling(settings, args)
-    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head)
+    backend = _load_model(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args)
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
     else:
@@ -217,9 +234,9 @@ def cmd_generate(args) -> int:
             f"{done.tokens_per_s:.1f} tokens/s",
             file=sys.stderr,
         )
-    if done is not None and done.error:
+    if done is not None and done.error:  # a fault mid-reply (a server that died, say): one line, exit 2
         print(f"chatterm: error: {done.error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
