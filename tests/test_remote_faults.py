@@ -403,3 +403,19 @@ def test_a_server_that_does_not_stream_still_answers():
     with ScriptedServer([Scripted(json_body=whole)]) as server:
         events, done = run(RemoteBackend.open(server.url, mode="chat"))
     assert shown(events) == "all at once" == done.text and done.new_tokens == 3 and done.error is None
+
+
+def test_remote_flags_with_a_checkpoint_and_a_dead_server_are_one_line_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def chatterm(*args):
+        return subprocess.run([sys.executable, "-m", "chatterm", *args], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OPENAI_API_KEY": KEY})
+
+    r = chatterm("generate", str(tmp_path), "--prompt", "x", "--remote-model", "m")
+    assert r.returncode == 2 and "are for a server address" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = chatterm("generate", f"http://127.0.0.1:{free_port()}/v1", "--prompt", "x")
+    assert r.returncode == 2 and r.stderr.strip().endswith("(connection refused): is the server running?")
+    assert len(r.stderr.splitlines()) == 1 and KEY not in r.stderr

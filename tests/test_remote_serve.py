@@ -103,9 +103,11 @@ def chatterm(*args, stdin=""):
 
 
 def test_command_line_plain_chat_generate_and_errors(server):
-    r = chatterm(server.url, "--plain", "--temperature", "0", stdin="hi\n")
+    r = chatterm(server.url, "--plain", "--temperature", "0", stdin="hi\nhow are you?\n")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == CHAT_REPLY.strip() and r.stderr == ""
+    assert r.stdout.split() == CHAT_REPLY.split() * 2 and r.stderr == ""
+    r = chatterm("generate", server.url, "--prompt", "Loop:", "--max-new-tokens", "3")
+    assert r.returncode == 0 and r.stdout == " la la la\n"
     r = chatterm("generate", server.url, "--chat", "--remote-mode", "completion", "--prompt", "hi", "--stats")
     assert r.returncode == 0, r.stderr
     assert r.stdout == COMPLETION_REPLY + "\n" and "stop: stop" in r.stderr

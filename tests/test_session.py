@@ -120,7 +120,7 @@ def test_autosave_and_corrupt_file_is_kept_aside(tmp_path, parrot_checkpoint):
     assert [t.text for t in loaded.turns] == ["hi", "hello there, friend"]
     saved.write_text('{"turns": [{"role": "user", "text": ')  # a torn write from elsewhere
     with pytest.raises(CorruptFileError, match="kept as"):
-        read_conversation(saved)
+        store.load(session.conversation.id)  # only the store's own files are moved aside
     assert not saved.exists() and list(saved.parent.glob("*.corrupt-*"))
 
 

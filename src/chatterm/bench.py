@@ -86,8 +86,9 @@ def _hf_model(model):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
         layer_norm_epsilon=c.layer_norm_eps, attn_implementation="sdpa"))
-    conv = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    sd = {k: (v.t() if k.endswith(conv) else v) for k, v in model.state_dict().items()}
+    from .model.state_dict import HF_CONV1D_WEIGHTS
+
+    sd = {k: (v.t() if k.endswith(HF_CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
     hf.load_state_dict(sd, strict=False)
     return hf.to(next(model.parameters()).dtype).eval()
 
@@ -152,7 +153,7 @@ def _run(args) -> None:
             for n in [int(c) for c in args.contexts.split(",") if int(c) < model.config.block_size]:
                 ids = [(7 * i) % 250 for i in range(n)]
                 def fresh():
-                    gen.cached_ids = []
+                    gen.reset()
                     gen.prefill(ids)
                 t = _median_time(fresh, args.runs)
                 print(f"[{name}] prefill {n:4d} tokens: {n / t:8.0f} tok/s, time to first token {t * 1000:6.1f} ms")
@@ -216,8 +217,7 @@ def _turns(gen, args):
     base = long[:50]
 
     def turn(history):
-        gen.cached_ids = []
-        gen.cache.reset()
+        gen.reset()
         gen.prefill(history)  # the earlier turns, cached
         t0 = time.perf_counter()
         gen.prefill(history + list(range(10, 30)))  # the new turn: only its tokens are computed

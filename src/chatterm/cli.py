@@ -2,12 +2,19 @@
 eval, bench.
 
 Errors a user can cause (a bad path, a broken checkpoint, an absurd setting) end with one line on
-stderr and exit code 2; tracebacks are only for bugs.
+stderr and exit code 2; tracebacks are only for bugs. Faults of the surroundings are not bugs
+either: a closed stdin/stdout/stderr reads as empty / writes nowhere, invalid UTF-8 on stdin is
+replaced, a reader that closes the pipe early (`| head -c 1`) ends the program quietly (exit code
+141, as if by SIGPIPE), and SIGTERM/SIGHUP end a chat as its quit command would (the reply in
+flight is kept, marked "stopped", and saved; the TUI restores the terminal). Text from files and
+models is made inert (`session/sanitize.py`) before it reaches the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from importlib import import_module
 
@@ -24,6 +31,7 @@ class UserError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_standard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
         argv.insert(0, "chat")  # `chatterm [CHECKPOINT] [flags]` means `chatterm chat ...`
@@ -32,17 +40,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as e:
-        print(f"chatterm: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _pipe_closed()
     except Exception as e:  # user-caused errors from the lower layers carry one-line messages
         from .model.errors import CheckpointError
 
         if isinstance(e, (CheckpointError, FileNotFoundError)):
-            print(f"chatterm: error: {e}", file=sys.stderr)
-            return 2
+            return _error(e)
         raise
+
+
+def _error(e: BaseException) -> int:
+    from .session.sanitize import printable
+
+    text = str(e).strip().splitlines()
+    print(f"chatterm: error: {printable(text[0] if text else type(e).__name__)}", file=sys.stderr)
+    return 2
+
+
+def _tolerant_standard_streams() -> None:
+    """A closed fd 0-2 gets /dev/null (else the next file we open would take its number, and a
+    stray write would land in a conversation); undecodable input is replaced, not fatal."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            if os.open(os.devnull, os.O_RDWR) == fd:
+                setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))
+        elif hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+
+
+def _pipe_closed() -> int:
+    """The reader went away: say nothing more (even the final flush must not complain)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, help="prompt text, or - to read stdin")
     gen.add_argument("--chat", action="store_true", help="treat the prompt as one user message of a chat")
     gen.add_argument("--stats", action="store_true", help="print speed figures to stderr at the end")
+    gen.add_argument("--raw", action="store_true",
+                     help="write the model's text unchanged, escape sequences included (default: made inert)")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="convert a checkpoint to chatterm's safetensors format")
@@ -99,25 +142,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _remote_options(args) -> dict:
-    """The remote flags as backend options (a local checkpoint ignores them)."""
+    """The remote flags as open_backend options (a local checkpoint ignores them)."""
     return {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
-
-
-def _load_model(path, device, dtype, args):
-    """The backend for a checkpoint or a server address; prints the backend's warnings."""
-    if str(path).startswith(("http://", "https://")):
-        from .session.remote_backend import RemoteBackend
-
-        options = {name: value for name, value in _remote_options(args).items() if value is not None}
-        try:
-            backend = RemoteBackend.open(str(path), **options)
-        except ValueError as e:  # BackendError: refused connection, unknown model, ...
-            raise UserError(str(e)) from None
-    else:
-        backend = _load_backend(path, device, dtype, args.n_head)
-    for warning in getattr(backend, "warnings", ()):  # e.g. plain http to another machine
-        print(f"chatterm: warning: {warning}", file=sys.stderr)
-    return backend
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -163,42 +189,72 @@ def cmd_chat(args) -> int:
         return _plain_chat(config, checkpoint, problems, args)
     from .ui.app import ChatApp
 
-    ChatApp(config, checkpoint, problems).run()
-    return 0
+    app = ChatApp(config, checkpoint, problems)
+    _quit_on_terminate(app)
+    app.run()
+    return app.return_code or 0
+
+
+def _quit_on_terminate(app) -> None:
+    """SIGTERM and SIGHUP end the TUI as Ctrl+Q does: the reply in flight stops within a token (kept,
+    marked "stopped", saved by its worker, which the interpreter joins before exiting) and Textual
+    restores the terminal (alternate screen and mouse tracking off) instead of dying mid-screen."""
+    import asyncio
+
+    def handler(signum, frame):
+        app.session.stop()
+        try:
+            loop = asyncio.get_running_loop()  # the handler runs on the main thread, inside the app's loop
+        except RuntimeError:
+            raise SystemExit(128 + signum) from None
+        loop.call_soon_threadsafe(lambda: app.exit(return_code=128 + signum))
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
 
 
 def _plain_chat(config, checkpoint, problems, args) -> int:
     from .repl import PlainChat
     from .session import ChatSession, ConversationStore, Conversation
     from .session.config import data_dir
+    from .session.sanitize import printable
 
     for problem in problems:
-        print(f"chatterm: warning: {problem}", file=sys.stderr)
+        print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
 
     def load(path):
-        return _load_model(path, config.device, config.dtype, args)
+        return _load_backend(path, config.device, config.dtype, args.n_head, **_remote_options(args))
 
     session = ChatSession(
         load(checkpoint),
         config.sampling,
         Conversation(system=config.system_prompt),
         ConversationStore(data_dir() / "conversations"),
+        warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     if interactive:
         info = session.backend.info
-        print(f"chatterm: {info.name} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit", file=sys.stderr)
+        print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",
+              file=sys.stderr)
         print("> ", end="", flush=True)
     return PlainChat(session, load_backend=load).run(sys.stdin)
 
 
-def _load_backend(path, device, dtype, n_head=None):
-    from .session.local_backend import LocalBackend
+def _load_backend(path, device, dtype, n_head=None, **remote):
+    from .session.backends import REMOTE_SCHEMES, open_backend
+    from .session.sanitize import printable
 
+    if any(v is not None for v in remote.values()) and not str(path).startswith(REMOTE_SCHEMES):
+        raise UserError(f"{path}: --remote-model, --api-key-env and --remote-mode are for a server address "
+                        "(http:// or https://)")
     try:
-        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head)
-    except ValueError as e:  # bad --device / --dtype
+        backend = open_backend(path, device=device, dtype=dtype, n_head=n_head, **remote)
+    except ValueError as e:  # bad --device / --dtype; a server refusing, absent or unreachable
         raise UserError(str(e)) from None
+    for warning in getattr(backend, "warnings", ()):  # a remote one's, e.g. plain http to another machine
+        print(f"chatterm: warning: {printable(warning)}", file=sys.stderr)
+    return backend
 
 
 def cmd_generate(args) -> int:
@@ -213,17 +269,18 @@ def cmd_generate(args) -> int:
         raise UserError("the prompt is empty")
     settings = SamplingSettings()
     _apply_sampling(settings, args)
-    backend = _load_model(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args)
+    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head,
+                            **_remote_options(args))
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
+    elif hasattr(backend, "complete_stream"):
+        events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
     else:
-        ids = backend.tokenizer.encode(prompt)
-        limit = backend.info.context_window - 1
-        events = backend.generator.stream(ids[-limit:], settings)
+        raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
     for event in events:
         if isinstance(event, TextDelta):
-            sys.stdout.write(printable(event.text))  # `| cat` still reaches a terminal
+            sys.stdout.write(event.text if args.raw else printable(event.text))  # `| cat` still reaches a terminal
             sys.stdout.flush()
         elif isinstance(event, Finished):
             done = event
@@ -235,7 +292,7 @@ def cmd_generate(args) -> int:
             file=sys.stderr,
         )
     if done is not None and done.error:  # a fault mid-reply (a server that died, say): one line, exit 2
-        print(f"chatterm: error: {done.error}", file=sys.stderr)
+        print(f"chatterm: error: {printable(done.error)}", file=sys.stderr)
         return 2
     return 0
 
@@ -254,5 +311,7 @@ def cmd_convert(args) -> int:
     meta.setdefault("name", ckpt.name)
     meta["converted_from"] = {"path": str(ckpt.path), "format": ckpt.format}
     out = save_checkpoint(args.dst, ckpt.model, meta)
-    print(f"wrote {out} ({ckpt.format} -> chatterm, {ckpt.model.num_params():,} parameters)")
+    from .session.sanitize import printable
+
+    print(printable(f"wrote {out} ({ckpt.format} -> chatterm, {ckpt.model.num_params():,} parameters)"))
     return 0

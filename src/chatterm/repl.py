@@ -3,6 +3,8 @@
 Used when stdin or stdout is not a terminal, or with `--plain`: dumb terminals, scripts, pipes.
 Replies stream to stdout as plain text (model output made inert first); slash commands work as
 in the TUI. Ctrl+C during a reply stops the reply; Ctrl+C at the prompt (or twice) quits.
+SIGTERM and SIGHUP quit too, after stopping the reply in flight (it is kept, marked "stopped" and
+saved); so does a reader that closes stdout. Everything written is made inert (`printable`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .session import (
     write_conversation,
 )
 from .session.commands import help_lines
+from .session.persistence import path_and_force, write_user_file
 from .session.sanitize import printable
 
 
@@ -34,25 +37,42 @@ class PlainChat:
         self.err = err
         self.load_backend = load_backend  # callable(path) -> backend, for /model
         self.quit = False
+        self.streaming = False
+        self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
 
     # -- main loop -----------------------------------------------------------------------------
 
     def run(self, lines) -> int:
         interactive = sys.stdin.isatty() and self.out.isatty()
-        for raw in lines:
-            line = raw.rstrip("\n")
-            if not line.strip():
-                continue
-            if is_command(line):
-                self.command(line)
+        previous = self._quit_on_terminate() if threading.current_thread() is threading.main_thread() else {}
+        try:
+            for raw in lines:
+                line = raw.rstrip("\n")
+                if not line.strip():
+                    continue
+                if is_command(line):
+                    self.command(line)
+                else:
+                    self.say(line[1:] if line.startswith("//") else line)
+                if self.quit or self.terminated:
+                    break
+                if interactive:
+                    self.out.write("> ")
+                    self.out.flush()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 128 + self.terminated if self.terminated else 0
+
+    def _quit_on_terminate(self) -> dict:
+        def handler(signum, frame):
+            self.terminated = signum
+            if self.streaming:
+                self.session.stop()  # the reply ends within a token, is saved, then run() returns
             else:
-                self.say(line[1:] if line.startswith("//") else line)
-            if self.quit:
-                break
-            if interactive:
-                self.out.write("> ")
-                self.out.flush()
-        return 0
+                raise SystemExit(128 + signum)  # waiting for input: everything is saved already
+
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
     def say(self, text: str) -> None:
         try:
@@ -63,6 +83,7 @@ class PlainChat:
     def stream(self, events) -> None:
         """Print a reply as it streams; Ctrl+C stops it (the partial reply stays)."""
         previous = _install_stop_handler(self.session) if threading.current_thread() is threading.main_thread() else None
+        self.streaming = True
         try:
             for event in events:
                 if isinstance(event, TextDelta):
@@ -77,12 +98,18 @@ class PlainChat:
                     elif event.error:
                         self.note(f"(error: {event.error})")
                     self.out.flush()
+        except BrokenPipeError:  # the reader is gone: end the reply (kept, marked "stopped"), then quit
+            self.session.stop()
+            for _ in events:
+                pass
+            raise
         finally:
+            self.streaming = False
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
     def note(self, text: str) -> None:
-        self.err.write(text + "\n")
+        self.err.write(printable(text) + "\n")  # may hold a path, a model's name, its text
         self.err.flush()
 
     # -- slash commands ------------------------------------------------------------------------
@@ -127,8 +154,9 @@ class PlainChat:
         self.note("\n".join(f"{name} = {s.describe(name)}" for name in s.to_dict()))
 
     def cmd_save(self, arg: str) -> None:
-        if arg:
-            path = write_conversation(Path(arg), self.session.conversation)
+        target, force = path_and_force(arg)
+        if target:
+            path = write_conversation(target, self.session.conversation, force=force)
         elif self.session.store is not None:
             path = self.session.store.save(self.session.conversation)
         else:
@@ -140,16 +168,20 @@ class PlainChat:
         self.note(f"(loaded {len(self.session.conversation.turns)} turns)")
 
     def cmd_export(self, arg: str) -> None:
-        from .session.persistence import atomic_write_text
-
-        atomic_write_text(Path(arg).expanduser(), self.session.conversation.to_markdown())
-        self.note(f"(exported to {arg})")
+        target, force = path_and_force(arg)
+        path = write_user_file(target, self.session.conversation.to_markdown(), force=force)
+        self.note(f"(exported to {path})")
 
     def cmd_model(self, arg: str) -> None:
         if self.load_backend is None:
             raise CommandError("/model is not available here")
-        self.session.backend = self.load_backend(arg)
-        self.note(f"(loaded {self.session.backend.info.name})")
+        try:
+            backend = self.load_backend(arg)
+        except Exception as e:  # a bad path or file: the session and the model we have stay
+            keeping = f"; still using {self.session.backend.info.name}" if self.session.backend else ""
+            raise CommandError(f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{keeping}") from e
+        self.session.backend = backend
+        self.note(f"(loaded {backend.info.name})")
 
     def cmd_theme(self, arg: str) -> None:
         self.note("(themes apply to the TUI only)")

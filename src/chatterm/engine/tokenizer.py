@@ -8,12 +8,18 @@ Two kinds of tokenizer, described by a small JSON-able spec stored in checkpoint
   can have small vocabularies.
 
 User text is encoded with `encode_ordinary`: typing "<|endoftext|>" in a chat is just text.
+
+`key` names the vocabulary by its content (a sha256 of what decides the ids: the pattern, the
+ranks, the special tokens), so token ids cached under one tokenizer are recognised as valid for
+another built from the same spec, and never for a different one.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import json
 from pathlib import Path
 
 import tiktoken
@@ -24,6 +30,7 @@ GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2
 # GPT-2's pre-tokenization pattern (tiktoken's r50k); also the default for our own BPEs.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 _BPE_DIR = Path(__file__).parent / "gpt2_bpe"
+_UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]  # bytes UTF-8 text can hold
 
 
 class TokenizerError(ValueError):
@@ -35,18 +42,25 @@ class Tokenizer:
         self.encoding = encoding
         self.spec = spec
         self.eot_id: int | None = encoding._special_tokens.get(ENDOFTEXT)
+        self.key = spec_key(spec)  # which vocabulary produced a list of ids (module docstring)
 
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
     def from_spec(cls, spec: dict | None) -> "Tokenizer":
         spec = spec or {"type": "gpt2"}
+        if not isinstance(spec, dict):
+            raise TokenizerError(f"bad tokenizer spec (a {type(spec).__name__}, not an object)")
         kind = spec.get("type")
         if kind == "gpt2":
             return cls(_gpt2_encoding(), {"type": "gpt2"})
         if kind == "bpe":
             try:
                 ranks = {base64.b64decode(tok): rank for rank, tok in enumerate(spec["ranks"])}
+                # tiktoken panics mid-encode on a byte with no token: a truncated list of ranks
+                missing = [b for b in _UTF8_BYTES if bytes([b]) not in ranks]
+                if missing:
+                    raise ValueError(f"{len(missing)} bytes have no token, e.g. {missing[0]:#04x}; truncated?")
                 special = {str(k): int(v) for k, v in spec.get("special_tokens", {}).items()}
                 encoding = tiktoken.Encoding(
                     name=spec.get("name", "custom-bpe"),
@@ -54,7 +68,7 @@ class Tokenizer:
                     mergeable_ranks=ranks,
                     special_tokens=special,
                 )
-            except (KeyError, ValueError, TypeError) as e:
+            except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
                 raise TokenizerError(f"bad BPE tokenizer spec ({e})") from e
             return cls(encoding, spec)
         raise TokenizerError(f"unknown tokenizer type {kind!r}; expected 'gpt2' or 'bpe'")
@@ -100,6 +114,17 @@ class Tokenizer:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+
+
+def spec_key(spec: dict) -> str:
+    """A short content hash of a tokenizer spec: equal for specs that tokenize alike."""
+    if spec.get("type") == "gpt2":  # the shipped files are pinned by their hashes
+        content = {"type": "gpt2", "files": [GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256]}
+    else:  # the name is a label; everything else decides the ids
+        content = {k: v for k, v in spec.items() if k != "name"}
+        content.setdefault("pat_str", GPT2_PATTERN)
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)

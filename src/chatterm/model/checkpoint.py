@@ -21,20 +21,24 @@ import json
 import os
 import pickle
 import re
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from . import state_dict as sdmod
 from .config import GPTConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, reading
+from .errors import first_line as _first_line
 from .gpt import GPT
+from .memory import check_fits
 
 META_FILE = "chatterm.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a config or tokenizer file; bigger is not one
 
 
 @dataclass
@@ -62,15 +66,16 @@ def load_checkpoint(
     """Load any supported checkpoint; weights end up on `device` in `dtype` (default: as stored,
     floats widened to fp32 when stored in half precision on the CPU)."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    try:
-        fmt, config, sd, meta = _read(path, n_head)
+    _check_kind(path, folder_ok=True)
+    element_size = dtype.itemsize if dtype is not None else 4  # "as stored" is fp32 on the CPU
+
+    def fits(config: GPTConfig, already_loaded: int = 0) -> None:
+        check_fits(config, element_size, str(device), path, already_loaded=already_loaded)
+
+    with reading(path):
+        fmt, config, sd, meta = _read(path, n_head, fits)
+        fits(config, sum(t.numel() * t.element_size() for t in sd.values()))
         model = _build(config, sd, path)
-    except CheckpointError:
-        raise
-    except (KeyError, ValueError, TypeError, RuntimeError, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot load checkpoint ({_first_line(e)})") from e
     target = dtype or _default_dtype(sd, device)
     model.to(device=device, dtype=target).eval()
     return Checkpoint(model=model, config=config, path=path, format=fmt, meta=meta)
@@ -86,43 +91,62 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)  # safetensors refuses shared storage; it is re-tied on load
     full_meta = {"format_version": FORMAT_VERSION, **(meta or {}), "model": model.config.to_dict()}
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(sd, tmp))
-    _atomic_write(path / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full_meta, indent=2)))
+    # 0644 for new files: mkstemp makes them private, and a model is meant to be shared
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(sd, tmp), new_mode=0o644)
+    atomic_write(path / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full_meta, indent=2)), new_mode=0o644)
     return path
 
 
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _read(path: Path, n_head: int | None) -> tuple[str, GPTConfig, dict, dict]:
+def _read(path: Path, n_head: int | None, fits) -> tuple[str, GPTConfig, dict, dict]:
+    """(format, config, state dict, meta). `fits(config)` is called as soon as the config is
+    known, before the weights are read where the format allows."""
     if path.is_dir():
         if (path / META_FILE).exists():
             meta = _read_json(path / META_FILE)
-            return "chatterm", _config_from(meta.get("model"), path / META_FILE), _read_safetensors(path / WEIGHTS_FILE)[0], meta
+            config = _config_from(meta.get("model"), path / META_FILE)
+            fits(config)
+            return "chatterm", config, _read_safetensors(path / WEIGHTS_FILE)[0], meta
         if (path / "config.json").exists() and _hf_weights(path):
-            return _read_hf(path)
+            return _read_hf(path, fits)
         if (path / "ckpt.pt").exists():
-            return _read(path / "ckpt.pt", n_head)
+            return _read(path / "ckpt.pt", n_head, fits)
         raise CheckpointError(
             f"{path}: no model found in this folder (expected {META_FILE}, a Hugging Face config.json "
             "with model.safetensors or pytorch_model.bin, or a nanoGPT ckpt.pt)"
         )
     if path.suffix == ".safetensors":
-        sd, header = _read_safetensors(path)
+        header = _safetensors_metadata(path)
         if "chatterm" in header:
-            meta = json.loads(header["chatterm"])
-            return "chatterm", _config_from(meta.get("model"), path), sd, meta
-        return _plain(path, sd, n_head)
+            meta = _json_object(header["chatterm"], f"{path} (its 'chatterm' metadata)")
+            config = _config_from(meta.get("model"), path)
+            fits(config)
+            return "chatterm", config, _read_safetensors(path)[0], meta
+        return _plain(path, _read_safetensors(path)[0], n_head)
     obj = _torch_load(path)
     if isinstance(obj, dict) and "model_args" in obj and "model" in obj:
-        sd = sdmod.strip_prefixes(obj["model"])
+        sd = _tensors(obj["model"], path, "its 'model' entry")
         config = _config_from(obj["model_args"], path)
-        return "nanogpt", config, sd, {"training": {"iter_num": obj.get("iter_num")}}
+        return "nanogpt", config, sdmod.strip_prefixes(sd), {"training": {"iter_num": obj.get("iter_num")}}
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return _plain(path, obj, n_head)
+        return _plain(path, _tensors(obj, path, "it"), n_head)
     raise CheckpointError(f"{path}: not a model checkpoint (no state dict of tensors inside)")
+
+
+def _tensors(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
+    """`obj` if it is a non-empty dict of name -> tensor, else one clear error."""
+    if not isinstance(obj, dict) or not obj:
+        raise CheckpointError(f"{path}: {what} is not a state dict (a dict of tensors) but {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: {what} is not a state dict: entry {str(key)[:60]!r} is {type(value).__name__}, not a tensor"
+            )
+    return obj
 
 
 def _plain(path: Path, sd: dict, n_head: int | None) -> tuple[str, GPTConfig, dict, dict]:
@@ -144,16 +168,17 @@ def _plain(path: Path, sd: dict, n_head: int | None) -> tuple[str, GPTConfig, di
     return "state_dict", sdmod.infer_config(sd, heads, layer_norm_eps=eps), sd, {}
 
 
-def _read_hf(path: Path) -> tuple[str, GPTConfig, dict, dict]:
+def _read_hf(path: Path, fits) -> tuple[str, GPTConfig, dict, dict]:
     raw = _read_json(path / "config.json")
     if raw.get("model_type", "gpt2") != "gpt2":
-        raise CheckpointError(f"{path}: model_type {raw.get('model_type')!r} is not GPT-2")
-    weights = _hf_weights(path)
-    sd = _read_safetensors(weights)[0] if weights.suffix == ".safetensors" else _torch_load(weights)
-    sd = sdmod.from_hf(sd)
+        raise CheckpointError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r} is not GPT-2")
     cfg = sdmod.normalize_config_keys(raw)
     cfg.setdefault("bias", True)
     config = _config_from(cfg, path / "config.json")
+    fits(config)
+    weights = _hf_weights(path)
+    sd = _read_safetensors(weights)[0] if weights.suffix == ".safetensors" else _torch_load(weights)
+    sd = sdmod.from_hf(_tensors(sd, weights, "it"))
     return "huggingface", config, sd, {"name": path.name}
 
 
@@ -177,17 +202,66 @@ def _config_from(raw, where: Path) -> GPTConfig:
     try:
         return GPTConfig.from_dict(sdmod.normalize_config_keys(raw))
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: bad model config ({e})") from e
+        raise CheckpointError(f"{where}: bad model config ({_first_line(e)})") from e
+
+
+def _check_kind(path: Path, *, folder_ok: bool = False) -> None:
+    """Refuse before opening anything that is not a regular file (or a folder where one is
+    allowed): opening a FIFO blocks until someone writes to it, and a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file or folder") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return
+    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+    raise CheckpointError(f"{path}: is {kind}, not a checkpoint file; give a checkpoint file or folder")
+
+
+def _open_regular(path: Path):
+    """A binary file object for a regular file, opened without ever blocking."""
+    _check_kind(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the check
+        f.close()
+        raise CheckpointError(f"{path}: not a regular file")
+    return f
 
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        with _open_regular(path) as f:
+            text = f.read(MAX_JSON_BYTES + 1).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from e
+    if len(text) > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: too large for a config file")
+    return _json_object(text, path)
+
+
+def _json_object(text, where) -> dict:
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: not valid JSON ({_first_line(e)})") from e
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise CheckpointError(f"{where}: expected a JSON object")
     return data
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    """The header's string metadata, without reading any tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    _check_kind(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from e
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
@@ -195,6 +269,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 
     if not path.exists():
         raise CheckpointError(f"{path}: weights file is missing")
+    _check_kind(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -205,7 +280,8 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
 
 def _torch_load(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _open_regular(path) as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:  # the pickle names a Python callable or class: code we refuse to run
@@ -250,22 +326,3 @@ def _default_dtype(sd: dict, device) -> torch.dtype:
     if torch.device(device).type == "cpu" and stored in (torch.float16, torch.bfloat16):
         return torch.float32  # half precision is slow on most CPUs; memory is not the problem here
     return stored if stored.is_floating_point else torch.float32
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is meant to be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -22,10 +22,21 @@ class GPTConfig:
     tie_embeddings: bool = True  # output projection shares the token embedding (GPT-2 does)
 
     def __post_init__(self) -> None:
+        # Configs come from strangers' files: check every type (True is an int to Python, "1e-5"
+        # is not a float), so a bad value is one clear line here, not a crash deep in torch.
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r:.40}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model config: {name} must be true or false, got {getattr(self, name)!r:.40}")
+        for name, low, high in (("layer_norm_eps", 0.0, 1.0), ("dropout", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value < high:
+                raise ValueError(f"model config: {name} must be a number from {low:g} to below {high:g}, got {value!r:.40}")
+        if self.layer_norm_eps == 0:
+            raise ValueError("model config: layer_norm_eps must be above 0")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"

@@ -8,6 +8,11 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a dtype ("fp32", "bf16", "fp16"), from the one table above; else "?"."""
+    return next((name for name, value in DTYPES.items() if value == dtype), "?")
+
+
 def pick_device(requested: str | None = None) -> torch.device:
     """`requested` if given ("cpu", "cuda", "cuda:1", "mps"), else the best available."""
     if requested and requested != "auto":

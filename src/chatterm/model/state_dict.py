@@ -16,7 +16,8 @@ from .config import GPTConfig
 
 _PREFIXES = ("_orig_mod.", "module.")
 # Hugging Face stores these as Conv1D: weight shaped (in, out), the transpose of nn.Linear's.
-_HF_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The one list of them (the benchmark's transformers model uses it too).
+HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Buffers some implementations save that are not weights (causal masks).
 _IGNORED = re.compile(r"(^|\.)attn\.(bias|masked_bias)$")
 
@@ -42,7 +43,7 @@ def from_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = "transformer." + key  # GPT2Model has no "transformer." prefix
         if _IGNORED.search(key):
             continue
-        if key.endswith(_HF_CONV1D):
+        if key.endswith(HF_CONV1D_WEIGHTS):
             value = value.t().contiguous()
         out[key] = value
     return out

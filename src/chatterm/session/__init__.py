@@ -4,16 +4,23 @@ Nothing here imports torch at import time; `LocalBackend.load` does, when called
 """
 
 from .backend import BackendInfo, ChatBackend
+from .backends import open_backend
 from .chat import ChatSession, clean_message
 from .commands import COMMANDS, Command, CommandError, is_command, parse_command
 from .config import AppConfig, load_config, save_config
 from .conversation import Conversation, Turn
-from .persistence import ConversationStore, CorruptFileError, read_conversation, write_conversation
+from .persistence import (
+    ConversationStore,
+    CorruptFileError,
+    NotAConversationError,
+    read_conversation,
+    write_conversation,
+)
 from .template import DEFAULT_TEMPLATE, ChatTemplate
 
 __all__ = [
-    "BackendInfo", "ChatBackend", "ChatSession", "clean_message", "COMMANDS", "Command", "CommandError",
+    "BackendInfo", "ChatBackend", "open_backend", "ChatSession", "clean_message", "COMMANDS", "Command", "CommandError",
     "is_command", "parse_command", "AppConfig", "load_config", "save_config", "Conversation", "Turn",
-    "ConversationStore", "CorruptFileError", "read_conversation", "write_conversation", "DEFAULT_TEMPLATE",
+    "ConversationStore", "CorruptFileError", "NotAConversationError", "read_conversation", "write_conversation", "DEFAULT_TEMPLATE",
     "ChatTemplate",
 ]

@@ -3,18 +3,25 @@
 It ties a conversation, the live sampling settings and a backend together and offers the chat
 actions (send, regenerate, undo, edit, clear, system prompt), each as one call. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about
-Textual or terminals. After every reply the conversation is autosaved, if a store is given.
+Textual or terminals. After every reply the conversation is autosaved, if a store is given; a
+save that fails (disk full, read-only folder, no permission) is reported through `warn` (a
+callable taking one line, which front ends show) and never raised: the conversation stays in
+memory and the next save tries again.
+
+Backends only stream events; the session appends the assistant turn from their `Finished`
+record (`add_reply`), so every backend, local or remote, gets the same bookkeeping.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
-from ..engine.events import Event
+from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
 from .backend import ChatBackend
-from .conversation import Conversation
+from .conversation import Conversation, Turn
 from .persistence import ConversationStore
 
 MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
@@ -27,12 +34,15 @@ class ChatSession:
         settings: SamplingSettings | None = None,
         conversation: Conversation | None = None,
         store: ConversationStore | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.backend = backend
         self.settings = settings or SamplingSettings()
         self.conversation = conversation or Conversation()
         self.store = store
+        self.warn = warn or logging.getLogger("chatterm").warning  # see the module doc
         self.cancel = threading.Event()
+        self._save_failure = ""  # the last autosave failure; "" while saving works
 
     # -- replies (run these in a worker thread) ------------------------------------------------
 
@@ -54,8 +64,12 @@ class ChatSession:
         if self.backend is None:
             raise ValueError("no model is loaded yet")
         self.cancel.clear()
+        conversation = self.conversation  # the reply belongs here even if /clear runs meanwhile
         try:
-            yield from self.backend.reply(self.conversation, self.settings, cancel=self.cancel, inspect=inspect)
+            for event in self.backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect):
+                if isinstance(event, Finished):  # before it is passed on: consumers see the turn
+                    add_reply(conversation, event)
+                yield event
         finally:
             self.save()
 
@@ -87,6 +101,13 @@ class ChatSession:
 
     def load_conversation(self, conversation: Conversation) -> None:
         self.conversation = conversation
+        if self.store is not None:
+            try:  # another chatterm may have it open: then this one continues in a copy
+                notice = self.store.claim(conversation)
+            except OSError as e:
+                notice = f"cannot lock the conversation for autosave ({e.strerror or e})"
+            if notice:
+                self.warn(notice)
 
     def context_tokens(self) -> int:
         if self.backend is None:
@@ -94,8 +115,38 @@ class ChatSession:
         return self.backend.context_tokens(self.conversation, self.settings)
 
     def save(self) -> None:
-        if self.store is not None and self.conversation.turns:
-            self.store.save(self.conversation)
+        """Autosave; a failure is a warning (once per kind of failure), never an exception."""
+        if self.store is None or not self.conversation.turns:
+            return
+        try:
+            notice = self.store.claim(self.conversation)
+            path = self.store.save(self.conversation)
+        except OSError as e:
+            where = e.filename or self.store.folder
+            failure = (f"autosave failed: {where}: {e.strerror or e}; the conversation is kept in memory "
+                       "and saving is retried after every message")
+            if failure != self._save_failure:
+                self.warn(failure)
+            self._save_failure = failure
+            return
+        if notice:
+            self.warn(notice)
+        if self._save_failure:
+            self._save_failure = ""
+            self.warn(f"autosave works again: saved to {path}")
+
+
+def add_reply(conversation: Conversation, done: Finished) -> Turn:
+    """Append the assistant turn a stream ended with: its text, whether it was cut short and why,
+    and, when the backend keeps token ids, the ids it occupies in the context."""
+    stopped = done.stop_reason in ("cancelled", "error")
+    note = {"cancelled": "stopped", "length": "cut at max_new_tokens"}.get(done.stop_reason, "")
+    if done.error:
+        note = f"error: {done.error}"
+    turn = conversation.add("assistant", done.text.strip(), stopped=stopped, note=note)
+    if done.context_ids:
+        turn.ids, turn.ids_key = list(done.context_ids), done.ids_key
+    return turn
 
 
 def clean_message(text: str) -> str:
@@ -107,4 +158,7 @@ def clean_message(text: str) -> str:
     # Control characters other than newline and tab mean nothing to a model and can confuse
     # terminals when echoed back; drop them.
     text = "".join(ch for ch in text if ch in "\n\t" or ch >= " " and ch != "\x7f")
-    return text.replace("\r\n", "\n").strip()
+    text = text.replace("\r\n", "\n").strip()
+    if not text:  # it held nothing but control characters
+        raise ValueError("empty message: only control characters; type something first")
+    return text

@@ -8,11 +8,27 @@ index of the oldest turn still in the model's context (older ones were dropped t
 
 from __future__ import annotations
 
+import re
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 
+from .sanitize import printable
+
 ROLES = ("user", "assistant")
+# Ids name the autosave file (`<id>.json`), so they are chatterm's own, never a file's say-so: an
+# id read from a file that is not of this form (`../../x`, `/home/me/model`) is replaced.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+
+def new_conversation_id() -> str:
+    """A fresh id: the time it was made (sorts well) and 8 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether `value` can be a conversation id: 1-80 of `A-Z a-z 0-9 _ -`, nothing else."""
+    return isinstance(value, str) and _ID_PATTERN.fullmatch(value) is not None
 
 
 @dataclass(eq=False)
@@ -44,7 +60,7 @@ class Turn:
 class Conversation:
     system: str = ""
     turns: list[Turn] = field(default_factory=list)
-    id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+    id: str = field(default_factory=new_conversation_id)  # names the autosave file; see is_valid_id
     created: float = field(default_factory=time.time)
     context_start: int = 0  # oldest turn still in the model's context
 
@@ -90,20 +106,24 @@ class Conversation:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Conversation":
-        if not isinstance(data, dict) or not isinstance(data.get("turns", []), list):
+        if not isinstance(data, dict) or not isinstance(data.get("turns"), list):
             raise ValueError("not a chatterm conversation")
-        conv = cls(system=str(data.get("system", "")), turns=[Turn.from_dict(t) for t in data.get("turns", [])])
-        if isinstance(data.get("id"), str):
-            conv.id = data["id"]
+        if not all(isinstance(t, dict) for t in data["turns"]):
+            raise ValueError("not a chatterm conversation (a turn is not an object)")
+        conv = cls(system=str(data.get("system", "")), turns=[Turn.from_dict(t) for t in data["turns"]])
+        if is_valid_id(data.get("id")):
+            conv.id = data["id"]  # anything else keeps the fresh id made above
         if isinstance(data.get("created"), (int, float)):
             conv.created = float(data["created"])
         return conv
 
     def to_markdown(self) -> str:
-        lines = [f"# {self.title}", ""]
+        """The conversation as Markdown; escape sequences are dropped, so `cat` shows it inertly."""
+        lines = [f"# {printable(self.title)}", ""]
         if self.system:
-            lines += [f"**System:** {self.system}", ""]
+            lines += [f"**System:** {printable(self.system)}", ""]
         for turn in self.turns:
             who = "User" if turn.role == "user" else "Assistant"
-            lines += [f"**{who}:** {turn.text}" + (f" *({turn.note})*" if turn.note else ""), ""]
+            note = f" *({printable(turn.note)})*" if turn.note else ""
+            lines += [f"**{who}:** {printable(turn.text)}" + note, ""]
         return "\n".join(lines)

@@ -1,85 +1,205 @@
-"""Conversations on disk: atomic autosave, and nothing silently lost.
+"""Files on disk: atomic writes, the user's own files left alone, conversations autosaved.
 
-Each conversation is one JSON file named by its id in the user data directory. Writes go to a
-temporary file in the same folder, are fsynced, then renamed over the old file, so a crash at
-any moment leaves either the old or the new version, never half of one. A file that cannot be
-read is moved aside (`*.corrupt-<time>`) and reported, never overwritten.
+- `atomic_write_text` is the one way chatterm writes a text file (conversations, exports, the
+  config): a temporary file in the same folder, fsynced, renamed over the old one, so a crash at
+  any moment leaves the old or the new version, never half of one. A file it replaces keeps its
+  permissions.
+- `write_user_file` is for paths the user typed (`/save PATH`, `/export PATH`): an existing file is
+  replaced only with `force`; a symlink, folder, FIFO or device is never written to.
+- `read_conversation` reads any path the user names (`/load PATH`) and never changes it: anything
+  but a regular file holding a conversation's JSON is one line, "PATH: not a chatterm conversation".
+  It never blocks: the type is checked before opening, and the open is non-blocking.
+- `ConversationStore` is the autosave folder: files named by the conversation's id (validated, so
+  no path built from one leaves the folder); only its own damaged files are moved aside
+  (`*.corrupt-<time>`). While a process has a conversation open it holds an advisory lock on its
+  id (see conversation_lock.py); a second process that continues the same conversation forks a
+  copy under a new id, so neither loses the other's turns. Stray temporary files of interrupted
+  saves are removed when a store is opened.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
 import time
 from pathlib import Path
 
-from .conversation import Conversation
+from ..atomic import atomic_write
+from .conversation import Conversation, is_valid_id, new_conversation_id
+from .conversation_lock import ConversationLock
+
+MAX_CONVERSATION_BYTES = 256 * 1024 * 1024  # far above any real chat; stops a stray 10 GB file
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                  (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+class NotAConversationError(ValueError):
+    """A file that is not a readable chatterm conversation; it has not been touched."""
 
 
-class CorruptFileError(ValueError):
-    """A saved file could not be read; it has been moved aside."""
+class CorruptFileError(NotAConversationError):
+    """One of the store's own autosave files could not be read; it has been moved aside."""
 
 
-def read_conversation(path: Path) -> Conversation:
-    """Read a saved conversation; a broken file is moved aside and reported (CorruptFileError)."""
+class FileRefusedError(ValueError):
+    """A path chatterm will not write to (exists without --force, or is not a regular file)."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Replace `path` with `text` atomically (see atomic.py). A replaced file keeps its mode; a
+    new one is private to the user (0600), like the conversations and settings it mostly holds."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _kind(mode: int) -> str | None:
+    """"a folder", "a FIFO", ... for anything that is not a regular file; None for one."""
+    return next((name for check, name in _SPECIAL_KINDS if check(mode)), None)
+
+
+def write_user_file(path: str | os.PathLike, text: str, *, force: bool = False) -> Path:
+    """Write `text` to a path the user named: never through a symlink, never onto a folder,
+    FIFO or device, and onto an existing file only with `force` (its permissions are kept)."""
     path = Path(path).expanduser()
     try:
-        return Conversation.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        mode = None
+    if mode is not None:
+        kind = _kind(mode)
+        if kind is not None:
+            raise FileRefusedError(f"{path}: is {kind}; chatterm only writes regular files, choose another path")
+        if not force:
+            raise FileRefusedError(f"{path}: already exists; add --force to replace it")
+    return atomic_write_text(path, text)
+
+
+def path_and_force(arg: str) -> tuple[str, bool]:
+    """`/save PATH --force` -> ("PATH", True); the flag may come first or last."""
+    words = arg.split()
+    force = "--force" in words[:1] + words[-1:]
+    if force:
+        arg = arg.strip()
+        arg = arg[len("--force"):] if arg.startswith("--force") else arg[: -len("--force")]
+    return arg.strip(), force
+
+
+def read_conversation(path: str | os.PathLike) -> Conversation:
+    """Read a saved conversation from any path; the file is never changed or moved."""
+    path = Path(path).expanduser()
+    not_one = NotAConversationError(f"{path}: not a chatterm conversation")
+    try:
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as e:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            aside = path
-        raise CorruptFileError(f"{path}: not a readable conversation ({e}); kept as {aside.name}") from e
+        raise NotAConversationError(f"{path}: no such file") from None
+    except OSError as e:
+        raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise not_one
+    try:  # O_NONBLOCK: if it was swapped for a FIFO since the stat, opening still returns at once
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise not_one
+        data = f.read(MAX_CONVERSATION_BYTES + 1)
+    if len(data) > MAX_CONVERSATION_BYTES:
+        raise not_one
+    try:
+        return Conversation.from_dict(json.loads(data.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError, TypeError, AttributeError, RecursionError):
+        raise not_one from None
 
 
-def write_conversation(path: Path, conversation: Conversation) -> Path:
+def write_conversation(path: str | os.PathLike, conversation: Conversation, *, force: bool = False) -> Path:
+    """Save to a path the user named (`/save PATH`): see write_user_file."""
+    return write_user_file(path, conversation_json(conversation), force=force)
+
+
+def conversation_json(conversation: Conversation) -> str:
     # No indent: json's C encoder only runs without one, and a long chat is saved every turn.
-    text = json.dumps(conversation.to_dict(), ensure_ascii=False, separators=(",", ":"))
-    atomic_write_text(Path(path).expanduser(), text)
-    return Path(path)
+    return json.dumps(conversation.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
 class ConversationStore:
-    """The folder of autosaved conversations."""
+    """The folder of autosaved conversations, one `<id>.json` each."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
+        self.lock = ConversationLock(self.folder / ".locks")
+        self.clean_stray_files()
 
     def path_for(self, conversation: Conversation) -> Path:
-        return self.folder / f"{conversation.id}.json"
+        """`<folder>/<id>.json`; an id that is not chatterm's own kind is refused (ValueError)."""
+        if not is_valid_id(conversation.id):
+            raise ValueError(f"conversation id {conversation.id!r:.60} is not one chatterm made")
+        path = self.folder / f"{conversation.id}.json"
+        if path.resolve().parent != self.folder.resolve():  # belt and braces: never leave the folder
+            raise ValueError(f"conversation id {conversation.id!r:.60} points outside {self.folder}")
+        return path
+
+    def claim(self, conversation: Conversation) -> str:
+        """Hold this conversation's lock from now until another is claimed. If another chatterm
+        has it open, the conversation gets a new id (a copy) and the returned line says so."""
+        if not is_valid_id(conversation.id):
+            conversation.id = new_conversation_id()
+        holder = self.lock.acquire(conversation.id)
+        if holder is None:
+            return ""
+        old, conversation.id = conversation.id, new_conversation_id()
+        self.lock.acquire(conversation.id)
+        return (f"conversation {old} is open in another chatterm{holder}; "
+                f"continuing in a copy, {conversation.id}, so neither loses turns")
 
     def save(self, conversation: Conversation) -> Path:
-        return write_conversation(self.path_for(conversation), conversation)
+        """Autosave (claims the conversation first; call `claim` yourself to hear of a fork)."""
+        self.claim(conversation)
+        return atomic_write_text(self.path_for(conversation), conversation_json(conversation))
 
     def recent(self, limit: int = 20) -> list[Path]:
         if not self.folder.is_dir():
             return []
-        files = sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        return files[:limit]
+        files = [p for p in self.folder.glob("*.json") if is_valid_id(p.stem) and p.is_file()]
+        return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
 
-    def load(self, path_or_id: str | Path) -> Conversation:
+    def load(self, path_or_id: str | os.PathLike) -> Conversation:
+        """Load by id or path. Only the store's own files are moved aside when damaged."""
         path = Path(path_or_id)
-        if not path.suffix and not path.exists():
+        if is_valid_id(str(path_or_id)) and not path.exists():
             path = self.folder / f"{path_or_id}.json"
-        return read_conversation(path)
+        own = path.suffix == ".json" and is_valid_id(path.stem) and path.resolve().parent == self.folder.resolve()
+        try:
+            return read_conversation(path)
+        except NotAConversationError as e:
+            if not own or not path.is_file() or path.is_symlink():
+                raise
+            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                os.replace(path, aside)
+            except OSError:
+                raise e from None
+            raise CorruptFileError(f"{path}: not a readable conversation; kept as {aside.name}") from None
+
+    def clean_stray_files(self) -> list[Path]:
+        """Remove temporary files left by saves that were interrupted (`.<id>.json.*.tmp`) whose
+        conversation no other chatterm has open; also unused lock files. Returns what went."""
+        removed = []
+        try:
+            strays = [p for p in self.folder.glob(".*.json.*.tmp") if p.is_file() and not p.is_symlink()]
+        except OSError:
+            return removed
+        for stray in strays:
+            conversation_id = stray.name[1:].split(".json.", 1)[0]
+            if is_valid_id(conversation_id) and self.lock.is_free(conversation_id):
+                try:
+                    stray.unlink()
+                    removed.append(stray)
+                except OSError:
+                    pass
+        self.lock.remove_unused()
+        return removed
+
+    def close(self) -> None:
+        """Give up the lock on the current conversation (also happens when the process ends)."""
+        self.lock.release()

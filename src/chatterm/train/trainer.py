@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..atomic import atomic_write
 from ..model import GPT, GPTConfig, pick_device, save_checkpoint
 from ..session.template import DEFAULT_TEMPLATE
 from .config import TrainConfig
@@ -166,10 +166,8 @@ def _save_model(model: GPT, cfg: TrainConfig, tokenizer_spec: dict, state: dict,
 
 
 def _save_state(out: Path, model: GPT, opt, gen: torch.Generator, state: dict) -> None:
-    tmp = out / (STATE_FILE + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(),
-                "progress": state}, tmp)
-    os.replace(tmp, out / STATE_FILE)
+    snapshot = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(), "progress": state}
+    atomic_write(out / STATE_FILE, lambda tmp: torch.save(snapshot, tmp))
 
 
 if __name__ == "__main__":  # pragma: no cover - `chatterm train` is the entry point

@@ -76,7 +76,8 @@ class ChatApp(SlashCommands, App):
         self.checkpoint = checkpoint
         self.problems = list(problems or [])
         self.session = ChatSession(
-            None, config.sampling, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations")
+            None, config.sampling, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations"),
+            warn=lambda text: self.notify(text, severity="warning", markup=False),  # any thread; autosave failures
         )
         self.generating = False
         self.show_settings = True
@@ -149,7 +150,7 @@ class ChatApp(SlashCommands, App):
     def load_model(self, path: str | None) -> None:
         started = time.perf_counter()
         try:
-            from ..session.local_backend import LocalBackend
+            from ..session.backends import open_backend
 
             if path is None:
                 from ..session.config import default_checkpoint
@@ -160,7 +161,7 @@ class ChatApp(SlashCommands, App):
                         "load a checkpoint with /model PATH"))
                     return
                 path = str(default_checkpoint())
-            backend = LocalBackend.load(path, device=self.config.device, dtype=self.config.dtype)
+            backend = open_backend(path, device=self.config.device, dtype=self.config.dtype)
         except Exception as e:  # a bad file must never take the app down: one line, old model kept
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.post_message(ModelFailed(message))

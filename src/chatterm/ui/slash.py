@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..session import CommandError, parse_command, read_conversation, save_config, write_conversation
 from ..session.commands import help_lines
-from ..session.persistence import atomic_write_text
+from ..session.persistence import path_and_force, write_user_file
 
 
 class SlashCommands:
@@ -56,8 +56,9 @@ class SlashCommands:
         await self.note("  ".join(f"{name}={s.describe(name)}" for name in s.to_dict()))
 
     async def slash_save(self, arg: str) -> None:
-        if arg:
-            path = write_conversation(Path(arg), self.session.conversation)
+        target, force = path_and_force(arg)
+        if target:
+            path = write_conversation(target, self.session.conversation, force=force)
         else:
             path = self.session.store.save(self.session.conversation)
         await self.note(f"saved to {path}")
@@ -70,8 +71,9 @@ class SlashCommands:
         await self.note(f"loaded {len(self.session.conversation.turns)} turns from {arg}")
 
     async def slash_export(self, arg: str) -> None:
-        atomic_write_text(Path(arg).expanduser(), self.session.conversation.to_markdown())
-        await self.note(f"exported to {arg}")
+        target, force = path_and_force(arg)
+        path = write_user_file(target, self.session.conversation.to_markdown(), force=force)
+        await self.note(f"exported to {path}")
 
     async def slash_model(self, arg: str) -> None:
         if self.generating:

@@ -1,0 +1,255 @@
+"""Checkpoints and tokenizers from strangers: every failure is one line (CheckpointError, exit
+code 2 on the command line), nothing blocks, and sizes are checked before anything is allocated."""
+
+import io
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as safetensors_bytes
+
+from chatterm.model import CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
+from chatterm.session.local_backend import LocalBackend
+from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
+
+SRC = str(Path(__file__).parent.parent / "src")
+MICRO = GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8)
+
+
+def _micro_state_dict():
+    from chatterm.model import GPT
+
+    torch.manual_seed(0)
+    return {k: v.detach().clone() for k, v in GPT(MICRO).state_dict().items() if k != "lm_head.weight"}
+
+
+def _nanogpt_bytes() -> bytes:
+    buffer = io.BytesIO()
+    model_args = {k: v for k, v in MICRO.to_dict().items() if k != "tie_embeddings"}
+    torch.save({"model": _micro_state_dict(), "model_args": model_args, "iter_num": 3}, buffer)
+    return buffer.getvalue()
+
+
+def _safetensors_bytes() -> bytes:
+    meta = {"chatterm": json.dumps({"model": MICRO.to_dict(), "name": "micro"})}
+    return safetensors_bytes(_micro_state_dict(), metadata=meta)
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    data = bytearray(data)
+    # Half the damage lands in the first 400 bytes, where the headers, the pickle and the JSON are.
+    where = lambda: rng.randrange(min(len(data), 400) if rng.random() < 0.5 else len(data))  # noqa: E731
+    kind = rng.randrange(5)
+    if kind == 0:
+        for _ in range(rng.randint(1, 4)):
+            data[where()] = rng.randrange(256)
+    elif kind == 1:
+        del data[where():]
+    elif kind == 2:
+        at = where()
+        data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+    elif kind == 3:
+        at = where()
+        del data[at : at + rng.randint(1, 64)]
+    else:
+        at = where()
+        data[at : at + 8] = struct.pack("<Q", rng.choice([0, 1, 2**31, 2**63 - 1, 2**64 - 1, rng.randrange(2**64)]))
+    return bytes(data)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("suffix, make", [(".pt", _nanogpt_bytes), (".safetensors", _safetensors_bytes)])
+def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_and_nothing_else(tmp_path, suffix, make):
+    original = make()
+    assert load_checkpoint(_write(tmp_path / f"ok{suffix}", original)).config == MICRO  # the seed file is good
+    rng = random.Random(1234)
+    path = tmp_path / f"fuzzed{suffix}"
+    refused, started = 0, time.monotonic()
+    for i in range(1500):
+        data = _mutate(original, rng)
+        _write(path, data)
+        try:
+            load_checkpoint(path)
+        except CheckpointError as e:
+            text = str(e)
+            assert "\n" not in text and str(path) in text, (i, text)
+            refused += 1
+        except BaseException as e:  # noqa: BLE001 - exactly what this test is about
+            pytest.fail(f"mutation {i} raised {type(e).__module__}.{type(e).__name__}: {e}")
+    assert refused > 600, refused  # most damage is caught; a flipped weight byte is still a model
+    assert time.monotonic() - started < 60
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _one_line_error(path, **kwargs) -> str:
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path, **kwargs)
+    text = str(err.value)
+    assert "\n" not in text and str(path) in text
+    return text
+
+
+def test_text_files_random_bytes_and_empty_files(tmp_path):
+    rng = random.Random(0)
+    for name, data in [("notes.pt", b"just some text, honest\n"), ("random.pt", rng.randbytes(5000)),
+                       ("random.safetensors", rng.randbytes(5000)), ("empty.pt", b""), ("empty.safetensors", b""),
+                       ("zero.bin", bytes(4096))]:
+        _one_line_error(_write(tmp_path / name, data))
+
+
+@pytest.mark.parametrize("model, message", [
+    ([1, 2, 3], "'model' entry is not a state dict"),
+    ({"transformer.wte.weight": 1.5}, "is float, not a tensor"),
+    ({"transformer.wte.weight": "abc"}, "is str, not a tensor"),
+    ({}, "not a state dict"),
+])
+def test_nanogpt_dict_whose_model_is_not_tensors(tmp_path, model, message):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model, "model_args": {"n_layer": 1}}, path)
+    assert message in _one_line_error(path)
+
+
+def test_safetensors_header_that_is_a_list(tmp_path):
+    header = b"[1, 2, 3]"
+    path = _write(tmp_path / "list.safetensors", struct.pack("<Q", len(header)) + header)
+    assert "safetensors" in _one_line_error(path)
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"layer_norm_eps": "1e-5"}, "layer_norm_eps"),
+    ({"n_layer": 2.0}, "n_layer"),
+    ({"n_head": True}, "n_head"),
+    ({"bias": "yes"}, "bias"),
+    ({"dropout": float("nan")}, "dropout"),
+    ({"block_size": [256]}, "block_size"),
+])
+def test_config_values_of_the_wrong_type(tmp_path, change, name):
+    folder = tmp_path / "m"
+    save_checkpoint(folder, tiny_model(), {"tokenizer": byte_tokenizer_spec()})
+    meta = json.loads((folder / "chatterm.json").read_text())
+    meta["model"].update(change)
+    (folder / "chatterm.json").write_text(json.dumps(meta))
+    assert f"bad model config (model config: {name} must be" in _one_line_error(folder)
+
+
+def _with_tokenizer(tmp_path, spec):
+    folder = tmp_path / "t"
+    save_tiny_checkpoint(folder, tiny_model(), spec)
+    return folder
+
+
+@pytest.mark.parametrize("spec", [
+    {**byte_tokenizer_spec(), "ranks": byte_tokenizer_spec()["ranks"][:100]},  # truncated: tiktoken panics
+    {**byte_tokenizer_spec(), "ranks": ["%%%", "not base64"]},
+    {**byte_tokenizer_spec(), "special_tokens": [1, 2]},
+    {**byte_tokenizer_spec(), "special_tokens": {"<|endoftext|>": 10**30}},
+    {**byte_tokenizer_spec(), "pat_str": "(("},
+    ["not", "a", "spec"],
+])
+def test_malformed_or_truncated_tokenizer_data(tmp_path, spec):
+    folder = _with_tokenizer(tmp_path, spec)
+    with pytest.raises(CheckpointError) as err:
+        LocalBackend.load(folder)
+    assert str(folder) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_rust_panic_becomes_a_checkpoint_error_but_ctrl_c_does_not():
+    import tiktoken
+
+    from chatterm.model.errors import reading
+
+    broken = tiktoken.Encoding(name="broken", pat_str=r"\S+|\s+", mergeable_ranks={b"a": 0}, special_tokens={})
+    with pytest.raises(BaseException) as raw:
+        broken.encode_ordinary("b")  # no token for "b": tiktoken's Rust core panics
+    assert type(raw.value).__name__ == "PanicException" and not isinstance(raw.value, Exception)
+    with pytest.raises(CheckpointError, match="x.json: cannot load its tokenizer .its reader crashed"):
+        with reading("x.json", "its tokenizer"):
+            broken.encode_ordinary("b")
+    for passthrough in (KeyboardInterrupt, SystemExit):
+        with pytest.raises(passthrough):
+            with reading("x.json"):
+                raise passthrough()
+
+
+def _never_blocks(fn, timeout=15):
+    outcome = []
+
+    def run():
+        try:
+            fn()
+            outcome.append("returned")
+        except BaseException as e:  # noqa: BLE001
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else None
+
+
+def test_fifos_and_devices_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    folder = tmp_path / "m"
+    save_tiny_checkpoint(folder, tiny_model())
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    side = tmp_path / "s"
+    save_tiny_checkpoint(side, tiny_model())
+    (side / "chatterm.json").unlink()
+    os.mkfifo(side / "chatterm.json")
+    try:
+        for path in (fifo, folder, side, Path("/dev/zero"), Path("/dev/null")):
+            outcome = _never_blocks(lambda: load_checkpoint(path))
+            assert isinstance(outcome, CheckpointError), (path, outcome)
+            assert "FIFO" in str(outcome) or "device" in str(outcome)
+    finally:
+        for f in (fifo, folder / "model.safetensors", side / "chatterm.json"):  # release any blocked reader
+            try:
+                os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+
+@pytest.mark.parametrize("change, what", [
+    ({"n_layer": 10**9}, "weights"),
+    ({"n_layer": 4000, "block_size": 100_000}, "KV cache for 100,000 tokens"),
+])
+def test_sizes_are_checked_before_anything_is_allocated(tmp_path, change, what):
+    folder = tmp_path / "huge"
+    save_checkpoint(folder, tiny_model(), {"tokenizer": byte_tokenizer_spec()})
+    meta = json.loads((folder / "chatterm.json").read_text())
+    meta["model"].update(change)
+    (folder / "chatterm.json").write_text(json.dumps(meta))
+    started = time.monotonic()
+    text = _one_line_error(folder)
+    assert time.monotonic() - started < 2
+    assert "this model needs about" in text and "is available on cpu" in text and what in text
+
+
+@pytest.mark.slow
+def test_loader_errors_on_the_command_line_are_one_line_and_exit_code_2(tmp_path):
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    notes = _write(tmp_path / "notes.pt", b"hello\n")
+    nano = tmp_path / "list.pt"
+    torch.save({"model": [1], "model_args": {}}, nano)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    for bad in (fifo, notes, nano):
+        r = subprocess.run([sys.executable, "-m", "chatterm", "generate", str(bad), "--prompt", "x"],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("chatterm: error: ") and "Traceback" not in r.stderr

@@ -1,0 +1,249 @@
+"""Files the user owns: ids never become paths outside the store, /load never changes what it
+reads, /save and /export never silently replace, two processes never lose each other's turns,
+stray temporary files are cleaned up."""
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from chatterm.repl import PlainChat
+from chatterm.session import ChatSession, Conversation, ConversationStore, read_conversation
+
+SRC = str(Path(__file__).parent.parent / "src")
+NotAConversationError = ValueError  # its base class: these tests also run against older code
+
+
+def is_valid_id(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,80}", value) is not None
+
+
+def _conversation_file(path: Path, conversation_id) -> Path:
+    data = {"id": conversation_id, "system": "", "turns": [{"role": "user", "text": "hi"}]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("hostile", ["../../escaped", "/tmp/chatterm-hostile-target", "a/b", "..", "", 7, "x" * 500])
+def test_an_id_read_from_a_file_never_becomes_a_path_outside_the_store(tmp_path, hostile):
+    store = ConversationStore(tmp_path / "data" / "conversations")
+    outside = tmp_path / "escaped.json"
+    loaded = read_conversation(_conversation_file(tmp_path / "in.json", hostile))
+    assert loaded.id != hostile and is_valid_id(loaded.id)
+    saved = store.save(loaded)
+    assert saved.parent == store.folder and saved.exists()
+    assert not outside.exists() and not Path("/tmp/chatterm-hostile-target.json").exists()
+
+
+def test_the_store_refuses_a_bad_id_set_in_code(tmp_path):
+    store = ConversationStore(tmp_path / "c")
+    conversation = Conversation()
+    conversation.id = "../../etc/x"
+    with pytest.raises(ValueError, match="not one chatterm made"):
+        store.path_for(conversation)
+    store.save(conversation)  # saving gives it a proper id instead
+    assert is_valid_id(conversation.id) and list(store.folder.glob("*.json"))
+
+
+def _not_conversations(tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "export.md").write_text("# hi\n\n**User:** hi\n")
+    (tmp_path / "notes.txt").write_text("just text\n")
+    (tmp_path / "list.json").write_text('[{"role": "user"}]')
+    (tmp_path / "other.json").write_text('{"name": "some package"}')
+    return [folder, tmp_path / "export.md", tmp_path / "notes.txt", tmp_path / "list.json", tmp_path / "other.json"]
+
+
+def test_loading_something_else_is_one_line_and_never_touches_it(tmp_path):
+    paths = _not_conversations(tmp_path) + [Path("/etc/passwd")]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in paths}
+    for path in paths:
+        with pytest.raises(NotAConversationError) as err:
+            read_conversation(path)
+        assert str(err.value) == f"{path}: not a chatterm conversation"
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in paths}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths[:-1])  # nothing moved aside
+
+
+def test_loading_a_fifo_never_blocks(tmp_path):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(_error_of(read_conversation, fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # blocked in open(): let it go, then fail
+        open(fifo, "w").close()
+        pytest.fail("reading a FIFO blocked")
+    assert outcome == [f"{fifo}: not a chatterm conversation"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def _error_of(fn, *args):
+    try:
+        fn(*args)
+    except Exception as e:
+        return str(e)
+    return None
+
+
+def test_the_store_moves_aside_only_its_own_damaged_files(tmp_path):
+    store = ConversationStore(tmp_path / "c")
+    conversation = Conversation()
+    conversation.add("user", "hi")
+    own = store.save(conversation)
+    own.write_text('{"turns": [')  # torn by something else
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"turns": [')
+    with pytest.raises(NotAConversationError):
+        store.load(foreign)
+    assert foreign.read_text() == '{"turns": ['
+    with pytest.raises(NotAConversationError, match="kept as"):
+        store.load(conversation.id)
+    assert not own.exists() and list(store.folder.glob("*.corrupt-*"))
+
+
+def _plain(tmp_path):
+    session = ChatSession(None, conversation=Conversation(system="be brief"))
+    session.conversation.add("user", "hello \x1b]0;pwned\x07there")
+    session.conversation.add("assistant", "a reply \x1b[2J with escapes")
+    err = _Lines()
+    return PlainChat(session, out=_Lines(), err=err), err
+
+
+class _Lines:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+@pytest.mark.parametrize("command", ["save", "export"])
+def test_save_and_export_replace_a_file_only_with_force_and_keep_its_mode(tmp_path, command):
+    repl, err = _plain(tmp_path)
+    target = tmp_path / "mine.txt"
+    target.write_text("precious")
+    os.chmod(target, 0o640)
+    repl.command(f"/{command} {target}")
+    assert target.read_text() == "precious"
+    assert err.text.strip() == f"{target}: already exists; add --force to replace it"
+    repl.command(f"/{command} {target} --force")
+    assert target.read_text() != "precious"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    fresh = tmp_path / "new.out"
+    repl.command(f"/{command} {fresh}")
+    assert fresh.exists()
+
+
+def test_export_makes_escape_sequences_inert(tmp_path):
+    repl, _ = _plain(tmp_path)
+    repl.command(f"/export {tmp_path / 'chat.md'}")
+    text = (tmp_path / "chat.md").read_text()
+    assert "\x1b" not in text and "\x07" not in text and "a reply [2J" not in text and "with escapes" in text
+
+
+@pytest.mark.parametrize("kind", ["symlink", "folder", "fifo", "device"])
+def test_save_refuses_symlinks_folders_fifos_and_devices_with_one_line(tmp_path, kind):
+    repl, err = _plain(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    target = {"device": Path("/dev/null")}.get(kind, tmp_path / "target")
+    if kind == "symlink":
+        target.symlink_to(victim)
+    elif kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    for command in (f"/save {target} --force", f"/export {target} --force"):
+        err.text = ""
+        repl.command(command)
+        assert err.text.count("\n") == 1 and err.text.startswith(f"{target}: is a") and "regular files" in err.text
+    assert victim.read_text() == "keep me"
+    assert target.is_symlink() or target.is_dir() or target.is_fifo() or target.is_char_device()
+
+
+def test_path_and_force():
+    from chatterm.session.persistence import FileRefusedError, path_and_force, write_user_file
+
+    assert path_and_force("a b.json --force") == ("a b.json", True)
+    assert path_and_force("--force x.md") == ("x.md", True)
+    assert path_and_force("x--force") == ("x--force", False)
+    with pytest.raises(FileRefusedError):
+        write_user_file(Path(__file__), "x")
+
+
+_HOLDER = """
+import sys
+from chatterm.session import ConversationStore, read_conversation
+store = ConversationStore(sys.argv[1])
+conversation = read_conversation(sys.argv[2])
+store.claim(conversation)
+conversation.add("user", "from the first process")
+store.save(conversation)
+print("holding", flush=True)
+sys.stdin.read()  # hold the conversation open until told to finish
+conversation.add("user", "the first process again")
+store.save(conversation)
+"""
+
+
+def test_two_processes_continuing_one_conversation_lose_no_turns(tmp_path):
+    folder = tmp_path / "convs"
+    start = ConversationStore(folder)
+    original = Conversation()
+    original.add("user", "the start")
+    saved = start.save(original)
+    start.close()
+    first = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder), str(saved)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
+    try:
+        assert first.stdout.readline().strip() == "holding"
+        warnings = []
+        second = ChatSession(None, store=ConversationStore(folder), warn=warnings.append)
+        second.load_conversation(read_conversation(saved))
+        assert len(warnings) == 1 and "open in another chatterm (pid" in warnings[0] and "copy" in warnings[0]
+        forked_id = second.conversation.id
+        assert forked_id != original.id
+        second.conversation.add("user", "from the second process")
+        second.save()
+    finally:
+        first.communicate("", timeout=30)
+    assert first.returncode == 0
+    texts = lambda cid: [t.text for t in read_conversation(folder / f"{cid}.json").turns]  # noqa: E731
+    assert texts(original.id) == ["the start", "from the first process", "the first process again"]
+    assert texts(forked_id) == ["the start", "from the first process", "from the second process"]
+    # Once the first has quit, the conversation can be continued under its own id again.
+    third = ConversationStore(folder)
+    assert third.claim(read_conversation(saved)) == ""
+
+
+def test_stray_temporary_files_are_cleaned_on_the_next_start(tmp_path):
+    folder = tmp_path / "convs"
+    folder.mkdir()
+    stray = folder / ".20260101-000000-abcdef01.json.k2j3h4.tmp"
+    stray.write_text('{"turns": [')
+    busy = Conversation()
+    holder = ConversationStore(folder)
+    holder.claim(busy)
+    in_flight = folder / f".{busy.id}.json.zzzz.tmp"  # being written by the process holding it
+    in_flight.write_text("{")
+    ConversationStore(folder)
+    assert not stray.exists() and in_flight.exists()
+    holder.close()
+    ConversationStore(folder)
+    assert not in_flight.exists()
