@@ -110,6 +110,14 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def _die_with_parent() -> None:
+    """Linux: the server is killed if the test process dies without tearing down (killed, say)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class TransformersServer:
     """`transformers serve FOLDER` on 127.0.0.1:PORT, ready (its /health answers) when started."""
 
@@ -127,7 +135,7 @@ class TransformersServer:
             self.process = subprocess.Popen(
                 [str(exe), "serve", str(self.folder), "--host", "127.0.0.1", "--port", str(self.port),
                  "--device", "cpu", "--log-level", "warning"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
