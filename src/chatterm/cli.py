@@ -127,11 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="checkpoint file or folder (default: the shipped chat model)")
+    p.add_argument("checkpoint", nargs="?",
+                   help="checkpoint file or folder, or a server's http(s):// address (default: the shipped chat model)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
     p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
     p.add_argument("--context", type=int, metavar="N", help="cap the context window at N tokens (default: the model's, at most 4096)")
+    remote = p.add_argument_group("remote servers (an http:// or https:// address instead of a checkpoint)")
+    remote.add_argument("--remote-model", metavar="NAME", help="the served model to use (default: the only one)")
+    remote.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
+                        "(default: OPENAI_API_KEY)")
+    remote.add_argument("--remote-mode", choices=("auto", "chat", "completion"), default=None,
+                        help="chat: the server applies the model's template; completion: chatterm's "
+                        "User:/Assistant: template, for base models (default: auto)")
+
+
+def _remote_options(args) -> dict:
+    """The remote flags as open_backend options (a local checkpoint ignores them)."""
+    return {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -211,7 +224,7 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
         print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
 
     def load(path):
-        return _load_backend(path, config.device, config.dtype, args.n_head, args.context)
+        return _load_backend(path, config.device, config.dtype, args.n_head, args.context, **_remote_options(args))
 
     session = ChatSession(
         load(checkpoint),
@@ -229,16 +242,25 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
     return PlainChat(session, load_backend=load).run(sys.stdin)
 
 
-def _load_backend(path, device, dtype, n_head=None, context=None):
-    from .session.backends import open_backend
+def _load_backend(path, device, dtype, n_head=None, context=None, **remote):
+    from .session.backends import REMOTE_SCHEMES, open_backend
+    from .session.sanitize import printable
 
+    is_remote = str(path).startswith(REMOTE_SCHEMES)
+    if any(v is not None for v in remote.values()) and not is_remote:
+        raise UserError(f"{path}: --remote-model, --api-key-env and --remote-mode are for a server address "
+                        "(http:// or https://)")
     if context is not None and context < 2:
         raise UserError(f"--context {context}: the context window must be at least 2 tokens")
     try:
-        progress = _progress_line if sys.stderr.isatty() and not str(path).startswith(("http://", "https://")) else None
-        return open_backend(path, device=device, dtype=dtype, n_head=n_head, context=context, progress=progress)
-    except ValueError as e:  # bad --device / --dtype, a remote backend that is not there
+        progress = _progress_line if sys.stderr.isatty() and not is_remote else None
+        backend = open_backend(path, device=device, dtype=dtype, n_head=n_head, context=context, progress=progress,
+                               **remote)
+    except ValueError as e:  # bad --device / --dtype; a server refusing, absent or unreachable
         raise UserError(str(e)) from None
+    for warning in getattr(backend, "warnings", ()):  # a remote one's, e.g. plain http to another machine
+        print(f"chatterm: warning: {printable(warning)}", file=sys.stderr)
+    return backend
 
 
 def _progress_line(what: str, fraction: float) -> None:
@@ -262,7 +284,8 @@ def cmd_generate(args) -> int:
         raise UserError("the prompt is empty")
     settings = SamplingSettings()
     _apply_sampling(settings, args)
-    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head, args.context)
+    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head,
+                            args.context, **_remote_options(args))
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
     elif hasattr(backend, "complete_stream"):
@@ -283,9 +306,9 @@ def cmd_generate(args) -> int:
             f"{done.tokens_per_s:.1f} tokens/s",
             file=sys.stderr,
         )
-    if done is not None and done.error:
+    if done is not None and done.error:  # a fault mid-reply (a server that died, say): one line, exit 2
         print(f"chatterm: error: {printable(done.error)}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -1,0 +1,185 @@
+"""One reply from a remote server (see remote_backend.py for the modes and the contract).
+
+`RemoteReply.events()` sends the request, streams the answer as engine events, and deals with
+what can go wrong before the first byte of text: a prompt too long (drop the oldest turns, retry
+once), 429/5xx with Retry-After (wait once, cancellably), a refused field or a missing chat
+template (the backend learns, the request is retried). Whatever else happens ends the reply with
+one `Finished` whose stop_reason is "error" and whose `error` is one line; text already shown is
+kept. Cancel is checked every POLL_S seconds, whether or not the server is sending.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Iterator
+
+from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, TokenStep
+from ..engine.settings import SamplingSettings
+from ..engine.stop import StopStringMatcher
+from .conversation import Conversation
+from .openai_stream import StreamFormatError, parse_chunk
+from .remote_http import StreamItem
+from .token_estimate import estimate_tokens
+
+if TYPE_CHECKING:
+    from .remote_backend import RemoteBackend
+
+POLL_S = 0.02  # how often a silent stream checks for cancel
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is reported, not waited for
+
+
+class RemoteReply:
+    """One reply's state: retries, text released so far, counts and timings."""
+
+    def __init__(self, backend: RemoteBackend, conversation: Conversation | None, settings: SamplingSettings,
+                 cancel: threading.Event, inspect: int, raw: str | list[int] | None = None) -> None:
+        self.b, self.conv, self.settings, self.cancel, self.inspect = backend, conversation, settings, cancel, inspect
+        self.raw = raw  # a plain prompt (complete_stream) instead of a conversation
+        self.started = time.monotonic()  # reset when the reply starts streaming
+        self.first_token_at: float | None = None
+        self.shown = ""
+        self.new_tokens = 0  # chunks with text, replaced by the server's usage figure when sent
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.steps = 0
+
+    def events(self) -> Iterator[Event]:
+        self.started = time.monotonic()
+        if self.raw is not None:
+            self.prompt_tokens = len(self.raw) if isinstance(self.raw, list) else estimate_tokens(self.raw)
+        else:
+            try:
+                prompt = self.b.prompts.build(self.conv, self.settings.max_new_tokens)
+            except ValueError as e:
+                yield self.finish("error", str(e))
+                return
+            self.prompt_tokens = len(prompt.ids)
+            if prompt.dropped_turns:
+                yield ContextTrimmed(prompt.dropped_turns, self.prompt_tokens)
+        retried = {"busy": False, "context": False}
+        refusals = 0
+        fallback = None  # (status, message) of a chat-route failure that made us try completion
+        while True:
+            path_mode = self.b.mode if self.raw is None else "completion"
+            path, body = self.b.request(self.conv, self.settings, self.inspect, self.raw)
+            matcher = StopStringMatcher(self.b.stop_strings(self.settings, raw=self.raw is not None))
+            stream = self.b.client.stream(path, body)
+            try:
+                outcome = yield from self.read(stream, matcher)
+            finally:
+                stream.close()
+            if isinstance(outcome, Finished):
+                if path_mode == "chat" and outcome.error is None:
+                    self.b.chat_works = True
+                yield outcome
+                return
+            status, message, retry_after = outcome.status, outcome.message, outcome.retry_after
+            if self.b.too_long(status, message) and not retried["context"]:
+                retried["context"] = True
+                dropped = drop_oldest_turns(self.conv) if self.conv is not None else 0
+                if dropped:
+                    yield ContextTrimmed(dropped, self.b.counter.count_cached(self.b.prompts, self.conv))
+                    continue
+                yield self.finish("error", f"the message is too long for the server's context window ({message})")
+                return
+            if (status == 429 or status >= 500) and retry_after is not None and not retried["busy"] \
+                    and retry_after <= MAX_RETRY_AFTER_S:
+                retried["busy"] = True
+                if self.cancel.wait(retry_after):
+                    yield self.finish("cancelled")
+                    return
+                continue
+            if refusals < 3 and self.b.learn_from_refusal(status, message, body, path_mode):
+                refusals += 1
+                if fallback is None and self.b.mode != path_mode:
+                    fallback = (status, message)
+                continue
+            if fallback is not None:  # completion failed too: the chat route's error is the one to show
+                (status, message), fallback = fallback, None
+                self.b.mode = "chat"
+                self.b.warnings.pop()
+            if status == 404 and "model" in message.lower():
+                yield self.finish("error", f"the server has no model {self.b.facts.model!r} (404): {message}")
+                return
+            yield self.finish("error", self.b.client.describe_status(status, message))
+            return
+
+    def read(self, stream, matcher: StopStringMatcher):
+        """Yield the stream's events; return a Finished, or the StreamItem of an HTTP error."""
+        finish_reason = matched_stop = None
+        while True:
+            if self.cancel.is_set():
+                return self.finish("cancelled")
+            item: StreamItem | None = stream.get(POLL_S)
+            if item is None:
+                continue
+            if item.kind == "status":
+                if self.shown:  # cannot happen over HTTP; never retry over shown text
+                    return self.finish("error", self.b.client.describe_status(item.status, item.message))
+                return item
+            if item.kind == "fail":
+                return self.finish("error", item.message)
+            if item.kind == "end":
+                if finish_reason is None and item.data != "done":
+                    return self.finish("error", "the server's stream ended before the reply was finished")
+                tail = matcher.flush()  # the server ended here: a held-back tail was no stop after all
+                if tail:
+                    self.shown += tail
+                    yield TextDelta(tail)
+                if finish_reason == "length":
+                    return self.finish("length")
+                # "stop" from the server is a stop string or end of text; only vLLM says which.
+                return self.finish("stop" if matched_stop or self.b.mode == "completion" else "eos")
+            try:
+                chunk = parse_chunk(item.data)
+            except StreamFormatError as e:
+                return self.finish("error", f"malformed reply from the server: {e}")
+            if chunk.error:
+                return self.finish("error", f"the server failed mid-reply: {self.b.client.scrub(chunk.error)}")
+            if chunk.prompt_tokens is not None:
+                self.prompt_tokens = chunk.prompt_tokens
+                self.cached_tokens = chunk.cached_tokens or 0
+            if chunk.completion_tokens is not None:
+                self.new_tokens = chunk.completion_tokens
+            if self.inspect and chunk.text and not chunk.tokens and self.b.inspector_note is None and self.steps == 0:
+                self.b.inspector_note = "the server gives no token probabilities"
+            for token in chunk.tokens:
+                yield TokenStep(self.steps, token.token_id, token.text, token.prob, token.candidates)
+                self.steps += 1
+            if chunk.text:
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                if chunk.completion_tokens is None:
+                    self.new_tokens += max(1, len(chunk.tokens))
+                safe, stopped = matcher.feed(chunk.text)
+                if safe:
+                    self.shown += safe
+                    yield TextDelta(safe)
+                if stopped:
+                    return self.finish("stop")
+            finish_reason = chunk.finish_reason or finish_reason
+            matched_stop = chunk.matched_stop or matched_stop
+
+    def finish(self, reason: str, error: str | None = None) -> Finished:
+        now = time.monotonic()
+        ttft = (self.first_token_at or now) - self.started
+        return Finished(
+            text=self.shown, stop_reason=reason, prompt_tokens=self.prompt_tokens,
+            prefill_tokens=max(0, self.prompt_tokens - self.cached_tokens), new_tokens=self.new_tokens,
+            ttft_s=ttft, elapsed_s=now - self.started, token_ids=(),
+            error=" ".join(error.split()) if error else None,
+        )
+
+
+def drop_oldest_turns(conversation: Conversation) -> int:
+    """Drop about half the turns in context (never the latest user message; the context opens on
+    a user turn). Returns how many were dropped."""
+    turns, start = conversation.turns, conversation.context_start
+    last = len(turns) - 1
+    target = start + max(1, (last - start) // 2)
+    while target < last and turns[target].role != "user":
+        target += 1
+    target = min(target, last)
+    conversation.context_start = target
+    return target - start
