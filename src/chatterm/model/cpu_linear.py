@@ -81,18 +81,20 @@ def pack_linears(model: nn.Module, bits: int | None = None) -> int:
     if not linears or not (_agrees(linears[0][1]) if bits is None else _quantized_agrees(linears[0][1], bits)):
         return 0
     tied = _tied_embeddings(model, linears) if bits is not None else {}
-    for name, linear in linears:
+    count = len(linears)
+    while linears:  # popped, so each float weight is freed as soon as its layer is swapped
+        name, linear = linears.pop(0)
         if bits is None:
             replacement = PackedLinear(linear)
         elif id(linear.weight) in tied:
             replacement = Int8Linear.from_linear(linear)
-            embedding_name, embedding = tied[id(linear.weight)]
+            embedding_name, embedding = tied.pop(id(linear.weight))
             _replace(model, embedding_name, Int8Embedding(replacement, embedding.weight.dtype))
+            embedding = None
         else:
             replacement = quantize_linear(linear, bits)
         _replace(model, name, replacement)
-    count = len(linears)
-    del linears, linear, tied  # the last references to the unpacked weights
+        del linear, replacement
     _return_freed_memory()
     return count
 
