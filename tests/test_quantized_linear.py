@@ -109,3 +109,18 @@ def test_gguf_q8_0_file_quantized_to_int8_matches_its_dequantized_model(tmp_path
         want, got = dequantized(ids)[0], quantized(ids)[0]
     assert float((got - want).abs().max()) < 0.02 * float(want.abs().max())
     assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1"])
+def test_int4_puts_gguf_q4_weights_back_on_their_own_grid(qtype):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from chatterm.model.quantized_linear import quantize_int4
+
+    rows = np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32)
+    kind = gguf.GGMLQuantizationType[qtype]
+    weight = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(gguf.quants.quantize(rows, kind), kind)))
+    q, scale, zero = quantize_int4(weight)
+    rebuilt = ((q.view(32, 4, 32).float() - 8) * scale[..., None] + zero[..., None]).view(32, 128)
+    assert float((rebuilt - weight).abs().max()) < 1e-5  # exact but for float rounding

@@ -7,8 +7,8 @@ kernel), so nothing about the model's arithmetic changes except the rounding of 
 - `Int8Linear`: per-output-channel symmetric int8 (`w = q * scale`, q in -127..127), computed by
   `torch.ops.aten._weight_int8pack_mm`. Measured on the 2-core EPYC (AVX2, one thread, 768x3072):
   0.18 ms against 0.25-0.60 ms for oneDNN's packed fp32 (see BENCHMARKS.md).
-- `Int4Linear`: groups of 32 along the input, asymmetric (`w = (q - 8) * scale + zero`, q in
-  0..15), computed by `torch.ops.aten._weight_int4pack_mm_for_cpu` on the weight packed once by
+- `Int4Linear`: groups of 32 along the input (`w = (q - 8) * scale + zero`, q in 0..15; see
+  `quantize_int4` for the grid), computed by `torch.ops.aten._weight_int4pack_mm_for_cpu` on the weight packed once by
   `_convert_weight_to_int4pack_for_cpu`. It needs out_features % 16 == 0 and in_features % 32 == 0;
   `quantize_linear` falls back to int8 for layers that do not fit.
 - `Int8Embedding`: a token embedding that reads its rows from an `Int8Linear` (the tied output
@@ -40,14 +40,32 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(q int32 (N, K) in 0..15, scale (N, K/group), zero (N, K/group)) with
-    weight ~= (q - 8) * scale + zero within each group of `group` inputs (min/max, asymmetric)."""
+    weight ~= (q - 8) * scale + zero within each group of `group` inputs.
+
+    Two grids per group, the one with the smaller squared error kept: min/max (asymmetric, as
+    GGUF's Q4_1 stores) and zero-centred with the largest-magnitude value at q = 0 (as Q4_0
+    stores, the scale possibly negative). So weights dequantized from a Q4_0 or Q4_1 file are
+    put back on their own grid, exactly up to the bf16 rounding of scale and zero."""
     w = weight.detach().float()
     n, k = w.shape
     groups = w.view(n, k // group, group)
     low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (N, K/group)
-    scale = ((high - low) / 15).clamp(min=1e-12)
-    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).view(n, k)
-    return q, scale, low + 8 * scale
+    scale_a = ((high - low) / 15).clamp(min=1e-12)
+    zero_a = low + 8 * scale_a
+    peak = torch.where(high.abs() > low.abs(), high, low)
+    scale_b = torch.where(peak.abs() > 1e-12, peak / -8, torch.full_like(peak, 1e-12))
+    zero_b = torch.zeros_like(peak)
+
+    def fit(scale, zero):
+        q = torch.round((groups - zero[..., None]) / scale[..., None] + 8).clamp_(0, 15)
+        error = ((q - 8) * scale[..., None] + zero[..., None] - groups).pow(2).sum(-1)
+        return q, error
+
+    q_a, error_a = fit(scale_a, zero_a)
+    q_b, error_b = fit(scale_b, zero_b)
+    use_b = error_b < error_a  # (N, K/group)
+    q = torch.where(use_b[..., None], q_b, q_a).to(torch.int32).view(n, k)
+    return q, torch.where(use_b, scale_b, scale_a), torch.where(use_b, zero_b, zero_a)
 
 
 def dequantized_reference(weight: torch.Tensor, bits: int) -> torch.Tensor:
