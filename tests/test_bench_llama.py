@@ -40,3 +40,28 @@ def test_requantized_gguf_keeps_metadata_and_weights(tmp_path):
 
 def test_missing_binary_is_not_found(tmp_path):
     assert find_llama_bench(str(tmp_path / "nope")) is None
+
+
+def test_side_by_side_alternates_and_prints_a_ratio_per_precision(tmp_path, capsys):
+    """A stand-in for llama-bench (it prints llama-bench's JSON with a fixed speed and records its
+    arguments): the real binary is a measuring stick that CI does not build."""
+    import re
+    import stat
+    import sys
+
+    from chatterm.cli import main
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "llama-bench"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nopen({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+                    "print('[{\"avg_ts\": 100.0}]')\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    assert main(["bench", "--shape", "tiny", "--runs", "2", "--new-tokens", "8", "--sections", "llamacpp",
+                 "--llama-bench", str(fake), "--llama-pairs", "fp32:F32,int8:Q8_0", "--gguf-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for pair in ("fp32 vs F32", "int8 vs Q8_0"):
+        ours = float(re.search(rf"\[{pair}\] ours\s+([0-9.]+) tok/s .*llama.cpp\s+100.0 tok/s -> ours/theirs ([0-9.]+)x", out).group(1))
+        assert ours > 0
+    calls = log.read_text().splitlines()
+    assert len(calls) == 4 and all("-p 0 -n 8" in c for c in calls)
+    assert (tmp_path / "tiny-seed0-Q8_0.gguf").exists()
