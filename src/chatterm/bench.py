@@ -178,7 +178,8 @@ def bytes_per_token(model, context: float) -> float:
     cache at `context` positions."""
     import torch.nn as nn
 
-    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    projections = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}  # a tied one is read whole
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} - projections
     tensors = {id(t): t for _, t in [*model.named_parameters(), *model.named_buffers()]}
     weights = sum(t.numel() * t.element_size() for key, t in tensors.items()
                   if key not in lookups and t.dim() > 0 and t.numel() > 1)
