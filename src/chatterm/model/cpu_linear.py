@@ -95,6 +95,8 @@ def pack_linears(model: nn.Module, bits: int | None = None) -> int:
             replacement = quantize_linear(linear, bits)
         _replace(model, name, replacement)
         del linear, replacement
+    if bits is not None:
+        _copy_float_tensors(model)
     _return_freed_memory()
     return count
 
@@ -104,6 +106,21 @@ def can_quantize(model: nn.Module, bits: int) -> bool:
     param = next(model.parameters(), None)
     return (param is not None and param.device.type == "cpu" and param.dtype.is_floating_point
             and bits in (4, 8) and quantized_kernels_available(bits))
+
+
+def _copy_float_tensors(model: nn.Module) -> None:
+    """Give the float tensors left after quantizing (norms, biases, position table) their own
+    memory. Loaded from safetensors they are views of the memory-mapped file, and one view keeps
+    all of the file's pages that quantizing read resident: measured on GPT-2 small, 584 MB of
+    file pages on top of 439 MB of our own after loading at int8."""
+    with torch.no_grad():
+        for module in model.modules():
+            for key, tensor in module._parameters.items():
+                if tensor is not None:
+                    module._parameters[key] = nn.Parameter(tensor.detach().clone(), requires_grad=False)
+            for key, tensor in module._buffers.items():
+                if tensor is not None and tensor.is_floating_point():
+                    module._buffers[key] = tensor.clone()
 
 
 def _tied_embeddings(model: nn.Module, linears) -> dict:
