@@ -1,7 +1,7 @@
 """Where a decode step's time goes: torch's profiler over 20 cached decode steps of a model
 (default: GPT-2 small shape, random weights, fp32, linears packed as the app runs them).
 
-    python scripts/profile_decode.py [--shape gpt2] [--dtype fp32] [--unpacked]
+    python scripts/profile_decode.py [--shape gpt2] [--dtype fp32|bf16|int8|int4] [--unpacked]
 
 Prints ms per token, the achieved read bandwidth of the weights, and the top operators.
 """
@@ -12,8 +12,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from chatterm.model import GPT, KVCache, pack_linears, shape
-from chatterm.model.device import DTYPES
+from chatterm.bench import bytes_per_token
+from chatterm.model import GPT, KVCache, pack_linears, pick_precision, shape
 
 
 def main() -> None:
@@ -26,10 +26,11 @@ def main() -> None:
 
 
 def run(args) -> None:
-    model = GPT(shape(args.shape)).init_weights(0).to(DTYPES[args.dtype]).eval()
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    dtype, bits = pick_precision(args.dtype, torch.device("cpu"))
+    model = GPT(shape(args.shape)).init_weights(0).to(dtype).eval()
     if not args.unpacked:
-        pack_linears(model)
+        pack_linears(model, bits)
+    weight_bytes = bytes_per_token(model, 0)  # as stored, one row of each lookup table
     cache = KVCache.for_model(model)
     with torch.inference_mode():
         model(torch.arange(32)[None], torch.arange(32), cache)

@@ -6,10 +6,13 @@ Every figure is the median of `--runs` runs after a warm-up. Sections:
   with the linears packed for oneDNN as the app runs them, and (when transformers is installed)
   `GPT2LMHeadModel.generate` on the same weights, with the ratio;
 - uncached: decode tokens/s with ~512 tokens of context, with the KV cache and without;
-- bound: bytes read per decoded token (weights + KV cache) / bandwidth measured on the spot;
+- bound: bytes read per decoded token (weights as stored + KV cache) / bandwidth measured on the
+  spot, per dtype (int8/int4: the weight-only quantized linears, see model/quantized_linear.py);
 - prefill: prompt tokens/s and time to first token at several context lengths;
 - turns: time to first token of a chat turn after ~900 vs ~50 tokens of cached history;
-- ui: tokens/s of replies shown by the headless app vs the engine alone (see bench_ui.py).
+- ui: tokens/s of replies shown by the headless app vs the engine alone (see bench_ui.py);
+- llamacpp: decode side by side with llama.cpp's `llama-bench` on the same GGUF files, alternating
+  (see bench_llama.py); runs when `--llama-bench PATH` is given or `llama-bench` is on PATH.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import argparse
 import statistics
 import time
 
-SECTIONS = ("decode", "uncached", "bound", "prefill", "turns", "ui")
+from .bench_llama import DEFAULT_PAIRS, find_llama_bench, llama_cpp_side_by_side
+
+SECTIONS = ("decode", "uncached", "bound", "prefill", "turns", "ui", "llamacpp")
 
 
 def add_parser(sub) -> None:
@@ -26,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", nargs="?", help="checkpoint to measure (default: random weights of --shape)")
     p.add_argument("--shape", default="gpt2", help="named shape for random weights (gpt2, small, ...)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16, int8, int4")
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--contexts", default="64,256,900", help="prefill lengths")
@@ -34,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--ui-checkpoint", help="model for the UI section (default: the default model)")
+    p.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary (default: on PATH)")
+    p.add_argument("--llama-pairs", default=DEFAULT_PAIRS, help="our dtype:their GGUF type, comma-separated")
+    p.add_argument("--gguf-dir", help="where the GGUF files for llama.cpp are written and reused (default: a temp dir)")
     p.set_defaults(func=run)
 
 
@@ -111,40 +119,38 @@ def _run(args) -> None:
 
     from .engine.generator import Generator
     from .engine.tokenizer import Tokenizer
-    from .model import pack_linears
-    from .model.device import DTYPES
+    from .model import pack_linears, pick_precision
 
     sections = set(args.sections.split(","))
     tok = Tokenizer.gpt2()
     prompt = list(range(100, 100 + args.prompt_tokens))
     print(f"chatterm bench: {args.checkpoint or args.shape} on {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; median of {args.runs} runs after a warm-up")
-    for name in args.dtypes.split(",") if sections - {"ui"} else ():
-        dtype = DTYPES[name]
+    for name in args.dtypes.split(",") if sections - {"ui", "llamacpp"} else ():
+        dtype, bits = pick_precision(name, torch.device(args.device))
         model = _model(args, dtype)
-        params = sum(p.numel() for p in model.parameters())
         tokenizer = tok if model.config.vocab_size >= tok.n_vocab else _ids_tokenizer(model)
         hf = _hf_model(model) if "decode" in sections and not args.no_hf and _has_transformers() else None
         if "decode" in sections:  # the same weights through plain F.linear, before packing
             plain = _greedy(Generator(model, tokenizer), prompt, args.new_tokens, args.runs)
             print(f"[{name}] decode {plain.tokens_per_s:7.1f} tok/s with F.linear (unpacked)")
-        packed = pack_linears(model)  # what the app does after loading (a no-op off the CPU)
+        packed = pack_linears(model, bits)  # what the app does after loading (a no-op off the CPU)
         gen = Generator(model, tokenizer)
         ours = None
         if "decode" in sections:
             ours = _greedy(gen, prompt, args.new_tokens, args.runs)
+            how = f"int{bits} weight-only" if bits else "packed for oneDNN"
             print(f"[{name}] decode {ours.tokens_per_s:7.1f} tok/s (cached, {args.new_tokens} new after {len(prompt)}"
-                  f"{f', {packed} linears packed for oneDNN' if packed else ''})")
+                  f"{f', {packed} linears {how}' if packed else ''})")
             if hf is not None:
                 _compare_hf(hf, prompt, args, ours, name)
             elif not args.no_hf:
                 print("  (transformers not installed: pip install 'chatterm[bench]' for the side-by-side)")
         if "uncached" in sections and name == "fp32":
             _cached_vs_uncached(gen, args)
-        if "bound" in sections and name == "fp32":
+        if "bound" in sections:
             bw = _bandwidth_gbs()
-            kv = 2 * model.config.n_layer * model.config.n_embd * (len(prompt) + args.new_tokens / 2) * dtype.itemsize
-            per_token = params * dtype.itemsize + kv
+            per_token = bytes_per_token(model, len(prompt) + args.new_tokens / 2)
             bound = bw * 1e9 / per_token
             achieved = f"; achieved {ours.tokens_per_s / bound:.0%} of it" if ours else ""
             print(f"[{name}] bandwidth {bw:.1f} GB/s, {per_token / 1e6:.0f} MB read per token -> bound {bound:.1f} tok/s"
@@ -159,6 +165,30 @@ def _run(args) -> None:
                 print(f"[{name}] prefill {n:4d} tokens: {n / t:8.0f} tok/s, time to first token {t * 1000:6.1f} ms")
         if "turns" in sections and name == "fp32":
             _turns(gen, args)
+    if "llamacpp" in sections:
+        binary = find_llama_bench(args.llama_bench)
+        if binary is None:
+            print("[llama.cpp] no llama-bench found: pass --llama-bench PATH for the side-by-side")
+        else:
+            llama_cpp_side_by_side(args, binary, lambda m: tok if m.config.vocab_size >= tok.n_vocab else _ids_tokenizer(m))
+
+
+def bytes_per_token(model, context: float) -> float:
+    """Bytes a decode step reads: every weight as stored (packed, int8, int4), except lookup
+    tables that read one row (position and untied token embeddings, rotary tables), plus the KV
+    cache at `context` positions."""
+    import torch.nn as nn
+
+    projections = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}  # a tied one is read whole
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} - projections
+    tensors = {id(t): t for _, t in [*model.named_parameters(), *model.named_buffers()]}
+    weights = sum(t.numel() * t.element_size() for key, t in tensors.items()
+                  if key not in lookups and t.dim() > 0 and t.numel() > 1)
+    weights -= sum(t.numel() * t.element_size() for n, t in model.named_buffers() if "rope" in n)
+    c = model.config
+    kv_width = getattr(c, "n_kv_head", c.n_head) * (c.n_embd // c.n_head)
+    kv_dtype = next(model.parameters()).element_size()
+    return weights + 2 * c.n_layer * kv_width * context * kv_dtype
 
 
 def _greedy(gen, prompt, n, runs):

@@ -130,7 +130,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?",
                    help="checkpoint file or folder, or a server's http(s):// address (default: the shipped chat model)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default=None, help="auto, fp32, bf16 or fp16")
+    p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16, or int8/int4 (weight-only quantized, CPU)")
     p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
     p.add_argument("--context", type=int, metavar="N", help="cap the context window at N tokens (default: the model's, at most 4096)")
     remote = p.add_argument_group("remote servers (an http:// or https:// address instead of a checkpoint)")

@@ -29,6 +29,24 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+QUANTIZED_BITS = {"int8": 8, "int4": 4}  # weight-only quantized linears, CPU only (quantized_linear.py)
+
+
+def pick_precision(requested: str | None, device: torch.device) -> tuple[torch.dtype | None, int | None]:
+    """(float dtype, quantized bits) for a --dtype value: "int8"/"int4" load the model in fp32 and
+    then quantize its linear layers (the caller's job, `pack_linears(model, bits)`); the float
+    names behave as in `pick_dtype`, with bits None."""
+    bits = QUANTIZED_BITS.get((requested or "").lower())
+    if bits is None:
+        try:
+            return pick_dtype(requested, device), None
+        except ValueError:
+            raise ValueError(f"unknown dtype {requested!r}; use one of fp32, bf16, fp16, int8, int4") from None
+    if device.type != "cpu":
+        raise ValueError(f"dtype {requested!r} runs on the CPU only; use --device cpu, or bf16 on {device.type}")
+    return torch.float32, bits
+
+
 def pick_dtype(requested: str | None, device: torch.device) -> torch.dtype | None:
     """A torch dtype for "fp32"/"bf16"/"fp16"; None ("auto") keeps the checkpoint's own choice
     on the CPU and uses bf16 (or fp16 where bf16 is unsupported) on a GPU."""

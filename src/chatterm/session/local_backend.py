@@ -60,12 +60,13 @@ class LocalBackend:
     def _load(cls, path, device, dtype, template, compile, n_head, context=None, progress=None) -> "LocalBackend":
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
-        from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_dtype
+        from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_precision
         from ..model.device import dtype_name
         from ..model.errors import reading
 
         torch_device = pick_device(device)
-        ckpt = load_checkpoint(path, device=torch_device, dtype=pick_dtype(dtype, torch_device), n_head=n_head,
+        float_dtype, bits = pick_precision(dtype, torch_device)
+        ckpt = load_checkpoint(path, device=torch_device, dtype=float_dtype, n_head=n_head,
                                context=context, progress=progress)
         spec = ckpt.meta.get("tokenizer")
         if spec is None and ckpt.config.vocab_size < 50257:
@@ -75,8 +76,8 @@ class LocalBackend:
             )
         compile = bool(compile) if compile is not None else torch_device.type == "cuda"
         parameters = ckpt.model.num_params()  # counted before packing turns weights into buffers
-        if not compile:
-            pack_linears(ckpt.model)  # CPU only; 2-2.5x faster matmuls, a no-op elsewhere
+        if not compile and not pack_linears(ckpt.model, bits) and bits:  # CPU only; a no-op elsewhere
+            raise ValueError(f"dtype {dtype!r}: this torch build has no weight-only int{bits} kernel; use bf16 or fp32")
         try:
             with reading(ckpt.path, "its tokenizer"):  # any failure, a Rust panic included
                 tokenizer = Tokenizer.from_spec(spec)
@@ -91,7 +92,7 @@ class LocalBackend:
         info = BackendInfo(
             name=ckpt.name,
             device=str(torch_device),
-            dtype=dtype_name(next(ckpt.model.parameters()).dtype),
+            dtype=f"int{bits}" if bits else dtype_name(next(ckpt.model.parameters()).dtype),
             context_window=ckpt.config.block_size,
             parameters=parameters,
             source=str(ckpt.path),

@@ -1,0 +1,74 @@
+"""Mean log-likelihood of held-back text per precision: how much int8/int4 weights cost.
+
+    PYTHONPATH=src python scripts/quant_quality.py checkpoints/chitchat
+    PYTHONPATH=src python scripts/quant_quality.py smollm2-135m-instruct --windows 4 --window 256
+
+The text is the validation split of chitchat-dataset (`pip install chitchat-dataset`; the
+conversations held out from the default model's training), tokenized by each model's own
+tokenizer. Each precision loads the model through `LocalBackend.load(..., dtype=...)`, the path
+the app takes, and scores the same windows; printed: mean negative log-likelihood per token,
+perplexity, and the change against bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def held_back_text(limit_chars: int) -> str:
+    from chatterm.train.data import load_chitchat, split_documents
+
+    _, val = split_documents(load_chitchat())
+    text, out = 0, []
+    for doc in val:
+        out.append(doc)
+        text += len(doc)
+        if text > limit_chars:
+            break
+    return "\n\n".join(out)
+
+
+def mean_nll(model, ids: torch.Tensor, window: int, windows: int) -> float:
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(windows):
+            chunk = ids[i * window : (i + 1) * window + 1]
+            if chunk.numel() < 2:
+                break
+            logits = model(chunk[None, :-1])[0].float()
+            total += F.cross_entropy(logits, chunk[1:], reduction="sum").item()
+            count += chunk.numel() - 1
+    return total / count
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="checkpoint path or installed model name")
+    p.add_argument("--dtypes", default="bf16,fp32,int8,int4")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--windows", type=int, default=8)
+    args = p.parse_args()
+    from chatterm.session.local_backend import LocalBackend
+
+    text = held_back_text(args.window * args.windows * 8)
+    results = {}
+    for dtype in args.dtypes.split(","):
+        backend = LocalBackend.load(args.model, dtype=dtype)
+        ids = torch.tensor(backend.tokenizer.encode(text), dtype=torch.long)
+        window = min(args.window, backend.info.context_window - 1)
+        results[dtype] = nll = mean_nll(backend.generator.model, ids, window, args.windows)
+        base = results.get("bf16")
+        change = f"  {100 * (nll / base - 1):+.2f}% vs bf16" if base and dtype != "bf16" else ""
+        print(f"{backend.info.name} {dtype:5s}: mean NLL {nll:.4f} nats/token, perplexity {math.exp(nll):.2f}"
+              f" ({min(ids.numel(), window * args.windows)} tokens){change}", flush=True)
+        del backend
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
