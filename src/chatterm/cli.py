@@ -68,9 +68,8 @@ def _tolerant_standard_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            if os.open(os.devnull, os.O_RDWR) == fd:
-                setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))
-        stream = getattr(sys, name)
+            os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: this one
+        stream = getattr(sys, name)  # None when the fd was closed at startup; else leave it be
         if stream is None:
             setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))
         elif hasattr(stream, "reconfigure"):
