@@ -67,23 +67,39 @@ def test_prefill_after_a_cached_prefix_masks_causally():
         cache = KVCache.for_model(model)
         parts = []
         for a, b in ((0, 7), (7, 8), (8, 30), (30, 40)):
-            parts.append(model(x[:, a:b], cache=cache))
-            cache.commit(b - a)
+            parts.append(model(x[:, a:b], torch.arange(a, b), cache))
+            assert cache.length == b  # the cache advanced itself: no commit to remember
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
 
 
 def test_cache_rolls_back_to_any_prefix():
+    """Writing at an earlier position is the rollback: what followed stops counting."""
     model = tiny_model(seed=3)
     x = torch.randint(0, 288, (1, 30), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 288, (1, 5), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         cache = KVCache.for_model(model)
-        model(x, cache=cache)
-        cache.commit(30)
-        cache.truncate(12)
-        out = model(y, cache=cache)
+        model(x, torch.arange(30), cache)
+        out = model(y, torch.arange(12, 17), cache)
+        assert cache.length == 17
         expected = model(torch.cat([x[:, :12], y], 1))[:, 12:]
+        with pytest.raises(ValueError, match="unwritten"):  # positions only ever continue the prefix
+            model(y, torch.arange(20, 25), cache)
+        with pytest.raises(ValueError, match="needs input_pos"):
+            model(y, cache=cache)
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_cache_is_sized_by_key_value_heads():
+    """Grouped-query attention keeps fewer key/value heads than query heads: the cache follows
+    `n_kv_head` when a config has one, and `n_head` otherwise."""
+    from types import SimpleNamespace
+
+    model = tiny_model(seed=3)
+    assert KVCache.for_model(model).keys.shape == (2, 1, 2, 256, 32)  # (layer, B, heads, len, hs)
+    gqa = SimpleNamespace(config=SimpleNamespace(n_layer=3, n_head=8, n_kv_head=2, head_dim=16, block_size=64),
+                          parameters=model.parameters)
+    assert KVCache.for_model(gqa).keys.shape == (3, 1, 2, 64, 16)
 
 
 def test_static_cache_matches_dynamic():
@@ -93,11 +109,9 @@ def test_static_cache_matches_dynamic():
     with torch.inference_mode():
         static = KVCache.for_model(model, static=True)
         a = model(x[:, :15], torch.arange(15), static)
-        static.commit(15)
         outs = [a]
         for t in range(15, 20):
             outs.append(model(x[:, t : t + 1], torch.tensor([t]), static))
-            static.commit(1)
         full = model(x)
     assert torch.allclose(torch.cat(outs, 1), full, atol=1e-5)
 

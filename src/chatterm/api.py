@@ -1,30 +1,30 @@
-"""The Python API: a loaded model with text-in, text-out helpers over the engine.
+"""The Python API: a loaded model with text-in, text-out helpers over a backend.
 
-This is a thin layer: `Model` holds a `LocalBackend` (checkpoint, tokenizer, template,
-KV-cached generator) and offers the three things scripts need: stream text, complete text, read
-logits.
+This is a thin layer: `Model` holds the backend that `open_backend` returns (for a checkpoint,
+a `LocalBackend`: tokenizer, template, KV-cached generator) and offers the three things scripts
+need: stream text, complete text, read logits. Every torch call runs on the torch thread
+(engine/torch_thread.py), whichever thread the script calls from.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-from .engine.events import Finished, TextDelta
+from .engine.events import Event, Finished, TextDelta, run_to_end
 from .engine.settings import SamplingSettings
+from .session.backends import open_backend
 from .session.config import default_checkpoint
-from .session.local_backend import LocalBackend
 
 
 class Model:
-    def __init__(self, backend: LocalBackend) -> None:
+    def __init__(self, backend) -> None:
         self.backend = backend
-        self.tokenizer = backend.tokenizer
-        self.generator = backend.generator
+        self.tokenizer = getattr(backend, "tokenizer", None)  # None for a remote backend
         self.info = backend.info
 
     @classmethod
     def load(cls, path=None, *, device: str | None = None, dtype: str | None = None, n_head: int | None = None) -> "Model":
-        return cls(LocalBackend.load(path or default_checkpoint(), device=device, dtype=dtype, n_head=n_head))
+        return cls(open_backend(path or default_checkpoint(), device=device, dtype=dtype, n_head=n_head))
 
     def settings(self, **values) -> SamplingSettings:
         """SamplingSettings with `values` applied (validated)."""
@@ -32,11 +32,10 @@ class Model:
         settings.update(values)
         return settings
 
-    def stream(self, prompt: str, settings: SamplingSettings | None = None, **values):
+    def stream(self, prompt: str, settings: SamplingSettings | None = None, **values) -> Iterator[Event]:
         """Events (TextDelta, TokenStep, Finished) for a completion of `prompt`."""
         settings = settings or self.settings(**values)
-        ids = self.tokenizer.encode(prompt)[-(self.info.context_window - 1) :]
-        return self.generator.stream(ids, settings)
+        return self._plain().complete_stream(prompt, settings)
 
     def stream_text(self, prompt: str, settings: SamplingSettings | None = None, **values) -> Iterator[str]:
         for event in self.stream(prompt, settings, **values):
@@ -44,11 +43,15 @@ class Model:
                 yield event.text
 
     def complete(self, prompt: str, settings: SamplingSettings | None = None, **values) -> Finished:
-        for event in self.stream(prompt, settings, **values):
-            if isinstance(event, Finished):
-                return event
-        raise AssertionError("stream ended without Finished")  # pragma: no cover
+        return run_to_end(self.stream(prompt, settings, **values))
 
     def logits(self, ids: list[int]):
         """Float32 logits (len(ids), vocab) for every position, uncached."""
-        return self.generator.logits(ids)
+        if not hasattr(self.backend, "logits"):
+            raise ValueError(f"{self.info.source or self.info.name}: this backend does not expose logits")
+        return self.backend.logits(ids)
+
+    def _plain(self):
+        if not hasattr(self.backend, "complete_stream"):
+            raise ValueError(f"{self.info.source or self.info.name}: this backend only does chat replies")
+        return self.backend

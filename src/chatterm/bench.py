@@ -152,7 +152,7 @@ def _run(args) -> None:
             for n in [int(c) for c in args.contexts.split(",") if int(c) < model.config.block_size]:
                 ids = [(7 * i) % 250 for i in range(n)]
                 def fresh():
-                    gen.cached_ids = []
+                    gen.reset()
                     gen.prefill(ids)
                 t = _median_time(fresh, args.runs)
                 print(f"[{name}] prefill {n:4d} tokens: {n / t:8.0f} tok/s, time to first token {t * 1000:6.1f} ms")
@@ -216,8 +216,7 @@ def _turns(gen, args):
     base = long[:50]
 
     def turn(history):
-        gen.cached_ids = []
-        gen.cache.reset()
+        gen.reset()
         gen.prefill(history)  # the earlier turns, cached
         t0 = time.perf_counter()
         gen.prefill(history + list(range(10, 30)))  # the new turn: only its tokens are computed

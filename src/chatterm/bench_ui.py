@@ -125,18 +125,18 @@ def _random_twin(path: str, folder: Path) -> str:
 
 
 def _engine_rate(path: str, messages: list[str], scratch: Path) -> tuple[float, int]:
-    from .engine.events import Finished
+    from .engine.events import run_to_end
+    from .session.backends import open_backend
     from .session.chat import ChatSession
-    from .session.local_backend import LocalBackend
     from .session.persistence import ConversationStore
     from .ui.app import INSPECT_TOP
 
-    session = ChatSession(LocalBackend.load(path), _settings(), store=ConversationStore(scratch))
+    session = ChatSession(open_backend(path), _settings(), store=ConversationStore(scratch))
     tokens, seconds = 0, 0.0
     for i, message in enumerate(messages):
         session.clear()
         t0 = time.perf_counter()
-        done = [e for e in session.send(message, inspect=INSPECT_TOP) if isinstance(e, Finished)][0]
+        done = run_to_end(session.send(message, inspect=INSPECT_TOP))
         if i:  # the first is a warm-up
             seconds += time.perf_counter() - t0
             tokens += done.new_tokens

@@ -186,11 +186,11 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
 
 
 def _load_backend(path, device, dtype, n_head=None):
-    from .session.local_backend import LocalBackend
+    from .session.backends import open_backend
 
     try:
-        return LocalBackend.load(path, device=device, dtype=dtype, n_head=n_head)
-    except ValueError as e:  # bad --device / --dtype
+        return open_backend(path, device=device, dtype=dtype, n_head=n_head)
+    except ValueError as e:  # bad --device / --dtype, a remote backend that is not there
         raise UserError(str(e)) from None
 
 
@@ -209,10 +209,10 @@ def cmd_generate(args) -> int:
     settings = _with_model_recommendation(layers, backend)
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
+    elif hasattr(backend, "complete_stream"):
+        events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
     else:
-        ids = backend.tokenizer.encode(prompt)
-        limit = backend.info.context_window - 1
-        events = backend.generator.stream(ids[-limit:], settings)
+        raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
     for event in events:
         if isinstance(event, TextDelta):

@@ -6,11 +6,12 @@ draw its first frame before torch is imported.
 
 from importlib import import_module
 
-from .events import ContextTrimmed, Event, Finished, TextDelta, TokenStep
+from .events import ContextTrimmed, Event, Finished, TextDelta, TokenStep, run_to_end
 from .settings import SPECS, SamplingSettings
 
 _LAZY = {
     "Generator": ".generator",
+    "TokenLoop": ".generator",
     "Tokenizer": ".tokenizer",
     "StreamingDetokenizer": ".detokenizer",
     "StopStringMatcher": ".stop",
@@ -25,5 +26,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ContextTrimmed", "Event", "Finished", "TextDelta", "TokenStep", "SPECS", "SamplingSettings", *_LAZY,
+    "ContextTrimmed", "Event", "Finished", "TextDelta", "TokenStep", "run_to_end", "SPECS", "SamplingSettings",
+    *_LAZY,
 ]

@@ -1,8 +1,13 @@
-"""What a generation stream yields. Plain data: no torch, safe to hand to any front end."""
+"""What a generation stream yields. Plain data: no torch, safe to hand to any front end.
+
+A stream is any iterator of these events whose last one is `Finished`. `run_to_end` is the one
+blocking wrapper: every `complete()` is a stream run through it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,12 @@ class Finished:
     elapsed_s: float
     token_ids: tuple[int, ...] = field(default=())  # generated ids wholly inside `text`
     error: str | None = None
+    # Set by a backend that keeps token ids (the local one; a remote one leaves them empty): the
+    # ids that stand for this reply in the model's context as a finished turn (the generated ids
+    # inside the chat template's framing), and the tokenizer+template key they belong to. The
+    # session stores them on the turn, so the next prompt repeats them and the cache is reused.
+    context_ids: tuple[int, ...] = field(default=())
+    ids_key: str = ""
 
     @property
     def tokens_per_s(self) -> float:
@@ -54,3 +65,14 @@ class Finished:
 
 Event = TextDelta | TokenStep | ContextTrimmed | Finished
 STOP_REASONS = ("stop", "eos", "length", "cancelled", "error")
+
+
+def run_to_end(events: Iterable[Event]) -> Finished:
+    """Consume a stream to its end and return its `Finished` record."""
+    done = None
+    for event in events:
+        if isinstance(event, Finished):
+            done = event
+    if done is None:
+        raise RuntimeError("the stream ended without a Finished event")
+    return done

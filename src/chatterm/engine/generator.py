@@ -1,13 +1,18 @@
-"""The autoregressive loop: prompt ids in, a stream of events out, with a reused KV cache.
+"""The autoregressive loop over token ids, with a KV cache reused across calls.
 
 `Generator` owns one model, its tokenizer and one preallocated KV cache, and remembers which
 token ids the cache holds. A new prompt that shares a prefix with them (the next turn of a chat,
 a retry, an undo) only prefills the tokens after the shared prefix.
 
-The contract: this module knows token ids and bytes, nothing of conversations or chat templates.
-`stream()` is a generator of events (see events.py); `complete()` is a blocking wrapper. Settings
-are read at every step, cancellation is checked at every step, and the decode step is a small
-function that `torch.compile` can turn into a CUDA graph.
+Two layers:
+- the token loop (`Generator.tokens` -> `TokenLoop`): prefill, sample, decode, refit when the
+  window is full, cancel. Token ids and their probabilities out; no text, no stop strings.
+- the text layer (`text_stream.py`, run by `Generator.stream`): the streaming detokenizer, stop
+  strings with holdback, inspector steps and the `Finished` record, as engine events.
+`complete()` is the blocking wrapper. Settings are read at every step, cancellation is checked
+at every step, and the decode step is a small function that `torch.compile` can turn into a
+CUDA graph. This module knows token ids and bytes, nothing of conversations or chat templates.
+Callers run it on the torch thread (engine/torch_thread.py); front ends go through a backend.
 """
 
 from __future__ import annotations
@@ -20,11 +25,9 @@ from typing import Callable, Iterator
 import torch
 
 from ..model import GPT, KVCache
-from .detokenizer import StreamingDetokenizer
-from .events import Event, Finished, TextDelta, TokenStep
-from .sampling import sample
+from .events import Event, Finished, run_to_end
+from .sampling import SampleResult, sample
 from .settings import SamplingSettings
-from .stop import StopStringMatcher
 from .tokenizer import Tokenizer
 
 # Called when the window is full mid-reply with every id in context (prompt + reply so far);
@@ -50,11 +53,20 @@ class Generator:
         self.device = next(model.parameters()).device
         self.context_window = config.block_size
         self.cache = KVCache.for_model(model, static=compile)
-        self.cached_ids: list[int] = []  # the ids whose keys/values the cache holds, in order
+        self._cached_ids: list[int] = []  # the ids whose keys/values the cache holds, in order
         self._step = torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True) if compile else _decode_step
-        self._lock = threading.Lock()  # one stream at a time owns the cache
+        self._lock = threading.Lock()  # one token loop at a time owns the cache
 
     # -- building blocks -----------------------------------------------------------------------
+
+    @property
+    def cached_ids(self) -> tuple[int, ...]:
+        """The ids whose keys/values the cache holds (read-only; `reset()` forgets them)."""
+        return tuple(self._cached_ids)
+
+    def reset(self) -> None:
+        """Forget what the cache holds: the next prompt is prefilled from its first token."""
+        self._cached_ids.clear()
 
     @torch.inference_mode()
     def logits(self, ids: list[int]) -> torch.Tensor:
@@ -69,29 +81,37 @@ class Generator:
             raise ValueError("cannot generate from an empty prompt")
         if len(ids) > self.context_window:
             raise ValueError(f"prompt of {len(ids)} tokens exceeds the context window of {self.context_window}")
-        shared = _common_prefix(self.cached_ids, ids)
+        shared = _common_prefix(self._cached_ids, ids)
         shared = min(shared, len(ids) - 1)  # recompute at least the last id: we need its logits
-        self.cache.truncate(shared)
-        self.cached_ids = self.cached_ids[:shared]
+        del self._cached_ids[shared:]  # if the forward pass fails, the cache holds at most these
         new = torch.tensor([ids[shared:]], dtype=torch.long, device=self.device)
         positions = torch.arange(shared, len(ids), device=self.device)
         logits = self.model(new, positions, self.cache, last_logits_only=True)[0, -1]
-        self.cache.commit(len(ids) - shared)
-        self.cached_ids = list(ids)
+        self._cached_ids.extend(ids[shared:])
         return logits, len(ids) - shared
 
     @torch.inference_mode()
     def decode(self, token_id: int) -> torch.Tensor:
         """Append one token to the cache; return the logits for the token after it."""
-        pos = self.cache.length
         token = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
-        input_pos = torch.tensor([pos], dtype=torch.long, device=self.device)
+        input_pos = torch.tensor([len(self._cached_ids)], dtype=torch.long, device=self.device)
         logits = self._step(self.model, token, input_pos, self.cache)
-        self.cache.commit(1)
-        self.cached_ids.append(token_id)
+        self._cached_ids.append(token_id)
         return logits
 
-    # -- streaming -----------------------------------------------------------------------------
+    # -- the two layers ------------------------------------------------------------------------
+
+    def tokens(
+        self,
+        prompt_ids: list[int],
+        settings: SamplingSettings,
+        *,
+        cancel: threading.Event | None = None,
+        on_context_full: ContextFullHandler | None = None,
+        inspect: int = 0,
+    ) -> "TokenLoop":
+        """The token loop for a completion of `prompt_ids` (see TokenLoop)."""
+        return TokenLoop(self, prompt_ids, settings, cancel, on_context_full, inspect)
 
     def stream(
         self,
@@ -103,110 +123,90 @@ class Generator:
         on_context_full: ContextFullHandler | None = None,
         inspect: int = 0,
     ) -> Iterator[Event]:
-        """Stream a completion of `prompt_ids`. `settings` is read live at every step; `stop`
-        strings (with settings.stop) end the reply; with `inspect` > 0 each token comes with
-        that many top candidates. The last event is always `Finished`."""
-        with self._lock, torch.inference_mode():
-            yield from self._stream(prompt_ids, settings, stop, cancel, on_context_full, inspect)
+        """Stream a completion of `prompt_ids` as events. `settings` is read live at every step;
+        `stop` strings (with settings.stop, read live too) end the reply; with `inspect` > 0 each
+        token comes with that many top candidates. The last event is always `Finished`."""
+        from .text_stream import text_events
 
-    def _stream(self, prompt_ids, settings, stop, cancel, on_context_full, inspect) -> Iterator[Event]:
-        t0 = time.perf_counter()
-        ttft = 0.0
-        detok = StreamingDetokenizer(self.tokenizer.token_bytes)
-        matcher = StopStringMatcher([*stop, *settings.stop])
-        ids = list(prompt_ids)
-        generated: list[int] = []
-        text: list[str] = []
-        reason, error, prefilled = "length", None, 0
-        seed = settings.seed
-        rng = torch.Generator(device=self.device).manual_seed(seed if seed is not None else secrets.randbits(63))
-        vocab_limit = self.tokenizer.n_vocab
-        eot = self.tokenizer.eot_id
-        try:
-            logits, prefilled = self.prefill(ids)
-            while True:
-                if len(generated) >= settings.max_new_tokens:
-                    reason = "length"
-                    break
-                if cancel is not None and cancel.is_set():
-                    reason = "cancelled"
-                    break
-                if settings.seed != seed:  # a new seed set mid-reply takes effect now
-                    seed = settings.seed
-                    rng.manual_seed(seed if seed is not None else secrets.randbits(63))
-                window = settings.repetition_window or len(ids)
-                recent = torch.tensor(ids[-window:], dtype=torch.long, device=self.device)
-                choice = sample(logits, recent, settings, rng, vocab_limit=vocab_limit, n_candidates=inspect)
-                if not generated:
-                    ttft = time.perf_counter() - t0
-                token = choice.token_id
-                if token == eot:
-                    reason = "eos"
-                    break
-                generated.append(token)
-                ids.append(token)
-                if inspect:
-                    yield TokenStep(
-                        index=len(generated) - 1,
-                        token_id=token,
-                        text=self.tokenizer.token_text(token),
-                        prob=choice.prob,
-                        candidates=tuple((i, self.tokenizer.token_text(i), p) for i, p in choice.candidates),
-                    )
-                safe, hit = matcher.feed(detok.add(token))
-                if safe:
-                    text.append(safe)
-                    yield TextDelta(safe)
-                if hit:
-                    reason = "stop"
-                    break
-                if len(ids) <= self.context_window:  # room for this token's position
-                    logits = self.decode(token)
-                elif on_context_full is not None:
-                    ids = on_context_full(ids)
-                    logits, _ = self.prefill(ids)
-                else:
-                    reason = "length"
-                    break
-        except (FloatingPointError, RuntimeError, ValueError) as e:  # NaN logits, out of memory, ...
-            reason, error = "error", _describe_error(e)
-        if reason != "stop":
-            tail, hit = matcher.feed(detok.flush())
-            tail += "" if hit else matcher.flush()
-            if tail:
-                text.append(tail)
-                yield TextDelta(tail)
-        reply = "".join(text)
-        yield Finished(
-            text=reply,
-            stop_reason=reason,
-            prompt_tokens=len(prompt_ids),
-            prefill_tokens=prefilled,
-            new_tokens=len(generated),
-            ttft_s=ttft,
-            elapsed_s=time.perf_counter() - t0,
-            token_ids=tuple(self._ids_within(generated, reply)),
-            error=error,
-        )
+        loop = self.tokens(prompt_ids, settings, cancel=cancel, on_context_full=on_context_full, inspect=inspect)
+        return text_events(loop, self.tokenizer, settings, stop=stop, inspect=bool(inspect))
 
     def complete(self, prompt_ids: list[int], settings: SamplingSettings, **kwargs) -> Finished:
         """Blocking: run `stream` to the end and return its `Finished` record."""
-        for event in self.stream(prompt_ids, settings, **kwargs):
-            if isinstance(event, Finished):
-                return event
-        raise AssertionError("stream ended without Finished")  # pragma: no cover
+        return run_to_end(self.stream(prompt_ids, settings, **kwargs))
 
-    def _ids_within(self, generated: list[int], reply: str) -> list[int]:
-        """The longest prefix of `generated` whose bytes lie wholly inside `reply`."""
-        target = reply.encode("utf-8")
-        out, used = [], 0
-        for token in generated:
-            raw = self.tokenizer.token_bytes(token)
-            if target[used : used + len(raw)] != raw:
-                break
-            out.append(token)
-            used += len(raw)
-        return out
+
+class TokenLoop:
+    """One completion's token loop. Iterating yields a `SampleResult` (token id, probability,
+    candidates) per new token, before that token is decoded: a consumer that stops iterating
+    (a stop string, say) never pays for its forward pass. End-of-text is not yielded.
+
+    While and after it runs: `reason` ("length", "eos", "cancelled", "error"; a consumer that
+    stops early sets its own, e.g. "stop"), `error` (one line), `prefill_tokens` (how many prompt
+    ids were computed, the rest came from the cache), `token_ids` (the new ids so far),
+    `started_at` / `first_token_at` (perf_counter times)."""
+
+    def __init__(self, generator: Generator, prompt_ids, settings, cancel, on_context_full, inspect) -> None:
+        self.generator = generator
+        self.prompt_ids = list(prompt_ids)
+        self.settings = settings
+        self.cancel = cancel
+        self.on_context_full = on_context_full
+        self.inspect = inspect
+        self.reason = "length"
+        self.error: str | None = None
+        self.prefill_tokens = 0
+        self.token_ids: list[int] = []
+        self.started_at = self.first_token_at = 0.0
+
+    def __iter__(self) -> Iterator[SampleResult]:
+        gen = self.generator
+        with gen._lock, torch.inference_mode():
+            self.started_at = time.perf_counter()
+            try:
+                yield from self._run(gen)
+            except (FloatingPointError, RuntimeError, ValueError) as e:  # NaN logits, out of memory, ...
+                self.reason, self.error = "error", _describe_error(e)
+
+    def _run(self, gen: Generator) -> Iterator[SampleResult]:
+        settings, cancel, generated = self.settings, self.cancel, self.token_ids
+        ids = list(self.prompt_ids)
+        seed = settings.seed
+        rng = torch.Generator(device=gen.device).manual_seed(seed if seed is not None else secrets.randbits(63))
+        vocab_limit, eot, window_size = gen.tokenizer.n_vocab, gen.tokenizer.eot_id, gen.context_window
+        logits, self.prefill_tokens = gen.prefill(ids)
+        while True:
+            if len(generated) >= settings.max_new_tokens:
+                self.reason = "length"
+                return
+            if cancel is not None and cancel.is_set():
+                self.reason = "cancelled"
+                return
+            if settings.seed != seed:  # a new seed set mid-reply takes effect now
+                seed = settings.seed
+                rng.manual_seed(seed if seed is not None else secrets.randbits(63))
+            window = settings.repetition_window or len(ids)
+            recent = torch.tensor(ids[-window:], dtype=torch.long, device=gen.device)
+            choice = sample(logits, recent, settings, rng, vocab_limit=vocab_limit, n_candidates=self.inspect)
+            if not self.first_token_at:
+                self.first_token_at = time.perf_counter()
+            token = choice.token_id
+            if token == eot:
+                self.reason = "eos"
+                return
+            generated.append(token)
+            ids.append(token)
+            yield choice
+            if len(generated) >= settings.max_new_tokens or (cancel is not None and cancel.is_set()):
+                continue  # ends at the top of the loop, without a forward pass for this token
+            if len(ids) <= window_size:  # room for this token's position
+                logits = gen.decode(token)
+            elif self.on_context_full is not None:
+                ids = self.on_context_full(ids)
+                logits, _ = gen.prefill(ids)
+            else:
+                self.reason = "length"
+                return
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -4,6 +4,10 @@ Text arrives in pieces (one token's worth at a time) and a stop string such as "
 split over several of them. The matcher releases only text that cannot be the start of a stop
 string; a tail that could still grow into one is held back until the next piece decides it.
 If the stream ends without a stop, the held-back tail is released by `flush`.
+
+The set of stop strings can change mid-stream (`set_stops`, e.g. the user edits them while a
+reply streams): the held-back text is kept and judged against the new set with the next piece.
+Text already released stays released.
 """
 
 from __future__ import annotations
@@ -11,9 +15,14 @@ from __future__ import annotations
 
 class StopStringMatcher:
     def __init__(self, stops) -> None:
-        self.stops = [s for s in dict.fromkeys(stops) if s]  # de-duplicated, order kept
+        self.stops: list[str] = []
+        self.set_stops(stops)
         self._pending = ""  # text seen but not yet released
         self.stopped_at: str | None = None  # the stop string that ended the stream
+
+    def set_stops(self, stops) -> None:
+        """Use a new set of stop strings from the next piece on (held-back text is kept)."""
+        self.stops = [s for s in dict.fromkeys(stops) if s]  # de-duplicated, order kept
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add a piece of text; return (text safe to show now, whether a stop string was found)."""

@@ -8,12 +8,18 @@ Two kinds of tokenizer, described by a small JSON-able spec stored in checkpoint
   can have small vocabularies.
 
 User text is encoded with `encode_ordinary`: typing "<|endoftext|>" in a chat is just text.
+
+`key` names the vocabulary by its content (a sha256 of what decides the ids: the pattern, the
+ranks, the special tokens), so token ids cached under one tokenizer are recognised as valid for
+another built from the same spec, and never for a different one.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import json
 from pathlib import Path
 
 import tiktoken
@@ -35,6 +41,7 @@ class Tokenizer:
         self.encoding = encoding
         self.spec = spec
         self.eot_id: int | None = encoding._special_tokens.get(ENDOFTEXT)
+        self.key = spec_key(spec)  # which vocabulary produced a list of ids (module docstring)
 
     # -- construction --------------------------------------------------------------------------
 
@@ -100,6 +107,17 @@ class Tokenizer:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+
+
+def spec_key(spec: dict) -> str:
+    """A short content hash of a tokenizer spec: equal for specs that tokenize alike."""
+    if spec.get("type") == "gpt2":  # the shipped files are pinned by their hashes
+        content = {"type": "gpt2", "files": [GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256]}
+    else:  # the name is a label; everything else decides the ids
+        content = {k: v for k, v in spec.items() if k != "name"}
+        content.setdefault("pat_str", GPT2_PATTERN)
+    blob = json.dumps(content, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)

@@ -5,8 +5,9 @@ embeddings, optional biases, attention through `scaled_dot_product_attention`.
 
 `forward(idx, input_pos, cache)` takes positions explicitly. Without a cache it is the plain
 causal model (training, uncached decoding). With a `KVCache` it writes the new keys/values into
-the cache and attends over everything cached so far, so a step can feed any number of new tokens
-after any cached prefix (prefill, decode, prefix reuse). The caller commits the cache afterwards.
+the cache at `input_pos` and attends over everything cached before them, so a step can feed any
+number of new tokens after any cached prefix (prefill, decode, prefix reuse). `input_pos` is the
+only record of where tokens go: the cache keeps its own bookkeeping from it.
 """
 
 from __future__ import annotations
@@ -111,15 +112,16 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids `idx` (B, T) at positions `input_pos` (T,).
 
-        `input_pos` defaults to the T positions after the cache's valid prefix (0..T-1 without
-        a cache). With `last_logits_only` only the final position's logits
-        are computed, (B, 1, vocab): prefill needs nothing else, and the vocabulary projection of
-        a long prompt is by far its most expensive matmul.
+        `input_pos` is required with a cache (where the new keys/values go); without one it
+        defaults to 0..T-1. With `last_logits_only` only the final position's logits are
+        computed, (B, 1, vocab): prefill needs nothing else, and the vocabulary projection of a
+        long prompt is by far its most expensive matmul.
         """
         B, T = idx.shape
         if input_pos is None:
-            start = cache.length if cache is not None else 0
-            input_pos = torch.arange(start, start + T, device=idx.device)
+            if cache is not None:
+                raise ValueError("a forward pass with a KV cache needs input_pos (where the tokens go)")
+            input_pos = torch.arange(T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, input_pos, cache)

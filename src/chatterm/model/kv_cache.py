@@ -1,18 +1,22 @@
-"""A preallocated key/value cache, written in place.
+"""A preallocated key/value cache, written in place at the positions the caller passes.
 
-The cache owns one buffer per layer for keys and values, shaped (B, n_head, max_len, head_dim).
-Nothing is ever concatenated: a forward pass writes its new keys/values into the buffers and
-attends over a view of them. `length` is the number of valid positions; rolling back to any
-prefix (prefix reuse, retry, undo) is just lowering it.
+The cache owns one buffer per layer for keys and values, shaped (B, n_kv_head, max_len,
+head_dim): sized by the number of key/value heads, which grouped-query attention makes smaller
+than the number of query heads. Nothing is ever concatenated: a forward pass writes its new
+keys/values into the buffers and attends over a view of them.
+
+Positions have one source of truth, the `input_pos` (T,) of the forward pass: entries are
+written there, and nothing else says where. There is no commit step for the caller to remember.
 
 Two modes share one interface, `update(layer, input_pos, k, v) -> (keys, values, mask)`:
-- dynamic (default, eager): new entries are appended at `length` and attention reads only the
-  first `length + T` positions. Reading only the valid prefix is what makes CPU decode fast.
-- static (for `torch.compile` with CUDA graphs): entries are written at `input_pos` with
-  `index_copy_`, attention reads the whole buffer under a mask built from `input_pos`, so every
-  decode step has the same shapes and the graph never recompiles.
-
-The caller (the generator) advances `length` after each forward pass with `commit(T)`.
+- dynamic (default, eager): positions must be contiguous. A write at `input_pos` makes the
+  valid prefix end after it (`length`, derived from the last write), so writing at an earlier
+  position is the rollback (prefix reuse, retry, undo): the entries after it stop counting.
+  Attention reads only the first `length` positions, which is what makes CPU decode fast.
+- static (for `torch.compile` with CUDA graphs): entries are written with `index_copy_`,
+  attention reads the whole buffer under a mask built from `input_pos`, so every decode step has
+  the same shapes and the graph never recompiles. No Python state changes during a forward
+  (that would recompile), so `length` is not tracked: the positions passed in are the record.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ class KVCache(nn.Module):
     def __init__(
         self,
         n_layer: int,
-        n_head: int,
+        n_kv_head: int,
         head_dim: int,
         max_len: int,
         *,
@@ -37,9 +41,10 @@ class KVCache(nn.Module):
         static: bool = False,
     ) -> None:
         super().__init__()
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.n_layer = n_layer
         self.max_len = max_len
         self.static = static
         if static:
@@ -47,16 +52,18 @@ class KVCache(nn.Module):
             # writes instead of falling back to eager for "mutated inputs".
             torch._dynamo.mark_static_address(self.keys)
             torch._dynamo.mark_static_address(self.values)
-        self.length = 0  # valid positions, shared by all layers
+        self._length = 0  # dynamic mode: end of the valid prefix, set by the last write
+        self._span = (0, 0)  # dynamic mode: (start, end) of the forward pass under way
 
     @classmethod
     def for_model(cls, model, *, batch_size: int = 1, max_len: int | None = None, static: bool = False):
-        """A cache sized for `model` (a GPT), on its device and in its dtype."""
+        """A cache sized for `model`, on its device and in its dtype. Reads `n_kv_head` from the
+        model's config (grouped-query attention), falling back to `n_head`."""
         cfg = model.config
         param = next(model.parameters())
         return cls(
             cfg.n_layer,
-            cfg.n_head,
+            getattr(cfg, "n_kv_head", None) or cfg.n_head,
             cfg.head_dim,
             max_len or cfg.block_size,
             batch_size=batch_size,
@@ -69,11 +76,16 @@ class KVCache(nn.Module):
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes
 
-    def update(  # noqa: D401 - not nn.Module.forward; called by each attention layer
+    @property
+    def length(self) -> int:
+        """Valid positions after the last write (dynamic mode; always 0 in static mode)."""
+        return self._length
 
+    def update(  # noqa: D401 - not nn.Module.forward; called by each attention layer
         self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Store k, v (B, nh, T, hs) for `layer`; return the keys, values and attention mask to use.
+        """Store k, v (B, n_kv_head, T, hs) for `layer` at `input_pos` (T,); return the keys,
+        values and attention mask to use. Layers are called in order, starting at 0.
 
         The mask is None when plain causal attention (or none at all) is right; otherwise a boolean
         (T, S) tensor, True where a query may attend to a key.
@@ -85,13 +97,14 @@ class KVCache(nn.Module):
             key_pos = torch.arange(self.max_len, device=input_pos.device)
             mask = key_pos.unsqueeze(0) <= input_pos.unsqueeze(1)  # (T, max_len)
             return self.keys[layer], self.values[layer], mask
-        start = self.length
-        end = start + T
-        if end > self.max_len:
-            raise ValueError(f"KV cache overflow: {end} positions needed, {self.max_len} allocated")
+        if layer == 0:  # once per forward pass: where it writes, checked before anything is written
+            self._span = self._checked_span(input_pos, T)
+        start, end = self._span
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
-        keys = self.keys[layer, :, :, :end]  # (B, nh, end, hs), a view
+        if layer == 0:
+            self._length = end  # everything after this pass's positions is stale from now on
+        keys = self.keys[layer, :, :, :end]  # (B, n_kv_head, end, hs), a view
         values = self.values[layer, :, :, :end]
         if T == 1 or start == 0:
             return keys, values, None  # one query sees everything; or a plain causal block
@@ -100,15 +113,23 @@ class KVCache(nn.Module):
         query_pos = torch.arange(start, end, device=k.device)
         return keys, values, key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
 
-    def commit(self, n_tokens: int) -> None:
-        """Advance past `n_tokens` positions written by the last forward pass."""
-        self.length += n_tokens
+    def _checked_span(self, input_pos: torch.Tensor, T: int) -> tuple[int, int]:
+        # One host read per forward pass (positions are contiguous); tolist is the cheap one for
+        # a single decode position, indexing for a long prefill.
+        start = input_pos.tolist()[0] if T == 1 else int(input_pos[0])
+        end = start + T
+        if start > self._length:
+            raise ValueError(f"KV cache: writing at position {start} would leave positions "
+                             f"{self._length}..{start - 1} unwritten")
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions needed, {self.max_len} allocated")
+        return start, end
 
     def truncate(self, length: int) -> None:
-        """Roll back to the first `length` positions (entries past it are ignored, not cleared)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self.length = length
+        """Keep only the first `length` positions (entries past it are ignored, not cleared)."""
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot truncate a cache of {self._length} positions to {length}")
+        self._length = length
 
     def reset(self) -> None:
-        self.length = 0
+        self._length = 0

@@ -4,6 +4,7 @@ Nothing here imports torch at import time; `LocalBackend.load` does, when called
 """
 
 from .backend import BackendInfo, ChatBackend
+from .backends import open_backend
 from .chat import ChatSession, clean_message
 from .commands import COMMANDS, Command, CommandError, is_command, parse_command
 from .config import AppConfig, load_config, save_config
@@ -12,7 +13,7 @@ from .persistence import ConversationStore, CorruptFileError, read_conversation,
 from .template import DEFAULT_TEMPLATE, ChatTemplate
 
 __all__ = [
-    "BackendInfo", "ChatBackend", "ChatSession", "clean_message", "COMMANDS", "Command", "CommandError",
+    "BackendInfo", "ChatBackend", "open_backend", "ChatSession", "clean_message", "COMMANDS", "Command", "CommandError",
     "is_command", "parse_command", "AppConfig", "load_config", "save_config", "Conversation", "Turn",
     "ConversationStore", "CorruptFileError", "read_conversation", "write_conversation", "DEFAULT_TEMPLATE",
     "ChatTemplate",

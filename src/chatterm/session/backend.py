@@ -1,8 +1,10 @@
 """The one interface between a conversation and whatever produces replies.
 
-A backend takes the conversation and the live settings and yields engine events. The local
-backend runs a checkpoint in this process; a remote one (an OpenAI-compatible server, say) only
-has to implement the same two members, and no front end changes.
+A backend takes the conversation and the live settings and yields engine events; it never
+changes the conversation's turns. `ChatSession` appends the assistant turn from the `Finished`
+event that ends every reply. The local backend runs a checkpoint in this process; a remote one
+(an OpenAI-compatible server, say) implements the same members, and no front end changes.
+`open_backend` (backends.py) is the one way front ends get a backend.
 """
 
 from __future__ import annotations
@@ -37,10 +39,22 @@ class ChatBackend(Protocol):
         cancel: threading.Event | None = None,
         inspect: int = 0,
     ) -> Iterator[Event]:
-        """Stream the assistant's next reply to `conversation` (which must end with a user turn).
-        The conversation itself is not changed except for bookkeeping (token ids, context_start)."""
+        """Stream the assistant's next reply to `conversation` (which ends with a user turn).
+
+        Yields engine events: `TextDelta` (text safe to show), `TokenStep` (one per token, only
+        when `inspect` > 0, with that many candidates), `ContextTrimmed` (old turns dropped to
+        fit), and always, last, one `Finished` (the whole text, stop_reason, token counts,
+        `error` as one line). Read `settings` as the reply goes (changes apply to the next token)
+        and stop soon after `cancel` is set, with stop_reason "cancelled". Errors while
+        generating end the stream with a `Finished` whose stop_reason is "error".
+
+        Never append to `conversation`: the caller (ChatSession) appends the assistant turn from
+        `Finished`. A backend may only update the conversation's bookkeeping for itself
+        (`context_start`, cached `ids` on turns); one that keeps token ids reports the finished
+        turn's in `Finished.context_ids` / `ids_key`, one that does not leaves them empty.
+        """
         ...
 
     def context_tokens(self, conversation: Conversation, settings: SamplingSettings) -> int:
-        """How many tokens of the window the next prompt would use."""
+        """How many tokens of the window the next prompt would use (an estimate is fine)."""
         ...

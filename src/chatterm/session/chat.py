@@ -4,6 +4,9 @@ It ties a conversation, the live sampling settings and a backend together and of
 actions (send, regenerate, undo, edit, clear, system prompt), each as one call. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about
 Textual or terminals. After every reply the conversation is autosaved, if a store is given.
+
+Backends only stream events; the session appends the assistant turn from their `Finished`
+record (`add_reply`), so every backend, local or remote, gets the same bookkeeping.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from ..engine.events import Event
+from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
 from .backend import ChatBackend
-from .conversation import Conversation
+from .conversation import Conversation, Turn
 from .persistence import ConversationStore
 
 MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
@@ -54,8 +57,12 @@ class ChatSession:
         if self.backend is None:
             raise ValueError("no model is loaded yet")
         self.cancel.clear()
+        conversation = self.conversation  # the reply belongs here even if /clear runs meanwhile
         try:
-            yield from self.backend.reply(self.conversation, self.settings, cancel=self.cancel, inspect=inspect)
+            for event in self.backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect):
+                if isinstance(event, Finished):  # before it is passed on: consumers see the turn
+                    add_reply(conversation, event)
+                yield event
         finally:
             self.save()
 
@@ -96,6 +103,19 @@ class ChatSession:
     def save(self) -> None:
         if self.store is not None and self.conversation.turns:
             self.store.save(self.conversation)
+
+
+def add_reply(conversation: Conversation, done: Finished) -> Turn:
+    """Append the assistant turn a stream ended with: its text, whether it was cut short and why,
+    and, when the backend keeps token ids, the ids it occupies in the context."""
+    stopped = done.stop_reason in ("cancelled", "error")
+    note = {"cancelled": "stopped", "length": "cut at max_new_tokens"}.get(done.stop_reason, "")
+    if done.error:
+        note = f"error: {done.error}"
+    turn = conversation.add("assistant", done.text.strip(), stopped=stopped, note=note)
+    if done.context_ids:
+        turn.ids, turn.ids_key = list(done.context_ids), done.ids_key
+    return turn
 
 
 def clean_message(text: str) -> str:

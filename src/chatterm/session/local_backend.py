@@ -1,13 +1,18 @@
 """The backend that runs a checkpoint in this process (see backend.py for the interface).
 
-Loading is slow (torch import, reading weights), so front ends call `LocalBackend.load` in a
-worker. One `Generator` and its KV cache live as long as the backend; prompts are built by
+Loading is slow (torch import, reading weights), so front ends open it (session/backends.py)
+in a worker. One `Generator` and its KV cache live as long as the backend; prompts are built by
 `PromptBuilder` so consecutive turns share a prefix with what the cache holds.
+
+Every torch call runs on the torch thread (engine/torch_thread.py): loading, replies, and the
+plain completions and logits that `chatterm generate` and the Python API ask for. Callers on
+any thread get the events (or results) handed over.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Iterator
@@ -98,37 +103,54 @@ class LocalBackend:
         cancel: threading.Event | None = None,
         inspect: int = 0,
     ) -> Iterator[Event]:
-        """Stream the next assistant turn and append it to `conversation` before `Finished`."""
+        """Stream the next assistant turn (see ChatBackend.reply). The turn is not appended here;
+        `Finished` carries the ids it will occupy in the context (`context_ids`, `ids_key`)."""
         prompt = self.prompts.build(conversation, settings.max_new_tokens)
         if prompt.dropped_turns:
             yield ContextTrimmed(prompt.dropped_turns, len(prompt.ids))
-        trimmed: list[int] = []
+        yield from torch_thread.iterate(partial(self._reply_events, conversation, settings, prompt.ids, cancel, inspect))
+
+    def _reply_events(self, conversation, settings, prompt_ids, cancel, inspect) -> Iterator[Event]:
+        """Runs on the torch thread: the generator's events, with a ContextTrimmed after any
+        refit, and `Finished` completed with the turn's context ids."""
+        trims: list[ContextTrimmed] = []
+        reply_start = [len(prompt_ids)]  # where the reply's ids begin in the current context
 
         def refit(ids: list[int]) -> list[int]:
-            reply_ids = ids[len(prompt.ids) :] if not trimmed else ids[trimmed[-1] :]
+            reply_ids = ids[reply_start[0] :]
             before = conversation.context_start
             new = self.prompts.refit(conversation, ids, reply_ids)
-            trimmed.append(max(0, len(new) - len(reply_ids)))
-            events.append(ContextTrimmed(conversation.context_start - before, len(new)))
+            reply_start[0] = max(0, len(new) - len(reply_ids))
+            trims.append(ContextTrimmed(conversation.context_start - before, len(new)))
             return new
 
-        events: list[Event] = []
-        stream = partial(self.generator.stream, prompt.ids, settings, stop=self.template.stop, cancel=cancel,
-                         on_context_full=refit, inspect=inspect)
-        for event in torch_thread.iterate(stream):  # generated on the torch thread, consumed here
-            if events:  # a refit happened during the last step: report it in order
-                yield from events
-                events.clear()
+        for event in self.generator.stream(prompt_ids, settings, stop=self.template.stop, cancel=cancel,
+                                           on_context_full=refit, inspect=inspect):
+            if trims:  # a refit happened during the last step: report it in order
+                yield from trims
+                trims.clear()
             if isinstance(event, Finished):
-                self._append_reply(conversation, event)
+                event = replace(event, context_ids=tuple(self.prompts.finished_turn_ids(event.text, list(event.token_ids))),
+                                ids_key=self.prompts.key)
             yield event
 
-    def _append_reply(self, conversation: Conversation, done: Finished) -> None:
-        text = done.text.strip()
-        stopped = done.stop_reason in ("cancelled", "error")
-        note = {"cancelled": "stopped", "length": "cut at max_new_tokens"}.get(done.stop_reason, "")
-        if done.error:
-            note = f"error: {done.error}"
-        turn = conversation.add("assistant", text, stopped=stopped, note=note)
-        turn.ids = self.prompts.finished_turn_ids(done.text, list(done.token_ids))
-        turn.ids_key = self.prompts.key
+    # -- plain completion (no chat template), for `chatterm generate` and the Python API ------
+
+    def complete_stream(
+        self,
+        prompt: str | list[int],
+        settings: SamplingSettings,
+        *,
+        cancel: threading.Event | None = None,
+        inspect: int = 0,
+    ) -> Iterator[Event]:
+        """Stream a continuation of `prompt` (text, or token ids) as events, computed on the
+        torch thread. The prompt keeps its last `context_window - 1` tokens."""
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
+        ids = ids[-(self.info.context_window - 1) :]
+        return torch_thread.iterate(partial(self.generator.stream, ids, settings, cancel=cancel, inspect=inspect))
+
+    def logits(self, ids: list[int]):
+        """Float32 logits (len(ids), vocab) for every position of `ids`, uncached, computed on
+        the torch thread."""
+        return torch_thread.call(self.generator.logits, list(ids))

@@ -14,6 +14,8 @@ alone is too long keeps its tail.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from .conversation import Conversation, Turn
@@ -26,12 +28,19 @@ class Prompt:
     dropped_turns: int  # turns newly dropped from the context by this call
 
 
+def template_key(template: ChatTemplate) -> str:
+    blob = json.dumps(template.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 class PromptBuilder:
     def __init__(self, tokenizer, template: ChatTemplate, context_window: int) -> None:
         self.tokenizer = tokenizer
         self.template = template
         self.window = context_window
-        self.key = f"{id(tokenizer)}:{hash(template)}"  # turns' cached ids are valid for this pair
+        # Turns' cached ids are valid for this tokenizer and template, named by their content:
+        # a new object after /model (even at a reused address) only matches if it tokenizes alike.
+        self.key = f"{tokenizer.key}:{template_key(template)}"
         self._prefix = tokenizer.encode(template.assistant_prefix)
 
     def reserve_for_reply(self, max_new_tokens: int) -> int:

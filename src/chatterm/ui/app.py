@@ -151,7 +151,7 @@ class ChatApp(TuiFrontEnd, App):
     def load_model(self, path: str | None) -> None:
         started = time.perf_counter()
         try:
-            from ..session.local_backend import LocalBackend
+            from ..session.backends import open_backend
 
             if path is None:
                 from ..session.config import default_checkpoint
@@ -162,7 +162,7 @@ class ChatApp(TuiFrontEnd, App):
                         "load a checkpoint with /model PATH"))
                     return
                 path = str(default_checkpoint())
-            backend = LocalBackend.load(path, device=self.config.device, dtype=self.config.dtype)
+            backend = open_backend(path, device=self.config.device, dtype=self.config.dtype)
         except Exception as e:  # a bad file must never take the app down: one line, old model kept
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.post_message(ModelFailed(message))

@@ -1,0 +1,43 @@
+"""`open_backend(spec)`: the one way to get a `ChatBackend`, for every front end.
+
+The TUI, the plain REPL, `chatterm generate` and the Python API all open their model here:
+- `http://...` or `https://...`: a remote server (session/remote_backend.py);
+- anything else: a checkpoint file or folder, run in this process (session/local_backend.py).
+  Names of installed models resolve to their folder in `_local_path` (the hook for that).
+
+Options are passed on to the backend's opener; those set to None are dropped first, so front
+ends can pass their flags through unchanged (`device=None` means "the backend's default").
+Nothing heavy is imported until a backend is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .backend import ChatBackend
+
+REMOTE_SCHEMES = ("http://", "https://")
+
+
+def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
+    """Open the backend that `spec` names (see the module docstring). Errors a user can cause
+    (a missing file, a broken checkpoint, a bad option value) raise with one clear line."""
+    options = {name: value for name, value in options.items() if value is not None}
+    text = str(spec)
+    if text.startswith(REMOTE_SCHEMES):
+        try:
+            from .remote_backend import RemoteBackend
+        except ImportError as e:
+            if e.name not in (None, f"{__package__}.remote_backend"):  # the module is there, a dependency is not
+                raise ValueError(f"{text}: remote backends need the {e.name!r} package (pip install {e.name})") from None
+            raise ValueError(f"{text}: remote backends are not available in this version of chatterm") from None
+        return RemoteBackend.open(text, **options)
+    from .local_backend import LocalBackend
+
+    return LocalBackend.load(_local_path(text), **options)
+
+
+def _local_path(spec: str) -> Path:
+    """The checkpoint that `spec` names: today a path; installed models' names map here later."""
+    return Path(spec).expanduser()

@@ -1,0 +1,265 @@
+"""The seams between layers: the backend contract, the one factory, the one torch thread, the two
+layers of generation, live stop strings and content-derived tokenizer keys."""
+
+import io
+import sys
+import threading
+import types
+
+import pytest
+import torch
+
+import chatterm
+from chatterm import cli
+from chatterm.engine import torch_thread
+from chatterm.engine.events import Finished, TextDelta, run_to_end
+from chatterm.engine.generator import Generator
+from chatterm.engine.settings import SamplingSettings
+from chatterm.engine.stop import StopStringMatcher
+from chatterm.engine.tokenizer import Tokenizer
+from chatterm.session import BackendInfo, ChatSession, Conversation
+from chatterm.session.backends import open_backend
+from chatterm.session.local_backend import LocalBackend
+from chatterm.session.prompt import PromptBuilder
+from chatterm.session.template import DEFAULT_TEMPLATE
+from helpers import MERGES, byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
+
+GREEDY = dict(temperature=0, repetition_penalty=1.0)
+
+
+# -- the backend contract ------------------------------------------------------------------------
+
+
+class ReplayBackend:
+    """A second backend written only from ChatBackend's docstring: it replays fixed replies word
+    by word, keeps no token ids, and never touches the conversation."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.info = BackendInfo(name="replay", device="none", dtype="-", context_window=1000)
+        self.seen = []
+
+    def reply(self, conversation, settings, *, cancel=None, inspect=0):
+        self.seen.append([(t.role, t.text) for t in conversation.turns])
+        text = self.replies.pop(0)
+        words = text.split(" ")
+        shown = []
+        for i, word in enumerate(words):
+            if cancel is not None and cancel.is_set():
+                yield Finished("".join(shown), "cancelled", 10, 10, len(shown), 0.0, 0.0)
+                return
+            piece = word if i == 0 else " " + word
+            shown.append(piece)
+            yield TextDelta(piece)
+        yield Finished("".join(shown), "stop", 10, 10, len(shown), 0.0, 0.0)
+
+    def context_tokens(self, conversation, settings):
+        return sum(len(t.text.split()) for t in conversation.turns)
+
+
+def test_a_backend_written_from_the_protocol_gets_its_replies_kept():
+    backend = ReplayBackend(["hello from replay", "second answer", "a retried answer", "one two three four"])
+    session = ChatSession(backend, SamplingSettings())
+    events = list(session.send("hi"))
+    assert isinstance(events[-1], Finished)
+    assert [(t.role, t.text) for t in session.conversation.turns] == [("user", "hi"), ("assistant", "hello from replay")]
+    assert session.conversation.turns[-1].ids is None  # a backend without ids leaves none behind
+
+    list(session.send("and?"))
+    list(session.regenerate())  # the retry replaces the last reply, and the backend saw the history without it
+    assert backend.seen[-1] == [("user", "hi"), ("assistant", "hello from replay"), ("user", "and?")]
+    assert [t.text for t in session.conversation.turns] == ["hi", "hello from replay", "and?", "a retried answer"]
+    assert session.undo() and [t.text for t in session.conversation.turns] == ["hi", "hello from replay"]
+    assert session.context_tokens() == 4
+
+    stream = session.send("go on")
+    assert next(stream).text == "one"
+    session.stop()
+    done = list(stream)[-1]
+    assert done.stop_reason == "cancelled"
+    last = session.conversation.turns[-1]
+    assert (last.text, last.stopped, last.note) == ("one", True, "stopped")
+
+
+def test_the_local_backend_only_yields_events(parrot_checkpoint):
+    backend = LocalBackend.load(parrot_checkpoint)
+    conv = Conversation()
+    conv.add("user", "hi")
+    events = list(backend.reply(conv, SamplingSettings(**GREEDY)))
+    assert [t.role for t in conv.turns] == ["user"]  # nothing appended: that is the session's job
+    done = events[-1]
+    assert isinstance(done, Finished) and done.text.strip() == "hello there, friend"
+    assert done.context_ids and done.ids_key == backend.prompts.key
+
+
+# -- the one factory -----------------------------------------------------------------------------
+
+
+def test_open_backend_dispatches_paths_and_urls(parrot_checkpoint, monkeypatch):
+    backend = open_backend(parrot_checkpoint, device=None, dtype="fp32")
+    assert isinstance(backend, LocalBackend) and backend.info.dtype == "fp32"
+
+    opened = []
+    fake = types.ModuleType("chatterm.session.remote_backend")
+    fake.RemoteBackend = type("RemoteBackend", (), {"open": classmethod(lambda cls, url, **kw: opened.append((url, kw)) or "remote")})
+    monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", fake)
+    assert open_backend("http://localhost:8080/v1", device=None, model="m") == "remote"
+    assert opened == [("http://localhost:8080/v1", {"model": "m"})]  # unset options are not passed on
+
+    monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", None)  # a build without it
+    with pytest.raises(ValueError, match=r"^https://example\.com: remote backends are not available"):
+        open_backend("https://example.com")
+
+
+# -- all torch work on the one torch thread -----------------------------------------------------
+
+
+@pytest.fixture
+def forward_threads():
+    """The names of the threads that ran any module's forward while the test body ran."""
+    names = set()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: names.add(threading.current_thread().name)
+    )
+    yield names
+    handle.remove()
+
+
+def assert_torch_thread_only(names):
+    assert names, "no forward pass ran"
+    assert all(name.startswith(torch_thread.THREAD_NAME) for name in names), names
+
+
+def test_python_api_runs_torch_on_the_torch_thread(parrot_checkpoint, forward_threads):
+    model = chatterm.load(parrot_checkpoint)
+    forward_threads.clear()  # loading runs there too; what follows is what this test is about
+    assert "".join(model.stream_text("User: hi\nAssistant:", **GREEDY, max_new_tokens=6)).startswith(" hello")
+    assert_torch_thread_only(forward_threads)
+    forward_threads.clear()
+    assert model.complete("User: hi\nAssistant:", **GREEDY, max_new_tokens=6).text.startswith(" hello")
+    assert_torch_thread_only(forward_threads)
+    forward_threads.clear()
+    assert model.logits(model.tokenizer.encode("hi")).shape == (2, 288)
+    assert_torch_thread_only(forward_threads)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_generate_runs_torch_on_the_torch_thread(parrot_checkpoint, forward_threads, capsys, chat):
+    prompt = "hi" if chat else "User: hi\nAssistant:"
+    args = ["generate", str(parrot_checkpoint), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "12"]
+    assert cli.main(args + (["--chat"] if chat else [])) == 0
+    assert "hello there" in capsys.readouterr().out
+    assert_torch_thread_only(forward_threads)
+
+
+def test_chat_session_and_plain_repl_run_torch_on_the_torch_thread(parrot_checkpoint, forward_threads, monkeypatch, capsys):
+    session = ChatSession(open_backend(parrot_checkpoint), SamplingSettings(**GREEDY))
+    assert run_to_end(session.send("hi")).text.strip() == "hello there, friend"
+    assert_torch_thread_only(forward_threads)
+    forward_threads.clear()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("how are you?\n/retry\n"))
+    assert cli.main(["chat", str(parrot_checkpoint), "--plain", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.count("very well, thank you") == 2
+    assert_torch_thread_only(forward_threads)
+
+
+# -- generation in two layers --------------------------------------------------------------------
+
+
+def test_token_loop_yields_ids_and_probabilities_and_frees_the_cache_when_closed():
+    model = tiny_model(seed=0)
+    gen = Generator(model, Tokenizer.from_spec(byte_tokenizer_spec(eot=False)))
+    loop = gen.tokens([1, 2, 3], SamplingSettings(**GREEDY, max_new_tokens=6), inspect=3)
+    choices = list(loop)
+    assert [c.token_id for c in choices] == loop.token_ids and len(choices) == 6
+    assert all(0 < c.prob <= 1 and c.candidates[0][0] == c.token_id for c in choices)
+    assert loop.reason == "length" and loop.prefill_tokens == 3
+    # The cache holds the prompt and the new tokens but the last: a reply cut at max_new_tokens
+    # does not pay a forward pass for a token nothing will read.
+    assert gen.cached_ids == (1, 2, 3, *loop.token_ids[:-1])
+
+    early = iter(gen.tokens([1, 2, 3], SamplingSettings(**GREEDY, max_new_tokens=50)))
+    next(early)
+    early.close()  # a consumer that stops (a stop string) releases the generator at once
+    assert run_to_end(gen.stream([1, 2, 3], SamplingSettings(**GREEDY, max_new_tokens=6))).new_tokens == 6
+
+
+def test_reset_forgets_the_cached_prefix():
+    gen = Generator(tiny_model(seed=0), Tokenizer.from_spec(byte_tokenizer_spec()))
+    ids = list(range(10, 40))
+    assert gen.prefill(ids)[1] == 30 and gen.prefill(ids + [5])[1] == 1
+    gen.reset()
+    assert gen.cached_ids == () and gen.prefill(ids)[1] == 30
+
+
+def test_run_to_end_returns_finished_and_refuses_a_stream_without_one():
+    done = Finished("x", "stop", 1, 1, 1, 0.0, 0.0)
+    assert run_to_end([TextDelta("x"), done]) is done
+    with pytest.raises(RuntimeError, match="without a Finished"):
+        run_to_end([TextDelta("x")])
+
+
+# -- stop strings changed mid-reply --------------------------------------------------------------
+
+
+def test_matcher_takes_a_new_set_without_losing_held_text():
+    m = StopStringMatcher(["User:"])
+    assert m.feed("fine. Us") == ("fine. ", False) and m.held == "Us"
+    m.set_stops(["###"])  # "Us" can no longer start a stop string: released with the next piece
+    assert m.feed("e it") == ("Use it", False)
+    m.feed("x ##")
+    assert m.held == "##"
+    m.set_stops(["##"])  # the held text now is a whole stop string: the next piece decides it
+    assert m.feed("") == ("", True) and m.stopped_at == "##"
+
+    m = StopStringMatcher(["User:"])
+    assert m.feed("ok Us") == ("ok ", False)
+    m.set_stops(["User:", "Use"])
+    assert m.feed("ed") == ("", True) and m.stopped_at == "Use"  # held "Us" + "ed" makes the new stop
+
+
+def test_stop_strings_edited_while_a_reply_streams_apply_at_the_next_token(parrot):
+    model, tok = parrot
+    gen = Generator(model, tok)
+    settings = SamplingSettings(**GREEDY, max_new_tokens=40)
+    shown = []
+    for event in gen.stream(tok.encode("User: how are you?\nAssistant:"), settings, stop=["User:"]):
+        if isinstance(event, TextDelta):
+            shown.append(event.text)
+            if len(shown) == 1:
+                settings.set("stop", "thank")  # as /set or the panel would, mid-reply
+    assert event.stop_reason == "stop" and event.text == " very well, " == "".join(shown)
+
+
+# -- which tokenizer produced cached ids ---------------------------------------------------------
+
+
+def test_tokenizer_key_comes_from_content():
+    spec = byte_tokenizer_spec()
+    assert Tokenizer.from_spec(spec).key == Tokenizer.from_spec(dict(spec)).key
+    assert Tokenizer.from_spec({**spec, "name": "relabelled"}).key == Tokenizer.from_spec(spec).key
+    other = Tokenizer.bpe_spec([bytes([i]) for i in range(256)] + MERGES[:-1], {"<|endoftext|>": 266})
+    assert Tokenizer.from_spec(other).key != Tokenizer.from_spec(spec).key
+    assert Tokenizer.gpt2().key == Tokenizer.gpt2().key != Tokenizer.from_spec(spec).key
+    builders = [PromptBuilder(Tokenizer.from_spec(spec), DEFAULT_TEMPLATE, 100) for _ in range(2)]
+    assert builders[0].key == builders[1].key  # two objects, one vocabulary: cached ids carry over
+
+
+def test_switching_model_and_back_never_reuses_stale_ids(parrot_checkpoint, tmp_path):
+    """/model to a checkpoint with another vocabulary, then back: every turn's ids are the ones
+    the current tokenizer gives, and the parrot still answers."""
+    other_spec = Tokenizer.bpe_spec([bytes([i]) for i in range(256)] + MERGES[::-1], {"<|endoftext|>": 267})
+    other = save_tiny_checkpoint(tmp_path / "other", tiny_model(seed=4), other_spec, name="other")
+    session = ChatSession(open_backend(parrot_checkpoint), SamplingSettings(**GREEDY, max_new_tokens=40))
+    list(session.send("hi"))
+    session.backend = open_backend(other)
+    assert session.context_tokens() > 0  # as the UI does after /model: every turn tokenized anew
+    assert all(t.ids_key == session.backend.prompts.key for t in session.conversation.turns)
+    session.backend = open_backend(parrot_checkpoint)
+    done = run_to_end(session.send("how are you?"))
+    assert done.text.strip() == "very well, thank you"
+    fresh = Conversation(turns=[type(t)(t.role, t.text) for t in session.conversation.turns[:-1]])
+    backend = session.backend
+    assert backend.prompts.build(fresh, 40).ids == backend.prompts.build(
+        Conversation(turns=session.conversation.turns[:-1]), 40).ids
+    assert all(t.ids_key == backend.prompts.key for t in session.conversation.turns)
