@@ -24,10 +24,10 @@ class PlainChat:
     """The REPL; it is also the `FrontEnd` its slash commands report to."""
 
     def __init__(self, session: ChatSession, *, settings: LayeredSettings | None = None, config: AppConfig | None = None,
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr, load_backend=None) -> None:
+                 out: TextIO | None = None, err: TextIO | None = None, load_backend=None) -> None:
         self.session = session
-        self.out = out
-        self.err = err
+        self.out = out or sys.stdout  # looked up now, not at import: tests and callers swap sys.stdout
+        self.err = err or sys.stderr
         self.load_backend = load_backend  # callable(path) -> backend, for /model
         self.quit_requested = False
         settings = settings or LayeredSettings(session.settings)
