@@ -8,8 +8,11 @@ strings, streaming and the UI testable without mocks.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -63,10 +66,27 @@ def train_parrot(steps: int = 300, seed: int = 0, text: str = PARROT_SCRIPT) -> 
     return model.eval(), tok
 
 
-def save_tiny_checkpoint(folder: Path, model: GPT, tokenizer_spec: dict | None = None, name: str = "tiny") -> Path:
+def save_tiny_checkpoint(folder: Path, model: GPT, tokenizer_spec: dict | None = None, name: str = "tiny",
+                         **extra_meta) -> Path:
     meta = {
         "name": name,
         "tokenizer": tokenizer_spec or byte_tokenizer_spec(),
         "chat_template": DEFAULT_TEMPLATE.to_dict(),
+        **extra_meta,
     }
     return save_checkpoint(folder, model, meta)
+
+
+POLL_SECONDS = 0.01  # how often wait_until looks again; short, so a test waits no longer than needed
+
+
+async def wait_until(pilot, condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """Let the app run until `condition()` is true (polled), or fail after `timeout` seconds.
+    UI tests wait with this, never with fixed pauses: a pause long enough on a loaded machine
+    is wasted time on a fast one, and one too short makes a test flaky."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition.__doc__ or condition}")
+        await pilot.pause()  # handle pending messages
+        await asyncio.sleep(POLL_SECONDS)  # and give worker threads the GIL between looks

@@ -139,20 +139,20 @@ def test_save_and_export_replace_a_file_only_with_force_and_keep_its_mode(tmp_pa
     target = tmp_path / "mine.txt"
     target.write_text("precious")
     os.chmod(target, 0o640)
-    repl.command(f"/{command} {target}")
+    repl.commands.run(f"/{command} {target}")
     assert target.read_text() == "precious"
     assert err.text.strip() == f"{target}: already exists; add --force to replace it"
-    repl.command(f"/{command} {target} --force")
+    repl.commands.run(f"/{command} {target} --force")
     assert target.read_text() != "precious"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     fresh = tmp_path / "new.out"
-    repl.command(f"/{command} {fresh}")
+    repl.commands.run(f"/{command} {fresh}")
     assert fresh.exists()
 
 
 def test_export_makes_escape_sequences_inert(tmp_path):
     repl, _ = _plain(tmp_path)
-    repl.command(f"/export {tmp_path / 'chat.md'}")
+    repl.commands.run(f"/export {tmp_path / 'chat.md'}")
     text = (tmp_path / "chat.md").read_text()
     assert "\x1b" not in text and "\x07" not in text and "a reply [2J" not in text and "with escapes" in text
 
@@ -171,18 +171,23 @@ def test_save_refuses_symlinks_folders_fifos_and_devices_with_one_line(tmp_path,
         os.mkfifo(target)
     for command in (f"/save {target} --force", f"/export {target} --force"):
         err.text = ""
-        repl.command(command)
+        repl.commands.run(command)
         assert err.text.count("\n") == 1 and err.text.startswith(f"{target}: is a") and "regular files" in err.text
     assert victim.read_text() == "keep me"
     assert target.is_symlink() or target.is_dir() or target.is_fifo() or target.is_char_device()
 
 
-def test_path_and_force():
-    from chatterm.session.persistence import FileRefusedError, path_and_force, write_user_file
+def test_force_is_a_trailing_flag_of_save_and_export():
+    from chatterm.session.commands import parse_command
+    from chatterm.session.persistence import FileRefusedError, write_user_file
 
-    assert path_and_force("a b.json --force") == ("a b.json", True)
-    assert path_and_force("--force x.md") == ("x.md", True)
-    assert path_and_force("x--force") == ("x--force", False)
+    def parts(line):
+        command = parse_command(line)
+        return command.arg, command.flags
+
+    assert parts("/save a b.json --force") == ("a b.json", frozenset({"--force"}))
+    assert parts("/export x.md --force") == ("x.md", frozenset({"--force"}))
+    assert parts("/export x--force") == ("x--force", frozenset())
     with pytest.raises(FileRefusedError):
         write_user_file(Path(__file__), "x")
 

@@ -6,9 +6,14 @@ Timing figures are replaced before the snapshot so it is the same on every run. 
 look at the report before committing.
 """
 
+import pytest
+
 from chatterm.session.config import AppConfig
 from chatterm.ui.app import ChatApp
 from chatterm.ui.chat_view import Note
+from helpers import wait_until
+
+pytestmark = pytest.mark.slow
 
 
 def app_for(checkpoint):
@@ -20,11 +25,12 @@ def app_for(checkpoint):
 async def chat_once(pilot):
     app = pilot.app
     await app.workers.wait_for_complete()
+    await wait_until(pilot, lambda: app.session.backend is not None, what="the model")
     for note in app.chat.query(Note):  # the load note carries a timing
         await note.remove()
-    await app.send("hi")
+    app.send("hi")
+    await wait_until(pilot, lambda: not app.busy, what="the reply")
     await app.workers.wait_for_complete()
-    await pilot.pause()
     await pilot.pause()
     app.status.speed = "TTFT 0.05 s · 100.0 tok/s"
 

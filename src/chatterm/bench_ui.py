@@ -149,7 +149,7 @@ async def _app_rate(path: str, messages: list[str]) -> tuple[float, int]:
     from .ui.prompt_input import PromptInput
 
     config = AppConfig()
-    config.sampling = _settings()
+    config.sampling = _settings().to_dict()
     app = ChatApp(config, path, [])
     tokens, seconds = 0, 0.0
     async with app.run_test(size=(120, 40)) as pilot:

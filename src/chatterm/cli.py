@@ -23,7 +23,6 @@ from . import __version__
 SUBCOMMANDS = ("chat", "generate", "convert", "prepare", "train", "eval", "bench", "pull", "models")
 # Modules that register their own subcommand with `add_parser(subparsers)`.
 PLUGGED = {"train": "chatterm.train.command", "bench": "chatterm.bench", "pull": "chatterm.models_command"}  # train also adds prepare, eval; pull adds models
-SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window", "max_new_tokens", "seed")
 
 
 class UserError(Exception):
@@ -147,22 +146,44 @@ def _remote_options(args) -> dict:
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling")
-    for name in SAMPLING_FLAGS:
-        g.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="N")
-    g.add_argument("--stop", action="append", default=None, help="extra stop string (repeatable)")
+    """One flag per setting in SPECS. Values stay text here and are checked by SPECS, so every
+    front end gives the same message for the same mistake."""
+    from .engine.settings import SPECS, format_value
+
+    g = p.add_argument_group(
+        "sampling", "Each setting's value comes from, lowest to highest: the built-in default (neutral: every "
+        "filter off), the model's recommended settings, your config file, these flags, then /set in the session.")
+    for spec in SPECS.values():
+        built_in = format_value(spec, spec.default) or "none"
+        help_text = f"{spec.help} (built-in: {built_in})".replace("%", "%%")
+        if spec.kind is list:
+            g.add_argument(spec.flag, dest=spec.name, action="append", default=None, metavar="TEXT",
+                           help=help_text.replace("separated by '|'", "repeatable"))
+        else:
+            g.add_argument(spec.flag, dest=spec.name, default=None, metavar="N", help=help_text)
 
 
-def _sampling_overrides(args) -> dict:
-    values = {name: getattr(args, name) for name in SAMPLING_FLAGS if getattr(args, name) is not None}
-    if args.stop:
-        values["stop"] = args.stop
-    return values
+def _layered_settings(args, config_values: dict | None = None):
+    """Settings with the config's values and the command line's flags as layers (UserError on a bad flag)."""
+    from .engine.settings import SPECS
+    from .session.layered_settings import COMMAND_LINE, CONFIG, LayeredSettings
 
-
-def _apply_sampling(settings, args) -> None:
+    settings = LayeredSettings()
+    settings.set_layer(CONFIG, config_values or {})
+    flags = {name: getattr(args, name) for name in SPECS if getattr(args, name, None) is not None}
     try:
-        settings.update(_sampling_overrides(args))
+        settings.set_layer(COMMAND_LINE, flags, how="text")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return settings
+
+
+def _checked_device_args(args) -> None:
+    from .model.device import check_device, check_dtype
+
+    try:
+        args.device = check_device(args.device) if args.device is not None else None
+        args.dtype = check_dtype(args.dtype) if args.dtype is not None else None
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -177,19 +198,20 @@ def _raise(e: Exception):
 def cmd_chat(args) -> int:
     from .session.config import default_checkpoint, load_config
 
+    _checked_device_args(args)
     config, problems = load_config(args.config)
     for name in ("device", "dtype", "theme"):
         if getattr(args, name):
             setattr(config, name, getattr(args, name))
     if args.system is not None:
         config.system_prompt = args.system
-    _apply_sampling(config.sampling, args)
+    settings = _layered_settings(args, config.sampling)
     checkpoint = args.checkpoint or config.model or str(default_checkpoint())
     if args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
-        return _plain_chat(config, checkpoint, problems, args)
+        return _plain_chat(config, settings, checkpoint, problems, args)
     from .ui.app import ChatApp
 
-    app = ChatApp(config, checkpoint, problems)
+    app = ChatApp(config, checkpoint, problems, settings=settings)
     _quit_on_terminate(app)
     app.run()
     return app.return_code or 0
@@ -213,9 +235,9 @@ def _quit_on_terminate(app) -> None:
         signal.signal(sig, handler)
 
 
-def _plain_chat(config, checkpoint, problems, args) -> int:
+def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     from .repl import PlainChat
-    from .session import ChatSession, ConversationStore, Conversation
+    from .session import ChatSession, Conversation, ConversationStore
     from .session.config import data_dir
     from .session.sanitize import printable
 
@@ -227,18 +249,19 @@ def _plain_chat(config, checkpoint, problems, args) -> int:
 
     session = ChatSession(
         load(checkpoint),
-        config.sampling,
+        settings.live,
         Conversation(system=config.system_prompt),
         ConversationStore(data_dir() / "conversations"),
         warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
     )
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    chat = PlainChat(session, settings=settings, config=config, load_backend=load)
     if interactive:
         info = session.backend.info
         print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",
               file=sys.stderr)
         print("> ", end="", flush=True)
-    return PlainChat(session, load_backend=load).run(sys.stdin)
+    return chat.run(sys.stdin)
 
 
 def _load_backend(path, device, dtype, n_head=None, context=None, **remote):
@@ -273,18 +296,18 @@ def _progress_line(what: str, fraction: float) -> None:
 
 def cmd_generate(args) -> int:
     from .engine.events import Finished, TextDelta
-    from .engine.settings import SamplingSettings
     from .session import ChatSession, Conversation
     from .session.config import default_checkpoint
     from .session.sanitize import printable
 
+    _checked_device_args(args)
+    layers = _layered_settings(args)  # generate ignores the user's config: scripts give the same output everywhere
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
         raise UserError("the prompt is empty")
-    settings = SamplingSettings()
-    _apply_sampling(settings, args)
     backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head,
                             args.context, **_remote_options(args))
+    settings = _with_model_recommendation(layers, backend)
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)
     elif hasattr(backend, "complete_stream"):
@@ -309,6 +332,17 @@ def cmd_generate(args) -> int:
         print(f"chatterm: error: {printable(done.error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _with_model_recommendation(layers, backend):
+    """The live settings once the model's recommended ones are a layer; bad ones are warnings."""
+    from .session.layered_settings import MODEL, model_recommendation
+
+    recommended, problems = model_recommendation(backend)
+    for problem in problems:
+        print(f"chatterm: warning: {problem}", file=sys.stderr)
+    layers.set_layer(MODEL, recommended)
+    return layers.live
 
 
 def cmd_convert(args) -> int:

@@ -12,33 +12,33 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import TextIO
 
 from .engine.events import ContextTrimmed, Finished, TextDelta
-from .session import (
-    COMMANDS,
-    ChatSession,
-    CommandError,
-    is_command,
-    parse_command,
-    read_conversation,
-    write_conversation,
-)
-from .session.commands import help_lines
-from .session.persistence import path_and_force, write_user_file
+from .session import ChatSession, CommandError, is_command
+from .session.commands import SlashCommands
+from .session.config import AppConfig
+from .session.layered_settings import LayeredSettings
 from .session.sanitize import printable
 
 
 class PlainChat:
-    def __init__(self, session: ChatSession, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr, load_backend=None) -> None:
+    """The REPL; it is also the `FrontEnd` its slash commands report to."""
+
+    def __init__(self, session: ChatSession, *, settings: LayeredSettings | None = None, config: AppConfig | None = None,
+                 out: TextIO | None = None, err: TextIO | None = None, load_backend=None) -> None:
         self.session = session
-        self.out = out
-        self.err = err
+        self.out = out or sys.stdout  # looked up now, not at import: tests and callers swap sys.stdout
+        self.err = err or sys.stderr
         self.load_backend = load_backend  # callable(path) -> backend, for /model
-        self.quit = False
+        self.quit_requested = False
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
+        settings = settings or LayeredSettings(session.settings)
+        config = config or AppConfig()
+        self.commands = SlashCommands(session, settings, config, self)
+        if session.backend is not None:
+            self.commands.use_backend(session.backend)
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -51,10 +51,10 @@ class PlainChat:
                 if not line.strip():
                     continue
                 if is_command(line):
-                    self.command(line)
+                    self.commands.run(line)
                 else:
                     self.say(line[1:] if line.startswith("//") else line)
-                if self.quit or self.terminated:
+                if self.quit_requested or self.terminated:
                     break
                 if interactive:
                     self.out.write("> ")
@@ -108,86 +108,46 @@ class PlainChat:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
 
-    def note(self, text: str) -> None:
+    # -- the FrontEnd the slash commands report to ---------------------------------------------
+
+    busy = False  # commands run between replies here
+    inspect = 0  # no token inspector
+
+    def note(self, text: str, kind: str = "info") -> None:
         self.err.write(printable(text) + "\n")  # may hold a path, a model's name, its text
         self.err.flush()
 
-    # -- slash commands ------------------------------------------------------------------------
+    def show_conversation(self) -> None:
+        pass  # a line REPL does not redraw history
 
-    def command(self, line: str) -> None:
-        try:
-            cmd = parse_command(line)
-            getattr(self, f"cmd_{cmd.name}")(cmd.arg)
-        except (CommandError, ValueError, OSError) as e:
-            self.note(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    def show_settings(self) -> None:
+        pass
 
-    def cmd_help(self, arg: str) -> None:
-        self.note("\n".join(help_lines()))
+    def stream_reply(self, events) -> None:
+        self.stream(events)
 
-    def cmd_clear(self, arg: str) -> None:
-        self.session.clear()
-        self.note("(new conversation)")
+    def edit_text(self, text: str) -> None:
+        self.note(f"took back: {text}")
 
-    def cmd_retry(self, arg: str) -> None:
-        self.stream(self.session.regenerate())
-
-    def cmd_undo(self, arg: str) -> None:
-        self.note("(removed the last exchange)" if self.session.undo() else "(nothing to undo)")
-
-    def cmd_edit(self, arg: str) -> None:
-        text = self.session.edit_last()
-        self.note(f"(took back: {text})" if text else "(nothing to edit)")
-
-    def cmd_system(self, arg: str) -> None:
-        self.session.set_system(arg)
-        self.note("(system prompt set)" if arg else "(system prompt cleared)")
-
-    def cmd_set(self, arg: str) -> None:
-        name, _, value = arg.partition(" ")
-        if not value.strip():
-            raise CommandError(f"/set {name} needs a value: {COMMANDS['set'].args}")
-        self.session.settings.set(name, value.strip())
-        self.note(f"({name.strip().lower().replace('-', '_')} = {self.session.settings.describe(name.strip().lower().replace('-', '_'))})")
-
-    def cmd_settings(self, arg: str) -> None:
-        s = self.session.settings
-        self.note("\n".join(f"{name} = {s.describe(name)}" for name in s.to_dict()))
-
-    def cmd_save(self, arg: str) -> None:
-        target, force = path_and_force(arg)
-        if target:
-            path = write_conversation(target, self.session.conversation, force=force)
-        elif self.session.store is not None:
-            path = self.session.store.save(self.session.conversation)
-        else:
-            raise CommandError("/save needs a PATH (autosave is off)")
-        self.note(f"(saved to {path})")
-
-    def cmd_load(self, arg: str) -> None:
-        self.session.load_conversation(read_conversation(Path(arg)))
-        self.note(f"(loaded {len(self.session.conversation.turns)} turns)")
-
-    def cmd_export(self, arg: str) -> None:
-        target, force = path_and_force(arg)
-        path = write_user_file(target, self.session.conversation.to_markdown(), force=force)
-        self.note(f"(exported to {path})")
-
-    def cmd_model(self, arg: str) -> None:
+    def load_model(self, spec: str) -> None:
         if self.load_backend is None:
             raise CommandError("/model is not available here")
         try:
-            backend = self.load_backend(arg)
+            backend = self.load_backend(spec)
         except Exception as e:  # a bad path or file: the session and the model we have stay
             keeping = f"; still using {self.session.backend.info.name}" if self.session.backend else ""
             raise CommandError(f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{keeping}") from e
-        self.session.backend = backend
-        self.note(f"(loaded {backend.info.name})")
+        self.commands.use_backend(backend)
+        self.note(f"loaded {self.session.backend.info.name}")
 
-    def cmd_theme(self, arg: str) -> None:
-        self.note("(themes apply to the TUI only)")
+    def set_theme(self, name: str) -> None:
+        raise CommandError("themes apply to the TUI only")
 
-    def cmd_quit(self, arg: str) -> None:
-        self.quit = True
+    def key_help(self) -> list[str]:
+        return ["Ctrl+C stops a reply; Ctrl+D (or /quit) leaves"]
+
+    def quit(self) -> None:
+        self.quit_requested = True
 
 
 def _install_stop_handler(session: ChatSession):

@@ -9,7 +9,11 @@ repetition penalty -> temperature -> top-k -> top-p -> min-p -> a draw from a se
 - top-p: sort ascending, drop tokens whose cumulative probability is <= 1 - p, so the token that
   crosses the threshold is kept;
 - min-p: drop tokens whose probability is below min_p times the most likely token's.
-Temperature 0 is exactly argmax of the penalized logits, whatever the seed.
+Temperature 0 is exactly argmax of the penalized logits, whatever the seed. So is a temperature
+so small that dividing the logits by it overflows float32 (1e-39 say): sampling tends to argmax
+as the temperature goes to 0, and dividing would turn the largest logits into inf and the
+distribution into NaN. Treating it as greedy gives the limit the user asked for; refusing it
+would make a value inside the documented range fail or not depending on the model's logits.
 
 Ids at or beyond the tokenizer's vocabulary (padding rows of the embedding) are never sampled.
 """
@@ -65,15 +69,31 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(probs < threshold, float("-inf"))
 
 
+def is_greedy(logits: torch.Tensor, temperature: float) -> bool:
+    """True for temperature 0, and for temperatures so small that logits / temperature overflows."""
+    if temperature <= 0:
+        return True
+    if temperature >= 1.0:  # no finite float32 logit can overflow
+        return False
+    finite = logits[torch.isfinite(logits)]
+    largest = float(finite.abs().max()) if finite.numel() else 0.0
+    return largest / temperature > torch.finfo(torch.float32).max
+
+
 def filtered_logits(logits: torch.Tensor, recent_ids: torch.Tensor, s: SamplingSettings) -> torch.Tensor:
     """All filters but the draw, on one step's logits (V,) in float32."""
+    return _filter(logits, recent_ids, s)[0]
+
+
+def _filter(logits: torch.Tensor, recent_ids: torch.Tensor, s: SamplingSettings) -> tuple[torch.Tensor, bool]:
+    """(filtered logits, whether the step is greedy)."""
     logits = apply_repetition_penalty(logits, recent_ids, s.repetition_penalty)
-    if s.temperature == 0:
-        return logits
+    if is_greedy(logits, s.temperature):
+        return logits, True
     logits = logits / s.temperature
     logits = top_k_filter(logits, s.top_k)
     logits = top_p_filter(logits, s.top_p)
-    return min_p_filter(logits, s.min_p)
+    return min_p_filter(logits, s.min_p), False
 
 
 def sample(
@@ -92,8 +112,8 @@ def sample(
     if not torch.isfinite(logits).any():
         raise FloatingPointError("the model produced no finite logits (NaN or inf); the weights may be broken")
     logits = torch.nan_to_num(logits, nan=float("-inf"))
-    scores = filtered_logits(logits, recent_ids, settings)
-    if settings.temperature == 0:
+    scores, greedy = _filter(logits, recent_ids, settings)
+    if greedy:
         token = int(torch.argmax(scores))
         probs = None
     else:

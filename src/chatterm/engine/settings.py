@@ -1,8 +1,17 @@
-"""Sampling settings: one typed, validated, documented table used by every front end.
+"""Sampling settings: one typed, validated, documented table (`SPECS`) used by every front end.
 
-The CLI flags, `/set`, the side panel and the config file all go through `SamplingSettings.set`,
-so a value is checked once, in one place, with one message. The generator reads the settings
-object at every step, so a change made while a reply streams applies to the next token.
+`SPECS` is the only list of setting names. The CLI flags (with their help and built-in
+defaults), the settings panel's rows and labels, `/set`, the config file's `[sampling]` table
+and a model's recommended settings are all generated from it or checked against it, so a value
+is checked once, in one place, with one message.
+
+The built-in defaults are neutral: every filter is off (temperature 1, top-k 0, top-p 1,
+min-p 0, repetition penalty 1), so what is sampled is the model's own distribution, and
+temperature 0 reproduces plain greedy decoding. Tuned values come from the model's
+recommendation or the user (see `session/layered_settings.py` for the precedence).
+
+The generator reads the settings object at every step, so a change made while a reply streams
+applies to the next token.
 """
 
 from __future__ import annotations
@@ -11,63 +20,85 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields, replace
 
+# A number written in a config file must already be a number; text typed by a user is parsed.
+TYPED, TEXT = "typed", "text"
+
 
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
-    kind: type  # float, int or str-list
+    kind: type  # float, int or list (of stop strings)
+    default: object  # the built-in, neutral value
     low: float | None  # inclusive bounds (None: unbounded)
     high: float | None
-    help: str
-    optional: bool = False  # "none"/"random"/"" clears it (seed)
+    label: str  # short name in the settings panel
+    help: str  # one line, for --help, the panel's tooltip and /set errors
+    optional: bool = False  # "random"/"none"/"" clears it (seed)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 SPECS: dict[str, SettingSpec] = {
     s.name: s
     for s in (
-        SettingSpec("temperature", float, 0.0, 5.0, "randomness; 0 means greedy (always the most likely token)"),
-        SettingSpec("top_k", int, 0, 1_000_000, "keep only the k most likely tokens; 0 turns it off"),
-        SettingSpec("top_p", float, 0.0, 1.0, "keep the smallest set of tokens whose probability reaches p; 1 turns it off"),
-        SettingSpec("min_p", float, 0.0, 1.0, "drop tokens less likely than min_p times the top token; 0 turns it off"),
-        SettingSpec("repetition_penalty", float, 0.01, 10.0, "divide the logits of recently seen tokens by this; 1 turns it off"),
-        SettingSpec("repetition_window", int, 0, 1_000_000, "how many recent tokens the penalty looks at; 0 means all"),
-        SettingSpec("max_new_tokens", int, 1, 1_000_000, "the longest reply, in tokens"),
-        SettingSpec("seed", int, 0, 2**63 - 1, "random seed for sampling; 'random' picks a new one each reply", optional=True),
-        SettingSpec("stop", list, None, None, "extra stop strings, separated by '|' (the template's own always apply)"),
+        SettingSpec("temperature", float, 1.0, 0.0, 5.0, "temperature",
+                    "randomness; 0 means greedy (always the most likely token), 1 the model's own distribution"),
+        SettingSpec("top_k", int, 0, 0, 1_000_000, "top-k", "keep only the k most likely tokens; 0 turns it off"),
+        SettingSpec("top_p", float, 1.0, 0.0, 1.0, "top-p",
+                    "keep the smallest set of tokens whose probability reaches p; 1 turns it off"),
+        SettingSpec("min_p", float, 0.0, 0.0, 1.0, "min-p",
+                    "drop tokens less likely than min_p times the top token; 0 turns it off"),
+        SettingSpec("repetition_penalty", float, 1.0, 0.01, 10.0, "rep. penalty",
+                    "divide the logits of recently seen tokens by this; 1 turns it off"),
+        SettingSpec("repetition_window", int, 64, 0, 1_000_000, "penalty window",
+                    "how many recent tokens the penalty looks at; 0 means all"),
+        SettingSpec("max_new_tokens", int, 256, 1, 1_000_000, "max tokens", "the longest reply, in tokens"),
+        SettingSpec("seed", int, None, 0, 2**63 - 1, "seed",
+                    "random seed for sampling; 'random' picks a new one each reply", optional=True),
+        SettingSpec("stop", list, (), None, None, "stop (a|b)",
+                    "extra stop strings, separated by '|' (the template's own always apply)"),
     )
 }
 
 
+def _default(name: str):
+    value = SPECS[name].default
+    return field(default_factory=list) if SPECS[name].kind is list else value
+
+
 @dataclass
 class SamplingSettings:
-    # Defaults follow llama.cpp / Ollama: lively but coherent.
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repetition_penalty: float = 1.1
-    repetition_window: int = 64
-    max_new_tokens: int = 256
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    """The values in force. Field defaults are `SPECS`' neutral built-in defaults."""
 
-    def set(self, name: str, value) -> None:
+    temperature: float = _default("temperature")
+    top_k: int = _default("top_k")
+    top_p: float = _default("top_p")
+    min_p: float = _default("min_p")
+    repetition_penalty: float = _default("repetition_penalty")
+    repetition_window: int = _default("repetition_window")
+    max_new_tokens: int = _default("max_new_tokens")
+    seed: int | None = _default("seed")
+    stop: list[str] = _default("stop")
+
+    def set(self, name: str, value, how: str = TEXT) -> None:
         """Validate and assign one setting; raise ValueError with a one-line reason otherwise."""
-        name = name.strip().lower().replace("-", "_")
-        spec = SPECS.get(name)
-        if spec is None:
-            close = difflib.get_close_matches(name, list(SPECS), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; settings are: {', '.join(SPECS)}"
-            raise ValueError(f"unknown setting {name!r}{hint}")
-        setattr(self, name, parse_value(spec, value))
+        spec = spec_for(name)
+        setattr(self, spec.name, parse_value(spec, value, how))
 
-    def update(self, values: dict) -> None:
+    def update(self, values: dict, how: str = TEXT) -> None:
         """Set several values; all are checked before any is applied."""
         trial = self.copy()
         for name, value in values.items():
-            trial.set(name, value)
+            trial.set(name, value, how)
+        self.assign(trial)
+
+    def assign(self, other: "SamplingSettings") -> None:
+        """Take all of `other`'s values in place (a generator holding this object sees them)."""
         for f in fields(self):
-            setattr(self, f.name, getattr(trial, f.name))
+            value = getattr(other, f.name)
+            setattr(self, f.name, list(value) if isinstance(value, list) else value)
 
     def copy(self) -> "SamplingSettings":
         return replace(self, stop=list(self.stop))
@@ -76,43 +107,82 @@ class SamplingSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def describe(self, name: str) -> str:
-        value = getattr(self, name)
-        if name == "seed" and value is None:
-            return "random"
-        if name == "stop":
-            return " | ".join(value) if value else "(none)"
-        return f"{value:g}" if isinstance(value, float) else str(value)
+        """The value as text that `set(name, text)` reads back to the same value."""
+        return format_value(SPECS[name], getattr(self, name))
 
 
-def parse_value(spec: SettingSpec, value):
-    """Turn user input (a string, or a number from a config file) into a checked value."""
+def spec_for(name: str) -> SettingSpec:
+    """The spec of a setting named by a user ("top-k", "Top_K"); ValueError with a suggestion."""
+    key = str(name).strip().lower().replace("-", "_")
+    spec = SPECS.get(key)
+    if spec is None:
+        close = difflib.get_close_matches(key, list(SPECS), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; settings are: {', '.join(SPECS)}"
+        raise ValueError(f"unknown setting {key!r}{hint}")
+    return spec
+
+
+def format_value(spec: SettingSpec, value) -> str:
+    if spec.optional and value is None:
+        return "random"
     if spec.kind is list:
-        if isinstance(value, (list, tuple)):
-            items = [str(v) for v in value]
-        else:
-            items = str(value).split("|")
-        items = [s.replace("\\n", "\n") for s in items if s.strip()]
-        if any(len(s) > 200 for s in items):
-            raise ValueError("stop: each stop string must be at most 200 characters")
-        return items
-    text = str(value).strip().lower() if not isinstance(value, (int, float)) or isinstance(value, bool) else value
-    if spec.optional and text in ("none", "random", "", "off"):
+        return "|".join(s.replace("\n", "\\n") for s in value)
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def parse_value(spec: SettingSpec, value, how: str = TEXT):
+    """Turn a value into a checked one. TEXT: user input (a string; numbers also accepted).
+    TYPED: a value from a TOML or JSON file, which must already have the right type."""
+    if spec.kind is list:
+        return _parse_stop(spec, value, how)
+    if spec.optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "random", "", "off"))):
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"{spec.name}: expected a number, got {value!r}")
+    if isinstance(value, bool) or (how == TYPED and not isinstance(value, (int, float))):
+        raise ValueError(f"{spec.name}: expected {_range(spec)}, got {value!r}")
+    number = _number(spec, value)
+    if (spec.low is not None and number < spec.low) or (spec.high is not None and number > spec.high):
+        raise ValueError(f"{spec.name}: {value!r} is out of range ({_range(spec)})")
+    return number
+
+
+def _number(spec: SettingSpec, value) -> int | float:
+    if spec.kind is int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().replace("_", "")
+        try:
+            return int(text)  # exact, however large: seeds up to 2**63-1 are not rounded
+        except ValueError:
+            pass
     try:
-        number = float(text)
+        number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{spec.name}: {value!r} is not a number ({_range(spec)})") from None
     if not math.isfinite(number):
         raise ValueError(f"{spec.name}: {value!r} is not a finite number ({_range(spec)})")
     if spec.kind is int:
-        if number != int(number):
+        if not number.is_integer():
             raise ValueError(f"{spec.name}: {value!r} is not a whole number ({_range(spec)})")
-        number = int(number)
-    if (spec.low is not None and number < spec.low) or (spec.high is not None and number > spec.high):
-        raise ValueError(f"{spec.name}: {value!r} is out of range ({_range(spec)})")
+        return int(number)
     return number
+
+
+def _parse_stop(spec: SettingSpec, value, how: str) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        if how == TYPED and not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{spec.name}: expected a list of strings, got {value!r}")
+        items = [str(v) for v in value]
+    elif how == TYPED and not isinstance(value, str):
+        raise ValueError(f"{spec.name}: expected a list of strings, got {value!r}")
+    else:
+        items = str(value).split("|")
+    items = [s.replace("\\n", "\n") for s in items if s.strip()]
+    if any(len(s) > 200 for s in items):
+        raise ValueError(f"{spec.name}: each stop string must be at most 200 characters")
+    return items
 
 
 def _range(spec: SettingSpec) -> str:

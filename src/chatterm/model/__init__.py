@@ -1,14 +1,26 @@
-"""Torch modules and checkpoint formats: the bottom layer, it knows nothing of text."""
+"""Torch modules and checkpoint formats: the bottom layer, it knows nothing of text.
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import SHAPES, GPTConfig, shape
-from .cpu_linear import pack_linears
-from .device import pick_device, pick_dtype, pick_precision
-from .errors import CheckpointError
-from .gpt import GPT
-from .kv_cache import KVCache
+Importing this package does not import torch: the pieces load on first use, so the command line
+and the config check (`model.device.check_device`) stay fast.
+"""
 
-__all__ = [
-    "GPT", "GPTConfig", "SHAPES", "shape", "KVCache", "Checkpoint", "CheckpointError",
-    "load_checkpoint", "save_checkpoint", "pick_device", "pick_dtype", "pick_precision", "pack_linears",
-]
+from importlib import import_module
+
+_LAZY = {
+    "Checkpoint": ".checkpoint", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
+    "SHAPES": ".config", "GPTConfig": ".config", "shape": ".config",
+    "pack_linears": ".cpu_linear",
+    "pick_device": ".device", "pick_dtype": ".device", "pick_precision": ".device",
+    "CheckpointError": ".errors",
+    "GPT": ".gpt",
+    "KVCache": ".kv_cache",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,13 +1,23 @@
-"""Slash commands: one table, shared by the TUI and the plain REPL.
+"""Slash commands: one table, executed once, here, for every front end.
 
-Parsing only: each front end executes commands its own way, but both list the same commands
-with the same help, and both reject unknown ones with the same suggestion.
+`SlashCommands.run("/set temperature 0.7")` parses a line, runs the command against the chat
+session, the layered settings and the config, and reports through a `FrontEnd`: the small
+interface that the TUI (`ui/app.py`) and the plain REPL (`repl.py`) implement to render results.
+Front ends never run commands themselves; key bindings that mirror a command (retry, undo, ...)
+call the same methods. Errors a user can cause are one line, reported with kind "error".
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from .chat import ChatSession
+from .config import AppConfig, save_config
+from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
+from .persistence import read_conversation, write_conversation, write_user_file
 
 
 @dataclass(frozen=True)
@@ -16,6 +26,7 @@ class CommandSpec:
     args: str  # usage of the arguments, "" for none
     help: str
     needs_arg: bool = False
+    flags: tuple[str, ...] = ()  # trailing options, e.g. "--save"
 
 
 COMMANDS: dict[str, CommandSpec] = {
@@ -26,12 +37,15 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("retry", "", "regenerate the last reply"),
         CommandSpec("undo", "", "remove the last exchange"),
         CommandSpec("edit", "", "take back the last message to edit it"),
-        CommandSpec("system", "TEXT", "set the system prompt (empty clears it)"),
-        CommandSpec("set", "NAME VALUE", "change a sampling setting, e.g. /set temperature 0.7", needs_arg=True),
-        CommandSpec("settings", "", "show the sampling settings"),
-        CommandSpec("save", "[PATH]", "save the conversation as JSON"),
+        CommandSpec("system", "TEXT [--save]", "set this session's system prompt (empty clears it); --save keeps it",
+                    flags=("--save",)),
+        CommandSpec("set", "NAME VALUE [--save]", "change a sampling setting for this session; --save makes it your default",
+                    needs_arg=True, flags=("--save",)),
+        CommandSpec("settings", "", "show the sampling settings and where each comes from"),
+        CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
         CommandSpec("load", "PATH", "open a saved conversation", needs_arg=True),
-        CommandSpec("export", "PATH.md", "write the conversation as Markdown", needs_arg=True),
+        CommandSpec("export", "PATH.md [--force]", "write the conversation as Markdown", needs_arg=True,
+                    flags=("--force",)),
         CommandSpec("model", "PATH", "load another checkpoint", needs_arg=True),
         CommandSpec("theme", "NAME", "switch the colour theme", needs_arg=True),
         CommandSpec("quit", "", "leave chatterm"),
@@ -43,7 +57,8 @@ ALIASES = {"exit": "quit", "q": "quit", "regenerate": "retry", "new": "clear", "
 @dataclass(frozen=True)
 class Command:
     name: str
-    arg: str  # everything after the name, stripped
+    arg: str  # everything after the name, without the flags, stripped
+    flags: frozenset[str] = frozenset()
 
 
 class CommandError(ValueError):
@@ -64,11 +79,179 @@ def parse_command(text: str) -> Command:
         hint = f"; did you mean /{close[0]}?" if close else "; /help lists them"
         raise CommandError(f"unknown command /{name}{hint}")
     spec = COMMANDS[name]
-    arg = arg.strip()
+    words, flags = arg.split(" "), set()
+    while words and words[-1] in spec.flags:  # flags trail the argument: "/set top_k 5 --save"
+        flags.add(words.pop())
+    arg = " ".join(words).strip()
     if spec.needs_arg and not arg:
-        raise CommandError(f"/{name} needs {spec.args}: /{name} {spec.args}")
-    return Command(name, arg)
+        raise CommandError(f"/{name} needs {spec.args.split(' [')[0]}: /{name} {spec.args}")
+    return Command(name, arg, frozenset(flags))
 
 
 def help_lines() -> list[str]:
     return [f"/{c.name}{(' ' + c.args) if c.args else ''}: {c.help}" for c in COMMANDS.values()]
+
+
+class FrontEnd(Protocol):
+    """What a front end offers the commands: rendering, plus the few things only it can do."""
+
+    @property
+    def busy(self) -> bool: ...  # a reply is streaming
+
+    inspect: int  # candidates per token the front end shows (0: none)
+
+    def note(self, text: str, kind: str = "info") -> None: ...  # kind: info, error, system
+    def show_conversation(self) -> None: ...  # redraw after the conversation changed
+    def show_settings(self) -> None: ...  # the settings or the system prompt changed
+    def stream_reply(self, events: Iterable) -> None: ...  # render a reply (a retry)
+    def edit_text(self, text: str) -> None: ...  # offer a taken-back message for editing
+    def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
+    def set_theme(self, name: str) -> None: ...  # ValueError for an unknown theme
+    def key_help(self) -> list[str]: ...  # lines for /help about keys
+    def quit(self) -> None: ...
+
+
+class SlashCommands:
+    def __init__(self, session: ChatSession, settings: LayeredSettings, config: AppConfig, front: FrontEnd,
+                 *, save: Callable[[AppConfig], object] = save_config) -> None:
+        self.session = session
+        self.settings = settings
+        self.config = config
+        self.front = front
+        self._save = save
+
+    def use_backend(self, backend) -> None:
+        """Chat with `backend` from now on; its recommended sampling settings become the model
+        layer (replacing the previous model's), below the user's config, flags and session."""
+        self.session.backend = backend
+        recommended, problems = model_recommendation(backend)
+        self.settings.set_layer(MODEL, recommended)
+        for problem in problems:
+            self.front.note(problem, "error")
+        self.front.show_settings()
+
+    def run(self, line: str) -> None:
+        """Run one command line; every user error becomes one "error" note."""
+        try:
+            command = parse_command(line)
+            getattr(self, f"do_{command.name}")(command.arg, command.flags)
+        except (ValueError, OSError) as e:
+            self.front.note(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, "error")
+
+    def _idle(self) -> None:
+        if self.front.busy:
+            raise CommandError("a reply is still streaming; Esc stops it")
+
+    def persist(self) -> bool:
+        """Write the config; a failure is a warning (the session goes on with its values)."""
+        try:
+            self._save(self.config)
+            return True
+        except OSError as e:
+            self.front.note(f"could not save settings to {self.config.path}: {e}", "error")
+            return False
+
+    # -- the commands (arg, flags) -------------------------------------------------------------
+
+    def do_help(self, arg: str = "", flags=frozenset()) -> None:
+        keys = self.front.key_help()
+        self.front.note("\n".join(help_lines() + (["", "Keys:", *keys] if keys else [])))
+
+    def do_clear(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        self.session.clear()
+        self.front.show_conversation()
+        self.front.note("new conversation (the last one is saved)")
+
+    def do_retry(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        if self.session.backend is None:
+            raise CommandError("no model loaded yet; wait for it, or /model PATH")
+        self.front.stream_reply(self.session.regenerate(inspect=self.front.inspect))
+
+    def do_undo(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        if self.session.undo():
+            self.front.show_conversation()
+        else:
+            self.front.note("nothing to undo")
+
+    def do_edit(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        text = self.session.edit_last()
+        if not text:
+            self.front.note("nothing to edit")
+            return
+        self.front.show_conversation()
+        self.front.edit_text(text)
+
+    def do_system(self, arg: str = "", flags=frozenset()) -> None:
+        self.session.set_system(arg)
+        text = self.session.conversation.system
+        saved = "--save" in flags
+        if saved:
+            self.config.system_prompt = text
+            saved = self.persist()
+        self.front.show_settings()
+        what = f"system prompt: {text}" if text else "system prompt cleared"
+        self.front.note(what + (" (saved as default)" if saved else " (this session)"), "system")
+
+    def do_set(self, arg: str, flags=frozenset()) -> None:
+        name, _, value = arg.partition(" ")
+        if not value.strip():
+            raise CommandError(f"/set {name} needs a value: /set {COMMANDS['set'].args}")
+        if "--save" in flags:
+            name = self.settings.save_default(name, value.strip())
+            self.config.sampling[name] = self.settings.layers["config"][name]
+            saved = self.persist()
+        else:
+            name = self.settings.set(name, value.strip(), SESSION)
+            saved = False
+        self.front.show_settings()
+        self.front.note(f"{name} = {self.settings.describe(name)}" + (" · saved as default" if saved else ""))
+
+    def do_settings(self, arg: str = "", flags=frozenset()) -> None:
+        names = self.session.settings.to_dict()
+        self.front.note("\n".join(f"{name} = {self.settings.describe(name)}" for name in names))
+
+    def save_defaults(self) -> None:
+        """The panel's "save as defaults": this session's settings and system prompt go to the config."""
+        moved = self.settings.session_to_config()
+        self.config.sampling.update(moved)
+        self.config.system_prompt = self.session.conversation.system
+        if self.persist():
+            names = ", ".join(moved) or "no sampling settings changed"
+            self.front.note(f"saved as defaults: {names}; system prompt {'kept' if self.config.system_prompt else 'empty'}")
+        self.front.show_settings()
+
+    def do_save(self, arg: str = "", flags=frozenset()) -> None:
+        if arg:
+            path = write_conversation(Path(arg), self.session.conversation, force="--force" in flags)
+        elif self.session.store is not None:
+            path = self.session.store.save(self.session.conversation)
+        else:
+            raise CommandError("/save needs a PATH (autosave is off)")
+        self.front.note(f"saved to {path}")
+
+    def do_load(self, arg: str, flags=frozenset()) -> None:
+        self._idle()
+        self.session.load_conversation(read_conversation(Path(arg)))
+        self.front.show_conversation()
+        self.front.note(f"loaded {len(self.session.conversation.turns)} turns from {arg}")
+
+    def do_export(self, arg: str, flags=frozenset()) -> None:
+        path = write_user_file(arg, self.session.conversation.to_markdown(), force="--force" in flags)
+        self.front.note(f"exported to {path}")
+
+    def do_model(self, arg: str, flags=frozenset()) -> None:
+        self._idle()
+        self.front.load_model(arg)
+
+    def do_theme(self, arg: str, flags=frozenset()) -> None:
+        self.front.set_theme(arg)
+        self.config.theme = arg
+        self.persist()
+        self.front.note(f"theme: {arg}")
+
+    def do_quit(self, arg: str = "", flags=frozenset()) -> None:
+        self.front.quit()

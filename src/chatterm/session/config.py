@@ -2,16 +2,19 @@
 
     model = "~/models/my-gpt"        # checkpoint opened when none is given
     theme = "chatterm-dark"
-    system_prompt = ""
-    device = "auto"                  # auto, cpu, cuda, mps
+    system_prompt = ""               # saved with `/system TEXT --save`
+    device = "auto"                  # auto, cpu, cuda, cuda:N, mps
     dtype = "auto"                   # auto, fp32, bf16, fp16
-    [sampling]                       # any setting of `SamplingSettings`
-    temperature = 0.8
-    [keys]                           # binding id -> key, e.g. stop = "escape"
+    [sampling]                       # your defaults, any setting in `SPECS` (`/set NAME VALUE --save`)
+    temperature = 0.7
+    [keys]                           # binding id -> key, e.g. retry = "f5"
     toggle_settings = "f2"
 
-A broken file is reported and the defaults are used; the app never refuses to start over it.
-CLI flags override the file.
+Every key is checked by type and range when the file is read: a bad value is one warning
+naming the key, and its default is used; the app never refuses to start over the file. Only the
+values the user saved are kept in `sampling`, so a model's recommendation still applies to the
+others (see `layered_settings.py`). Key bindings are checked against the app's actions by the
+UI (`ui/keys.py`), which knows them.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.settings import SamplingSettings
+from ..engine.settings import TYPED
+from ..model.device import check_device, check_dtype
+from .layered_settings import checked_values
 from .persistence import atomic_write_text
 
 APP_NAME = "chatterm"
+MAX_SYSTEM_PROMPT = 20_000  # characters
 
 
 def config_dir() -> Path:
@@ -46,7 +52,7 @@ class AppConfig:
     system_prompt: str = ""
     device: str = "auto"
     dtype: str = "auto"
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    sampling: dict = field(default_factory=dict)  # only the values the user saved, checked
     keys: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # where it was read from / will be written
 
@@ -54,11 +60,40 @@ class AppConfig:
         data: dict = {"theme": self.theme, "system_prompt": self.system_prompt, "device": self.device, "dtype": self.dtype}
         if self.model:
             data["model"] = self.model
-        sampling = {k: v for k, v in self.sampling.to_dict().items() if v is not None}
-        data["sampling"] = sampling
+        data["sampling"] = {k: v for k, v in self.sampling.items() if v is not None}
         if self.keys:
             data["keys"] = dict(self.keys)
         return data
+
+
+def _check_string(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _check_system_prompt(value) -> str:
+    text = _check_string(value)
+    if len(text) > MAX_SYSTEM_PROMPT:
+        raise ValueError(f"longer than {MAX_SYSTEM_PROMPT:,} characters")
+    return text
+
+
+def _check_theme(value) -> str:
+    text = _check_string(value).strip()
+    if not text:
+        raise ValueError("empty theme name")
+    return text
+
+
+# key -> checker returning the value to use (ValueError: warn, keep the default)
+_CHECKS = {
+    "model": lambda v: _check_string(v).strip() or None,
+    "theme": _check_theme,
+    "system_prompt": _check_system_prompt,
+    "device": lambda v: check_device(_check_string(v)),
+    "dtype": lambda v: check_dtype(_check_string(v)),
+}
 
 
 def default_checkpoint() -> Path:
@@ -83,24 +118,34 @@ def load_config(path: Path | None = None) -> tuple[AppConfig, list[str]]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return config, [f"{path}: cannot read the config file ({e}); using defaults"]
     problems: list[str] = []
-    for key in ("model", "theme", "system_prompt", "device", "dtype"):
+    for key, check in _CHECKS.items():
         if key in raw:
-            if isinstance(raw[key], str):
-                setattr(config, key, raw[key])
-            else:
-                problems.append(f"{path}: {key} must be a string; ignored")
-    for name, value in (raw.get("sampling") or {}).items():
-        try:
-            config.sampling.set(name, value)
-        except ValueError as e:
-            problems.append(f"{path}: [sampling] {e}; ignored")
-    keys = raw.get("keys") or {}
-    if isinstance(keys, dict):
-        config.keys = {str(k): str(v) for k, v in keys.items()}
-    known = {"model", "theme", "system_prompt", "device", "dtype", "sampling", "keys"}
-    for key in sorted(set(raw) - known):
+            try:
+                setattr(config, key, check(raw[key]))
+            except ValueError as e:
+                default = getattr(AppConfig(), key)
+                problems.append(f"{path}: {key}: {e}; using {default!r}")
+    if "sampling" in raw:
+        config.sampling, bad = checked_values(raw["sampling"], TYPED, f"{path}: [sampling] ")
+        problems += bad
+    if "keys" in raw:
+        config.keys, bad = _checked_keys(raw["keys"], path)
+        problems += bad
+    for key in sorted(set(raw) - set(_CHECKS) - {"sampling", "keys"}):
         problems.append(f"{path}: unknown key {key!r}; ignored")
     return config, problems
+
+
+def _checked_keys(keys, path: Path) -> tuple[dict[str, str], list[str]]:
+    if not isinstance(keys, dict):
+        return {}, [f"{path}: [keys] must be a table of binding id = \"key\", got {keys!r}; ignored"]
+    good, problems = {}, []
+    for action, key in keys.items():
+        if isinstance(key, str) and key.strip():
+            good[action] = key.strip().lower()
+        else:
+            problems.append(f"{path}: [keys] {action}: expected a key name such as \"f5\", got {key!r}; ignored")
+    return good, problems
 
 
 def save_config(config: AppConfig, path: Path | None = None) -> Path:

@@ -74,16 +74,6 @@ def write_user_file(path: str | os.PathLike, text: str, *, force: bool = False) 
     return atomic_write_text(path, text)
 
 
-def path_and_force(arg: str) -> tuple[str, bool]:
-    """`/save PATH --force` -> ("PATH", True); the flag may come first or last."""
-    words = arg.split()
-    force = "--force" in words[:1] + words[-1:]
-    if force:
-        arg = arg.strip()
-        arg = arg[len("--force"):] if arg.startswith("--force") else arg[: -len("--force")]
-    return arg.strip(), force
-
-
 def read_conversation(path: str | os.PathLike) -> Conversation:
     """Read a saved conversation from any path; the file is never changed or moved."""
     path = Path(path).expanduser()

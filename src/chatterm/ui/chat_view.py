@@ -84,13 +84,14 @@ class ChatView(VerticalScroll):
         """Jump to the newest text and stick to it again (after the user sends a message)."""
         self.scroll_end(animate=False)
 
-    async def show_conversation(self, conversation: Conversation) -> None:
-        await self.remove_children()
+    def show_conversation(self, conversation: Conversation) -> None:
+        """Redraw every message. Not awaited: Textual applies the removal and the mounts in order."""
+        self.remove_children()
         if conversation.system:
-            await self.mount(Note(f"System: {conversation.system}", "system"))
+            self.mount(Note(f"System: {conversation.system}", "system"))
         widgets = [self._widget_for(turn) for turn in conversation.turns]
         if widgets:
-            await self.mount_all(widgets)
+            self.mount_all(widgets)
         self.follow()
 
     @staticmethod

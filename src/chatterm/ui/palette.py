@@ -17,7 +17,7 @@ class ChatCommands(Provider):
             for description, key, action in app.action_entries()
         ]
         for theme in sorted(app.available_themes):
-            commands.append((f"Theme: {theme}", partial(app.run_slash, f"/theme {theme}"), "switch and remember"))
+            commands.append((f"Theme: {theme}", partial(app.commands.run, f"/theme {theme}"), "switch and remember"))
         return commands
 
     async def discover(self) -> Hits:

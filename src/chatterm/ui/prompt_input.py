@@ -19,6 +19,7 @@ class PromptInput(TextArea):
     BINDINGS = [
         Binding("ctrl+j,alt+enter,shift+enter", "newline", "Newline", show=False, id="newline"),
     ]
+    HANDLED_KEYS = ("enter", "up", "down", "tab", "shift+tab")  # taken in _on_key or by focus moves (keys.py)
 
     @dataclass
     class Submitted(Message):

@@ -1,9 +1,11 @@
-"""The side panel of live sampling settings.
+"""The side panel of live sampling settings: one row per setting in `SPECS`.
 
-Every keystroke is validated by `SamplingSettings.set` (the same check as flags, `/set` and the
-config file). A valid value is applied at once, so the generator uses it for the very next
-token, even mid-reply; an invalid one is refused inline with the reason and the previous value
-stays in force.
+Every keystroke is validated by the same check as flags, `/set` and the config file. A valid
+value goes into the session layer at once, so the generator uses it for the very next token,
+even mid-reply; an invalid one is refused inline with the reason and the previous value stays in
+force. The panel changes this session only; Ctrl+S (while a field has focus) saves the
+session's values and system prompt as defaults. Each field's tooltip says where its value
+comes from (built-in, model, config, command line, session).
 """
 
 from __future__ import annotations
@@ -13,43 +15,47 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Static
 
-from ..engine.settings import SPECS, SamplingSettings
-
-FIELDS = ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repetition_window", "max_new_tokens", "seed", "stop"]
-LABELS = {"top_k": "top-k", "top_p": "top-p", "min_p": "min-p", "repetition_penalty": "rep. penalty",
-          "repetition_window": "penalty window", "max_new_tokens": "max tokens", "stop": "stop (a|b)"}
+from ..engine.settings import SPECS, TYPED, parse_value
+from ..session.layered_settings import SESSION, LayeredSettings
 
 
 class SettingsPanel(VerticalScroll):
+    BINDINGS = [Binding("ctrl+s", "save_defaults", "Save as defaults", id="save_defaults")]
+
     @dataclass
     class Changed(Message):
         name: str  # a setting name, or "system"
 
-    def __init__(self, settings: SamplingSettings, system: str = "", **kwargs) -> None:
+    class SaveDefaults(Message):
+        """The user asked to keep this session's settings as defaults."""
+
+    def __init__(self, settings: LayeredSettings, system: str = "", **kwargs) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.system = system
         self.border_title = "Settings"
+        self.border_subtitle = "^s save as defaults"
 
     def compose(self) -> ComposeResult:
-        for name in FIELDS:
+        for spec in SPECS.values():
             with Horizontal(classes="setting-row"):
-                yield Label(LABELS.get(name, name), classes="setting-label")
-                yield Input(self._shown(name), id=f"set-{name}", classes="setting", tooltip=SPECS[name].help)
-            yield Static("", id=f"err-{name}", classes="setting-error")
+                yield Label(spec.label, classes="setting-label")
+                yield Input(self._text_of(spec.name), id=f"set-{spec.name}", classes="setting",
+                            tooltip=self._tooltip_for(spec.name))
+            yield Static("", id=f"err-{spec.name}", classes="setting-error")
         yield Label("system prompt (Enter applies)", classes="system-label")
         yield Input(self.system, id="set-system", classes="setting", placeholder="none")
 
-    def _shown(self, name: str) -> str:
-        if name == "seed" and self.settings.seed is None:
-            return "random"
-        if name == "stop":
-            return "|".join(s.replace("\n", "\\n") for s in self.settings.stop)
-        return self.settings.describe(name)
+    def _text_of(self, name: str) -> str:
+        return self.settings.live.describe(name)
+
+    def _tooltip_for(self, name: str) -> str:
+        return f"{SPECS[name].help}\nnow {self.settings.describe(name)}"
 
     @on(Input.Changed, ".setting")
     def _changed(self, event: Input.Changed) -> None:
@@ -58,17 +64,17 @@ class SettingsPanel(VerticalScroll):
             return
         error = self.query_one(f"#err-{name}", Static)
         try:
-            old = getattr(self.settings, name)
-            self.settings.set(name, event.value)
+            value = parse_value(SPECS[name], event.value)
         except ValueError as e:
             error.update(Text(str(e).split(": ", 1)[-1]))
-            error.add_class("-shown")
+            error.display = True
             event.input.add_class("-invalid")
             return
-        error.update("")
-        error.remove_class("-shown")
+        error.display = False
         event.input.remove_class("-invalid")
-        if getattr(self.settings, name) != old:
+        if value != getattr(self.settings.live, name):  # (a field filled in on mount changes nothing)
+            self.settings.set(name, value, SESSION, how=TYPED)
+            event.input.tooltip = self._tooltip_for(name)
             self.post_message(self.Changed(name))
 
     @on(Input.Submitted, "#set-system")
@@ -76,14 +82,18 @@ class SettingsPanel(VerticalScroll):
         self.system = event.value
         self.post_message(self.Changed("system"))
 
+    def action_save_defaults(self) -> None:
+        self.post_message(self.SaveDefaults())
+
     def refresh_values(self, system: str | None = None) -> None:
-        """Show the current settings (after `/set`, a config reload, ...)."""
-        for name in FIELDS:
+        """Show the values in force (after `/set`, a model's recommendation, ...)."""
+        for name in SPECS:
             field = self.query_one(f"#set-{name}", Input)
             with field.prevent(Input.Changed):
-                field.value = self._shown(name)
+                field.value = self._text_of(name)
+            field.tooltip = self._tooltip_for(name)
             field.remove_class("-invalid")
-            self.query_one(f"#err-{name}", Static).remove_class("-shown")
+            self.query_one(f"#err-{name}", Static).display = False
         if system is not None:
             self.system = system
             with self.query_one("#set-system", Input).prevent(Input.Submitted):

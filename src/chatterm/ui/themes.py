@@ -1,8 +1,11 @@
-"""Colour themes: `themes/*.toml` files read into Textual `Theme` objects.
+"""Colour themes: `themes/*.toml` files read into Textual `Theme` objects, checked first.
 
 Each file holds the fields of `textual.theme.Theme` (name, dark, primary, secondary, accent,
-foreground, background, surface, panel, success, warning, error). The folder ships inside the
-package; a user can drop more files in `<config dir>/themes/`.
+foreground, background, surface, panel, success, warning, error, ...). The folder ships inside
+the package; a user can drop more files in `<config dir>/themes/`. A file is only registered
+after its types are checked and its colour system has been generated once, exactly as Textual
+does when a theme is applied, so a broken theme is one line at start-up, never an app that
+cannot draw (or start), and never a theme name saved to the config.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from pathlib import Path
 
 from textual.theme import Theme
 
-_FIELDS = {f.name for f in fields(Theme)}
+_FIELDS = {f.name: f for f in fields(Theme)}
+_NUMBERS = {"luminosity_spread", "text_alpha"}
+_FLAGS = {"dark", "ansi"}
 
 
 def theme_folders(config_dir: Path | None = None) -> list[Path]:
@@ -24,19 +29,42 @@ def theme_folders(config_dir: Path | None = None) -> list[Path]:
     return folders
 
 
+def check_theme(data: dict) -> Theme:
+    """A usable Theme from a file's table; ValueError with the first problem otherwise."""
+    unknown = set(data) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+    for key in ("name", "primary"):
+        if key not in data:
+            raise ValueError(f"{key} is missing")
+    for key, value in data.items():
+        if key in _FLAGS:
+            ok = isinstance(value, bool)
+        elif key in _NUMBERS:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif key == "variables":
+            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        else:
+            ok = isinstance(value, str) and (key != "name" or bool(value.strip()))
+        if not ok:
+            raise ValueError(f"{key}: {value!r} has the wrong type")
+    theme = Theme(**data)
+    try:
+        theme.to_color_system().generate()  # what applying it does: parses every colour
+    except Exception as e:  # Textual raises its own parse errors; any failure means unusable
+        raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+    return theme
+
+
 def load_themes(folders: list[Path]) -> tuple[list[Theme], list[str]]:
-    """All themes found, with one problem line per file that could not be used."""
+    """All usable themes found, with one problem line per file that could not be used."""
     themes, problems = [], []
     for folder in folders:
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.toml")):
             try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-                unknown = set(data) - _FIELDS
-                if unknown:
-                    raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
-                themes.append(Theme(**data))
-            except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError) as e:
-                problems.append(f"{path}: not a usable theme ({e})")
+                themes.append(check_theme(tomllib.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, UnicodeDecodeError, ValueError, TypeError, tomllib.TOMLDecodeError) as e:
+                problems.append(f"{path}: not a usable theme ({e}); skipped")
     return themes, problems

@@ -1,0 +1,120 @@
+"""Routes one streaming reply into the chat, the token inspector and the status bar.
+
+`ReplyStream.start(events)` runs the session's event generator in a thread worker. The worker
+batches events and posts `ReplyProgress` (at most one every 40-250 ms) and one `ReplyFinished`
+to the app, which hands them back here; this is the only code that turns reply events into
+widget updates. Streamed text is appended, never re-rendered whole.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from ..engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
+from .chat_view import AssistantMessage, ChatView
+from .inspector import TokenInspector
+from .messages import ReplyFinished, ReplyProgress
+from .status_bar import StatusBar
+
+INSPECT_TOP = 8  # candidates per token shown by the inspector
+FLUSH_SECONDS = 0.04  # the most often a streaming reply updates the screen (25 times a second)
+MAX_FLUSH_SECONDS = 0.25  # and the least often
+# The engine shares this process (its GIL and its cores) with the UI, so every redraw is time the
+# engine does not get. While a reply streams, updates are spaced so that the UI thread uses at
+# most this share of the time (its CPU time over wall time); see BENCHMARKS.md.
+UI_TIME_SHARE = 0.1
+
+
+class ReplyStream:
+    def __init__(self, app, chat: ChatView, inspector: TokenInspector, status: StatusBar) -> None:
+        self.app = app
+        self.chat = chat
+        self.inspector = inspector
+        self.status = status
+        self.active = False  # a reply is streaming
+        self._widget: AssistantMessage | None = None
+        self._flush_seconds = FLUSH_SECONDS  # adapted to the UI's share of the time; read by the worker
+        self._ui_clock = (0.0, 0.0)  # (wall, UI thread CPU) at the last streaming update
+
+    def start(self, events: Iterable) -> None:
+        self.active = True
+        self.status.busy = "generating (Esc stops)"
+        if not self.status.note.startswith("dropped"):
+            self.status.note = ""
+        self.inspector.reset()
+        self._widget = AssistantMessage()
+        self.chat.mount(self._widget)
+        self.app.run_worker(lambda: self._relay(events), thread=True, exclusive=True, group="generate")
+
+    def abandon(self) -> None:
+        """Forget the current reply (its worker has ended): late updates from it are dropped."""
+        self.active = False
+        self.status.busy = ""
+        self._widget = None
+
+    def _relay(self, events: Iterable) -> None:
+        """The worker: consume the events, post batches to the app."""
+        text: list[str] = []
+        steps: list[TokenStep] = []
+        trimmed = None
+        done, error = None, ""
+        last = time.monotonic()
+        try:
+            for event in events:
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                elif isinstance(event, TokenStep):
+                    steps.append(event)
+                elif isinstance(event, ContextTrimmed):
+                    trimmed = event
+                elif isinstance(event, Finished):
+                    done = event
+                now = time.monotonic()
+                if now - last >= self._flush_seconds and (text or steps):
+                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed))
+                    text, steps, trimmed, last = [], [], None, now
+        except Exception as e:  # keep the app alive whatever happens in the engine
+            error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if text or steps or trimmed:
+            self.app.post_message(ReplyProgress("".join(text), steps, trimmed))
+        self.app.post_message(ReplyFinished(done, error))
+
+    async def progress(self, message: ReplyProgress) -> None:
+        if not self.active:
+            return
+        self._pace_updates()
+        if message.text and self._widget is not None:
+            await self._widget.append_text(message.text)
+        if message.steps:
+            self.inspector.add_steps(message.steps)
+        if message.trimmed and message.trimmed.dropped_turns:
+            self.status.note = f"dropped {message.trimmed.dropped_turns} old turns to fit the window"
+
+    def _pace_updates(self) -> None:
+        """Stretch or shrink the update interval by the UI thread's share of the time since the
+        last update, so that it converges on UI_TIME_SHARE."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        last_wall, last_cpu = self._ui_clock
+        self._ui_clock = (wall, cpu)
+        if last_wall and wall - last_wall < 1.0:  # within one reply's stream
+            share = (cpu - last_cpu) / max(wall - last_wall, 1e-3)
+            wanted = self._flush_seconds * share / UI_TIME_SHARE
+            self._flush_seconds = min(MAX_FLUSH_SECONDS, max(FLUSH_SECONDS, wanted))
+
+    async def finished(self, message: ReplyFinished, note: str) -> None:
+        """The reply ended; `note` is what the session recorded on the turn ("stopped", ...)."""
+        if not self.active:
+            return
+        self.active = False
+        self.status.busy = ""
+        done = message.done
+        widget, self._widget = self._widget, None
+        if done is None:
+            if widget is not None:
+                await widget.finish("", f"error: {message.error}")
+            return
+        if widget is not None:
+            await widget.finish(done.text.strip(), note or (done.error or ""))
+        self.inspector.finish(len(done.token_ids), done.stop_reason)
+        self.status.speed = f"TTFT {done.ttft_s:.2f} s · {done.tokens_per_s:.1f} tok/s"

@@ -1,0 +1,196 @@
+"""Settings: the SPECS table drives everything, layers and their sources, config validation,
+device names, seeds, key maps and themes."""
+
+import argparse
+import json
+
+import pytest
+from textual.widgets import TextArea
+
+from chatterm.cli import _add_sampling_args, main
+from chatterm.engine.settings import SPECS, TYPED, SamplingSettings
+from chatterm.model.device import check_device
+from chatterm.session.config import AppConfig, load_config
+from chatterm.session.config import default_checkpoint
+from chatterm.session.layered_settings import LayeredSettings, checked_values
+from chatterm.ui.app import ChatApp
+from chatterm.ui.keys import check_keymap, class_bindings, consumed_keys, is_key_name
+from chatterm.ui.prompt_input import PromptInput
+from chatterm.ui.themes import load_themes
+
+# -- one table -------------------------------------------------------------------------------------
+
+
+def test_every_setting_gets_a_flag_with_help_and_its_built_in_default():
+    parser = argparse.ArgumentParser()
+    _add_sampling_args(parser)
+    flags = {a.dest: a for a in parser._actions if a.dest in SPECS}
+    assert set(flags) == set(SPECS)
+    for name, action in flags.items():
+        assert SPECS[name].help.split(";")[0][:20] in action.help and "(built-in:" in action.help
+    assert "(built-in: 1)" in flags["temperature"].help and "(built-in: 0)" in flags["top_k"].help
+
+
+def test_built_in_defaults_are_neutral_and_come_from_the_table():
+    s = SamplingSettings()
+    assert (s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty) == (1.0, 0, 1.0, 0.0, 1.0)
+    assert {name: spec.default for name, spec in SPECS.items() if spec.kind is not list} == {
+        k: v for k, v in s.to_dict().items() if k != "stop"}
+
+
+@pytest.mark.parametrize("seed", [0, 2**53 + 1, 2**63 - 1])
+def test_the_documented_seed_range_is_accepted_exactly(seed):
+    s = SamplingSettings()
+    s.set("seed", str(seed))
+    assert s.seed == seed  # no float rounding: 2**53 + 1 and 2**63 - 1 are not floats
+    s.set("seed", seed, TYPED)
+    assert s.seed == seed
+    with pytest.raises(ValueError, match="out of range"):
+        s.set("seed", str(2**63))
+
+
+def test_typed_values_must_have_the_right_type():
+    for name, value in [("temperature", "0.7"), ("top_k", True), ("stop", 3), ("stop", ["a", 1])]:
+        with pytest.raises(ValueError, match=name):
+            SamplingSettings().set(name, value, TYPED)
+    s = SamplingSettings()
+    s.set("top_k", 40.0, TYPED)  # a whole number written as a float is still that number
+    assert s.top_k == 40 and isinstance(s.top_k, int)
+
+
+# -- layers ----------------------------------------------------------------------------------------
+
+
+def test_precedence_and_sources():
+    layers = LayeredSettings()
+    assert layers.source_of("temperature") == "built-in"
+    layers.set_layer("model", {"temperature": 0.8, "top_k": 40})
+    layers.set_layer("config", {"temperature": 0.6})
+    layers.set_layer("command line", {"top_k": "5"}, how="text")
+    layers.set("temperature", "0.3")
+    live = layers.live
+    assert (live.temperature, live.top_k) == (0.3, 5)
+    assert [layers.source_of(n) for n in ("temperature", "top_k", "top_p")] == ["session", "command line", "built-in"]
+    layers.set_layer("model", {})  # another model, without a recommendation
+    assert layers.live is live and live.top_k == 5  # updated in place: a running reply sees it
+
+
+def test_save_default_applies_now_even_under_a_flag():
+    layers = LayeredSettings()
+    layers.set_layer("command line", {"top_k": 5})
+    layers.save_default("top_k", "9")
+    assert layers.live.top_k == 9 and layers.layers["config"] == {"top_k": 9}
+    layers.save_default("top_p", "0.5")
+    assert layers.source_of("top_p") == "config" and "top_p" not in layers.layers["session"]
+
+
+def test_the_shipped_model_recommends_the_settings_it_was_tuned_with():
+    meta = json.loads((default_checkpoint() / "chatterm.json").read_text())
+    assert meta["sampling"] == {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+                                "repetition_penalty": 1.1, "repetition_window": 64}
+    assert checked_values(meta["sampling"])[1] == []
+
+
+# -- the config file -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, key", [
+    ('sampling = "fast"', "[sampling]"),
+    ('device = "tpu"', "device"),
+    ('device = "cuda:abc"', "device"),
+    ('dtype = "fp8"', "dtype"),
+    ("theme = 3", "theme"),
+    ("model = [1]", "model"),
+    ("system_prompt = false", "system_prompt"),
+    ('keys = "f5"', "[keys]"),
+    ("[keys]\nretry = 5", "retry"),
+    ("[sampling]\ntemperature = \"hot\"", "temperature"),
+    ("[sampling]\nseed = 1.5", "seed"),
+])
+def test_every_config_key_is_checked_with_a_warning_naming_it(tmp_path, text, key):
+    path = tmp_path / "config.toml"
+    path.write_text(text + "\n")
+    config, problems = load_config(path)
+    assert len(problems) == 1 and key in problems[0], problems
+    default = AppConfig()
+    assert (config.device, config.dtype, config.theme, config.model, config.system_prompt) == (
+        default.device, default.dtype, default.theme, default.model, default.system_prompt)
+    assert config.sampling == {} and config.keys == {}
+
+
+def test_a_good_config_loads_without_problems(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('device = "cuda:1"\ndtype = "bf16"\n[sampling]\nseed = 9223372036854775807\nstop = ["x"]\n'
+                    '[keys]\nretry = "f5"\n')
+    config, problems = load_config(path)
+    assert problems == [] and config.device == "cuda:1" and config.sampling == {"seed": 2**63 - 1, "stop": ["x"]}
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:abc", "cuda:", "gpu", "cpu:0:1"])
+def test_bad_device_names_are_refused_without_torch(name):
+    with pytest.raises(ValueError, match="unknown device"):
+        check_device(name)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:abc"])
+def test_bad_device_flag_is_one_line_and_exit_2(capsys, device):
+    assert main(["generate", "--device", device, "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"unknown device '{device}'" in err
+
+
+def test_big_seed_flag_is_exact(capsys, parrot_checkpoint):
+    code = main(["generate", str(parrot_checkpoint), "--prompt", "User: hi\nAssistant:", "--seed", str(2**63 - 1),
+                 "--max-new-tokens", "3"])
+    assert code == 0, capsys.readouterr().err
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def test_the_input_boxs_own_keys_are_read_from_textual():
+    consumed = consumed_keys(PromptInput)
+    for binding in class_bindings(TextArea):
+        for key in binding.key.split(","):
+            assert key in consumed
+    assert {"ctrl+u", "ctrl+a", "ctrl+e", "ctrl+k", "ctrl+w", "ctrl+z", "enter", "up"} <= set(consumed)
+
+
+def test_key_names():
+    for good in ("f5", "ctrl+t", "alt+enter", "x", "left_square_bracket", "ctrl+shift+left"):
+        assert is_key_name(good), good
+    for bad in ("ctrl+foo", "hyperdrive", "control+u", "", "ctrl+"):
+        assert not is_key_name(bad), bad
+
+
+def test_keymap_problems_are_reported_and_left_out():
+    from chatterm.ui.inspector import TokenInspector
+
+    keymap = {"retry": "f5", "undo": "ctrl+u", "edit": "f2", "clear": "ctrl+foo", "nope": "f9", "help": "x",
+              "quit": "ctrl+u", "inspector_prev": "ctrl+a"}
+    usable, problems = check_keymap(keymap, list(ChatApp.BINDINGS), class_bindings(TokenInspector), PromptInput)
+    assert usable == {"retry": "f5", "quit": "ctrl+u", "inspector_prev": "ctrl+a"}  # quit is a priority key
+    text = "\n".join(problems)
+    assert "undo: the message box uses ctrl+u itself" in text
+    assert "edit: f2 is already bound to toggle_settings" in text
+    assert "clear: ctrl+foo is not a key name" in text
+    assert "nope: no such action" in text
+    assert "help: the message box uses x itself (typing)" in text
+
+
+def test_two_remapped_actions_on_one_key():
+    usable, problems = check_keymap({"retry": "f5", "undo": "f5"}, list(ChatApp.BINDINGS), [], PromptInput)
+    assert usable == {"retry": "f5"} and "undo: f5 is already bound to retry" in problems[0]
+
+
+# -- themes ----------------------------------------------------------------------------------------
+
+
+def test_broken_themes_are_reported_and_skipped(tmp_path):
+    (tmp_path / "ok.toml").write_text('name = "ok"\nprimary = "#336699"\n')
+    (tmp_path / "colour.toml").write_text('name = "colour"\nprimary = "not-a-colour"\n')
+    (tmp_path / "types.toml").write_text('name = "types"\nprimary = "#fff"\ndark = "yes"\n')
+    (tmp_path / "toml.toml").write_text('name = "x\n')
+    themes, problems = load_themes([tmp_path])
+    assert [t.name for t in themes] == ["ok"]
+    assert len(problems) == 3 and all("not a usable theme" in p for p in problems)
