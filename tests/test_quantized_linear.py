@@ -92,8 +92,12 @@ def test_dtype_int8_loads_through_the_command_line(parrot_checkpoint):
 def test_backend_reports_the_quantized_dtype_and_refuses_other_devices(parrot_checkpoint):
     backend = LocalBackend.load(parrot_checkpoint, dtype="int4")
     assert backend.info.dtype == "int4"
-    with pytest.raises(ValueError, match="CPU only"):
-        LocalBackend.load(parrot_checkpoint, dtype="int8", device="meta")
+    import torch
+
+    from chatterm.model.device import pick_precision
+
+    with pytest.raises(ValueError, match="CPU only"):  # checked before any GPU is touched
+        pick_precision("int8", torch.device("cuda"))
 
 
 def test_gguf_q8_0_file_quantized_to_int8_matches_its_dequantized_model(tmp_path):

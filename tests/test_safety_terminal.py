@@ -78,7 +78,7 @@ def test_names_and_paths_in_messages_are_inert(tmp_path, hostile_checkpoint, par
     assert r.returncode == 2 and b"/nosuch.pt: no such file" in r.stderr  # the escapes are gone
     _no_escapes(r.stderr)
     r = _chatterm(tmp_path, parrot_checkpoint, "--plain", input=f"/model {hostile_checkpoint}\n/model {bad_path}\n".encode())
-    assert r.returncode == 0 and b"(loaded evilname)" in r.stderr, r.stderr
+    assert r.returncode == 0 and b"loaded evilname\n" in r.stderr, r.stderr
     _no_escapes(r.stderr)
 
 

@@ -34,7 +34,7 @@ from .errors import CheckpointError, reading
 from .errors import first_line as _first_line
 from .gpt import GPT
 from .memory import check_fits
-from .registry import cap_context
+from .registry import ARCHITECTURES, build_model, cap_context
 
 META_FILE = "chatterm.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -322,27 +322,8 @@ def _torch_load(path: Path):
 
 
 def _build(config: GPTConfig, sd: dict, path: Path) -> GPT:
-    with torch.device("meta"):
-        model = GPT(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if config.tie_embeddings:
-        sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
-        expected.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing:
-        raise CheckpointError(f"{path}: weights are missing {len(missing)} tensors, e.g. {missing[0]!r}")
-    if unexpected:
-        raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} (and {len(unexpected) - 1} more)")
-    for key, shape in expected.items():
-        if tuple(sd[key].shape) != tuple(shape):
-            raise CheckpointError(
-                f"{path}: tensor {key!r} has shape {tuple(sd[key].shape)}, the config needs {tuple(shape)}"
-            )
-    model.load_state_dict(sd, strict=False, assign=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight
-    return model
+    """The GPT for `config` with the tensors of `sd` assigned, names and shapes checked first."""
+    return build_model(ARCHITECTURES["gpt2"], config, sd, path)
 
 
 def _default_dtype(sd: dict, device) -> torch.dtype:
