@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .tokenizer import TokenizerError
+from .tokenizer import TokenizerError, shown_bytes
 
 
 def byte_level_alphabet() -> dict[str, int]:
@@ -143,8 +143,4 @@ class HFTokenizer:
 
     def token_text(self, token_id: int) -> str:
         """A token shown on its own (for the inspector); partial UTF-8 shows as escapes."""
-        raw = self.token_bytes(token_id)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+        return shown_bytes(self.token_bytes(token_id))

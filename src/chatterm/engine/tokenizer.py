@@ -120,11 +120,7 @@ class Tokenizer:
 
     def token_text(self, token_id: int) -> str:
         """A token shown on its own (for the inspector); partial UTF-8 shows as escapes."""
-        raw = self.token_bytes(token_id)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
+        return shown_bytes(self.token_bytes(token_id))
 
 
 def spec_key(spec: dict) -> str:
@@ -158,3 +154,12 @@ def _gpt2_encoding() -> tiktoken.Encoding:
         mergeable_ranks=ranks,
         special_tokens={ENDOFTEXT: 50256},
     )
+
+
+def shown_bytes(raw: bytes) -> str:
+    """Token bytes as text for display: UTF-8 where they decode, else ASCII with \\xNN escapes
+    (a token can hold part of a character)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(chr(b) if b < 0x80 else f"\\x{b:02x}" for b in raw)
