@@ -140,9 +140,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "User:/Assistant: template, for base models (default: auto)")
 
 
-def _remote_options(args) -> dict:
-    """The remote flags as open_backend options (a local checkpoint ignores them)."""
-    return {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
+def _backend_options(args, path, device, dtype) -> dict:
+    """The flags that say how to open a model, checked, as open_backend options. Every front end
+    (TUI, plain REPL, generate) opens its model with these, so a flag means the same in each."""
+    from .session.backends import REMOTE_SCHEMES
+
+    remote = {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
+    if any(v is not None for v in remote.values()) and not str(path).startswith(REMOTE_SCHEMES):
+        raise UserError(f"{path}: --remote-model, --api-key-env and --remote-mode are for a server address "
+                        "(http:// or https://)")
+    if args.context is not None and args.context < 2:
+        raise UserError(f"--context {args.context}: the context window must be at least 2 tokens")
+    return {"device": device, "dtype": dtype, "n_head": args.n_head, "context": args.context, **remote}
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -211,7 +220,8 @@ def cmd_chat(args) -> int:
         return _plain_chat(config, settings, checkpoint, problems, args)
     from .ui.app import ChatApp
 
-    app = ChatApp(config, checkpoint, problems, settings=settings)
+    app = ChatApp(config, checkpoint, problems, settings=settings,
+                  backend_options=_backend_options(args, checkpoint, config.device, config.dtype))
     _quit_on_terminate(app)
     app.run()
     return app.return_code or 0
@@ -244,8 +254,10 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     for problem in problems:
         print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
 
+    options = _backend_options(args, checkpoint, config.device, config.dtype)
+
     def load(path):
-        return _load_backend(path, config.device, config.dtype, args.n_head, args.context, **_remote_options(args))
+        return _load_backend(path, options)
 
     session = ChatSession(
         load(checkpoint),
@@ -264,23 +276,16 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     return chat.run(sys.stdin)
 
 
-def _load_backend(path, device, dtype, n_head=None, context=None, **remote):
+def _load_backend(path, options: dict):
     from .session.backends import REMOTE_SCHEMES, open_backend
     from .session.sanitize import printable
 
-    is_remote = str(path).startswith(REMOTE_SCHEMES)
-    if any(v is not None for v in remote.values()) and not is_remote:
-        raise UserError(f"{path}: --remote-model, --api-key-env and --remote-mode are for a server address "
-                        "(http:// or https://)")
-    if context is not None and context < 2:
-        raise UserError(f"--context {context}: the context window must be at least 2 tokens")
     try:
-        progress = _progress_line if sys.stderr.isatty() and not is_remote else None
-        backend = open_backend(path, device=device, dtype=dtype, n_head=n_head, context=context, progress=progress,
-                               **remote)
+        progress = _progress_line if sys.stderr.isatty() and not str(path).startswith(REMOTE_SCHEMES) else None
+        backend = open_backend(path, progress=progress, **options)
     except ValueError as e:  # bad --device / --dtype; a server refusing, absent or unreachable
         raise UserError(str(e)) from None
-    for warning in getattr(backend, "warnings", ()):  # a remote one's, e.g. plain http to another machine
+    for warning in backend.warnings:  # e.g. plain http to another machine
         print(f"chatterm: warning: {printable(warning)}", file=sys.stderr)
     return backend
 
@@ -305,8 +310,8 @@ def cmd_generate(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if not prompt:
         raise UserError("the prompt is empty")
-    backend = _load_backend(args.checkpoint or str(default_checkpoint()), args.device, args.dtype, args.n_head,
-                            args.context, **_remote_options(args))
+    path = args.checkpoint or str(default_checkpoint())
+    backend = _load_backend(path, _backend_options(args, path, args.device, args.dtype))
     settings = _with_model_recommendation(layers, backend)
     if args.chat:
         events = ChatSession(backend, settings, Conversation()).send(prompt)

@@ -30,6 +30,11 @@ class BackendInfo:
 
 class ChatBackend(Protocol):
     info: BackendInfo
+    # What the front ends show besides replies:
+    warnings: list[str]  # one line each, printed once after opening (plain http to another machine)
+    supported_settings: dict[str, str | None]  # setting -> why it is ignored; absent or None: honoured
+    context_is_estimate: bool  # context_tokens counts characters, not the model's tokens
+    inspector_note: str | None  # why the token inspector stays empty (a server without logprobs)
 
     def reply(
         self,

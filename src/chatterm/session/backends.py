@@ -18,6 +18,10 @@ from pathlib import Path
 from .backend import ChatBackend
 
 REMOTE_SCHEMES = ("http://", "https://")
+# Options only a server takes. A front end passes the same options for every spec it opens (a
+# `/model PATH` after starting on a server), so a local checkpoint drops these; a remote
+# backend likewise ignores a local one's (device, dtype, ...).
+REMOTE_ONLY_OPTIONS = frozenset({"model", "api_key", "api_key_env", "mode", "timeout"})
 
 
 def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
@@ -35,7 +39,8 @@ def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
         return RemoteBackend.open(text, **options)
     from .local_backend import LocalBackend
 
-    return LocalBackend.load(_local_path(text), **options)
+    local = {name: value for name, value in options.items() if name not in REMOTE_ONLY_OPTIONS}
+    return LocalBackend.load(_local_path(text), **local)
 
 
 def _local_path(spec: str) -> Path:

@@ -34,6 +34,12 @@ class LocalBackend:
         self.template = template
         self.info = info
         self.meta = meta or {}
+        # What the front ends show (see ChatBackend): a model in this process honours every
+        # setting, counts its own tokens and always has probabilities for the inspector.
+        self.warnings: list[str] = []
+        self.supported_settings: dict[str, str | None] = {}
+        self.context_is_estimate = False
+        self.inspector_note: str | None = None
         builder = JinjaPromptBuilder if isinstance(template, JinjaChatTemplate) else PromptBuilder
         self.prompts = builder(self.tokenizer, template, info.context_window)
 

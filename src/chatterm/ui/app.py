@@ -70,10 +70,13 @@ class ChatApp(TuiFrontEnd, App):
     }
 
     def __init__(self, config: AppConfig, checkpoint: str | None, problems: list[str] | None = None,
-                 *, settings: LayeredSettings | None = None) -> None:
+                 *, settings: LayeredSettings | None = None, backend_options: dict | None = None) -> None:
         super().__init__()
         self.config = config
         self.checkpoint = checkpoint
+        # How to open models (device, dtype, --context, a server's flags): for the first one and
+        # for every `/model` after it, as in the plain REPL.
+        self.backend_options = backend_options or {"device": config.device, "dtype": config.dtype}
         self.problems = list(problems or [])
         if settings is None:  # no command line: the config's values are the user's layer
             settings = LayeredSettings()
@@ -163,22 +166,30 @@ class ChatApp(TuiFrontEnd, App):
                         "load a checkpoint with /model PATH"))
                     return
                 path = str(default_checkpoint())
-            backend = open_backend(path, device=self.config.device, dtype=self.config.dtype)
+            backend = open_backend(path, progress=self._loading_progress, **self.backend_options)
         except Exception as e:  # a bad file must never take the app down: one line, old model kept
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             self.post_message(ModelFailed(message))
             return
         self.post_message(ModelLoaded(backend, time.perf_counter() - started))
 
+    def _loading_progress(self, what: str, fraction: float) -> None:
+        """Called on the torch thread while a big model loads."""
+        self.call_from_thread(setattr, self.status, "busy", f"loading {what} {fraction:.0%}" if fraction < 1 else "")
+
     def on_model_loaded(self, message: ModelLoaded) -> None:
         self.status.busy = ""
-        self.commands.use_backend(message.backend)
-        info = message.backend.info
+        backend = message.backend
+        self.commands.use_backend(backend)
+        info = backend.info
         self.status.model = info.name
         self.status.device = f"{info.device} {info.dtype}"
         self.status.note = ""
-        self.note(f"loaded {info.name} ({info.parameters / 1e6:.1f}M parameters, window {info.context_window}) "
-                  f"in {message.seconds:.1f} s")
+        size = f"{info.parameters / 1e6:.1f}M parameters, " if info.parameters else ""
+        self.note(f"loaded {info.name} ({size}window {info.context_window}) in {message.seconds:.1f} s")
+        for warning in backend.warnings:
+            self.note(warning, "error")
+        self.settings_panel.mark_unsupported(backend.supported_settings)
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self.status.busy = ""
@@ -232,6 +243,7 @@ class ChatApp(TuiFrontEnd, App):
         backend = self.session.backend
         if backend is not None:
             self.status.context = (self.session.context_tokens(), backend.info.context_window)
+            self.status.context_is_estimate = backend.context_is_estimate
 
     # -- actions -------------------------------------------------------------------------------
 

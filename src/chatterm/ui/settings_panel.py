@@ -38,6 +38,7 @@ class SettingsPanel(VerticalScroll):
         super().__init__(**kwargs)
         self.settings = settings
         self.system = system
+        self.unsupported: dict[str, str] = {}  # setting -> why the backend ignores it
         self.border_title = "Settings"
         self.border_subtitle = "^s save as defaults"
 
@@ -55,7 +56,8 @@ class SettingsPanel(VerticalScroll):
         return self.settings.live.describe(name)
 
     def _tooltip_for(self, name: str) -> str:
-        return f"{SPECS[name].help}\nnow {self.settings.describe(name)}"
+        unused = f"\nnot used by this model: {self.unsupported[name]}" if name in self.unsupported else ""
+        return f"{SPECS[name].help}\nnow {self.settings.describe(name)}{unused}"
 
     @on(Input.Changed, ".setting")
     def _changed(self, event: Input.Changed) -> None:
@@ -84,6 +86,15 @@ class SettingsPanel(VerticalScroll):
 
     def action_save_defaults(self) -> None:
         self.post_message(self.SaveDefaults())
+
+    def mark_unsupported(self, reasons: dict[str, str | None]) -> None:
+        """Grey out the settings the backend does not honour (a server that refuses top_k, say),
+        with the reason as the tooltip. The value still applies if the backend learns to."""
+        self.unsupported = {name: reason for name, reason in reasons.items() if reason}
+        for name in SPECS:
+            field = self.query_one(f"#set-{name}", Input)
+            field.set_class(name in self.unsupported, "-unsupported")
+            field.tooltip = self._tooltip_for(name)
 
     def refresh_values(self, system: str | None = None) -> None:
         """Show the values in force (after `/set`, a model's recommendation, ...)."""

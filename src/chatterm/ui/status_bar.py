@@ -21,6 +21,7 @@ class StatusBar(Widget):
     model: reactive[str] = reactive("no model")
     device: reactive[str] = reactive("")  # "cpu fp32"
     context: reactive[tuple[int, int]] = reactive((0, 0))  # (used, window)
+    context_is_estimate: reactive[bool] = reactive(False)  # a server that cannot count tokens: "~"
     speed: reactive[str] = reactive("")  # "TTFT 0.12 s · 41.3 tok/s"
     note: reactive[str] = reactive("")  # "dropped 2 old turns to fit", an error
     busy: reactive[str] = reactive("")  # "loading model", "generating": shows a spinner
@@ -50,7 +51,7 @@ class StatusBar(Widget):
             out.append("  ctx ", style="dim")
             out.append("▰" * filled, style="bold" if used < 0.9 * window else "bold red")
             out.append("▱" * (METER - filled), style="dim")
-            out.append(f" {used}/{window}")
+            out.append(f" {'~' if self.context_is_estimate else ''}{used}/{window}")
         if self.speed:
             out.append(f"  {self.speed}")
         if self.note:
