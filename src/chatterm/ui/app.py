@@ -78,11 +78,16 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         "toggle_inspector": "Show or hide the token inspector",
         "help": "Help: commands and keys",
         "quit": "Quit chatterm",
+        "scroll_chat('page_up')": "Scroll the chat up a page (the message box keeps the focus)",
+        "scroll_chat('page_down')": "Scroll the chat down a page",
+        "scroll_chat('home')": "Scroll to the start of the chat",
+        "scroll_chat('end')": "Scroll to the end of the chat (and follow new text)",
     }
 
     def __init__(self, config: AppConfig, checkpoint: str | None, problems: list[str] | None = None,
                  *, settings: LayeredSettings | None = None, backend_options: dict | None = None) -> None:
         super().__init__()
+        recognise_alt_enter()  # before the driver starts reading keys
         self.config = config
         self.checkpoint = checkpoint
         # How to open models (device, dtype, --context, a server's flags): for the first one and
@@ -134,7 +139,6 @@ class ChatApp(Navigation, TuiFrontEnd, App):
     def on_mount(self) -> None:
         self.replies = ReplyStream(self, self.chat, self.inspector, self.status)
         self.queue = SendQueue(self.chat)
-        recognise_alt_enter()
         self._apply_themes()
         self._apply_keys()
         prompt = self.prompt
@@ -227,11 +231,10 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         self.send(text[1:] if text.startswith("//") else text)
 
     def send(self, text: str) -> None:
-        if self.busy or self.session.backend is None and self.model_loading:
-            self.queue.add(text)  # sent when the reply ends or the model is ready (send_queue.py)
-            return
-        if not self._can_reply():
-            self.edit_text(text)  # kept, not cleared
+        if self.busy or self.session.backend is None:
+            self.queue.add(text)  # sent when the reply ends or a model is ready (send_queue.py)
+            if self.session.backend is None and not self.model_loading:
+                self.note("no model loaded yet: /model PATH loads one (your message is queued)", "error")
             return
         try:
             events = self.session.send(text, inspect=INSPECT_TOP)
