@@ -135,6 +135,12 @@ async def test_wide_screen_keys_focus_a_shown_panel_before_hiding_it(parrot_chec
         await pilot.press("f2")
         await type_keys(pilot, "typed")
         assert app.prompt.text == "typed"
+        await pilot.press("f3")  # the inspector has the focus when the terminal is narrowed
+        assert app.focused is inspector
+        await pilot.resize_terminal(80, 24)
+        await wait_until(pilot, lambda: app.focused is app.prompt, what="the focus back in the box")
+        await type_keys(pilot, "!")
+        assert app.prompt.text == "typed!"
 
 
 # -- 3. Alt+Enter -------------------------------------------------------------------------------

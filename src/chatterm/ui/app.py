@@ -144,6 +144,7 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         prompt = self.prompt
         prompt.border_title = "Message · Enter sends · Ctrl+J newline · /help"
         prompt.focus()
+        self.keep_focus()
         for problem in self.problems:
             self.note(problem, "error")
         self.status.busy = "loading model"
@@ -205,7 +206,8 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         size = f"{info.parameters / 1e6:.1f}M parameters, " if info.parameters else ""
         self.note(f"loaded {info.name} ({size}window {info.context_window}) in {message.seconds:.1f} s")
         self.welcome()
-        fit_context(self.session)  # a smaller window may hold fewer of the turns on screen
+        if not self.busy:  # (a reply's own prompt fitting is under way otherwise)
+            fit_context(self.session)  # a smaller window may hold fewer of the turns on screen
         self.update_context()
         for warning in backend.warnings:
             self.note(warning, "error")

@@ -46,7 +46,7 @@ class StatusBar(Widget):
         parts = self._parts()
         width = self.size.width or 10_000
         # Drop the least useful parts until the line fits (priority: lower goes first).
-        while sum(len(text) for _, _, text in parts) > width and any(p < 9 for p, _, _ in parts):
+        while sum(text.cell_len for _, _, text in parts) > width and any(p < 9 for p, _, _ in parts):
             parts.remove(min((p for p in parts if p[0] < 9), key=lambda p: p[0]))
         out = Text(no_wrap=True, overflow="ellipsis")
         for _, _, text in sorted(parts, key=lambda p: p[1]):
