@@ -209,10 +209,20 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         if not self.busy:  # (a reply's own prompt fitting is under way otherwise)
             fit_context(self.session)  # a smaller window may hold fewer of the turns on screen
         self.update_context()
-        for warning in backend.warnings:
-            self.note(warning, "error")
-        self.settings_panel.mark_unsupported(backend.supported_settings)
+        self._warnings_shown: set[str] = set()
+        self.settings_panel.show_when_changes_apply(backend.settings_apply_mid_reply)
+        self._show_backend_news()
         self.send_queued()
+
+    def _show_backend_news(self) -> None:
+        """What the backend learnt since last asked (a server's refusals, a mode switch): its new
+        warnings as notes, the settings it ignores greyed out. After loading and after each reply."""
+        backend = self.session.backend
+        for warning in backend.warnings:
+            if warning not in self._warnings_shown:
+                self._warnings_shown.add(warning)
+                self.note(warning, "error")
+        self.settings_panel.mark_unsupported(backend.supported_settings)
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self.status.busy = ""
@@ -274,6 +284,8 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         # The session wrote the turn with its note ("stopped", "cut at max_new_tokens", an error).
         note = turns[-1].note if message.done is not None and turns and turns[-1].role == "assistant" else ""
         await self.replies.finished(message, note)
+        if self.session.backend is not None:
+            self._show_backend_news()
         self.update_context()
         self.send_queued()
 
