@@ -204,8 +204,8 @@ class ChatApp(Navigation, TuiFrontEnd, App):
         self.status.device = f"{info.device} {info.dtype}"
         self.status.note = ""
         size = f"{info.parameters / 1e6:.1f}M parameters, " if info.parameters else ""
+        self.welcome()  # (first, so that the load note stays the last note, as before)
         self.note(f"loaded {info.name} ({size}window {info.context_window}) in {message.seconds:.1f} s")
-        self.welcome()
         if not self.busy:  # (a reply's own prompt fitting is under way otherwise)
             fit_context(self.session)  # a smaller window may hold fewer of the turns on screen
         self.update_context()
