@@ -74,28 +74,41 @@ def interrupt_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     server and every session it started have ended (RuntimeError if one is left)."""
     os.killpg(proc.pid, signal.SIGINT)
     code = proc.wait(timeout)
-    deadline = time.monotonic() + timeout
-    while group_alive(proc.pid):
-        if time.monotonic() > deadline:
-            raise RuntimeError("a browser session's process outlived the server")
-        time.sleep(0.05)
+    wait_for(lambda: not group_members(proc.pid), "the browser sessions to end with the server", timeout)
     return code
 
 
-def group_alive(pgid: int) -> bool:
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group, read from Linux's /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _parent, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if int(group) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return sorted(members)
+
+
+def kill_group(pgid: int) -> None:
     try:
-        os.killpg(pgid, 0)
+        os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        pass  # already gone
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)  # polling; the deadline bounds it
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:
     """Kill what is left of a process group we started (after a failure)."""
-    if group_alive(proc.pid):
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_group(proc.pid)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
@@ -245,8 +258,7 @@ class DevTools:
             if connection:
                 await connection.close()
         if self.process:
-            if group_alive(self.process.pid):
-                os.killpg(self.process.pid, signal.SIGKILL)
+            kill_group(self.process.pid)
             self.process.wait(10)
             self.process.stderr.close()
         self.profile.cleanup()
@@ -285,7 +297,7 @@ async def chat_in_browser(url: str, chromium: str, message: str, expect: str, re
         seen_frames = len(browser.events)
         return screen.text()
 
-    async def wait_for(condition, what: str) -> None:
+    async def until(condition, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
@@ -297,7 +309,7 @@ async def chat_in_browser(url: str, chromium: str, message: str, expect: str, re
         await browser.call("Network.enable")
         await browser.call("Page.enable")
         await browser.call("Page.navigate", url=url)
-        await wait_for(lambda: ready in screen_now(), f"{ready!r} on the screen")
+        await until(lambda: ready in screen_now(), f"{ready!r} on the screen")
         await browser.call("Runtime.evaluate", expression="document.querySelector('.xterm-helper-textarea').focus()")
         before = screen_now()
         await browser.call("Input.insertText", text=message)
@@ -305,9 +317,9 @@ async def chat_in_browser(url: str, chromium: str, message: str, expect: str, re
             await browser.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
                                windowsVirtualKeyCode=13, **({"text": "\r"} if kind == "keyDown" else {}))
         if expect:
-            await wait_for(lambda: expect in screen_now(), f"the reply {expect!r}")
+            await until(lambda: expect in screen_now(), f"the reply {expect!r}")
         else:
-            await wait_for(lambda: message in screen_now() and screen_now() != before, "a reply")
+            await until(lambda: message in screen_now() and screen_now() != before, "a reply")
         shot = await browser.call("Page.captureScreenshot", format="png")
         result.screenshot = base64.b64decode(shot["data"])
         result.screen = screen_now()
