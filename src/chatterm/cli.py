@@ -228,6 +228,8 @@ def cmd_chat(args) -> int:
     app = ChatApp(config, checkpoint, problems, settings=settings,
                   backend_options=_backend_options(args, checkpoint, config.device, config.dtype))
     _quit_on_terminate(app)
+    if in_browser_session():  # the server ends its sessions by a quit message (as Ctrl+Q); the Ctrl+C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # typed at the server's terminal is not for them
     app.run()
     return app.return_code or 0
 

@@ -1,13 +1,17 @@
 """`chatterm --web`: the chat TUI served to a browser on this machine, with textual-serve.
 
-- `serve_chat(args)` serves until Ctrl+C (or SIGTERM) and returns 0. Each browser tab gets its
-  own `chatterm chat ...` process: textual-serve runs one shell command per websocket. That
-  command is `session_command(args)`: this interpreter, `-m chatterm`, and the chat flags the
-  server was started with (checkpoint, --context, remote and sampling flags, ...), rebuilt from
-  the parsed flags and every one shlex-quoted, so no text of the user's reaches the shell unquoted.
+- `serve_chat(args)` serves until Ctrl+C (or SIGTERM), then sends each session textual-serve's
+  quit message, waits for them to end, and returns 0. Sessions ignore SIGINT (cli.py): the
+  Ctrl+C typed at the server's terminal reaches the whole process group, and a session must end
+  through that message, the TUI's own exit. Each browser tab gets its own `chatterm chat ...`
+  process: textual-serve runs one shell command per websocket. That command is
+  `session_command(args)`: this interpreter, `-m chatterm`, and the chat flags the server was
+  started with (checkpoint, --context, remote and sampling flags, ...), rebuilt from the parsed
+  flags and every one shlex-quoted, so no text of the user's reaches the shell unquoted.
 - The server listens on 127.0.0.1 only. Remote use goes through an SSH tunnel
-  (`ssh -L PORT:127.0.0.1:PORT host`), never a public socket: whoever reaches the port can use
-  the model and read the saved chats.
+  (`ssh -L PORT:127.0.0.1:PORT host`, the same PORT at both ends: the page names its own
+  address), never a public socket: whoever reaches the port can use the model and read the
+  saved chats.
 - Only pages of this server may drive a session: a websocket from another origin (any web page
   open in the same browser may try `ws://127.0.0.1:PORT`, websockets are not bound by the
   same-origin policy) and a request naming another host (DNS rebinding) are refused with 403.
@@ -27,7 +31,6 @@ import re
 import shlex
 import socket
 import sys
-from pathlib import Path
 
 from .cli import UserError
 
@@ -172,11 +175,8 @@ def _server_class():
             print(f"chatterm: serving the chat at {self.url} (open it in a browser on this machine; "
                   "Ctrl+C stops)", flush=True)
 
+        async def on_shutdown(self, app) -> None:
+            print("chatterm: stopping; waiting for the open chats to close (a model still loading "
+                  "finishes loading first)", flush=True)
+
     return ChatServer
-
-
-def static_folder() -> Path:
-    """textual-serve's shipped assets (for the tests)."""
-    from textual_serve import server
-
-    return Path(server.__file__).parent / "static"
