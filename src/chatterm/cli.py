@@ -231,6 +231,7 @@ def cmd_chat(args) -> int:
     if in_browser_session():  # the server ends its sessions by a quit message (as Ctrl+Q); the Ctrl+C
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # typed at the server's terminal is not for them
     app.run()
+    app.session.stop()  # the web driver's quit skips Ctrl+Q's stop: end a reply in flight before exit joins it
     return app.return_code or 0
 
 
