@@ -1,6 +1,10 @@
 """The TUI on a server and with model-opening options: what the app shows about its backend.
 Fault cases come from the scripted server (tests/remote_servers.py); a real model runs locally."""
 
+import os
+import subprocess
+import sys
+
 from rich.console import Console
 
 from chatterm.session.config import AppConfig
@@ -34,6 +38,7 @@ async def test_the_tui_opens_models_with_the_command_lines_options(tmp_path):
         await loaded(app, pilot)
         assert app.session.backend.info.context_window == 64
         assert app.status.context[1] == 64
+        assert app.settings_panel.border_title == "Settings"  # local: changes act on the next token
 
 
 async def test_a_server_that_refuses_settings_and_gives_no_probabilities(tmp_path):
@@ -45,6 +50,7 @@ async def test_a_server_that_refuses_settings_and_gives_no_probabilities(tmp_pat
             await loaded(app, pilot)
             load_note = str(app.chat.query(Note).last().render())
             assert "loaded scripted (window" in load_note and "parameters" not in load_note
+            assert "next reply" in app.settings_panel.border_title
             app.send("hi")
             await wait_until(pilot, lambda: not app.busy and app.chat.query(AssistantMessage), what="the reply")
             await app.workers.wait_for_complete()
@@ -66,3 +72,28 @@ async def test_a_server_switching_to_completion_mode_says_so_in_the_chat():
             app.send("hi")
             await wait_until(pilot, lambda: any("completion mode" in str(n.render()) for n in app.chat.query(Note)),
                              what="the warning")
+
+
+def test_the_config_names_the_api_key_variable_never_the_key(tmp_path, monkeypatch):
+    from chatterm.session.config import load_config, save_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('api_key_env = "MY_SERVER_KEY"\n')
+    config, problems = load_config(path)
+    assert config.api_key_env == "MY_SERVER_KEY" and not problems
+    save_config(config)
+    assert load_config(path)[0].api_key_env == "MY_SERVER_KEY"
+    path.write_text('api_key_env = "sk-abc123-secret"\n')
+    config, problems = load_config(path)
+    assert config.api_key_env is None and "the name of an environment variable" in problems[0]
+    assert "sk-abc123" not in problems[0]
+    with ScriptedServer([Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))]) as server:
+        monkeypatch.setenv("MY_SERVER_KEY", "sk-from-env")
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        path.write_text(f'api_key_env = "MY_SERVER_KEY"\nmodel = "{server.url}"\n')
+        result = subprocess.run([sys.executable, "-m", "chatterm", "--config", str(path), "--plain"], input="hi\n",
+                                capture_output=True, text=True, timeout=60, env={**os.environ})
+        assert result.returncode == 0, result.stderr
+        sent = [{k.lower(): v for k, v in h.items()}.get("authorization") for h in server.headers]
+        assert "Bearer sk-from-env" in sent
+        assert "sk-from-env" not in result.stdout + result.stderr

@@ -61,6 +61,7 @@ class RemoteBackend:
         self.template = template or DEFAULT_TEMPLATE
         self.warnings: list[str] = []  # one line each, for the front end to print once
         self.inspector_note: str | None = None  # set once the server turns out to give no logprobs
+        self.settings_apply_mid_reply = False  # a request's settings are fixed once it is sent
         self._dropped_fields: set[str] = set()  # request fields this server refused
         self.chat_works = False  # a chat reply has succeeded: chat-route failures are not about templates
         self.counter = TokenCounter(client if facts.can_tokenize else None, f"remote:{facts.address.root}/{facts.model}")

@@ -188,6 +188,7 @@ class ChatApp(TuiFrontEnd, App):
         size = f"{info.parameters / 1e6:.1f}M parameters, " if info.parameters else ""
         self.note(f"loaded {info.name} ({size}window {info.context_window}) in {message.seconds:.1f} s")
         self._warnings_shown: set[str] = set()
+        self.settings_panel.show_when_changes_apply(backend.settings_apply_mid_reply)
         self._show_backend_news()
 
     def _show_backend_news(self) -> None:
