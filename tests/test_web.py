@@ -90,20 +90,26 @@ def test_the_shell_gets_each_argument_as_given(tmp_path):
 
 @needs_textual_serve
 async def test_the_page_is_served_with_its_own_assets_only(capsys):
+    from aiohttp import CookieJar
     from aiohttp.test_utils import TestClient, TestServer
 
     port = web.free_port()
     server = web._server_class()(web.session_command(parsed(str(PARROT), "--web")), port)
-    async with TestClient(TestServer(await server._make_app(), host=web.HOST, port=port)) as client:
-        page = await client.get("/")
+    home = f"http://127.0.0.1:{port}"
+    async with TestClient(TestServer(await server._make_app(), host=web.HOST, port=port),
+                          cookie_jar=CookieJar(unsafe=True)) as client:  # unsafe: keep cookies of IP addresses
+        assert (await client.get("/")).status == 403  # no token: another user of this machine
+        assert (await client.get("/?token=wrong")).status == 403
+        page = await client.get(f"/?token={server.token}")
         assert page.status == 200
         html = await page.text()
         assert 'class="textual-terminal"' in html and f"ws://127.0.0.1:{port}/ws" in html
         urls = set(re.findall(r"""https?://[^\s"')]+""", html)) - {"http://www.w3.org/2000/svg"}  # an XML namespace
-        assert urls and all(url.startswith(f"http://127.0.0.1:{port}/static/") for url in urls), urls
+        assert urls and all(url.startswith(f"{home}/static/") for url in urls), urls
         for url in urls:  # the script, styles, background and the font are all shipped
-            assert (await client.get(url.split(str(port), 1)[1])).status == 200, url
+            assert (await client.get(url.removeprefix(home))).status == 200, url
         assert "fonts/RobotoMono" in html
+        assert (await client.get("/")).status == 200  # the cookie now stands for the token
 
         evil = await client.get("/ws", headers={"Origin": "http://evil.example", "Upgrade": "websocket",
                                                 "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -111,8 +117,9 @@ async def test_the_page_is_served_with_its_own_assets_only(capsys):
         assert evil.status == 403  # another site's page may not drive a chat
         rebound = await client.get("/", headers={"Host": f"evil.example:{port}"})
         assert rebound.status == 403  # DNS rebinding: a foreign name for our address
-        assert (await client.get("/", headers={"Host": f"localhost:{port}"})).status == 200
-    assert f"serving the chat at http://127.0.0.1:{port}/" in capsys.readouterr().out
+        local = await client.get("/?token=x", headers={"Host": f"localhost:{port}"}, allow_redirects=False)
+        assert local.status == 302 and local.headers["Location"] == f"{home}/?token=x"
+    assert f"serving the chat at {home}/?token={server.token}" in capsys.readouterr().out
 
 
 def error_of(argv, capsys) -> str:
@@ -151,8 +158,8 @@ def test_closing_the_page_ends_its_session_and_ctrl_c_the_server(tmp_path):
     server, url = web_check.start_server([str(PARROT), "--web", "--port", "0"])
     try:
         async def one_session():
-            origin = url.rstrip("/")
-            async with aiohttp.ClientSession() as http, http.ws_connect(f"{origin.replace('http', 'ws')}/ws",
+            origin, token = url.split("/?")
+            async with aiohttp.ClientSession() as http, http.ws_connect(f"{origin.replace('http', 'ws')}/ws?{token}",
                                                                          headers={"Origin": origin}) as socket_:
                 while (await socket_.receive(timeout=60)).type != aiohttp.WSMsgType.BINARY:
                     pass  # the session draws its first frame

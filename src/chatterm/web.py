@@ -15,6 +15,9 @@
 - Only pages of this server may drive a session: a websocket from another origin (any web page
   open in the same browser may try `ws://127.0.0.1:PORT`, websockets are not bound by the
   same-origin policy) and a request naming another host (DNS rebinding) are refused with 403.
+  And only someone who knows the address printed at start: it carries a random token (kept in
+  a cookie by the page), since on a shared machine every local user reaches 127.0.0.1, and a
+  chat session can read your chats and write files as you (/export).
 - The page needs nothing from the network: textual-serve ships its JavaScript, CSS and the Roboto
   Mono font; the one external link of its page (a Google Fonts stylesheet) is replaced by
   @font-face rules for the shipped font files.
@@ -28,6 +31,7 @@ import argparse
 import logging
 import os
 import re
+import secrets
 import shlex
 import socket
 import sys
@@ -146,26 +150,39 @@ def _server_class():
             return _FONT_LINK.sub(_SHIPPED_FONT, source), filename, uptodate
 
     class ChatServer(Server):
-        """textual-serve's server on 127.0.0.1, for pages of its own origin only."""
+        """textual-serve's server on 127.0.0.1, for pages of its own origin that know its token."""
 
         def __init__(self, command: str, port: int):
             super().__init__(command, host=HOST, port=port, title="chatterm")
-            self.url = f"http://{HOST}:{port}/"
+            self.token = secrets.token_urlsafe(24)
+            self.url = f"http://{HOST}:{port}/?token={self.token}"
+            self.cookie = f"chatterm-token-{port}"  # cookies are not kept apart by port: name it by port
+            self.home = f"{HOST}:{port}"  # the page's script, styles and websocket are named by this address
             self.allowed_hosts = {f"{name}:{port}" for name in (HOST, "localhost", "[::1]")}
 
         async def _make_app(self):
             app = await super()._make_app()
             aiohttp_jinja2.setup(app, loader=OfflinePage(self.templates_path))
-            app.middlewares.append(self.own_origin_only)
+            app.middlewares.append(self.guard)
             return app
 
         @web.middleware
-        async def own_origin_only(self, request, handler):
+        async def guard(self, request, handler):
             origin = request.headers.get("Origin")  # browsers always send it with a websocket
             origin_host = origin.split("://", 1)[-1] if origin else None
             if request.host not in self.allowed_hosts or (origin and origin_host not in self.allowed_hosts):
                 raise web.HTTPForbidden(text="chatterm serves only pages of its own address\n")
-            return await handler(request)
+            if request.host != self.home:  # else the token's cookie would be another host's than the websocket's
+                raise web.HTTPFound(f"http://{self.home}{request.path_qs}")
+            if request.path.startswith("/static/"):
+                return await handler(request)  # textual-serve's public assets
+            by_query = secrets.compare_digest(request.query.get("token", ""), self.token)
+            if not (by_query or secrets.compare_digest(request.cookies.get(self.cookie, ""), self.token)):
+                raise web.HTTPForbidden(text="open the address chatterm printed, with its ?token=\n")
+            response = await handler(request)
+            if by_query and not response.prepared:  # the page's websocket then proves itself by cookie
+                response.set_cookie(self.cookie, self.token, httponly=True, samesite="Strict")
+            return response
 
         def initialize_logging(self) -> None:
             super().initialize_logging()
