@@ -69,7 +69,7 @@ def start_server(argv: list[str], env: dict | None = None, timeout: float = 60.0
     raise RuntimeError("the server did not start:\n" + "".join(proc.output))
 
 
-def interrupt_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
+def interrupt_server(proc: subprocess.Popen, timeout: float = 90.0) -> int:
     """Ctrl+C as a terminal sends it (SIGINT to the whole process group); the exit code, once the
     server and every session it started have ended (RuntimeError if one is left)."""
     os.killpg(proc.pid, signal.SIGINT)
@@ -370,7 +370,10 @@ def main() -> int:
             if foreign := foreign_requests(seen.requested, url):
                 print(f"FAIL: the page fetched from elsewhere: {foreign}", file=sys.stderr)
                 return 1
-            return 0 if codes[0] == 0 else 1
+            if "Traceback" in "".join(server.output) or codes[0] != 0:
+                print("FAIL: the server did not stop cleanly", file=sys.stderr)
+                return 1
+            return 0
         finally:
             stop_process_group(server)
 

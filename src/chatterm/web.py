@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ import secrets
 import shlex
 import socket
 import sys
+from pathlib import Path
 
 from .cli import UserError
 
@@ -42,7 +44,8 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 INSTALL_HINT = "pip install 'chatterm[web]'"
 WEB_ONLY = ("web", "port")  # flags of the server, not passed on to the sessions it starts
-CHAT_PARSER = "chat_parser"  # where add_arguments leaves the chat parser in the parsed flags
+CHAT_PARSER = "chat_parser"
+SESSION_EXIT_SECONDS = 120  # at Ctrl+C, how long the server waits for its sessions to end  # where add_arguments leaves the chat parser in the parsed flags
 
 # textual-serve's page links this stylesheet; offline it stalls or fails, online it tells Google.
 _FONT_LINK = re.compile(r"<link\b[^>]*fonts\.googleapis\.com[^>]*>", re.DOTALL)
@@ -107,6 +110,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def child_pids() -> list[int]:
+    """This process's live children, from Linux's /proc (elsewhere: none known, so no wait)."""
+    me, children = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue  # ended while we looked
+        if int(parent) == me and state != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
 def checked_port(port: int) -> int:
     """The port to serve on (0 picks a free one); UserError when it is out of range or taken."""
     if not 0 <= port <= 65535:
@@ -164,7 +180,17 @@ def _server_class():
             app = await super()._make_app()
             aiohttp_jinja2.setup(app, loader=OfflinePage(self.templates_path))
             app.middlewares.append(self.guard)
+            app.on_cleanup.append(self.wait_for_sessions)
             return app
+
+        async def wait_for_sessions(self, app) -> None:
+            """textual-serve stops waiting for a session when its output ends, but the process may
+            still be saving or joining its threads: wait for it here, while the event loop that
+            watches it still runs (else the server exits first and asyncio complains)."""
+            deadline = asyncio.get_running_loop().time() + SESSION_EXIT_SECONDS
+            while child_pids() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)  # polling the process table; bounded by the deadline
+            await asyncio.sleep(0)  # let the child watcher's last callbacks run
 
         @web.middleware
         async def guard(self, request, handler):
