@@ -44,8 +44,8 @@ HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 INSTALL_HINT = "pip install 'chatterm[web]'"
 WEB_ONLY = ("web", "port")  # flags of the server, not passed on to the sessions it starts
-CHAT_PARSER = "chat_parser"
-SESSION_EXIT_SECONDS = 120  # at Ctrl+C, how long the server waits for its sessions to end  # where add_arguments leaves the chat parser in the parsed flags
+CHAT_PARSER = "chat_parser"  # where add_arguments leaves the chat parser in the parsed flags
+SESSION_EXIT_SECONDS = 120  # at Ctrl+C, how long the server waits for its sessions to end
 
 # textual-serve's page links this stylesheet; offline it stalls or fails, online it tells Google.
 _FONT_LINK = re.compile(r"<link\b[^>]*fonts\.googleapis\.com[^>]*>", re.DOTALL)
