@@ -142,6 +142,8 @@ def serve_chat(args: argparse.Namespace) -> int:
     """Serve the chat that `args` describes until Ctrl+C; print the address to open."""
     if getattr(args, "plain", False):
         raise UserError("--web serves the TUI; --plain is for the terminal (use one of them)")
+    if os.name == "nt":  # textual-serve runs each session through cmd.exe, which shlex's quoting does not fit
+        raise UserError("--web needs a POSIX shell (Linux, macOS); it is not supported on Windows")
     server_class = _server_class()
     port = checked_port(args.port)
     server = server_class(session_command(args), port)
