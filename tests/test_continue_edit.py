@@ -146,3 +146,89 @@ def test_repl_continue_copy_and_editor(backend, tmp_path, monkeypatch):
     plain = PlainChat(session, settings=LayeredSettings(session.settings), out=io.StringIO(), err=(err := io.StringIO()))
     plain.run(["/copy\n"])
     assert "/copy needs a terminal" in err.getvalue()
+
+
+# -- the TUI, keyboard only ------------------------------------------------------------------------
+
+from chatterm.session.config import AppConfig  # noqa: E402
+from chatterm.ui.app import ChatApp  # noqa: E402
+from chatterm.ui.chat_view import AssistantMessage, UserMessage  # noqa: E402
+from chatterm.ui.prompt_input import PromptInput  # noqa: E402
+from helpers import wait_until  # noqa: E402
+
+
+def make_app(checkpoint, **sampling):
+    config = AppConfig()
+    config.sampling.update({"temperature": 0, **sampling})
+    return ChatApp(config, str(checkpoint), [])
+
+
+async def ready(app, pilot):
+    await app.workers.wait_for_complete()
+    await wait_until(pilot, lambda: app.status.busy == "", what="the model to load")
+
+
+async def send(pilot, text):
+    for ch in text:
+        await pilot.press("space" if ch == " " else ch)
+    await pilot.press("enter")
+
+
+async def settle(app, pilot):
+    await wait_until(pilot, lambda: not app.busy, what="the reply to finish")
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_tui_continue_grows_the_same_message(parrot_checkpoint):
+    app = make_app(parrot_checkpoint, max_new_tokens=6)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await send(pilot, "hi")
+        await settle(app, pilot)
+        reply = app.chat.query_one(AssistantMessage)
+        assert reply.border_subtitle == "cut at max_new_tokens" and reply.text != "hello there, friend"
+        app.session.settings.max_new_tokens = 100
+        await pilot.press("ctrl+t")
+        await settle(app, pilot)
+        assert app.chat.query_one(AssistantMessage) is reply  # the same widget, grown
+        assert reply.text.strip() == "hello there, friend" and not reply.border_subtitle
+        assert [t.text for t in app.session.conversation.turns] == ["hi", "hello there, friend"]
+
+
+async def test_tui_select_edit_copy_and_editor_with_keys_only(parrot_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", fake_editor(tmp_path, "what is your name?"))
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await send(pilot, "hi")
+        await settle(app, pilot)
+        await pilot.press("alt+c")  # nothing selected: the last reply
+        assert app.clipboard == "hello there, friend"
+        await pilot.press("alt+up", "alt+up")  # the user's message
+        assert app.selected == 0 and app.chat.query_one(UserMessage).has_class("-selected")
+        await pilot.press("alt+c")
+        assert app.clipboard == "hi"
+        await pilot.press("ctrl+o")
+        prompt = app.query_one(PromptInput)
+        assert prompt.text == "hi" and "Editing message 1" in str(prompt.border_title)
+        await pilot.press("escape")  # cancels the edit, and then the selection
+        assert app.session.editing is None and prompt.text == "" and "Editing" not in str(prompt.border_title)
+        await pilot.press("escape")
+        assert app.selected is None
+        # Edit message 1 for real: the box gets the text, Enter replaces it and regenerates.
+        await pilot.press("alt+up", "alt+up", "ctrl+o")
+        await pilot.press("ctrl+u")  # the box's own key: clear the line
+        await send(pilot, "how are you?")
+        await settle(app, pilot)
+        await wait_until(pilot, lambda: "1/2" not in str(app.chat.query_one(UserMessage).border_title)
+                         and len(app.message_widgets()) == 2)
+        assert [t.text for t in app.session.conversation.turns] == ["how are you?", "very well, thank you"]
+        assert str(app.chat.query_one(UserMessage).border_title) == "You · 2/2"
+        # $EDITOR: Ctrl+G puts what the editor wrote into the box, ready to send.
+        await pilot.press("ctrl+g")
+        await wait_until(pilot, lambda: prompt.text == "what is your name?")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.session.conversation.turns[-1].text == "my name is parrot"

@@ -135,7 +135,7 @@ class PlainChat:
         self.out.write(osc52(text))
         self.out.flush()
 
-    def compose(self, text: str) -> str:
+    def run_editor(self, text: str) -> str:
         from .session.external_editor import compose_in_editor
 
         return compose_in_editor(text)  # the editor gets the terminal: the REPL waits for input anyway

@@ -113,7 +113,7 @@ class FrontEnd(Protocol):
     def stream_more(self, events: Iterable) -> None: ...  # render more of the last reply (/continue)
     def edit_text(self, text: str) -> None: ...  # offer a taken-back message for editing
     def copy_text(self, text: str) -> None: ...  # to the clipboard; CommandError where it cannot
-    def compose(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
+    def run_editor(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
     def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
     def set_theme(self, name: str) -> None: ...  # ValueError for an unknown theme
     def key_help(self) -> list[str]: ...  # lines for /help about keys
@@ -222,7 +222,7 @@ class SlashCommands:
         self.front.note(f"copied message {index + 1} ({len(text):,} characters)")
 
     def do_editor(self, arg: str = "", flags=frozenset()) -> None:
-        self.front.edit_text(self.front.compose(arg))
+        self.front.edit_text(self.front.run_editor(arg))
 
     def _message_index(self, arg: str) -> int:
         """A message number as the user gives it (1 = the first shown) -> its index."""
