@@ -232,3 +232,20 @@ async def test_tui_select_edit_copy_and_editor_with_keys_only(parrot_checkpoint,
         await pilot.press("enter")
         await settle(app, pilot)
         assert app.session.conversation.turns[-1].text == "my name is parrot"
+
+
+def test_continue_with_a_models_own_jinja_template_reuses_the_cache(tmp_path):
+    from tiny_llama import CHATML, hf_model, save_hf_folder
+
+    from chatterm.session.jinja_template import JinjaPromptBuilder
+
+    backend = LocalBackend.load(save_hf_folder(tmp_path / "chatml", hf_model("qwen2", seed=3), template=CHATML))
+    assert isinstance(backend.prompts, JinjaPromptBuilder)
+    session = ChatSession(backend, SamplingSettings(temperature=0, max_new_tokens=6), Conversation(system="Be brief."))
+    first = finished(session.send("Hello there"))
+    assert first.stop_reason == "length"
+    cut = session.conversation.turns[-1].text
+    done = finished(session.continue_reply())
+    assert done.prefill_tokens <= 2 and done.new_tokens > 0
+    turn = session.conversation.turns[-1]
+    assert len(session.conversation.turns) == 2 and turn.text == (cut + done.text).rstrip()

@@ -49,15 +49,16 @@ class Turn:
     ids_key: str = field(default="", repr=False)  # which tokenizer/template produced `ids`
     fork: "Fork | None" = field(default=None, repr=False)  # its sibling versions, see module doc
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, with_fork: bool = True) -> dict:
         data = {"role": self.role, "text": self.text}
         if self.stopped:
             data["stopped"] = True
         if self.note:
             data["note"] = self.note
-        if self.fork is not None:
-            others = [option for i, option in enumerate(self.fork.options) if i != self.fork.shown]
-            data["alternatives"] = {"shown": self.fork.shown, "others": [[t.to_dict() for t in o] for o in others]}
+        if self.fork is not None and with_fork:  # the siblings share the fork: written once, here
+            others = [option for i, option in enumerate(self.fork.options) if i != self.fork.shown and option]
+            data["alternatives"] = {"shown": self.fork.shown, "others": [
+                [option[0].to_dict(with_fork=False), *(t.to_dict() for t in option[1:])] for option in others]}
         return data
 
     @classmethod

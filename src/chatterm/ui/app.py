@@ -53,7 +53,7 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         Binding("ctrl+b", "undo", "Undo", id="undo"),
         Binding("ctrl+o", "edit", "Edit", id="edit"),
         # message_actions.py: keys the message box leaves alone, and that tmux passes through.
-        Binding("ctrl+t", "continue", "Continue", id="continue"),
+        Binding("ctrl+t", "continue", "Continue", id="continue", show=False),
         Binding("alt+up", "select_previous", "Select message", id="select_previous", show=False),
         Binding("alt+down", "select_next", "Select next", id="select_next", show=False),
         Binding("alt+left", "previous_alternative", "Previous version", id="previous_alternative", show=False),
