@@ -135,15 +135,17 @@ class Terminal(io.StringIO):
 
 def test_repl_continue_copy_and_editor(backend, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITOR", fake_editor(tmp_path, "how are you?"))
-    session = ChatSession(backend, SamplingSettings(**GREEDY, max_new_tokens=6))
+    layers = LayeredSettings()
+    layers.set_layer("config", {"temperature": 0, "max_new_tokens": 6})
+    session = ChatSession(backend, layers.live)
     out, err = Terminal(), io.StringIO()
-    repl = PlainChat(session, settings=LayeredSettings(session.settings), out=out, err=err)
+    repl = PlainChat(session, settings=layers, out=out, err=err)
     repl.run(["hi\n", "/set max_new_tokens 50\n", "/continue\n", "/copy\n", "/editor\n"])
     assert session.conversation.turns[-1].text == "hello there, friend"
     assert "\x1b]52;c;aGVsbG8gdGhlcmUsIGZyaWVuZA==\x07" in out.getvalue()  # base64 of the reply
     assert "copied message 2 (19 characters)" in err.getvalue()
     assert "how are you?" in err.getvalue()  # the editor's text is offered for sending
-    plain = PlainChat(session, settings=LayeredSettings(session.settings), out=io.StringIO(), err=(err := io.StringIO()))
+    plain = PlainChat(session, settings=layers, out=io.StringIO(), err=(err := io.StringIO()))
     plain.run(["/copy\n"])
     assert "/copy needs a terminal" in err.getvalue()
 

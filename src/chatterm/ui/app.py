@@ -271,7 +271,7 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         if self.busy:
             self.session.stop()
         else:
-            self.clear_selection()  # message_actions.py: an edit, or the selected message
+            self.cancel_edit_or_selection()  # message_actions.py: an edit, or the selected message
 
     def action_quit(self) -> None:
         self.quit()

@@ -69,7 +69,7 @@ class MessageActions:
         """The selection as a message number for a slash command ("" for none)."""
         return "" if self.selected is None else str(self.selected + 1)
 
-    def clear_selection(self) -> bool:
+    def cancel_edit_or_selection(self) -> bool:
         """Esc: cancel an edit, else drop the selection. True if there was one of them."""
         if self.session.editing is not None:
             self.session.cancel_edit()
