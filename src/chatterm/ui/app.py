@@ -58,7 +58,8 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         Binding("alt+down", "select_next", "Select next", id="select_next", show=False),
         Binding("alt+left", "previous_alternative", "Previous version", id="previous_alternative", show=False),
         Binding("alt+right", "next_alternative", "Next version", id="next_alternative", show=False),
-        Binding("alt+c", "copy", "Copy", id="copy", show=False),
+        # A terminal's Alt+C is ESC c: without priority the message box would type the "c".
+        Binding("alt+c", "copy", "Copy", id="copy", show=False, priority=True),
         Binding("ctrl+g", "editor", "Editor", id="editor", show=False),
         Binding("ctrl+n", "clear", "New chat", id="clear"),
         Binding("f2", "toggle_settings", "Settings", id="toggle_settings"),

@@ -100,8 +100,13 @@ class MessageActions:
         self.commands.run(f"/alt {self._selected_number()} next")
 
     def action_editor(self) -> None:
-        prompt = self.query_one(PromptInput)
-        self.commands.run(f"/editor {prompt.text}")
+        """/editor on the draft in the box, kept exactly (a command line would be stripped)."""
+        try:
+            text = self.run_editor(self.query_one(PromptInput).text)
+        except ValueError as e:
+            self.note(str(e), "error")
+            return
+        self.edit_text(text)
 
     # -- editing -------------------------------------------------------------------------------
 
