@@ -51,7 +51,7 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         Binding("ctrl+r", "retry", "Retry", id="retry"),
         # Not ctrl+z / ctrl+e: the message editor uses those itself (keys.py checks remaps for this).
         Binding("ctrl+b", "undo", "Undo", id="undo"),
-        Binding("ctrl+o", "edit", "Edit", id="edit"),
+        Binding("ctrl+o", "edit", "Edit last", id="edit"),  # or the selected message (message_actions.py)
         # message_actions.py: keys the message box leaves alone, and that tmux passes through.
         Binding("ctrl+t", "continue", "Continue", id="continue", show=False),
         Binding("alt+up", "select_previous", "Select message", id="select_previous", show=False),
