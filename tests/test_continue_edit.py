@@ -251,3 +251,28 @@ def test_continue_with_a_models_own_jinja_template_reuses_the_cache(tmp_path):
     assert done.prefill_tokens <= 2 and done.new_tokens > 0
     turn = session.conversation.turns[-1]
     assert len(session.conversation.turns) == 2 and turn.text == (cut + done.text).rstrip()
+
+
+def test_copy_makes_model_text_inert_before_the_clipboard(backend):
+    conv = Conversation()
+    conv.add("user", "hi")
+    conv.add("assistant", "\x1b]52;c;ZXZpbA==\x07rm -rf \x1b[2Jhome")
+    out, err = Terminal(), io.StringIO()
+    PlainChat(ChatSession(backend, SamplingSettings(), conv), out=out, err=err).run(["/copy\n"])
+    import base64
+    sent = out.getvalue()
+    assert sent.startswith("\x1b]52;c;") and sent.endswith("\x07")
+    assert base64.b64decode(sent[7:-1]).decode() == "rm -rf home"
+
+
+def test_the_new_keys_are_not_taken_by_the_message_box():
+    from chatterm.ui.keys import consumed_keys
+
+    taken = consumed_keys(PromptInput)
+    new = {"continue", "select_previous", "select_next", "previous_alternative", "next_alternative", "copy", "editor"}
+    keys = {b.id: b.key for b in ChatApp.BINDINGS if b.id in new}
+    assert set(keys) == new and not [k for k in keys.values() if k in taken]
+    assert all(action in ChatApp.ACTION_HELP for action in new)
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    for shown in ("Ctrl+T", "Alt+Up / Alt+Down", "Alt+Left / Alt+Right", "Alt+C", "Ctrl+G"):
+        assert f"| {shown} |" in readme
