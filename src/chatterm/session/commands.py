@@ -207,9 +207,11 @@ class SlashCommands:
         index = self._message_index(numbers[0]) if numbers else (forked[-1] if forked else None)
         if index is None or not self.session.switch_alternative(index, step):
             raise CommandError("no alternatives here: /retry or /edit make them")
-        fork = self.session.conversation.turns[index].fork
+        turn = self.session.conversation.turns[index]
         self.front.show_conversation()
-        self.front.note(f"message {index + 1}: version {fork.shown + 1}/{len(fork.options)}")
+        preview = " ".join(printable(turn.text).split())  # the plain REPL does not redraw: say which
+        preview = preview[:60] + "…" if len(preview) > 60 else preview
+        self.front.note(f"message {index + 1}: version {turn.fork.shown + 1}/{len(turn.fork.options)}: {preview}")
 
     def do_copy(self, arg: str = "", flags=frozenset()) -> None:
         turns = self.session.conversation.turns
