@@ -52,6 +52,7 @@ def test_branches_switch_and_each_keeps_what_followed_it():
     assert not conv.switch(0, 1)  # no alternatives there
 
 
+@pytest.mark.slow
 def test_regenerate_keeps_the_earlier_replies_and_the_conversation_goes_on_from_the_shown_one(backend):
     session = ChatSession(backend, SamplingSettings(**GREEDY))
     list(session.send("hi"))
@@ -124,6 +125,7 @@ from chatterm.ui.chat_view import AssistantMessage  # noqa: E402
 from helpers import wait_until  # noqa: E402
 
 
+@pytest.mark.slow
 async def test_tui_retry_keeps_versions_and_alt_left_right_step_between_them(parrot_checkpoint, tmp_path):
     config = AppConfig()
     config.sampling.update({"temperature": 0})

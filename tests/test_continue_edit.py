@@ -198,6 +198,7 @@ async def test_tui_continue_grows_the_same_message(parrot_checkpoint):
         assert [t.text for t in app.session.conversation.turns] == ["hi", "hello there, friend"]
 
 
+@pytest.mark.slow
 async def test_tui_select_edit_copy_and_editor_with_keys_only(parrot_checkpoint, tmp_path, monkeypatch):
     monkeypatch.delenv("VISUAL", raising=False)
     monkeypatch.setenv("EDITOR", fake_editor(tmp_path, "what is your name?"))
@@ -236,6 +237,7 @@ async def test_tui_select_edit_copy_and_editor_with_keys_only(parrot_checkpoint,
         assert app.session.conversation.turns[-1].text == "my name is parrot"
 
 
+@pytest.mark.slow
 def test_continue_with_a_models_own_jinja_template_reuses_the_cache(tmp_path):
     from tiny_llama import CHATML, hf_model, save_hf_folder
 
