@@ -19,7 +19,7 @@ from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
 from .session.config import AppConfig
 from .session.layered_settings import LayeredSettings
-from .session.sanitize import printable
+from .session.sanitize import osc52, printable
 
 
 class PlainChat:
@@ -136,6 +136,20 @@ class PlainChat:
 
     def stream_reply(self, events) -> None:
         self.stream(events)
+
+    stream_more = stream_reply  # a continuation prints on a line of its own
+
+    def copy_text(self, text: str) -> None:
+        """OSC 52, as the TUI does: the terminal (even over SSH) puts it on the clipboard."""
+        if not self.out.isatty():
+            raise CommandError("/copy needs a terminal (it asks the terminal to copy, with OSC 52)")
+        self.out.write(osc52(text))
+        self.out.flush()
+
+    def run_editor(self, text: str) -> str:
+        from .session.external_editor import compose_in_editor
+
+        return compose_in_editor(text)  # the editor gets the terminal: the REPL waits for input anyway
 
     def edit_text(self, text: str) -> None:
         self.note(f"took back: {text}")

@@ -24,14 +24,27 @@ OUT_OF_CONTEXT = "out of context"
 
 
 class TurnMessage:
-    """A message that shows one turn of the conversation; dimmed, and its title says so, once the
-    turn is older than the model's context (`Conversation.context_start`)."""
+    """A message that shows one turn of the conversation. Its title is who speaks, which version
+    is shown ("2/3", set by message_actions.py) and, once the turn is older than the model's
+    context (`Conversation.context_start`), "out of context" (the message is dimmed too)."""
 
     TITLE = ""
+    _version = ""  # " · 2/3" when the turn has sibling versions
+    _in_context = True
 
     def set_in_context(self, in_context: bool) -> None:
+        self._in_context = in_context
         self.set_class(not in_context, "-out-of-context")
-        self.border_title = self.TITLE if in_context else f"{self.TITLE} · {OUT_OF_CONTEXT}"
+        self._retitle()
+
+    def set_version(self, version: str) -> None:
+        """"2/3", or "" for a turn without alternatives."""
+        self._version = f" · {version}" if version else ""
+        self._retitle()
+
+    def _retitle(self) -> None:
+        context = "" if self._in_context else f" · {OUT_OF_CONTEXT}"
+        self.border_title = f"{self.TITLE}{self._version}{context}"
 
 
 class UserMessage(TurnMessage, Static):

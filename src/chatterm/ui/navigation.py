@@ -6,8 +6,9 @@ forwards them, see prompt_input.py). F2/F3 focus their panel when it is shown bu
 hide it when it has the focus, and show and focus it when hidden (side_panel.py); a hidden panel
 always hands the focus back to the message box, and so does a terminal narrowed while the focus
 was in the side column (which then folds away). Esc does the first of: stop the streaming reply
-(and take a queued message back into the box), take a queued message back, close the panels
-opened over a narrow screen, leave a side panel for the message box.
+(and take a queued message back into the box), take a queued message back, cancel an edit or
+drop the selected message (message_actions.py), close the panels opened over a narrow screen,
+leave a side panel for the message box.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .prompt_input import PromptInput
 
 
 class Navigation:
-    """Mixed into ChatApp (needs chat, side, inspector, queue, session, busy)."""
+    """Mixed into ChatApp (needs chat, side, inspector, queue, session, busy, MessageActions)."""
 
     @property
     def prompt(self) -> PromptInput:
@@ -43,6 +44,8 @@ class Navigation:
             self.take_back_queued()
         elif self.queue.pending:
             self.take_back_queued()
+        elif self.cancel_edit_or_selection():  # message_actions.py: an edit, or the selected message
+            return
         elif self.side.close_overlay() or self.side.has_focus_within:
             self.prompt.focus()
 

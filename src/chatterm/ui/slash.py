@@ -14,7 +14,6 @@ from textual.binding import Binding
 
 from ..session.context_fit import fit_context
 from .chat_view import AssistantMessage, Note
-from .prompt_input import PromptInput
 from .status_bar import NOTE_CELLS
 
 EXTRA_KEYS = ["Enter    send (while a reply streams or the model loads: queued, Esc takes it back)",
@@ -66,6 +65,7 @@ class TuiFrontEnd:
         self.chat.show_conversation(self.session.conversation)
         if hasattr(self, "queue"):
             self.queue.reshow()
+        self.call_after_refresh(self.mark_messages)  # message_actions.py: "2/3", the selection
         self.update_context()
 
     def show_settings(self) -> None:
@@ -78,12 +78,6 @@ class TuiFrontEnd:
         if len(shown) > assistant_turns:  # a retry: the reply being replaced goes
             shown.last().remove()
         self.replies.start(events)
-
-    def edit_text(self, text: str) -> None:
-        prompt = self.query_one(PromptInput)
-        prompt.load_text(text)
-        prompt.move_cursor(prompt.document.end)
-        prompt.focus()
 
     def set_theme(self, name: str) -> None:
         if name not in self.available_themes:
