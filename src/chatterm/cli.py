@@ -84,21 +84,54 @@ def _pipe_closed() -> int:
     return 128 + signal.SIGPIPE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chatterm", description="Chat with GPT-style checkpoints in the terminal.")
-    parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+TOP_USAGE = """
+  chatterm [MODEL] [--plain] [-c | --resume] [options]
+      chat; MODEL is a checkpoint file or folder, an installed model's name or a
+      server's http(s):// address (default: the shipped model)
+  chatterm COMMAND [options]
+"""
+TOP_EPILOG = """\
+chat options (all of them: chatterm chat --help):
+  --plain                a plain line REPL instead of the TUI
+  -c, --continue         continue the most recent chat
+  --resume               pick a saved chat to open
+  --temperature N ...    sampling settings, each with its default in `chatterm chat --help`
 
-    chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL")
+examples:
+  chatterm                                  the TUI on the shipped model
+  chatterm path/to/ckpt.pt --plain          a line REPL on your checkpoint
+  chatterm http://localhost:8080/v1         a model on an OpenAI-compatible server
+  chatterm generate --chat --prompt hi      one reply to stdout"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatterm", usage=TOP_USAGE, description="Chat with GPT-style checkpoints in the terminal.",
+        epilog=TOP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL; `chatterm [MODEL]` means this",
+                          description="Chat with a model in the TUI, or in a plain line REPL with --plain.")
     _add_model_args(chat)
     _add_sampling_args(chat)
-    chat.add_argument("--plain", action="store_true", help="plain line REPL instead of the TUI")
-    chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--theme", help="colour theme")
-    chat.add_argument("--config", help="config file (default: the user config dir's config.toml)")
+    chat.add_argument("--plain", action="store_true",
+                      help="a plain line REPL instead of the TUI (used anyway when stdin or stdout is not a terminal)")
+    resume = chat.add_mutually_exclusive_group()
+    resume.add_argument("-c", "--continue", dest="continue_last", action="store_true",
+                        help="continue the most recent saved chat")
+    resume.add_argument("--resume", action="store_true",
+                        help="pick a saved chat to open (the TUI's chats list; the REPL prints a numbered list)")
+    chat.add_argument("--system", metavar="TEXT", help="system prompt (default: the config's, else none)")
+    chat.add_argument("--theme", metavar="NAME", help="colour theme (default: the config's, else chatterm-dark)")
+    chat.add_argument("--config", metavar="PATH", help="config file (default: the user config dir's config.toml)")
     chat.set_defaults(func=cmd_chat)
 
-    gen = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
+    gen = sub.add_parser(
+        "generate", help="stream a completion of a prompt to stdout",
+        description="Stream the model's text to stdout, then exactly one newline (the same on a terminal and "
+        "a pipe). A completion is printed as generated, so prompt + output is the text (its leading space "
+        "kept); a --chat reply is trimmed, as it is saved. Trailing whitespace is dropped in both.")
     _add_model_args(gen)
     _add_sampling_args(gen)
     gen.add_argument("--prompt", required=True, help="prompt text, or - to read stdin")
@@ -127,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?",
                    help="checkpoint file or folder, or a server's http(s):// address (default: the shipped chat model)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16, or int8/int4 (weight-only quantized, CPU)")
-    p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--dtype", default=None,
+                   help="auto, fp32, bf16, fp16, or int8/int4 (weight-only quantized, CPU) (default: auto)")
+    p.add_argument("--n-head", type=int, metavar="N", help="attention heads, for plain state dicts without a config")
     p.add_argument("--context", type=int, metavar="N", help="cap the context window at N tokens (default: the model's, at most 4096)")
     remote = p.add_argument_group("remote servers (an http:// or https:// address instead of a checkpoint)")
     remote.add_argument("--remote-model", metavar="NAME", help="the served model to use (default: the only one)")
@@ -320,13 +354,15 @@ def cmd_generate(args) -> int:
     else:
         raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
+    trimmed = TrimmedStream(strip_leading=args.chat)
     for event in events:
         if isinstance(event, TextDelta):
-            sys.stdout.write(event.text if args.raw else printable(event.text))  # `| cat` still reaches a terminal
+            text = trimmed.feed(event.text)
+            sys.stdout.write(text if args.raw else printable(text))  # `| cat` still reaches a terminal
             sys.stdout.flush()
         elif isinstance(event, Finished):
             done = event
-    sys.stdout.write("\n")
+    sys.stdout.write("\n")  # trailing whitespace was held back: the text ends with exactly one newline
     if done is not None and args.stats:
         print(
             f"{done.new_tokens} tokens, stop: {done.stop_reason}, time to first token {done.ttft_s * 1000:.0f} ms, "
@@ -337,6 +373,25 @@ def cmd_generate(args) -> int:
         print(f"chatterm: error: {printable(done.error)}", file=sys.stderr)
         return 2
     return 0
+
+
+class TrimmedStream:
+    """Streamed text without trailing whitespace (held back until more text follows, dropped at
+    the end) and, for a chat reply, without leading whitespace: `generate` prints the text and
+    then exactly one newline. A completion keeps its leading space: prompt + output is the text."""
+
+    def __init__(self, strip_leading: bool) -> None:
+        self.started = not strip_leading
+        self.held = ""
+
+    def feed(self, piece: str) -> str:
+        if not self.started:
+            piece = piece.lstrip()
+            self.started = bool(piece)
+        text = self.held + piece
+        body = text.rstrip()
+        self.held = text[len(body):]
+        return body
 
 
 def _with_model_recommendation(layers, backend):
