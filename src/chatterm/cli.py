@@ -254,11 +254,16 @@ def cmd_chat(args) -> int:
         return _plain_chat(config, settings, checkpoint, problems, args)
     from .ui.app import ChatApp
 
-    app = ChatApp(config, checkpoint, problems, settings=settings,
+    app = ChatApp(config, checkpoint, problems, settings=settings, resume=_resume(args),
                   backend_options=_backend_options(args, checkpoint, config.device, config.dtype))
     _quit_on_terminate(app)
     app.run()
     return app.return_code or 0
+
+
+def _resume(args) -> str:
+    """How to start: "last" (-c, --continue), "pick" (--resume) or "" (a new chat)."""
+    return "last" if args.continue_last else "pick" if args.resume else ""
 
 
 def _quit_on_terminate(app) -> None:
@@ -300,14 +305,14 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
         ConversationStore(data_dir() / "conversations"),
         warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
     )
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     chat = PlainChat(session, settings=settings, config=config, load_backend=load)
-    if interactive:
+    if sys.stdin.isatty() and sys.stdout.isatty():
         info = session.backend.info
         print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",
               file=sys.stderr)
-        print("> ", end="", flush=True)
-    return chat.run(sys.stdin)
+    if _resume(args):
+        chat.commands.resume(_resume(args))
+    return chat.run_terminal() if chat.interactive else chat.run(sys.stdin)
 
 
 def _load_backend(path, options: dict):

@@ -1,6 +1,9 @@
 """The plain front end: the same chat as the TUI, as a line REPL on stdin/stdout.
 
 Used when stdin or stdout is not a terminal, or with `--plain`: dumb terminals, scripts, pipes.
+On a terminal, lines are read with readline (line_editing.py): arrows edit, Up/Down recall the
+history shared with the TUI, `/edit` puts the last message back on the line; from a pipe, lines
+are read as they come.
 Replies stream to stdout as plain text (model output made inert first); slash commands work as
 in the TUI. Ctrl+C during a reply stops the reply; Ctrl+C at the prompt (or twice) quits.
 SIGTERM and SIGHUP quit too, after stopping the reply in flight (it is kept, marked "stopped" and
@@ -9,6 +12,7 @@ saved); so does a reader that closes stdout. Everything written is made inert (`
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -18,8 +22,11 @@ from .engine.events import ContextTrimmed, Finished, TextDelta
 from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
 from .session.config import AppConfig
+from .line_editing import LineEditor
+from .session.input_history import InputHistory
 from .session.layered_settings import LayeredSettings
 from .session.sanitize import printable
+from .session.saved_chats import chat_line
 
 
 class PlainChat:
@@ -34,6 +41,7 @@ class PlainChat:
         self.quit_requested = False
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
+        self.editor: LineEditor | None = None  # readline, while run_terminal runs
         settings = settings or LayeredSettings(session.settings)
         config = config or AppConfig()
         self.commands = SlashCommands(session, settings, config, self)
@@ -42,8 +50,28 @@ class PlainChat:
 
     # -- main loop -----------------------------------------------------------------------------
 
-    def run(self, lines) -> int:
-        interactive = sys.stdin.isatty() and self.out.isatty()
+    @property
+    def interactive(self) -> bool:
+        return sys.stdin.isatty() and self.out.isatty()
+
+    def run_terminal(self, history: InputHistory | None = None) -> int:
+        """Read from a terminal with line editing (readline) and `history` (default: the data
+        folder's, shared with the TUI); without readline, plain lines after a "> " prompt."""
+        self.editor = LineEditor.open(InputHistory.default() if history is None else history)
+        if self.editor is None:
+            self.out.write("> ")
+            self.out.flush()
+            return self.run(sys.stdin)
+        try:
+            return self.run(self.editor.lines("> "), prompt=False)
+        finally:
+            self.editor.close()
+            self.editor = None
+
+    def run(self, lines, *, prompt: bool | None = None) -> int:
+        """Run each line (a message or a command) until they end or /quit. `prompt`: write "> "
+        after each one (default: when stdin and stdout are a terminal)."""
+        interactive = self.interactive if prompt is None else prompt
         previous = self._quit_on_terminate() if threading.current_thread() is threading.main_thread() else {}
         try:
             for raw in lines:
@@ -127,7 +155,18 @@ class PlainChat:
         self.stream(events)
 
     def edit_text(self, text: str) -> None:
-        self.note(f"took back: {text}")
+        if self.editor is not None:  # the next line starts with it, to edit and send with Enter
+            self.editor.prefill(text)
+        else:
+            self.note(f"took back: {text}")
+
+    def show_chats(self, chats: list) -> None:
+        if not chats:
+            self.note("no saved chats yet")
+            return
+        width = shutil.get_terminal_size().columns
+        lines = [chat_line(i + 1, chat, width) for i, chat in enumerate(chats)]
+        self.note("\n".join(lines + ["/load N opens one · /chats rename N TITLE · /chats delete N"]))
 
     def load_model(self, spec: str) -> None:
         if self.load_backend is None:

@@ -69,6 +69,7 @@ class ChatSession:
             for event in self.backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect):
                 if isinstance(event, Finished):  # before it is passed on: consumers see the turn
                     add_reply(conversation, event)
+                    conversation.model = self.backend.info.name
                 yield event
         finally:
             self.save()

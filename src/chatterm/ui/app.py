@@ -21,6 +21,7 @@ from textual.widgets import Footer
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
 from ..session.config import AppConfig, config_dir, data_dir, save_config
+from ..session.input_history import InputHistory
 from ..session.layered_settings import CONFIG, LayeredSettings
 from .chat_view import ChatView, UserMessage
 from .inspector import TokenInspector
@@ -70,8 +71,10 @@ class ChatApp(TuiFrontEnd, App):
     }
 
     def __init__(self, config: AppConfig, checkpoint: str | None, problems: list[str] | None = None,
-                 *, settings: LayeredSettings | None = None, backend_options: dict | None = None) -> None:
+                 *, settings: LayeredSettings | None = None, backend_options: dict | None = None,
+                 resume: str = "") -> None:
         super().__init__()
+        self.resume = resume  # "last" (-c) or "pick" (--resume): see SlashCommands.resume
         self.config = config
         self.checkpoint = checkpoint
         # How to open models (device, dtype, --context, a server's flags): for the first one and
@@ -95,7 +98,7 @@ class ChatApp(TuiFrontEnd, App):
         with Horizontal(id="main"):
             with Vertical(id="chat-column"):
                 yield ChatView(id="chat")
-                yield PromptInput(id="input")
+                yield PromptInput(id="input", history=InputHistory.default())
             yield SidePanel(self.commands.settings, self.config.system_prompt, id="side")
         yield StatusBar(id="status")
         yield Footer()
@@ -131,6 +134,8 @@ class ChatApp(TuiFrontEnd, App):
             self.note(problem, "error")
         self.status.busy = "loading model"
         self.load_model(self.checkpoint)
+        if self.resume:
+            self.commands.resume(self.resume)
 
     def _apply_themes(self) -> None:
         themes, problems = load_themes(theme_folders(config_dir()))

@@ -2,7 +2,7 @@
 
 Enter sends. A newline is Ctrl+J, Alt+Enter or Shift+Enter (many terminals cannot send
 Shift+Enter, so the other two are the dependable ones). Up on the first line and Down on the last
-line walk through earlier inputs, like a shell.
+line walk through earlier inputs, like a shell; with a `history` they are kept across launches.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from textual import events
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
+
+from ..session.input_history import InputHistory
 
 
 class PromptInput(TextArea):
@@ -26,9 +28,10 @@ class PromptInput(TextArea):
         input: "PromptInput"
         text: str
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, history: InputHistory | None = None, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
-        self.sent: list[str] = []
+        self.history = history  # kept across launches (session/input_history.py); None: this run only
+        self.sent: list[str] = history.load() if history else []
         self._history_pos: int | None = None  # index into history while browsing
         self._draft = ""
 
@@ -59,6 +62,8 @@ class PromptInput(TextArea):
             return
         if not self.sent or self.sent[-1] != text:
             self.sent.append(text)
+            if self.history:
+                self.history.add(text)
         self._history_pos = None
         self.clear()
         self.post_message(self.Submitted(self, text))
