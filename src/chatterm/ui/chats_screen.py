@@ -53,21 +53,20 @@ class ChatsScreen(ModalScreen[None]):
         self.reload()
         self.query_one(OptionList).focus()
 
-    def reload(self, keep: int | None = None) -> None:
-        """Read the list again (newest first), keeping the highlight near `keep`."""
+    def reload(self, keep: int | None = None, said: str = "") -> None:
+        """Read the list again (newest first), keeping the highlight near `keep`; `said` is
+        shown on the status line (what was just done)."""
         listing = self.query_one(OptionList)
         try:
             self.chats = self.saved.recent()
         except ValueError as e:
-            self.chats = []
-            self.say(str(e))
+            self.chats, said = [], str(e)
         width = max(40, self.app.size.width - 8)
         listing.clear_options()
         listing.add_options([Option(chat_line(i + 1, chat, width), id=chat.id) for i, chat in enumerate(self.chats)])
         if self.chats:
             listing.highlighted = min(keep or 0, len(self.chats) - 1)
-        else:
-            self.say("no saved chats yet")
+        self.say("; ".join(part for part in (said, "" if self.chats else "no saved chats") if part))
 
     def say(self, text: str) -> None:
         self.query_one("#chats-status", Label).update(summary_title(text, 200))
@@ -95,7 +94,7 @@ class ChatsScreen(ModalScreen[None]):
         field.value = chat.title
         field.display = True
         field.focus()
-        self.say(f"rename “{summary_title(chat.title, 40)}”: type the new title, Enter keeps it, Esc cancels")
+        self.say("type the new title · Enter: rename · Esc: cancel")
 
     @on(Input.Submitted, "#chats-rename")
     def finish_rename(self, event: Input.Submitted) -> None:
@@ -104,11 +103,10 @@ class ChatsScreen(ModalScreen[None]):
         if chat is None:
             return
         try:
-            self.say(self.saved.rename(chat.id, event.value))
+            said = self.saved.rename(chat.id, event.value)
         except ValueError as e:
-            self.say(str(e))
-        index = self.query_one(OptionList).highlighted
-        self.reload(keep=index)
+            said = str(e)
+        self.reload(keep=self.query_one(OptionList).highlighted, said=said)
         self.commands.front.show_settings()  # the open chat's title may have changed
 
     def _close_rename(self) -> None:
@@ -121,7 +119,7 @@ class ChatsScreen(ModalScreen[None]):
         if chat is None:
             return
         self.deleting = chat.id
-        self.say(f"delete “{summary_title(chat.title, 40)}” ({chat.id})? y deletes it, n or Esc keeps it")
+        self.say(f"delete “{summary_title(chat.title, 36)}”? y: delete · n or Esc: keep")
 
     def action_confirm(self, yes: bool) -> None:
         if self.deleting is None:
@@ -130,12 +128,11 @@ class ChatsScreen(ModalScreen[None]):
         if not yes:
             self.say("kept")
             return
-        index = self.query_one(OptionList).highlighted
         try:
-            self.say(self.saved.delete(chat_id))
+            said = self.saved.delete(chat_id)
         except ValueError as e:
-            self.say(str(e))
-        self.reload(keep=index)
+            said = str(e)
+        self.reload(keep=self.query_one(OptionList).highlighted, said=said)
 
     def action_back(self) -> None:
         if self.query_one("#chats-rename").display:
@@ -149,6 +146,5 @@ class ChatsScreen(ModalScreen[None]):
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         # While the title is typed, letters are text, not commands.
-        if action in ("rename", "delete", "confirm") and self.query_one("#chats-rename").display:
-            return False
-        return True
+        renaming = self.is_mounted and self.query("#chats-rename") and self.query_one("#chats-rename").display
+        return not (renaming and action in ("rename", "delete", "confirm"))

@@ -30,7 +30,7 @@ class PromptInput(TextArea):
 
     def __init__(self, history: InputHistory | None = None, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
-        self.history = history  # kept across launches (session/input_history.py); None: this run only
+        self.input_history = history  # kept across launches (session/input_history.py); None: this run only
         self.sent: list[str] = history.load() if history else []
         self._history_pos: int | None = None  # index into history while browsing
         self._draft = ""
@@ -62,8 +62,8 @@ class PromptInput(TextArea):
             return
         if not self.sent or self.sent[-1] != text:
             self.sent.append(text)
-            if self.history:
-                self.history.add(text)
+            if self.input_history:
+                self.input_history.add(text)
         self._history_pos = None
         self.clear()
         self.post_message(self.Submitted(self, text))
