@@ -200,7 +200,9 @@ class ConversationStore:
         def write() -> None:
             conversation = read_conversation(path)
             conversation.name = " ".join(name.split())
+            modified = path.stat()
             atomic_write_text(path, conversation_json(conversation))
+            os.utime(path, ns=(modified.st_atime_ns, modified.st_mtime_ns))  # the list keeps its order
 
         self._while_closed(conversation_id, write, "renamed")
 
