@@ -343,6 +343,7 @@ def cmd_generate(args) -> int:
     from .session import ChatSession, Conversation
     from .session.config import default_checkpoint
     from .session.sanitize import printable
+    from .session.trimmed_stream import TrimmedStream
 
     _checked_device_args(args)
     layers = _layered_settings(args)  # generate ignores the user's config: scripts give the same output everywhere
@@ -378,25 +379,6 @@ def cmd_generate(args) -> int:
         print(f"chatterm: error: {printable(done.error)}", file=sys.stderr)
         return 2
     return 0
-
-
-class TrimmedStream:
-    """Streamed text without trailing whitespace (held back until more text follows, dropped at
-    the end) and, for a chat reply, without leading whitespace: `generate` prints the text and
-    then exactly one newline. A completion keeps its leading space: prompt + output is the text."""
-
-    def __init__(self, strip_leading: bool) -> None:
-        self.started = not strip_leading
-        self.held = ""
-
-    def feed(self, piece: str) -> str:
-        if not self.started:
-            piece = piece.lstrip()
-            self.started = bool(piece)
-        text = self.held + piece
-        body = text.rstrip()
-        self.held = text[len(body):]
-        return body
 
 
 def _with_model_recommendation(layers, backend):

@@ -26,6 +26,7 @@ from .line_editing import LineEditor
 from .session.input_history import InputHistory
 from .session.layered_settings import LayeredSettings
 from .session.sanitize import printable
+from .session.trimmed_stream import TrimmedStream
 from .session.saved_chats import chat_line
 
 
@@ -112,15 +113,16 @@ class PlainChat:
         """Print a reply as it streams; Ctrl+C stops it (the partial reply stays)."""
         previous = _install_stop_handler(self.session) if threading.current_thread() is threading.main_thread() else None
         self.streaming = True
+        trimmed = TrimmedStream(strip_leading=True)  # shown as it is saved: no leading space, no blank line
         try:
             for event in events:
                 if isinstance(event, TextDelta):
-                    self.out.write(printable(event.text))
+                    self.out.write(printable(trimmed.feed(event.text)))
                     self.out.flush()
                 elif isinstance(event, ContextTrimmed) and event.dropped_turns:
                     self.note(f"(dropped {event.dropped_turns} old turns to fit the context window)")
                 elif isinstance(event, Finished):
-                    self.out.write("\n")
+                    self.out.write("\n\n" if self.editor is not None else "\n")  # a terminal: a blank line before the prompt
                     if event.stop_reason == "cancelled":
                         self.note("(stopped)")
                     elif event.error:
