@@ -24,6 +24,8 @@ from helpers import wait_until
 
 SRC = str(Path(__file__).parent.parent / "src")
 
+PARROT = Path(__file__).parent / "data" / "snapshot_parrot"  # saved: no training in this file
+
 
 def data_dir() -> Path:
     return Path(os.environ["CHATTERM_DATA_DIR"])  # a temp folder per test (conftest)
@@ -139,13 +141,13 @@ def test_the_open_chat_is_renamed_through_the_session_and_not_deleted(tmp_path):
 
 
 @pytest.mark.slow
-def test_continue_flag_opens_the_most_recent_chat(parrot_checkpoint):
+def test_continue_flag_opens_the_most_recent_chat():
     store = ConversationStore(data_dir() / "conversations")
     saved_chat(store, "older", age=100)
     latest = saved_chat(store, "hi")
-    r = subprocess.run([sys.executable, "-m", "chatterm", str(parrot_checkpoint), "-c", "--temperature", "0"],
+    r = subprocess.run([sys.executable, "-m", "chatterm", str(PARROT), "-c", "--temperature", "0"],
                        input="how are you?\n", capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": SRC})
+                       env=os.environ)
     assert r.returncode == 0, r.stderr
     assert f"loaded 2 turns from {latest.id}: hi" in r.stderr
     turns = json.loads((store.folder / f"{latest.id}.json").read_text())["turns"]
@@ -183,13 +185,13 @@ async def ready(app, pilot):
     await wait_until(pilot, lambda: app.status.busy == "", what="the model to load")
 
 
-async def test_chats_screen_opens_renames_and_deletes_with_the_keyboard(parrot_checkpoint):
+async def test_chats_screen_opens_renames_and_deletes_with_the_keyboard():
     from chatterm.ui.chats_screen import ChatsScreen
 
     store = ConversationStore(data_dir() / "conversations")
     older = saved_chat(store, "older chat", age=100)
     newer = saved_chat(store, "newer chat")
-    app = make_app(parrot_checkpoint, resume="pick")  # --resume: the list at start
+    app = make_app(PARROT, resume="pick")  # --resume: the list at start
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, ChatsScreen), what="the chats list")
         screen = app.screen
@@ -219,10 +221,10 @@ async def test_chats_screen_opens_renames_and_deletes_with_the_keyboard(parrot_c
         assert app.focused is app.query_one(PromptInput)
 
 
-async def test_continue_and_the_input_history_across_launches(parrot_checkpoint):
+async def test_continue_and_the_input_history_across_launches():
     store = ConversationStore(data_dir() / "conversations")
     latest = saved_chat(store, "hi")
-    app = make_app(parrot_checkpoint, resume="last")
+    app = make_app(PARROT, resume="last")
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(app, pilot)
         assert app.session.conversation.id == latest.id and len(app.chat.query(UserMessage)) == 1
@@ -232,7 +234,7 @@ async def test_continue_and_the_input_history_across_launches(parrot_checkpoint)
         await pilot.press("enter")
         await wait_until(pilot, lambda: len(app.session.conversation.turns) == 4, what="the reply")
         await app.workers.wait_for_complete()
-    again = make_app(parrot_checkpoint)  # the next launch: Up brings back what was typed before
+    again = make_app()  # the next launch: Up brings back what was typed before
     async with again.run_test(size=(80, 24)) as pilot:
         prompt = again.query_one(PromptInput)
         prompt.focus()

@@ -6,11 +6,14 @@ import pty
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from chatterm.bench import SECTIONS
 from chatterm.engine.settings import SPECS
+
+PARROT = Path(__file__).parent / "data" / "snapshot_parrot"  # saved: no training in this file
 
 
 def run_help(*args: str) -> str:
@@ -99,15 +102,15 @@ def generate(checkpoint, *args: str, terminal: bool) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
-def test_generate_chat_reply_is_the_text_then_one_newline(parrot_checkpoint, terminal):
-    out = generate(parrot_checkpoint, "--chat", "--prompt", "hi", terminal=terminal)
+def test_generate_chat_reply_is_the_text_then_one_newline(terminal):
+    out = generate(PARROT, "--chat", "--prompt", "hi", terminal=terminal)
     assert out == b"hello there, friend\n"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
-def test_generate_completion_keeps_its_leading_space_and_ends_with_one_newline(parrot_checkpoint, terminal):
+def test_generate_completion_keeps_its_leading_space_and_ends_with_one_newline(terminal):
     # The parrot says " hello there, friend\nUser:" here: the stop string ends it, the newline before it goes.
-    out = generate(parrot_checkpoint, "--prompt", "User: hi\nAssistant:", "--stop", "User:", "--max-new-tokens", "40",
+    out = generate(PARROT, "--prompt", "User: hi\nAssistant:", "--stop", "User:", "--max-new-tokens", "40",
                    terminal=terminal)
     assert out == b" hello there, friend\n"

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 PARROT = Path(__file__).parent / "data" / "snapshot_parrot"  # saved: no training in this file
-SRC = str(Path(__file__).parent.parent / "src")
 REPLY = b"hello there, friend"
 LEFT, UP, ENTER, CTRL_D = b"\x1b[D", b"\x1b[A", b"\r", b"\x04"
 
@@ -32,7 +31,7 @@ class Terminal:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chatterm", str(PARROT), "--plain", "--temperature", "0", *args],
             stdin=device, stdout=device, stderr=device, start_new_session=True,
-            env={**os.environ, "PYTHONPATH": SRC, "TERM": "xterm", "INPUTRC": "/dev/null"})
+            env={**os.environ, "TERM": "xterm", "INPUTRC": "/dev/null"})
         os.close(device)
         self.fd = controller
         self.output = b""
@@ -112,6 +111,6 @@ def test_edit_puts_the_last_message_back_on_the_line():
 
 def test_a_pipe_still_reads_plain_lines(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chatterm", str(PARROT), "--plain", "--temperature", "0"],
-                       input="hi\n", capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": SRC})
+                       input="hi\n", capture_output=True, text=True, timeout=120, env=os.environ)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "hello there, friend\n"  # no prompt, no escape codes, the reply and one newline
