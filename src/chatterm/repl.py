@@ -185,7 +185,8 @@ class PlainChat:
         raise CommandError("themes apply to the TUI only")
 
     def key_help(self) -> list[str]:
-        return ["Ctrl+C stops a reply; Ctrl+D (or /quit) leaves"]
+        editing = ["arrows edit the line; Up/Down: earlier lines (kept across launches)"] if self.editor else []
+        return editing + ["Ctrl+C stops a reply; Ctrl+D (or /quit) leaves"]
 
     def quit(self) -> None:
         self.quit_requested = True
