@@ -58,7 +58,7 @@ def reply(backend, conv=None, settings=None, **kwargs) -> tuple[list, Finished]:
 
 def test_chat_turn(server, model_folder):
     backend = RemoteBackend.open(server.url)
-    assert backend.mode == "chat" and backend.info.name == str(model_folder)
+    assert backend.mode == "chat" and backend.facts.model == str(model_folder) and backend.info.name == model_folder.name
     conv = ask()
     events, done = reply(backend, conv, inspect=3)
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == CHAT_REPLY == done.text

@@ -174,7 +174,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "User:/Assistant: template, for base models (default: auto)")
 
 
-def _backend_options(args, path, device, dtype) -> dict:
+def _backend_options(args, path, device, dtype, config_api_key_env: str | None = None) -> dict:
     """The flags that say how to open a model, checked, as open_backend options. Every front end
     (TUI, plain REPL, generate) opens its model with these, so a flag means the same in each."""
     from .session.backends import REMOTE_SCHEMES
@@ -185,6 +185,7 @@ def _backend_options(args, path, device, dtype) -> dict:
                         "(http:// or https://)")
     if args.context is not None and args.context < 2:
         raise UserError(f"--context {args.context}: the context window must be at least 2 tokens")
+    remote["api_key_env"] = remote["api_key_env"] or config_api_key_env  # the flag wins
     return {"device": device, "dtype": dtype, "n_head": args.n_head, "context": args.context, **remote}
 
 
@@ -255,7 +256,7 @@ def cmd_chat(args) -> int:
     from .ui.app import ChatApp
 
     app = ChatApp(config, checkpoint, problems, settings=settings, resume=_resume(args),
-                  backend_options=_backend_options(args, checkpoint, config.device, config.dtype))
+                  backend_options=_backend_options(args, checkpoint, config.device, config.dtype, config.api_key_env))
     _quit_on_terminate(app)
     app.run()
     return app.return_code or 0
@@ -293,7 +294,7 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     for problem in problems:
         print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
 
-    options = _backend_options(args, checkpoint, config.device, config.dtype)
+    options = _backend_options(args, checkpoint, config.device, config.dtype, config.api_key_env)
 
     def load(path):
         return _load_backend(path, options)

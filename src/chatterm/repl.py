@@ -43,6 +43,7 @@ class PlainChat:
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
         self.editor: LineEditor | None = None  # readline, while run_terminal runs
+        self.warned: set[str] = set(session.backend.warnings) if session.backend else set()  # shown when loaded
         settings = settings or LayeredSettings(session.settings)
         config = config or AppConfig()
         self.commands = SlashCommands(session, settings, config, self)
@@ -128,6 +129,7 @@ class PlainChat:
                     elif event.error:
                         self.note(f"(error: {event.error})")
                     self.out.flush()
+                    self._new_warnings()
         except BrokenPipeError:  # the reader is gone: end the reply (kept, marked "stopped"), then quit
             self.session.stop()
             for _ in events:
@@ -137,6 +139,15 @@ class PlainChat:
             self.streaming = False
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _new_warnings(self) -> None:
+        """A server's warnings learnt during a reply (a switch to completion mode, say); those
+        from opening it were printed when it loaded."""
+        backend = self.session.backend
+        for warning in backend.warnings if backend else ():
+            if warning not in self.warned:
+                self.warned.add(warning)
+                self.note(f"chatterm: warning: {warning}")
 
     # -- the FrontEnd the slash commands report to ---------------------------------------------
 
@@ -179,6 +190,7 @@ class PlainChat:
             keeping = f"; still using {self.session.backend.info.name}" if self.session.backend else ""
             raise CommandError(f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{keeping}") from e
         self.commands.use_backend(backend)
+        self.warned.update(backend.warnings)  # load_backend printed them
         self.note(f"loaded {self.session.backend.info.name}")
 
     def set_theme(self, name: str) -> None:

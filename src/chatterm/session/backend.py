@@ -35,6 +35,7 @@ class ChatBackend(Protocol):
     supported_settings: dict[str, str | None]  # setting -> why it is ignored; absent or None: honoured
     context_is_estimate: bool  # context_tokens counts characters, not the model's tokens
     inspector_note: str | None  # why the token inspector stays empty (a server without logprobs)
+    settings_apply_mid_reply: bool  # a setting changed while a reply streams acts on its next token
 
     def reply(
         self,

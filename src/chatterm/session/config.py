@@ -20,6 +20,7 @@ UI (`ui/keys.py`), which knows them.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,9 @@ class AppConfig:
     system_prompt: str = ""
     device: str = "auto"
     dtype: str = "auto"
+    # A server's API key: the NAME of the environment variable that holds it, never the key, so
+    # no file chatterm writes ever contains a secret (as --api-key-env).
+    api_key_env: str | None = None
     sampling: dict = field(default_factory=dict)  # only the values the user saved, checked
     keys: dict[str, str] = field(default_factory=dict)
     path: Path | None = None  # where it was read from / will be written
@@ -60,6 +64,8 @@ class AppConfig:
         data: dict = {"theme": self.theme, "system_prompt": self.system_prompt, "device": self.device, "dtype": self.dtype}
         if self.model:
             data["model"] = self.model
+        if self.api_key_env:
+            data["api_key_env"] = self.api_key_env
         data["sampling"] = {k: v for k, v in self.sampling.items() if v is not None}
         if self.keys:
             data["keys"] = dict(self.keys)
@@ -79,6 +85,14 @@ def _check_system_prompt(value) -> str:
     return text
 
 
+def _check_variable_name(value) -> str:
+    text = _check_string(value).strip()
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        # Not echoed: a user may have put the key itself here.
+        raise ValueError("expected the name of an environment variable (not the key itself)")
+    return text
+
+
 def _check_theme(value) -> str:
     text = _check_string(value).strip()
     if not text:
@@ -93,6 +107,7 @@ _CHECKS = {
     "system_prompt": _check_system_prompt,
     "device": lambda v: check_device(_check_string(v)),
     "dtype": lambda v: check_dtype(_check_string(v)),
+    "api_key_env": lambda v: _check_variable_name(v),
 }
 
 

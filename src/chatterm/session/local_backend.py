@@ -40,6 +40,7 @@ class LocalBackend:
         self.supported_settings: dict[str, str | None] = {}
         self.context_is_estimate = False
         self.inspector_note: str | None = None
+        self.settings_apply_mid_reply = True
         builder = JinjaPromptBuilder if isinstance(template, JinjaChatTemplate) else PromptBuilder
         self.prompts = builder(self.tokenizer, template, info.context_window)
 

@@ -61,11 +61,12 @@ class RemoteBackend:
         self.template = template or DEFAULT_TEMPLATE
         self.warnings: list[str] = []  # one line each, for the front end to print once
         self.inspector_note: str | None = None  # set once the server turns out to give no logprobs
+        self.settings_apply_mid_reply = False  # a request's settings are fixed once it is sent
         self._dropped_fields: set[str] = set()  # request fields this server refused
         self.chat_works = False  # a chat reply has succeeded: chat-route failures are not about templates
         self.counter = TokenCounter(client if facts.can_tokenize else None, f"remote:{facts.address.root}/{facts.model}")
         self.prompts = PromptBuilder(self.counter, self.template, facts.context_window)
-        self.info = BackendInfo(name=facts.model, device=facts.kind, dtype="remote",
+        self.info = BackendInfo(name=_display_name(facts.model), device=facts.kind, dtype="remote",
                                 context_window=facts.context_window, source=facts.address.root)
 
     @classmethod
@@ -205,3 +206,11 @@ class RemoteBackend:
             self.prompts.window = int(m.group(1))
             self.info = replace(self.info, context_window=int(m.group(1)))
         return True
+
+
+def _display_name(model_id: str) -> str:
+    """The model's name for the status bar: llama.cpp's server names a model by the file path it
+    was started with, which would fill the bar; show the file's name. Requests use the full id."""
+    if model_id.startswith(("/", "~", "./")) or re.match(r"[A-Za-z]:\\", model_id):
+        return re.split(r"[/\\]", model_id.rstrip("/\\"))[-1] or model_id
+    return model_id

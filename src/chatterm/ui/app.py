@@ -192,8 +192,18 @@ class ChatApp(TuiFrontEnd, App):
         self.status.note = ""
         size = f"{info.parameters / 1e6:.1f}M parameters, " if info.parameters else ""
         self.note(f"loaded {info.name} ({size}window {info.context_window}) in {message.seconds:.1f} s")
+        self._warnings_shown: set[str] = set()
+        self.settings_panel.show_when_changes_apply(backend.settings_apply_mid_reply)
+        self._show_backend_news()
+
+    def _show_backend_news(self) -> None:
+        """What the backend learnt since last asked (a server's refusals, a mode switch): its new
+        warnings as notes, the settings it ignores greyed out. After loading and after each reply."""
+        backend = self.session.backend
         for warning in backend.warnings:
-            self.note(warning, "error")
+            if warning not in self._warnings_shown:
+                self._warnings_shown.add(warning)
+                self.note(warning, "error")
         self.settings_panel.mark_unsupported(backend.supported_settings)
 
     def on_model_failed(self, message: ModelFailed) -> None:
@@ -242,6 +252,8 @@ class ChatApp(TuiFrontEnd, App):
         # The session wrote the turn with its note ("stopped", "cut at max_new_tokens", an error).
         note = turns[-1].note if message.done is not None and turns and turns[-1].role == "assistant" else ""
         await self.replies.finished(message, note)
+        if self.session.backend is not None:
+            self._show_backend_news()
         self.update_context()
 
     def update_context(self) -> None:

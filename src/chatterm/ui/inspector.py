@@ -17,6 +17,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 from ..engine.events import TokenStep
+from ..session.sanitize import printable
 
 MAX_STEPS = 4096  # per reply; older steps are dropped to bound memory on endless replies
 LABEL_WIDTH = 10  # columns for a candidate's text
@@ -56,6 +57,7 @@ class TokenInspector(Widget, can_focus=True):
         self.steps: list[TokenStep] = []
         self.shown_tokens: int | None = None  # after a reply: how many tokens reached the reader
         self.stop_reason = ""
+        self.note: str | None = None  # why a finished reply has no steps
         self.border_title = "Token inspector"
 
     # -- feeding -------------------------------------------------------------------------------
@@ -64,6 +66,7 @@ class TokenInspector(Widget, can_focus=True):
         self.steps = []
         self.shown_tokens = None
         self.stop_reason = ""
+        self.note = None
         self.selected = -1
         self.border_subtitle = ""
         self.refresh()
@@ -75,10 +78,12 @@ class TokenInspector(Widget, can_focus=True):
         if self.selected == -1:
             self.refresh()
 
-    def finish(self, shown_tokens: int, stop_reason: str) -> None:
-        """The reply ended; tokens past `shown_tokens` were held back (a stop string, a cut)."""
+    def finish(self, shown_tokens: int, stop_reason: str, note: str | None = None) -> None:
+        """The reply ended; tokens past `shown_tokens` were held back (a stop string, a cut).
+        `note` says why there are no steps (a server that gives no token probabilities)."""
         self.shown_tokens = shown_tokens
         self.stop_reason = stop_reason
+        self.note = note
         self.border_subtitle = "←/→ step" if self.steps else ""
         self.refresh()
 
@@ -100,6 +105,8 @@ class TokenInspector(Widget, can_focus=True):
     # -- drawing -------------------------------------------------------------------------------
 
     def render(self):
+        if not self.steps and self.note:
+            return Text(printable(self.note), style="italic")
         if not self.steps:
             return Text.assemble(
                 ("No tokens yet.\n\n", "bold"),
@@ -122,7 +129,7 @@ class TokenInspector(Widget, can_focus=True):
     def _header(self, step: TokenStep, width: int) -> Text:
         accent, _, warning = self._colours()
         head = Text.assemble(("token ", "dim"), (f"{self.index + 1}", "bold"), (f"/{len(self.steps)}", "dim"),
-                             ("  id ", "dim"), (str(step.token_id), ""))
+                             *((("  id ", "dim"), (str(step.token_id), "")) if step.token_id >= 0 else ()))
         if self.selected == -1 and self.shown_tokens is None:
             tail = Text("● live", style=f"bold {accent}")
         elif self._hidden(self.index):

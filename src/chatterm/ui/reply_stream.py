@@ -116,5 +116,8 @@ class ReplyStream:
             return
         if widget is not None:
             await widget.finish(done.text.strip(), note or (done.error or ""))
-        self.inspector.finish(len(done.token_ids), done.stop_reason)
+        # A backend without token ids (a server) cannot say which steps a stop string hid.
+        shown = len(done.token_ids) if done.token_ids else len(self.inspector.steps)
+        backend = self.app.session.backend
+        self.inspector.finish(shown, done.stop_reason, note=backend.inspector_note if backend else None)
         self.status.speed = f"TTFT {done.ttft_s:.2f} s · {done.tokens_per_s:.1f} tok/s"

@@ -87,6 +87,10 @@ class SettingsPanel(VerticalScroll):
     def action_save_defaults(self) -> None:
         self.post_message(self.SaveDefaults())
 
+    def show_when_changes_apply(self, mid_reply: bool) -> None:
+        """A server fixes a request's settings when it is sent: say so in the panel's title."""
+        self.border_title = "Settings" if mid_reply else "Settings · apply from the next reply"
+
     def mark_unsupported(self, reasons: dict[str, str | None]) -> None:
         """Grey out the settings the backend does not honour (a server that refuses top_k, say),
         with the reason as the tooltip. The value still applies if the backend learns to."""
