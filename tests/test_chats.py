@@ -234,7 +234,7 @@ async def test_continue_and_the_input_history_across_launches():
         await pilot.press("enter")
         await wait_until(pilot, lambda: len(app.session.conversation.turns) == 4, what="the reply")
         await app.workers.wait_for_complete()
-    again = make_app()  # the next launch: Up brings back what was typed before
+    again = make_app(PARROT)  # the next launch: Up brings back what was typed before
     async with again.run_test(size=(80, 24)) as pilot:
         prompt = again.query_one(PromptInput)
         prompt.focus()
