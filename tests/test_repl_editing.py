@@ -109,6 +109,25 @@ def test_edit_puts_the_last_message_back_on_the_line():
         assert term.quit() == 0
 
 
+@pytest.mark.slow
+def test_continue_shows_where_the_chat_left_off():
+    from chatterm.session import Conversation, ConversationStore
+    from chatterm.session.config import data_dir
+
+    store = ConversationStore(data_dir() / "conversations")
+    chat = Conversation()
+    for role, text in [("user", "hi"), ("assistant", "hello there, friend"),
+                       ("user", "what is your name?"), ("assistant", "my name is \x1b[31mparrot")]:
+        chat.add(role, text)
+    store.save(chat)
+    store.close()
+    with Terminal("-c") as term:
+        term.wait_for_prompt(2)  # the last exchange ("> what is your name?"), then the prompt
+        assert b"> what is your name?\r\nmy name is parrot\r\n" in term.output  # made inert
+        assert b"hello there" not in term.output
+        assert term.quit() == 0
+
+
 def test_a_pipe_still_reads_plain_lines(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chatterm", str(PARROT), "--plain", "--temperature", "0"],
                        input="hi\n", capture_output=True, text=True, timeout=120, env=os.environ)

@@ -43,6 +43,7 @@ class PlainChat:
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
         self.editor: LineEditor | None = None  # readline, while run_terminal runs
+        self._shown = session.conversation  # the conversation whose turns are on the screen
         self.warned: set[str] = set(session.backend.warnings) if session.backend else set()  # shown when loaded
         settings = settings or LayeredSettings(session.settings)
         config = config or AppConfig()
@@ -159,7 +160,19 @@ class PlainChat:
         self.err.flush()
 
     def show_conversation(self) -> None:
-        pass  # a line REPL does not redraw history
+        """A line REPL does not redraw history; but on a terminal a chat just opened (/load, -c)
+        shows its last exchange, so the user sees where it left off (a pipe gets replies only)."""
+        conversation = self.session.conversation
+        if conversation is self._shown or not conversation.turns or not self.interactive:
+            self._shown = conversation
+            return
+        self._shown = conversation
+        start = next((i for i in range(len(conversation.turns) - 1, -1, -1)
+                      if conversation.turns[i].role == "user"), 0)
+        for turn in conversation.turns[start:]:
+            self.out.write(("> " if turn.role == "user" else "") + printable(turn.text) + "\n")
+        self.out.write("\n" if self.editor is not None else "")
+        self.out.flush()
 
     def show_settings(self) -> None:
         pass
