@@ -97,3 +97,18 @@ def test_the_config_names_the_api_key_variable_never_the_key(tmp_path, monkeypat
         sent = [{k.lower(): v for k, v in h.items()}.get("authorization") for h in server.headers]
         assert "Bearer sk-from-env" in sent
         assert "sk-from-env" not in result.stdout + result.stderr
+
+
+async def test_loading_a_model_file_shows_progress_in_the_status_bar(tmp_path):
+    from tiny_llama import hf_model, write_gguf
+
+    gguf_file = write_gguf(tmp_path / "m.gguf", hf_model("llama"))
+    app = make_app(gguf_file)
+    seen = []
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(app, pilot)
+        app.watch(app.status, "busy", lambda text: seen.append(text))
+        app.commands.run(f"/model {gguf_file}")  # watched from the start this time
+        await wait_until(pilot, lambda: len(seen) > 1 and seen[-1] == "", what="the second load")  # [0]: the value then
+    assert any(text.startswith("loading dequantizing weights") and text.endswith("%") for text in seen), seen
+    assert seen[-1] == "", seen

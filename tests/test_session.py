@@ -92,7 +92,7 @@ def test_undo_and_regenerate_reuse_the_cache(parrot_checkpoint):
     assert again.text.strip() == "very well, thank you" and again.prefill_tokens == 1
     assert session.undo()
     assert [t.role for t in session.conversation.turns] == ["user", "assistant"]
-    assert session.edit_last() == "hi" and session.conversation.turns == []
+    assert session.start_edit(0) == "hi" and session.editing == 0
 
 
 def test_reply_that_fills_the_window_trims_and_continues(parrot_checkpoint):

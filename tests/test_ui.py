@@ -118,9 +118,11 @@ async def test_retry_undo_edit_and_history(parrot_checkpoint):
         await pilot.press("ctrl+o")
         prompt = app.query_one(PromptInput)
         await wait_until(pilot, lambda: prompt.text == "hi")
-        assert app.session.conversation.turns == []
+        assert app.session.editing == 0  # the message stays until the edit is sent
         await pilot.press("enter")
         await settle(app, pilot)
+        assert [t.text for t in app.session.conversation.turns] == ["hi", "hello there, friend"]
+        assert len(app.session.conversation.turns[0].fork.options) == 2  # the old version is kept
         await pilot.press("ctrl+b")
         await wait_until(pilot, lambda: not app.chat.query(UserMessage))
         assert app.session.conversation.turns == []

@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", metavar="TEXT", help="system prompt (default: the config's, else none)")
     chat.add_argument("--theme", metavar="NAME", help="colour theme (default: the config's, else chatterm-dark)")
     chat.add_argument("--config", metavar="PATH", help="config file (default: the user config dir's config.toml)")
+    import_module("chatterm.web").add_arguments(chat)  # --web, --port
     chat.set_defaults(func=cmd_chat)
 
     gen = sub.add_parser(
@@ -251,20 +252,42 @@ def cmd_chat(args) -> int:
         config.system_prompt = args.system
     settings = _layered_settings(args, config.sampling)
     checkpoint = args.checkpoint or config.model or str(default_checkpoint())
-    if args.plain or not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if args.web:
+        return _serve_web(args, checkpoint, config, problems)
+    from .web import in_browser_session
+
+    if args.plain or not (sys.stdin.isatty() and sys.stdout.isatty() or in_browser_session()):
         return _plain_chat(config, settings, checkpoint, problems, args)
     from .ui.app import ChatApp
 
     app = ChatApp(config, checkpoint, problems, settings=settings, resume=_resume(args),
                   backend_options=_backend_options(args, checkpoint, config.device, config.dtype, config.api_key_env))
     _quit_on_terminate(app)
+    if in_browser_session():  # the server ends its sessions by a quit message (as Ctrl+Q); the Ctrl+C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # typed at the server's terminal is not for them
     app.run()
+    app.session.stop()  # the web driver's quit skips Ctrl+Q's stop: end a reply in flight before exit joins it
     return app.return_code or 0
 
 
 def _resume(args) -> str:
     """How to start: "last" (-c, --continue), "pick" (--resume) or "" (a new chat)."""
     return "last" if args.continue_last else "pick" if args.resume else ""
+
+
+def _serve_web(args, checkpoint, config, problems) -> int:
+    """Check the flags once here (each browser tab's session reads them again), then serve."""
+    from .session.backends import REMOTE_SCHEMES
+    from .session.models import resolve_model
+    from .session.sanitize import printable
+    from .web import serve_chat
+
+    for problem in problems:
+        print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
+    _backend_options(args, checkpoint, config.device, config.dtype)
+    if not str(checkpoint).startswith(REMOTE_SCHEMES) and not resolve_model(checkpoint).exists():
+        raise UserError(f"{checkpoint}: no such file or folder, nor an installed model")
+    return serve_chat(args)
 
 
 def _quit_on_terminate(app) -> None:

@@ -25,9 +25,9 @@ from .session.config import AppConfig
 from .line_editing import LineEditor
 from .session.input_history import InputHistory
 from .session.layered_settings import LayeredSettings
-from .session.sanitize import printable
-from .session.trimmed_stream import TrimmedStream
+from .session.sanitize import osc52, printable
 from .session.saved_chats import chat_line
+from .session.trimmed_stream import TrimmedStream
 
 
 class PlainChat:
@@ -179,6 +179,20 @@ class PlainChat:
 
     def stream_reply(self, events) -> None:
         self.stream(events)
+
+    stream_more = stream_reply  # a continuation prints on a line of its own
+
+    def copy_text(self, text: str) -> None:
+        """OSC 52, as the TUI does: the terminal (even over SSH) puts it on the clipboard."""
+        if not self.out.isatty():
+            raise CommandError("/copy needs a terminal (it asks the terminal to copy, with OSC 52)")
+        self.out.write(osc52(text))
+        self.out.flush()
+
+    def run_editor(self, text: str) -> str:
+        from .session.external_editor import compose_in_editor
+
+        return compose_in_editor(text)  # the editor gets the terminal: the REPL waits for input anyway
 
     def edit_text(self, text: str) -> None:
         if self.editor is not None:  # the next line starts with it, to edit and send with Enter

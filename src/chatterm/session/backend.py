@@ -61,6 +61,20 @@ class ChatBackend(Protocol):
         """
         ...
 
+    def continue_reply(
+        self,
+        conversation: Conversation,
+        settings: SamplingSettings,
+        *,
+        cancel: threading.Event | None = None,
+        inspect: int = 0,
+    ) -> Iterator[Event]:
+        """Stream more of the last turn of `conversation` (an assistant reply, cut short or
+        edited), as `reply` does; `Finished.text` is only the new text (the caller appends it to
+        the turn) and `context_ids`, when kept, stand for the whole turn. Raises ValueError (one
+        line) before streaming when this backend cannot continue a reply."""
+        ...
+
     def context_tokens(self, conversation: Conversation, settings: SamplingSettings) -> int:
         """How many tokens of the window the next prompt would use (an estimate is fine)."""
         ...

@@ -1,7 +1,10 @@
 """ChatSession: what every front end drives.
 
 It ties a conversation, the live sampling settings and a backend together and offers the chat
-actions (send, regenerate, undo, edit, clear, system prompt), each as one call. Replies are
+actions (send, regenerate, continue, undo, edit, alternatives, clear, system prompt), each as one
+call. Regenerating and editing keep the earlier version as an alternative (conversation.py).
+Editing is two steps, so that every front end can put the text in its own input first:
+`start_edit(index)` returns the message's text, and the next `send` replaces that message. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about
 Textual or terminals. After every reply the conversation is autosaved, if a store is given; a
 save that fails (disk full, read-only folder, no permission) is reported through `warn` (a
@@ -43,35 +46,68 @@ class ChatSession:
         self.warn = warn or logging.getLogger("chatterm").warning  # see the module doc
         self.cancel = threading.Event()
         self._save_failure = ""  # the last autosave failure; "" while saving works
+        self.editing: int | None = None  # index of the message that the next `send` replaces
 
     # -- replies (run these in a worker thread) ------------------------------------------------
 
     def send(self, text: str, *, inspect: int = 0) -> Iterator[Event]:
-        """Add a user message and stream the reply."""
+        """Add a user message and stream the reply. While editing (start_edit), the message
+        replaces the one being edited instead (see submit_edit)."""
+        if self.editing is not None:
+            return self.submit_edit(text, inspect=inspect) or iter(())
         text = clean_message(text)
         self.conversation.add("user", text)
         self.save()
         return self._reply(inspect)
 
     def regenerate(self, *, inspect: int = 0) -> Iterator[Event]:
-        """Replace the last reply with a new one."""
-        if not self.conversation.turns:
+        """A new version of the last reply; the old one stays as an alternative."""
+        turns = self.conversation.turns
+        if not turns:
             raise ValueError("nothing to regenerate yet")
-        self.conversation.pop_reply()
+        self._check_backend()
+        self.editing = None
+        if turns[-1].role == "assistant":
+            self.conversation.branch_at(len(turns) - 1)
         return self._reply(inspect)
 
-    def _reply(self, inspect: int) -> Iterator[Event]:
+    def continue_reply(self, *, inspect: int = 0) -> Iterator[Event]:
+        """Generate more of the last reply (cut at max_new_tokens, stopped, or edited), appended
+        to the same message. Raises ValueError (one line) when it cannot."""
+        turns = self.conversation.turns
+        if not turns or turns[-1].role != "assistant":
+            raise ValueError("nothing to continue: the last message is not a reply")
+        backend = self._check_backend()
+        self.editing = None
+        self.cancel.clear()
+        events = backend.continue_reply(self.conversation, self.settings, cancel=self.cancel, inspect=inspect)
+        return self._relay(events, self.conversation, extend_reply)
+
+    def _check_backend(self) -> ChatBackend:
         if self.backend is None:
             raise ValueError("no model is loaded yet")
+        return self.backend
+
+    def _reply(self, inspect: int) -> Iterator[Event]:
+        backend = self._check_backend()
         self.cancel.clear()
         conversation = self.conversation  # the reply belongs here even if /clear runs meanwhile
+        events = backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect)
+        return self._relay(events, conversation, add_reply)
+
+    def _relay(self, events: Iterator[Event], conversation: Conversation,
+               record: Callable[[Conversation, Finished], Turn]) -> Iterator[Event]:
+        finished = False
         try:
-            for event in self.backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect):
+            for event in events:
                 if isinstance(event, Finished):  # before it is passed on: consumers see the turn
-                    add_reply(conversation, event)
-                    conversation.model = self.backend.info.name
+                    record(conversation, event)
+                    conversation.model = self.backend.info.name if self.backend else conversation.model
+                    finished = True
                 yield event
         finally:
+            if not finished:  # the reply never came: a regenerated one's old version is shown again
+                conversation.cancel_branch()
             self.save()
 
     def stop(self) -> None:
@@ -82,18 +118,52 @@ class ChatSession:
 
     def undo(self) -> bool:
         """Remove the last exchange (user message and reply). False when there is none."""
+        self.editing = None
         removed = self.conversation.pop_exchange()
         self.save()
         return bool(removed)
 
-    def edit_last(self) -> str:
-        """Remove the last exchange and return the user's message, to edit and send again."""
-        removed = self.conversation.pop_exchange()
+    def last_user_index(self) -> int | None:
+        return next((i for i in range(len(self.conversation.turns) - 1, -1, -1)
+                     if self.conversation.turns[i].role == "user"), None)
+
+    def start_edit(self, index: int) -> str:
+        """Edit message `index` (0-based): return its text; the next `send` replaces it."""
+        if not 0 <= index < len(self.conversation.turns):
+            raise ValueError(f"no message {index + 1}; messages are numbered 1 to {len(self.conversation.turns)}")
+        self.editing = index
+        return self.conversation.turns[index].text
+
+    def submit_edit(self, text: str, *, inspect: int = 0) -> Iterator[Event] | None:
+        """Replace the message being edited with `text`: everything after it becomes the other
+        branch of an alternative. A user message gets a new reply (returned as events); an
+        assistant message is only replaced (None), ready to be continued."""
+        index, self.editing = self.editing, None
+        if index is None or index >= len(self.conversation.turns):
+            raise ValueError("no message is being edited")
+        role = self.conversation.turns[index].role
+        text = clean_message(text)
+        if role == "user":
+            self._check_backend()
+        self.conversation.branch_at(index)
+        self.conversation.add(role, text)
         self.save()
-        return removed[0].text if removed else ""
+        return self._reply(inspect) if role == "user" else None
+
+    def cancel_edit(self) -> None:
+        self.editing = None
+
+    def switch_alternative(self, index: int, step: int) -> bool:
+        """Show another version of message `index` and the branch that follows it."""
+        self.editing = None
+        switched = self.conversation.switch(index, step)
+        if switched:
+            self.save()
+        return switched
 
     def clear(self) -> None:
         """Start a new conversation (the old one stays saved), keeping the system prompt."""
+        self.editing = None
         self.conversation = Conversation(system=self.conversation.system)
 
     def set_system(self, text: str) -> None:
@@ -101,6 +171,7 @@ class ChatSession:
         self.save()
 
     def load_conversation(self, conversation: Conversation) -> None:
+        self.editing = None
         self.conversation = conversation
         if self.store is not None:
             try:  # another chatterm may have it open: then this one continues in a copy
@@ -140,14 +211,27 @@ class ChatSession:
 def add_reply(conversation: Conversation, done: Finished) -> Turn:
     """Append the assistant turn a stream ended with: its text, whether it was cut short and why,
     and, when the backend keeps token ids, the ids it occupies in the context."""
-    stopped = done.stop_reason in ("cancelled", "error")
-    note = {"cancelled": "stopped", "length": "cut at max_new_tokens"}.get(done.stop_reason, "")
+    turn = conversation.add("assistant", done.text.strip())
+    _record_end(turn, done)
+    return turn
+
+
+def extend_reply(conversation: Conversation, done: Finished) -> Turn:
+    """Append a continuation to the last (assistant) turn: more text, and how it ended now."""
+    turn = conversation.turns[-1]
+    turn.text = (turn.text + done.text).rstrip()  # the prompt ended at the stripped text
+    turn.ids = None  # the old ids stand for the shorter text
+    _record_end(turn, done)
+    return turn
+
+
+def _record_end(turn: Turn, done: Finished) -> None:
+    turn.stopped = done.stop_reason in ("cancelled", "error")
+    turn.note = {"cancelled": "stopped", "length": "cut at max_new_tokens"}.get(done.stop_reason, "")
     if done.error:
-        note = f"error: {done.error}"
-    turn = conversation.add("assistant", done.text.strip(), stopped=stopped, note=note)
+        turn.note = f"error: {done.error}"
     if done.context_ids:
         turn.ids, turn.ids_key = list(done.context_ids), done.ids_key
-    return turn
 
 
 def clean_message(text: str) -> str:

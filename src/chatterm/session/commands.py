@@ -18,6 +18,7 @@ from .chat import ChatSession
 from .config import AppConfig, save_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
 from .persistence import write_conversation, write_user_file
+from .sanitize import printable
 from .saved_chats import SavedChats
 
 
@@ -35,9 +36,14 @@ COMMANDS: dict[str, CommandSpec] = {
     for c in (
         CommandSpec("help", "", "list commands and keys"),
         CommandSpec("clear", "", "start a new conversation (the old one stays saved)"),
-        CommandSpec("retry", "", "regenerate the last reply"),
+        CommandSpec("retry", "", "regenerate the last reply (the old one stays as an alternative)"),
+        CommandSpec("continue", "", "generate more of the last reply, in the same message"),
         CommandSpec("undo", "", "remove the last exchange"),
-        CommandSpec("edit", "", "take back the last message to edit it"),
+        CommandSpec("edit", "[N]", "edit message N (default: your last one); sending replaces it, "
+                    "the old version stays as an alternative"),
+        CommandSpec("alt", "[N] [prev|next]", "show another version of message N (default: the last one that has some)"),
+        CommandSpec("copy", "[N]", "copy message N (default: the last reply) to the clipboard"),
+        CommandSpec("editor", "", "write the message in $VISUAL / $EDITOR"),
         CommandSpec("system", "TEXT [--save]", "set this session's system prompt (empty clears it); --save keeps it",
                     flags=("--save",)),
         CommandSpec("set", "NAME VALUE [--save]", "change a sampling setting for this session; --save makes it your default",
@@ -53,7 +59,7 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("quit", "", "leave chatterm"),
     )
 }
-ALIASES = {"exit": "quit", "q": "quit", "regenerate": "retry", "new": "clear", "?": "help"}
+ALIASES = {"exit": "quit", "q": "quit", "regenerate": "retry", "new": "clear", "?": "help", "cont": "continue"}
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,11 @@ class FrontEnd(Protocol):
     def show_conversation(self) -> None: ...  # redraw after the conversation changed
     def show_settings(self) -> None: ...  # the settings or the system prompt changed
     def stream_reply(self, events: Iterable) -> None: ...  # render a reply (a retry)
+    def stream_more(self, events: Iterable) -> None: ...  # render more of the last reply (/continue)
     def edit_text(self, text: str) -> None: ...  # offer a taken-back message for editing
     def show_chats(self, chats: list) -> None: ...  # the recent chats (ChatSummary), to open one
+    def copy_text(self, text: str) -> None: ...  # to the clipboard; CommandError where it cannot
+    def run_editor(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
     def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
     def set_theme(self, name: str) -> None: ...  # ValueError for an unknown theme
     def key_help(self) -> list[str]: ...  # lines for /help about keys
@@ -173,6 +182,10 @@ class SlashCommands:
             raise CommandError("no model loaded yet; wait for it, or /model PATH")
         self.front.stream_reply(self.session.regenerate(inspect=self.front.inspect))
 
+    def do_continue(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        self.front.stream_more(self.session.continue_reply(inspect=self.front.inspect))
+
     def do_undo(self, arg: str = "", flags=frozenset()) -> None:
         self._idle()
         if self.session.undo():
@@ -182,12 +195,48 @@ class SlashCommands:
 
     def do_edit(self, arg: str = "", flags=frozenset()) -> None:
         self._idle()
-        text = self.session.edit_last()
-        if not text:
+        index = self._message_index(arg) if arg else self.session.last_user_index()
+        if index is None:
             self.front.note("nothing to edit")
             return
-        self.front.show_conversation()
+        text = self.session.start_edit(index)
         self.front.edit_text(text)
+
+    def do_alt(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        words = arg.lower().split()
+        step = -1 if "prev" in words else 1
+        numbers = [w for w in words if w not in ("prev", "next")]
+        forked = self.session.conversation.forked_indices()
+        index = self._message_index(numbers[0]) if numbers else (forked[-1] if forked else None)
+        if index is None or not self.session.switch_alternative(index, step):
+            raise CommandError("no alternatives here: /retry or /edit make them")
+        turn = self.session.conversation.turns[index]
+        self.front.show_conversation()
+        preview = " ".join(printable(turn.text).split())  # the plain REPL does not redraw: say which
+        preview = preview[:60] + "…" if len(preview) > 60 else preview
+        self.front.note(f"message {index + 1}: version {turn.fork.shown + 1}/{len(turn.fork.options)}: {preview}")
+
+    def do_copy(self, arg: str = "", flags=frozenset()) -> None:
+        turns = self.session.conversation.turns
+        index = self._message_index(arg) if arg else next(
+            (i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "assistant"), None)
+        if index is None:
+            raise CommandError("nothing to copy yet")
+        text = printable(turns[index].text)  # pasted into a shell, an escape sequence could act
+        self.front.copy_text(text)
+        self.front.note(f"copied message {index + 1} ({len(text):,} characters)")
+
+    def do_editor(self, arg: str = "", flags=frozenset()) -> None:
+        self.front.edit_text(self.front.run_editor(arg))
+
+    def _message_index(self, arg: str) -> int:
+        """A message number as the user gives it (1 = the first shown) -> its index."""
+        count = len(self.session.conversation.turns)
+        if not arg.strip().isdigit() or not 1 <= int(arg) <= count:
+            raise CommandError(f"{arg.strip()!r}: give a message number from 1 to {count}" if count
+                               else "no messages yet")
+        return int(arg) - 1
 
     def do_system(self, arg: str = "", flags=frozenset()) -> None:
         self.session.set_system(arg)

@@ -4,6 +4,13 @@ Turns keep their text for display and, once a local backend has seen them, the e
 they occupy in the model's context (`ids`, tagged with the tokenizer they belong to), so the
 next prompt repeats those ids exactly and the KV cache can be reused. `context_start` is the
 index of the oldest turn still in the model's context (older ones were dropped to fit).
+
+Alternatives (branches): `turns` is always the branch on screen. A message that has sibling
+versions (a regenerated reply, an edited message) carries a `Fork` shared by all of them; each
+option is a version with the turns that followed it. `branch_at` starts a new option (the next
+turn added at that index joins the fork), `switch` shows another one. Saved files keep the shown
+branch in "turns", as before, and the other options on the forked turn ("alternatives"), so files
+written before forks existed load unchanged and older readers see the shown branch.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field
 from .sanitize import printable
 
 ROLES = ("user", "assistant")
+FORMAT_VERSION = 2  # 1 (no "version" key): no alternatives
 # Ids name the autosave file (`<id>.json`), so they are chatterm's own, never a file's say-so: an
 # id read from a file that is not of this form (`../../x`, `/home/me/model`) is replaced.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,80}")
@@ -39,13 +47,18 @@ class Turn:
     note: str = ""  # a short remark shown under the turn ("stopped", an error message)
     ids: list[int] | None = field(default=None, repr=False)  # tokens in context, see module doc
     ids_key: str = field(default="", repr=False)  # which tokenizer/template produced `ids`
+    fork: "Fork | None" = field(default=None, repr=False)  # its sibling versions, see module doc
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, with_fork: bool = True) -> dict:
         data = {"role": self.role, "text": self.text}
         if self.stopped:
             data["stopped"] = True
         if self.note:
             data["note"] = self.note
+        if self.fork is not None and with_fork:  # the siblings share the fork: written once, here
+            others = [option for i, option in enumerate(self.fork.options) if i != self.fork.shown and option]
+            data["alternatives"] = {"shown": self.fork.shown, "others": [
+                [option[0].to_dict(with_fork=False), *(t.to_dict() for t in option[1:])] for option in others]}
         return data
 
     @classmethod
@@ -53,7 +66,28 @@ class Turn:
         role, text = data.get("role"), data.get("text")
         if role not in ROLES or not isinstance(text, str):
             raise ValueError(f"bad turn {data!r:.80}")
-        return cls(role=role, text=text, stopped=bool(data.get("stopped")), note=str(data.get("note", "")))
+        turn = cls(role=role, text=text, stopped=bool(data.get("stopped")), note=str(data.get("note", "")))
+        alternatives = data.get("alternatives")
+        if alternatives is not None:
+            others, shown = alternatives.get("others"), alternatives.get("shown")
+            if not isinstance(others, list) or not all(isinstance(o, list) and o for o in others) \
+                    or not isinstance(shown, int) or not 0 <= shown <= len(others):
+                raise ValueError("bad alternatives")
+            options = [[Turn.from_dict(t) for t in o] for o in others]
+            options.insert(shown, [turn])  # a stand-in: the shown option lives in Conversation.turns
+            turn.fork = Fork(options, shown)
+            for option in options:
+                option[0].fork = turn.fork
+        return turn
+
+
+@dataclass(eq=False)
+class Fork:
+    """Sibling versions of one message. `options[i]` is version i with the turns that followed
+    it; the entry of the `shown` one is stale (that branch is `Conversation.turns`)."""
+
+    options: list[list[Turn]]
+    shown: int
 
 
 @dataclass(eq=False)
@@ -63,6 +97,8 @@ class Conversation:
     id: str = field(default_factory=new_conversation_id)  # names the autosave file; see is_valid_id
     created: float = field(default_factory=time.time)
     context_start: int = 0  # oldest turn still in the model's context
+    # A fork waiting for its new option: the next turn added at this index joins it (branch_at).
+    _pending: tuple[int, Fork] | None = field(default=None, repr=False)
     name: str = ""  # a title the user gave it (the chats list's rename); "" shows the first message
     model: str = ""  # the model that last replied, for the chats list
 
@@ -78,11 +114,65 @@ class Conversation:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         turn = Turn(role=role, text=text, **kwargs)
+        if self._pending is not None and self._pending[0] == len(self.turns):
+            turn.fork = self._pending[1]
+            turn.fork.options[turn.fork.shown] = [turn]
+        self._pending = None
         self.turns.append(turn)
         return turn
 
+    # -- alternatives (see the module doc) -----------------------------------------------------
+
+    def branch_at(self, index: int) -> None:
+        """Put `turns[index:]` aside as an alternative; the next turn added becomes a new sibling
+        version of `turns[index]`, shown, and the conversation goes on from it."""
+        if not 0 <= index < len(self.turns):
+            raise ValueError(f"no message {index + 1}")
+        self.cancel_branch()
+        tail = self.turns[index:]
+        fork = tail[0].fork
+        if fork is None:
+            fork = tail[0].fork = Fork([tail], 0)
+        fork.options[fork.shown] = tail
+        fork.options.append([])
+        fork.shown = len(fork.options) - 1
+        del self.turns[index:]
+        self.context_start = min(self.context_start, index)
+        self._pending = (index, fork)
+
+    def cancel_branch(self) -> None:
+        """The new version never came (the reply failed to start): show the previous one again."""
+        if self._pending is None:
+            return
+        index, fork = self._pending
+        self._pending = None
+        if len(self.turns) == index and not fork.options[fork.shown]:
+            del fork.options[fork.shown]
+            fork.shown = len(fork.options) - 1
+            self.turns.extend(fork.options[fork.shown])
+            if len(fork.options) == 1:  # a fork of one is no fork
+                fork.options[0][0].fork = None
+
+    def switch(self, index: int, step: int) -> bool:
+        """Show the sibling version `step` away (wrapping) of `turns[index]`, with its branch.
+        False when that message has no alternatives."""
+        fork = self.turns[index].fork if 0 <= index < len(self.turns) else None
+        if fork is None or len(fork.options) < 2:
+            return False
+        self.cancel_branch()
+        fork.options[fork.shown] = self.turns[index:]
+        fork.shown = (fork.shown + step) % len(fork.options)
+        self.turns[index:] = fork.options[fork.shown]
+        self.context_start = min(self.context_start, index)
+        return True
+
+    def forked_indices(self) -> list[int]:
+        """Indices of the shown messages that have sibling versions."""
+        return [i for i, t in enumerate(self.turns) if t.fork is not None and len(t.fork.options) > 1]
+
     def pop_exchange(self) -> list[Turn]:
         """Remove the last user message and everything after it (the undo of one exchange)."""
+        self.cancel_branch()
         for i in range(len(self.turns) - 1, -1, -1):
             if self.turns[i].role == "user":
                 removed, self.turns = self.turns[i:], self.turns[:i]
@@ -90,18 +180,14 @@ class Conversation:
                 return removed
         return []
 
-    def pop_reply(self) -> Turn | None:
-        """Remove the last assistant turn (before regenerating it)."""
-        if self.turns and self.turns[-1].role == "assistant":
-            return self.turns.pop()
-        return None
-
     def clear(self) -> None:
         self.turns.clear()
         self.context_start = 0
+        self._pending = None
 
     def to_dict(self) -> dict:
         return {
+            "version": FORMAT_VERSION,
             "id": self.id,
             "created": self.created,
             "system": self.system,
@@ -126,7 +212,7 @@ class Conversation:
         return conv
 
     def to_markdown(self) -> str:
-        """The conversation as Markdown; escape sequences are dropped, so `cat` shows it inertly."""
+        """The branch on screen as Markdown; escape sequences are dropped, so `cat` shows it inertly."""
         lines = [f"# {printable(self.title)}", ""]
         if self.system:
             lines += [f"**System:** {printable(self.system)}", ""]

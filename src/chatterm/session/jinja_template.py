@@ -29,7 +29,7 @@ from datetime import datetime
 from functools import lru_cache
 
 from .conversation import Conversation, Turn
-from .prompt import Prompt
+from .prompt import Prompt, reuse_ids
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or message contains them
 
@@ -148,6 +148,13 @@ class JinjaPromptBuilder:
         conversation.context_start = start
         return ids[-half:]
 
+    def reply_body_ids(self, turn: Turn) -> list[int]:
+        """The ids of an assistant turn's content (what a continuation extends), reusing the
+        ids it was generated as."""
+        if turn.ids is not None and turn.ids_key == self.key:
+            return reuse_ids(self.tokenizer, turn.text, turn.ids)
+        return self.tokenizer.encode(turn.text)
+
     def finished_turn_ids(self, reply_text: str, reply_ids: list[int]) -> list[int]:
         """What an assistant turn keeps: the ids the model generated, reused by the next prompt."""
         return list(reply_ids)
@@ -199,23 +206,10 @@ class JinjaPromptBuilder:
             if not is_content:
                 ids += self.tokenizer.encode_marked(text)
             elif reply_ids:
-                ids += self._reuse(text, reply_ids)
+                ids += reuse_ids(self.tokenizer, text, reply_ids)
             else:
                 ids += self.tokenizer.encode(text)
         return ids
-
-    def _reuse(self, content: str, reply_ids: list[int]) -> list[int]:
-        """`content` as ids that start with the longest prefix of the generated ids it still
-        matches (the reply was stripped of surrounding whitespace when it was kept)."""
-        target, used, kept = content.encode("utf-8"), 0, 0
-        for token in reply_ids:
-            raw = self.tokenizer.token_bytes(token)
-            if target[used : used + len(raw)] != raw:
-                break
-            used += len(raw)
-            kept += 1
-        tail = target[used:].decode("utf-8", errors="replace")
-        return list(reply_ids[:kept]) + (self.tokenizer.encode(tail) if tail else [])
 
     def _whole(self, real: list[dict]) -> tuple[list[list[int]], list[int]]:
         """A template that is not prefix-stable: the whole prompt in one piece, contents plain."""

@@ -126,11 +126,45 @@ class LocalBackend:
             yield ContextTrimmed(prompt.dropped_turns, len(prompt.ids))
         yield from torch_thread.iterate(partial(self._reply_events, conversation, settings, prompt.ids, cancel, inspect))
 
-    def _reply_events(self, conversation, settings, prompt_ids, cancel, inspect) -> Iterator[Event]:
+    def continue_reply(
+        self,
+        conversation: Conversation,
+        settings: SamplingSettings,
+        *,
+        cancel: threading.Event | None = None,
+        inspect: int = 0,
+    ) -> Iterator[Event]:
+        """Stream more of the last (assistant) turn (see ChatBackend.continue_reply). The prompt
+        is the one that asked for that turn plus the ids it was generated as, so the cache
+        still holds nearly all of it: only the last token or two are prefilled."""
+        turns = conversation.turns
+        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
+            raise ValueError("nothing to continue: the last message is not a reply")
+        # The conversation up to the reply asks for the reply; its text so far counts as reply.
+        head = Conversation(system=conversation.system, turns=turns[:-1], context_start=conversation.context_start)
+        body = self.prompts.reply_body_ids(turns[-1])
+        return self._continue_events(conversation, head, body, settings, cancel, inspect)
+
+    def _continue_events(self, conversation, head, body, settings, cancel, inspect) -> Iterator[Event]:
+        prompt = self.prompts.build(head, settings.max_new_tokens + len(body))
+        conversation.context_start = head.context_start
+        if prompt.dropped_turns:
+            yield ContextTrimmed(prompt.dropped_turns, len(prompt.ids) + len(body))
+        ids = (prompt.ids + body)[-(self.info.context_window - 1) :]
+        events = torch_thread.iterate(partial(self._reply_events, head, settings, ids, cancel, inspect,
+                                              reply_start=len(ids) - len(body), body=body))
+        for event in events:
+            if isinstance(event, ContextTrimmed):
+                conversation.context_start = head.context_start
+            yield event
+
+    def _reply_events(self, conversation, settings, prompt_ids, cancel, inspect, *, reply_start=None,
+                      body=()) -> Iterator[Event]:
         """Runs on the torch thread: the generator's events, with a ContextTrimmed after any
-        refit, and `Finished` completed with the turn's context ids."""
+        refit, and `Finished` completed with the turn's context ids. When continuing, `body`
+        is the reply so far, the last ids of `prompt_ids`, from `reply_start` on."""
         trims: list[ContextTrimmed] = []
-        reply_start = [len(prompt_ids)]  # where the reply's ids begin in the current context
+        reply_start = [len(prompt_ids) if reply_start is None else reply_start]  # where the reply's ids begin
 
         def refit(ids: list[int]) -> list[int]:
             reply_ids = ids[reply_start[0] :]
@@ -146,8 +180,9 @@ class LocalBackend:
                 yield from trims
                 trims.clear()
             if isinstance(event, Finished):
-                event = replace(event, context_ids=tuple(self.prompts.finished_turn_ids(event.text, list(event.token_ids))),
-                                ids_key=self.prompts.key)
+                text = self.tokenizer.decode(list(body)) + event.text
+                ids = self.prompts.finished_turn_ids(text, [*body, *event.token_ids])
+                event = replace(event, context_ids=tuple(ids), ids_key=self.prompts.key)
             yield event
 
     # -- plain completion (no chat template), for `chatterm generate` and the Python API ------

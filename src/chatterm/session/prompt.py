@@ -106,6 +106,18 @@ class PromptBuilder:
             ids = ids[-half:]
         return ids
 
+    def reply_body_ids(self, turn: Turn) -> list[int]:
+        """The ids of an assistant turn after the generation prompt, without the turn's ending:
+        what a continuation of it extends. The ids it was generated as are reused."""
+        rendered = self.template.render_turn("assistant", turn.text)
+        ending = self.template.assistant.split("{text}", 1)[1]
+        prefix = self.template.assistant_prefix
+        body = rendered[len(prefix) : len(rendered) - len(ending)] if rendered.startswith(prefix) else turn.text
+        ids = self.turn_ids(turn)
+        if ids[: len(self._prefix)] != self._prefix:
+            return self.tokenizer.encode(body)
+        return reuse_ids(self.tokenizer, body, ids[len(self._prefix) :])
+
     def finished_turn_ids(self, reply_text: str, reply_ids: list[int]) -> list[int]:
         """The ids a finished assistant turn occupies. The generated ids are reused as they are
         (so the cache still matches next turn); only text they do not cover, and the template's
@@ -118,3 +130,17 @@ class PromptBuilder:
         if not reply_text.endswith(ending):
             rest += ending
         return self._prefix + list(reply_ids) + (self.tokenizer.encode(rest) if rest else [])
+
+
+def reuse_ids(tokenizer, text: str, ids: list[int]) -> list[int]:
+    """`text` as ids that start with the longest prefix of `ids` whose bytes it begins with (so
+    what the cache holds is repeated exactly); the rest is tokenized afresh."""
+    target, used, kept = text.encode("utf-8"), 0, 0
+    for token in ids:
+        raw = tokenizer.token_bytes(token)
+        if target[used : used + len(raw)] != raw:
+            break
+        used += len(raw)
+        kept += 1
+    tail = target[used:].decode("utf-8", errors="replace")
+    return list(ids[:kept]) + (tokenizer.encode(tail) if tail else [])

@@ -117,6 +117,19 @@ class RemoteBackend:
         run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect)
         return run.events()
 
+    def continue_reply(self, conversation: Conversation, settings: SamplingSettings, *,
+                       cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
+        """More of the last reply: in completion mode the transcript is sent ending with the
+        partial reply, which the server extends. The chat route has no standard way to do that."""
+        turns = conversation.turns
+        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
+            raise ValueError("nothing to continue: the last message is not a reply")
+        if self.mode == "chat":
+            raise ValueError("this server is in chat mode, which cannot continue a reply; "
+                             "start chatterm with --remote-mode completion to continue replies")
+        run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect, continuing=True)
+        return run.events()
+
     def complete_stream(self, prompt: str | list[int], settings: SamplingSettings, *,
                         cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
         """Stream a plain continuation of `prompt` (text, or the server's token ids) from
@@ -125,9 +138,10 @@ class RemoteBackend:
         return run.events()
 
     def request(self, conversation: Conversation | None, settings: SamplingSettings, inspect: int,
-                raw: str | list[int] | None = None) -> tuple[str, dict]:
+                raw: str | list[int] | None = None, continuing: bool = False) -> tuple[str, dict]:
         """The route and JSON body for the next reply (the prompt must already be fitted), or,
-        with `raw`, for a plain completion of that prompt."""
+        with `raw`, for a plain completion of that prompt; `continuing`: more of the last turn
+        (completion mode only)."""
         mode = "completion" if raw is not None else self.mode
         body: dict = {"model": self.facts.model, "stream": True, "max_tokens": settings.max_new_tokens,
                       "temperature": settings.temperature, "top_p": settings.top_p,
@@ -162,8 +176,14 @@ class RemoteBackend:
         else:
             t, start = self.template, conversation.context_start
             parts = [t.render_turn("system", conversation.system)] if conversation.system else []
-            parts += [t.render_turn(turn.role, turn.text) for turn in conversation.turns[start:]]
-            body["prompt"] = "".join(parts) + t.assistant_prefix
+            shown = conversation.turns[start:]
+            if continuing:  # the partial reply, without the turn's ending, for the server to extend
+                *shown, last = shown
+                ending = t.assistant.split("{text}", 1)[1]
+                opening = t.render_turn("assistant", last.text)
+                opening = opening[: len(opening) - len(ending)] if ending else opening
+            parts += [t.render_turn(turn.role, turn.text) for turn in shown]
+            body["prompt"] = "".join(parts) + (opening if continuing else t.assistant_prefix)
             path = "/completions"
         for name in self._dropped_fields:
             body.pop(name, None)

@@ -33,9 +33,11 @@ class RemoteReply:
     """One reply's state: retries, text released so far, counts and timings."""
 
     def __init__(self, backend: RemoteBackend, conversation: Conversation | None, settings: SamplingSettings,
-                 cancel: threading.Event, inspect: int, raw: str | list[int] | None = None) -> None:
+                 cancel: threading.Event, inspect: int, raw: str | list[int] | None = None,
+                 continuing: bool = False) -> None:
         self.b, self.conv, self.settings, self.cancel, self.inspect = backend, conversation, settings, cancel, inspect
         self.raw = raw  # a plain prompt (complete_stream) instead of a conversation
+        self.continuing = continuing  # more of the conversation's last turn (completion mode)
         self.started = time.monotonic()  # reset when the reply starts streaming
         self.first_token_at: float | None = None
         self.shown = ""
@@ -50,7 +52,11 @@ class RemoteReply:
             self.prompt_tokens = len(self.raw) if isinstance(self.raw, list) else estimate_tokens(self.raw)
         else:
             try:
-                prompt = self.b.prompts.build(self.conv, self.settings.max_new_tokens)
+                conv = self.conv
+                if self.continuing:  # fitted as the prompt that asked for the reply, the reply counted in
+                    conv = Conversation(system=conv.system, turns=conv.turns[:-1], context_start=conv.context_start)
+                prompt = self.b.prompts.build(conv, self.settings.max_new_tokens + self._so_far())
+                self.conv.context_start = conv.context_start
             except ValueError as e:
                 yield self.finish("error", str(e))
                 return
@@ -62,7 +68,7 @@ class RemoteReply:
         fallback = None  # (status, message) of a chat-route failure that made us try completion
         while True:
             path_mode = self.b.mode if self.raw is None else "completion"
-            path, body = self.b.request(self.conv, self.settings, self.inspect, self.raw)
+            path, body = self.b.request(self.conv, self.settings, self.inspect, self.raw, self.continuing)
             matcher = StopStringMatcher(self.b.stop_strings(self.settings, raw=self.raw is not None))
             stream = self.b.client.stream(path, body)
             try:
@@ -104,6 +110,10 @@ class RemoteReply:
                 return
             yield self.finish("error", self.b.client.describe_status(status, message))
             return
+
+    def _so_far(self) -> int:
+        """Tokens of the reply being continued (0 for a new reply)."""
+        return estimate_tokens(self.conv.turns[-1].text) if self.continuing else 0
 
     def read(self, stream, matcher: StopStringMatcher):
         """Yield the stream's events; return a Finished, or the StreamItem of an HTTP error."""

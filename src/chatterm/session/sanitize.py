@@ -23,3 +23,11 @@ _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def printable(text: str) -> str:
     """`text` without escape sequences or control characters (newline and tab kept)."""
     return _CONTROLS.sub("", _ESCAPES.sub("", text))
+
+
+def osc52(text: str) -> str:
+    """The escape sequence that asks the terminal to put `text` on the clipboard (OSC 52; it
+    works over SSH). The text travels base64-encoded, so nothing in it is interpreted."""
+    import base64
+
+    return "\x1b]52;c;" + base64.b64encode(text.encode("utf-8")).decode("ascii") + "\x07"

@@ -26,6 +26,7 @@ from ..session.layered_settings import CONFIG, LayeredSettings
 from .chat_view import ChatView, UserMessage
 from .inspector import TokenInspector
 from .keys import check_keymap, class_bindings
+from .message_actions import MessageActions
 from .messages import ModelFailed, ModelLoaded, ReplyFinished, ReplyProgress
 from .palette import ChatCommands
 from .prompt_input import PromptInput
@@ -40,7 +41,7 @@ __all__ = ["ChatApp", "INSPECT_TOP"]
 NARROW_BELOW = 90  # columns: below this the side column folds away (F2/F3 open it over the chat)
 
 
-class ChatApp(TuiFrontEnd, App):
+class ChatApp(MessageActions, TuiFrontEnd, App):
     CSS_PATH = "app.tcss"
     TITLE = "chatterm"
     COMMANDS = App.COMMANDS | {ChatCommands}
@@ -51,7 +52,16 @@ class ChatApp(TuiFrontEnd, App):
         Binding("ctrl+r", "retry", "Retry", id="retry"),
         # Not ctrl+z / ctrl+e: the message editor uses those itself (keys.py checks remaps for this).
         Binding("ctrl+b", "undo", "Undo", id="undo"),
-        Binding("ctrl+o", "edit", "Edit last", id="edit"),
+        Binding("ctrl+o", "edit", "Edit last", id="edit"),  # or the selected message (message_actions.py)
+        # message_actions.py: keys the message box leaves alone, and that tmux passes through.
+        Binding("ctrl+t", "continue", "Continue", id="continue", show=False),
+        Binding("alt+up", "select_previous", "Select message", id="select_previous", show=False),
+        Binding("alt+down", "select_next", "Select next", id="select_next", show=False),
+        Binding("alt+left", "previous_alternative", "Previous version", id="previous_alternative", show=False),
+        Binding("alt+right", "next_alternative", "Next version", id="next_alternative", show=False),
+        # A terminal's Alt+C is ESC c: without priority the message box would type the "c".
+        Binding("alt+c", "copy", "Copy", id="copy", show=False, priority=True),
+        Binding("ctrl+g", "editor", "Editor", id="editor", show=False),
         Binding("ctrl+n", "clear", "New chat", id="clear"),
         Binding("f2", "toggle_settings", "Settings", id="toggle_settings"),
         Binding("f3", "toggle_inspector", "Inspector", id="toggle_inspector"),
@@ -62,7 +72,14 @@ class ChatApp(TuiFrontEnd, App):
         "stop": "Stop the reply (the partial reply stays)",
         "retry": "Regenerate the last reply",
         "undo": "Undo the last exchange",
-        "edit": "Edit and resend the last message",
+        "edit": "Edit the selected message (default: your last one)",
+        "continue": "Continue the last reply (cut short or stopped)",
+        "select_previous": "Select the message above (Esc clears)",
+        "select_next": "Select the message below",
+        "previous_alternative": "Show the previous version of the selected (or last) message",
+        "next_alternative": "Show the next version of the selected (or last) message",
+        "copy": "Copy the selected message (default: the last reply)",
+        "editor": "Write the message in $VISUAL / $EDITOR",
         "clear": "Clear: start a new conversation",
         "toggle_settings": "Show or hide the settings panel",
         "toggle_inspector": "Show or hide the token inspector",
@@ -221,6 +238,9 @@ class ChatApp(TuiFrontEnd, App):
         if is_command(text.strip()):
             self.commands.run(text.strip())
             return
+        if self.session.editing is not None:
+            self.submit_edit(text)  # message_actions.py
+            return
         self.send(text[1:] if text.startswith("//") else text)
 
     def send(self, text: str) -> None:
@@ -252,6 +272,7 @@ class ChatApp(TuiFrontEnd, App):
         # The session wrote the turn with its note ("stopped", "cut at max_new_tokens", an error).
         note = turns[-1].note if message.done is not None and turns and turns[-1].role == "assistant" else ""
         await self.replies.finished(message, note)
+        self.mark_messages()  # a regenerated reply's "2/3"
         if self.session.backend is not None:
             self._show_backend_news()
         self.update_context()
@@ -267,6 +288,8 @@ class ChatApp(TuiFrontEnd, App):
     def action_stop(self) -> None:
         if self.busy:
             self.session.stop()
+        else:
+            self.cancel_edit_or_selection()  # message_actions.py: an edit, or the selected message
 
     def action_quit(self) -> None:
         self.quit()
@@ -277,9 +300,6 @@ class ChatApp(TuiFrontEnd, App):
 
     def action_undo(self) -> None:
         self.commands.run("/undo")
-
-    def action_edit(self) -> None:
-        self.commands.run("/edit")
 
     async def action_clear(self) -> None:
         if self.busy:  # Ctrl+N stops the reply first, then starts afresh

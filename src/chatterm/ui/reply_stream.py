@@ -34,17 +34,23 @@ class ReplyStream:
         self.status = status
         self.active = False  # a reply is streaming
         self._widget: AssistantMessage | None = None
+        self._text_before = ""  # what the reply held before a continuation
         self._flush_seconds = FLUSH_SECONDS  # adapted to the UI's share of the time; read by the worker
         self._ui_clock = (0.0, 0.0)  # (wall, UI thread CPU) at the last streaming update
 
-    def start(self, events: Iterable) -> None:
+    def start(self, events: Iterable, into: AssistantMessage | None = None) -> None:
+        """Stream `events` into a new reply, or `into` an existing one (a continuation)."""
         self.active = True
         self.status.busy = "generating (Esc stops)"
         if not self.status.note.startswith("dropped"):
             self.status.note = ""
         self.inspector.reset()
-        self._widget = AssistantMessage()
-        self.chat.mount(self._widget)
+        self._widget = into or AssistantMessage()
+        self._text_before = into.text if into is not None else ""
+        if into is None:
+            self.chat.mount(self._widget)
+        else:
+            into.set_note("")
         self.app.run_worker(lambda: self._relay(events), thread=True, exclusive=True, group="generate")
 
     def abandon(self) -> None:
@@ -115,7 +121,7 @@ class ReplyStream:
                 await widget.finish("", f"error: {message.error}")
             return
         if widget is not None:
-            await widget.finish(done.text.strip(), note or (done.error or ""))
+            await widget.finish((self._text_before + done.text).strip(), note or (done.error or ""))
         # A backend without token ids (a server) cannot say which steps a stop string hid.
         shown = len(done.token_ids) if done.token_ids else len(self.inspector.steps)
         backend = self.app.session.backend

@@ -12,7 +12,6 @@ from typing import Iterable
 from textual.binding import Binding
 
 from .chat_view import AssistantMessage, Note
-from .prompt_input import PromptInput
 
 EXTRA_KEYS = ["Enter    send", "^j       new line (also Alt+Enter)", "↑/↓      earlier messages",
               "←/→ [ ]  step through tokens (inspector focused)", "^s       save settings as defaults (panel focused)",
@@ -31,6 +30,7 @@ class TuiFrontEnd:
 
     def show_conversation(self) -> None:
         self.chat.show_conversation(self.session.conversation)
+        self.call_after_refresh(self.mark_messages)  # message_actions.py: "2/3", the selection
         self.update_context()
 
     def show_settings(self) -> None:
@@ -43,12 +43,6 @@ class TuiFrontEnd:
         if len(shown) > assistant_turns:  # a retry: the reply being replaced goes
             shown.last().remove()
         self.replies.start(events)
-
-    def edit_text(self, text: str) -> None:
-        prompt = self.query_one(PromptInput)
-        prompt.load_text(text)
-        prompt.move_cursor(prompt.document.end)
-        prompt.focus()
 
     def show_chats(self, chats: list) -> None:
         from .chats_screen import ChatsScreen  # reads the list again itself, after every change
