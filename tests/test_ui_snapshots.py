@@ -50,7 +50,7 @@ def test_main_screen(snap_compare):
 def test_inspector_stepping_back(snap_compare):
     async def run_before(pilot):
         await chat_once(pilot)
-        await pilot.press("f2")  # hide settings: the inspector gets the column
+        await pilot.press("f2", "f2")  # the first F2 focuses the shown settings, the second hides them
         pilot.app.inspector.focus()
         for _ in range(3):
             await pilot.press("left")

@@ -21,6 +21,7 @@ from textual.widgets import Footer
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
 from ..session.config import AppConfig, config_dir, data_dir, save_config
+from ..session.context_fit import fit_context
 from ..session.input_history import InputHistory
 from ..session.layered_settings import CONFIG, LayeredSettings
 from .chat_view import ChatView, UserMessage
@@ -28,31 +29,37 @@ from .inspector import TokenInspector
 from .keys import check_keymap, class_bindings
 from .message_actions import MessageActions
 from .messages import ModelFailed, ModelLoaded, ReplyFinished, ReplyProgress
+from .navigation import Navigation
 from .palette import ChatCommands
 from .prompt_input import PromptInput
 from .reply_stream import INSPECT_TOP, ReplyStream
+from .send_queue import SendQueue
 from .settings_panel import SettingsPanel
 from .side_panel import SidePanel
 from .slash import TuiFrontEnd
 from .status_bar import StatusBar
+from .terminal_keys import recognise_alt_enter
 from .themes import load_themes, theme_folders
 
 __all__ = ["ChatApp", "INSPECT_TOP"]
 NARROW_BELOW = 90  # columns: below this the side column folds away (F2/F3 open it over the chat)
 
 
-class ChatApp(MessageActions, TuiFrontEnd, App):
+class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
     CSS_PATH = "app.tcss"
     TITLE = "chatterm"
     COMMANDS = App.COMMANDS | {ChatCommands}
     # Textual sets the class of the range the width falls in; only -narrow is styled.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_BELOW, "-wide")]
+    # The footer shows the keys that matter most, with short labels, in the order they fit at
+    # 80 columns (Help first: it must never be cut); the rest are in Ctrl+P and /help.
     BINDINGS = [
+        Binding("f1", "help", "Help", id="help"),
         Binding("escape", "stop", "Stop", id="stop"),
         Binding("ctrl+r", "retry", "Retry", id="retry"),
         # Not ctrl+z / ctrl+e: the message editor uses those itself (keys.py checks remaps for this).
         Binding("ctrl+b", "undo", "Undo", id="undo"),
-        Binding("ctrl+o", "edit", "Edit last", id="edit"),  # or the selected message (message_actions.py)
+        Binding("ctrl+o", "edit", "Edit last", show=False, id="edit"),  # or the selected message (message_actions.py)
         # message_actions.py: keys the message box leaves alone, and that tmux passes through.
         Binding("ctrl+t", "continue", "Continue", id="continue", show=False),
         Binding("alt+up", "select_previous", "Select message", id="select_previous", show=False),
@@ -62,11 +69,15 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         # A terminal's Alt+C is ESC c: without priority the message box would type the "c".
         Binding("alt+c", "copy", "Copy", id="copy", show=False, priority=True),
         Binding("ctrl+g", "editor", "Editor", id="editor", show=False),
-        Binding("ctrl+n", "clear", "New chat", id="clear"),
+        Binding("ctrl+n", "clear", "New chat", show=False, id="clear"),
         Binding("f2", "toggle_settings", "Settings", id="toggle_settings"),
-        Binding("f3", "toggle_inspector", "Inspector", id="toggle_inspector"),
-        Binding("f1", "help", "Help", id="help"),
+        Binding("f3", "toggle_inspector", "Tokens", id="toggle_inspector"),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+        # The message box forwards these itself (it would page through its own text).
+        Binding("pageup,shift+pageup", "scroll_chat('page_up')", "Scroll up", show=False),
+        Binding("pagedown,shift+pagedown", "scroll_chat('page_down')", "Scroll down", show=False),
+        Binding("ctrl+home", "scroll_chat('home')", "Chat top", show=False),
+        Binding("ctrl+end", "scroll_chat('end')", "Chat end", show=False),
     ]
     ACTION_HELP = {  # longer titles for the command palette and /help
         "stop": "Stop the reply (the partial reply stays)",
@@ -85,6 +96,10 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         "toggle_inspector": "Show or hide the token inspector",
         "help": "Help: commands and keys",
         "quit": "Quit chatterm",
+        "scroll_chat('page_up')": "Scroll the chat up a page (the message box keeps the focus)",
+        "scroll_chat('page_down')": "Scroll the chat down a page",
+        "scroll_chat('home')": "Scroll to the start of the chat",
+        "scroll_chat('end')": "Scroll to the end of the chat (and follow new text)",
     }
 
     def __init__(self, config: AppConfig, checkpoint: str | None, problems: list[str] | None = None,
@@ -92,6 +107,7 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
                  resume: str = "") -> None:
         super().__init__()
         self.resume = resume  # "last" (-c) or "pick" (--resume): see SlashCommands.resume
+        recognise_alt_enter()  # before the driver starts reading keys
         self.config = config
         self.checkpoint = checkpoint
         # How to open models (device, dtype, --context, a server's flags): for the first one and
@@ -118,7 +134,7 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
                 yield PromptInput(id="input", history=InputHistory.default())
             yield SidePanel(self.commands.settings, self.config.system_prompt, id="side")
         yield StatusBar(id="status")
-        yield Footer()
+        yield Footer(compact=True)  # compact: the keys that matter fit in 80 columns
 
     @property
     def chat(self) -> ChatView:
@@ -142,11 +158,13 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
 
     def on_mount(self) -> None:
         self.replies = ReplyStream(self, self.chat, self.inspector, self.status)
+        self.queue = SendQueue(self.chat)
         self._apply_themes()
         self._apply_keys()
-        prompt = self.query_one(PromptInput)
+        prompt = self.prompt
         prompt.border_title = "Message · Enter sends · Ctrl+J newline · /help"
         prompt.focus()
+        self.keep_focus()
         for problem in self.problems:
             self.note(problem, "error")
         self.status.busy = "loading model"
@@ -208,10 +226,15 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         self.status.device = f"{info.device} {info.dtype}"
         self.status.note = ""
         size = f"{info.parameters / 1e6:.1f}M parameters, " if info.parameters else ""
+        self.welcome()  # (first, so that the load note stays the last note, as before)
         self.note(f"loaded {info.name} ({size}window {info.context_window}) in {message.seconds:.1f} s")
+        if not self.busy:  # (a reply's own prompt fitting is under way otherwise)
+            fit_context(self.session)  # a smaller window may hold fewer of the turns on screen
+        self.update_context()
         self._warnings_shown: set[str] = set()
         self.settings_panel.show_when_changes_apply(backend.settings_apply_mid_reply)
         self._show_backend_news()
+        self.send_queued()
 
     def _show_backend_news(self) -> None:
         """What the backend learnt since last asked (a server's refusals, a mode switch): its new
@@ -229,6 +252,7 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         if self.session.backend is None:
             self.status.model = "no model"
             self.status.note = "/model PATH loads one"
+            self.take_back_queued()
 
     # -- sending and streaming -----------------------------------------------------------------
 
@@ -244,7 +268,10 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         self.send(text[1:] if text.startswith("//") else text)
 
     def send(self, text: str) -> None:
-        if not self._can_reply():
+        if self.busy or self.session.backend is None:
+            self.queue.add(text)  # sent when the reply ends or a model is ready (send_queue.py)
+            if self.session.backend is None and not self.model_loading:
+                self.note("no model loaded yet: /model PATH loads one (your message is queued)", "error")
             return
         try:
             events = self.session.send(text, inspect=INSPECT_TOP)
@@ -254,6 +281,14 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         self.chat.mount(UserMessage(self.session.conversation.turns[-1].text))
         self.chat.follow()  # sending brings the newest text back into view
         self.stream_reply(events)
+
+    @property
+    def model_loading(self) -> bool:
+        return any(worker.group == "model" and not worker.is_finished for worker in self.workers)
+
+    def send_queued(self) -> None:
+        if self.queue.pending and not self.busy and self.session.backend is not None:
+            self.send(self.queue.take())
 
     def _can_reply(self) -> bool:
         if self.busy:
@@ -266,6 +301,8 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
 
     async def on_reply_progress(self, message: ReplyProgress) -> None:
         await self.replies.progress(message)
+        if message.trimmed:
+            self.chat.mark_context(self.session.conversation.context_start)
 
     async def on_reply_finished(self, message: ReplyFinished) -> None:
         turns = self.session.conversation.turns
@@ -276,20 +313,16 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
         if self.session.backend is not None:
             self._show_backend_news()
         self.update_context()
+        self.send_queued()
 
     def update_context(self) -> None:
+        self.chat.mark_context(self.session.conversation.context_start)
         backend = self.session.backend
         if backend is not None:
             self.status.context = (self.session.context_tokens(), backend.info.context_window)
             self.status.context_is_estimate = backend.context_is_estimate
 
     # -- actions -------------------------------------------------------------------------------
-
-    def action_stop(self) -> None:
-        if self.busy:
-            self.session.stop()
-        else:
-            self.cancel_edit_or_selection()  # message_actions.py: an edit, or the selected message
 
     def action_quit(self) -> None:
         self.quit()
@@ -306,20 +339,9 @@ class ChatApp(MessageActions, TuiFrontEnd, App):
             self.session.stop()
             await self.workers.wait_for_complete()
             self.replies.abandon()
+        self.take_back_queued()
         self.inspector.reset()
         self.commands.run("/clear")
-
-    def action_toggle_settings(self) -> None:
-        if self.side.toggle("settings"):
-            self.query_one("#set-temperature").focus()
-        else:
-            self.query_one(PromptInput).focus()
-
-    def action_toggle_inspector(self) -> None:
-        if self.side.toggle("inspector"):
-            self.inspector.focus()
-        else:
-            self.query_one(PromptInput).focus()
 
     def action_help(self) -> None:
         self.commands.run("/help")

@@ -5,7 +5,8 @@ when rendering falls behind), never re-rendered whole per token. The view is anc
 bottom, so it follows the newest text until the user scrolls up, and again once they scroll back
 down. Model text is made inert before it reaches any widget: escape sequences and controls are
 removed, Markdown is the only markup interpreted (Rich/Textual markup in it is shown as typed),
-and links in it are not opened.
+and links in it are not opened. Messages of turns the model no longer sees (dropped to fit its
+window) are dimmed and titled "out of context".
 """
 
 from __future__ import annotations
@@ -19,10 +20,39 @@ from ..session.conversation import Conversation, Turn
 from ..session.sanitize import printable
 
 
-class UserMessage(Static):
+OUT_OF_CONTEXT = "out of context"
+
+
+class TurnMessage:
+    """A message that shows one turn of the conversation. Its title is who speaks, which version
+    is shown ("2/3", set by message_actions.py) and, once the turn is older than the model's
+    context (`Conversation.context_start`), "out of context" (the message is dimmed too)."""
+
+    TITLE = ""
+    _version = ""  # " · 2/3" when the turn has sibling versions
+    _in_context = True
+
+    def set_in_context(self, in_context: bool) -> None:
+        self._in_context = in_context
+        self.set_class(not in_context, "-out-of-context")
+        self._retitle()
+
+    def set_version(self, version: str) -> None:
+        """"2/3", or "" for a turn without alternatives."""
+        self._version = f" · {version}" if version else ""
+        self._retitle()
+
+    def _retitle(self) -> None:
+        context = "" if self._in_context else f" · {OUT_OF_CONTEXT}"
+        self.border_title = f"{self.TITLE}{self._version}{context}"
+
+
+class UserMessage(TurnMessage, Static):
+    TITLE = "You"
+
     def __init__(self, text: str) -> None:
         super().__init__(Text(printable(text)), classes="message user")  # Text: no markup parsing
-        self.border_title = "You"
+        self.border_title = self.TITLE
 
 
 class Note(Static):
@@ -32,10 +62,12 @@ class Note(Static):
         super().__init__(Text(printable(text)), classes=f"note {kind}")
 
 
-class AssistantMessage(Markdown):
+class AssistantMessage(TurnMessage, Markdown):
+    TITLE = "Assistant"
+
     def __init__(self, text: str = "", note: str = "") -> None:
         super().__init__(printable(text), classes="message assistant", open_links=False)
-        self.border_title = "Assistant"
+        self.border_title = self.TITLE
         self._stream = None
         self.text = printable(text)
         if note:
@@ -80,6 +112,15 @@ class ChatView(VerticalScroll):
     async def add(self, widget) -> None:
         await self.mount(widget)
 
+    def scroll_by_key(self, where: str) -> None:
+        """PageUp/PageDown/Ctrl+Home/Ctrl+End from the message box: "page_up", "page_down",
+        "home" or "end". Scrolling back to the end sticks to the newest text again."""
+        if where == "end":
+            self.follow()
+            return
+        {"page_up": self.scroll_page_up, "page_down": self.scroll_page_down, "home": self.scroll_home}[where](
+            animate=False)
+
     def follow(self) -> None:
         """Jump to the newest text and stick to it again (after the user sends a message)."""
         self.scroll_end(animate=False)
@@ -90,9 +131,19 @@ class ChatView(VerticalScroll):
         if conversation.system:
             self.mount(Note(f"System: {conversation.system}", "system"))
         widgets = [self._widget_for(turn) for turn in conversation.turns]
+        for index, widget in enumerate(widgets):
+            widget.set_in_context(index >= conversation.context_start)
         if widgets:
             self.mount_all(widgets)
         self.follow()
+
+    def mark_context(self, context_start: int) -> None:
+        """Mark the messages of turns before `context_start` as out of the model's context. The
+        turn messages on screen are the conversation's turns in order (plus, while a reply
+        streams, the reply being written)."""
+        turn_messages = [w for w in self.children if isinstance(w, TurnMessage)]
+        for index, widget in enumerate(turn_messages):
+            widget.set_in_context(index >= context_start)
 
     @staticmethod
     def _widget_for(turn: Turn):

@@ -42,10 +42,9 @@ class MessageActions:
         if self.selected is not None and self.selected >= len(turns):
             self.selected = None
         for i, (widget, turn) in enumerate(zip(self.message_widgets(), turns)):
-            who = "You" if turn.role == "user" else "Assistant"
             fork = turn.fork
-            count = f" · {fork.shown + 1}/{len(fork.options)}" if fork is not None and len(fork.options) > 1 else ""
-            widget.border_title = f"{who}{count}"
+            count = f"{fork.shown + 1}/{len(fork.options)}" if fork is not None and len(fork.options) > 1 else ""
+            widget.set_version(count)  # the title keeps "out of context" too (chat_view.TurnMessage)
             widget.set_class(i == self.selected, "-selected")
 
     def select_message(self, index: int | None) -> None:

@@ -27,6 +27,7 @@ class ReplyProgress(Message):
     text: str
     steps: list[TokenStep]
     trimmed: ContextTrimmed | None
+    tokens: int = 0  # tokens generated in this batch (for the live tok/s)
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """The message input: multi-line, Enter sends, history on Up/Down.
 
 Enter sends. A newline is Ctrl+J, Alt+Enter or Shift+Enter (many terminals cannot send
-Shift+Enter, so the other two are the dependable ones). Up on the first line and Down on the last
-line walk through earlier inputs, like a shell; with a `history` they are kept across launches.
+Shift+Enter, so the other two are the dependable ones; terminal_keys.py makes the ESC CR that
+terminals send for Alt+Enter arrive as alt+enter). Up on the first line and Down on the last
+line walk through earlier inputs, like a shell (with a `history`, kept across launches). PageUp/PageDown (also with Shift) and
+Ctrl+Home/Ctrl+End scroll the chat, not the box: the message box keeps the focus, as in most chat
+apps (a message rarely needs paging; Home/End still move within the line).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from ..session.input_history import InputHistory
 class PromptInput(TextArea):
     BINDINGS = [
         Binding("ctrl+j,alt+enter,shift+enter", "newline", "Newline", show=False, id="newline"),
+        # These replace TextArea's own page keys (a subclass's binding wins).
+        Binding("pageup,shift+pageup", "app.scroll_chat('page_up')", "Scroll up", show=False),
+        Binding("pagedown,shift+pagedown", "app.scroll_chat('page_down')", "Scroll down", show=False),
+        Binding("ctrl+home", "app.scroll_chat('home')", "Chat top", show=False),
+        Binding("ctrl+end", "app.scroll_chat('end')", "Chat end", show=False),
     ]
     HANDLED_KEYS = ("enter", "up", "down", "tab", "shift+tab")  # taken in _on_key or by focus moves (keys.py)
 

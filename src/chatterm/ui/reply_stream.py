@@ -37,6 +37,8 @@ class ReplyStream:
         self._text_before = ""  # what the reply held before a continuation
         self._flush_seconds = FLUSH_SECONDS  # adapted to the UI's share of the time; read by the worker
         self._ui_clock = (0.0, 0.0)  # (wall, UI thread CPU) at the last streaming update
+        self._rate_clock: tuple[float, int] | None = None  # (time, tokens) at the first update with tokens
+        self._tokens = 0  # tokens of the reply so far
 
     def start(self, events: Iterable, into: AssistantMessage | None = None) -> None:
         """Stream `events` into a new reply, or `into` an existing one (a continuation)."""
@@ -44,7 +46,9 @@ class ReplyStream:
         self.status.busy = "generating (Esc stops)"
         if not self.status.note.startswith("dropped"):
             self.status.note = ""
+        self.status.speed = ""
         self.inspector.reset()
+        self._rate_clock, self._tokens = None, 0
         self._widget = into or AssistantMessage()
         self._text_before = into.text if into is not None else ""
         if into is None:
@@ -63,6 +67,7 @@ class ReplyStream:
         """The worker: consume the events, post batches to the app."""
         text: list[str] = []
         steps: list[TokenStep] = []
+        deltas = 0  # TextDelta events: a token count for backends that send no TokenStep
         trimmed = None
         done, error = None, ""
         last = time.monotonic()
@@ -70,6 +75,7 @@ class ReplyStream:
             for event in events:
                 if isinstance(event, TextDelta):
                     text.append(event.text)
+                    deltas += 1
                 elif isinstance(event, TokenStep):
                     steps.append(event)
                 elif isinstance(event, ContextTrimmed):
@@ -78,12 +84,12 @@ class ReplyStream:
                     done = event
                 now = time.monotonic()
                 if now - last >= self._flush_seconds and (text or steps):
-                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed))
-                    text, steps, trimmed, last = [], [], None, now
+                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
+                    text, steps, trimmed, last, deltas = [], [], None, now, 0
         except Exception as e:  # keep the app alive whatever happens in the engine
             error = str(e).splitlines()[0] if str(e) else type(e).__name__
         if text or steps or trimmed:
-            self.app.post_message(ReplyProgress("".join(text), steps, trimmed))
+            self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
         self.app.post_message(ReplyFinished(done, error))
 
     async def progress(self, message: ReplyProgress) -> None:
@@ -94,8 +100,23 @@ class ReplyStream:
             await self._widget.append_text(message.text)
         if message.steps:
             self.inspector.add_steps(message.steps)
+        self._show_live_speed(message.tokens)
         if message.trimmed and message.trimmed.dropped_turns:
-            self.status.note = f"dropped {message.trimmed.dropped_turns} old turns to fit the window"
+            dropped = message.trimmed.dropped_turns
+            self.app.status_note(f"dropped {dropped} old turns",
+                                 f"dropped {dropped} old turns to fit the model's window (marked out of context)")
+
+    def _show_live_speed(self, tokens: int) -> None:
+        """Tokens per second since the first update, shown while the reply streams."""
+        now = time.perf_counter()
+        self._tokens += tokens
+        if self._rate_clock is None:
+            if tokens:
+                self._rate_clock = (now, self._tokens)
+            return
+        since, at_first = self._rate_clock
+        if now - since > 0.2:
+            self.status.speed = f"{(self._tokens - at_first) / (now - since):.1f} tok/s"
 
     def _pace_updates(self) -> None:
         """Stretch or shrink the update interval by the UI thread's share of the time since the

@@ -25,7 +25,8 @@ from ..session.layered_settings import SESSION, LayeredSettings
 
 
 class SettingsPanel(VerticalScroll):
-    BINDINGS = [Binding("ctrl+s", "save_defaults", "Save as defaults", id="save_defaults")]
+    # Not in the footer (the panel's frame says "^s save as defaults"): the app's keys must fit.
+    BINDINGS = [Binding("ctrl+s", "save_defaults", "Save as defaults", show=False, id="save_defaults")]
 
     @dataclass
     class Changed(Message):

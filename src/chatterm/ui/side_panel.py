@@ -3,7 +3,9 @@
 It owns its toggling through reactive attributes. On a wide screen a key shows or hides its
 panel beside the chat (the column goes when both are hidden). On a narrow one (the screen's
 `-narrow` breakpoint, set by Textual) the column is folded away; a key opens it over the chat
-(`overlay`), and the next key closes it again.
+(`overlay`), and the next key closes it again. `press(panel)` is what F2/F3 do: a panel that is
+shown but not focused gets the focus; one that has the focus is hidden (the app then gives the
+focus back to the message box); a hidden one is shown and focused.
 """
 
 from __future__ import annotations
@@ -35,6 +37,25 @@ class SidePanel(Vertical):
     @property
     def narrow(self) -> bool:
         return self.screen.has_class("-narrow")
+
+    def panel(self, name: str) -> SettingsPanel | TokenInspector:
+        return self.query_one(SettingsPanel if name == "settings" else TokenInspector)
+
+    def is_visible(self, name: str) -> bool:
+        """Whether the panel is on screen (shown, and on a narrow screen opened over the chat)."""
+        return getattr(self, f"{name}_shown") and (self.overlay or not self.narrow)
+
+    def press(self, name: str) -> bool:
+        """F2 / F3 for "settings" / "inspector": True when the panel should take the focus now,
+        False when it was hidden (the focus goes back to the message box)."""
+        if self.is_visible(name) and not self.panel(name).has_focus_within:
+            return True
+        return self.toggle(name)
+
+    def close_overlay(self) -> bool:
+        """Esc on a narrow screen: close the panels opened over the chat. True if they were open."""
+        was_open, self.overlay = self.overlay, False
+        return was_open
 
     def toggle(self, panel: str) -> bool:
         """Show or hide "settings" or "inspector"; True when it is now visible (focus it then)."""

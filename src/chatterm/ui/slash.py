@@ -7,13 +7,18 @@ settings panel refreshed, a retried reply streamed, a theme applied.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 from textual.binding import Binding
 
+from ..session.context_fit import fit_context
 from .chat_view import AssistantMessage, Note
+from .status_bar import NOTE_CELLS
 
-EXTRA_KEYS = ["Enter    send", "^j       new line (also Alt+Enter)", "↑/↓      earlier messages",
+EXTRA_KEYS = ["Enter    send (while a reply streams or the model loads: queued, Esc takes it back)",
+              "^j       new line (also Alt+Enter)", "↑/↓      earlier messages",
+              "Esc      also closes the panels opened over a narrow screen",
               "←/→ [ ]  step through tokens (inspector focused)", "^s       save settings as defaults (panel focused)",
               "^p       command palette"]
 
@@ -28,8 +33,38 @@ class TuiFrontEnd:
     def note(self, text: str, kind: str = "info") -> None:
         self.chat.mount(Note(text, kind))
 
+    def welcome(self) -> None:
+        """On the first run (no chat saved yet), once per launch: which model is loaded, where
+        chats are saved, and where help is."""
+        if getattr(self, "_welcomed", False):
+            return
+        self._welcomed = True
+        store = self.session.store
+        if store is None or store.recent(1) or self.session.backend is None:
+            return
+        folder = str(store.folder)
+        home = str(Path.home())
+        if folder.startswith(home + "/"):
+            folder = "~" + folder[len(home):]
+        self.note(f"Welcome to chatterm! You are chatting with {self.session.backend.info.name}. "
+                  f"Chats are saved as you go, in {folder}. F1 or /help: commands and keys; "
+                  "Ctrl+P: every action.", "welcome")
+
+    def status_note(self, short: str, detail: str = "") -> None:
+        """A note in the status bar; `detail`, or a note too long for the bar, goes to the chat
+        in full (the bar keeps the short form)."""
+        if detail or len(short) > NOTE_CELLS:
+            self.note(detail or short)
+        self.status.note = short
+
     def show_conversation(self) -> None:
+        """Redraw after /clear, /load, /undo, /edit: the status note was about the old state, and
+        a loaded chat may not fit the model's window (marked, and the meter counts what fits)."""
+        self.status.note = ""
+        fit_context(self.session)
         self.chat.show_conversation(self.session.conversation)
+        if hasattr(self, "queue"):
+            self.queue.reshow()
         self.call_after_refresh(self.mark_messages)  # message_actions.py: "2/3", the selection
         self.update_context()
 
