@@ -110,7 +110,7 @@ def test_command_line_plain_chat_generate_and_errors(server):
     assert r.returncode == 0 and r.stdout == " la la la\n"
     r = chatterm("generate", server.url, "--chat", "--remote-mode", "completion", "--prompt", "hi", "--stats")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == COMPLETION_REPLY + "\n" and "stop: stop" in r.stderr
+    assert r.stdout == COMPLETION_REPLY.strip() + "\n" and "stop: stop" in r.stderr  # a chat reply is trimmed
     r = chatterm(server.url, "--plain", "--remote-model", "nope")
     assert r.returncode == 2 and "has no model 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

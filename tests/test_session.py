@@ -140,7 +140,7 @@ def test_slash_command_parsing():
     assert parse_command("/exit").name == "quit"
     with pytest.raises(CommandError, match="did you mean /retry"):
         parse_command("/rety")
-    with pytest.raises(CommandError, match="needs PATH"):
+    with pytest.raises(CommandError, match=r"/load needs N\|ID\|PATH"):
         parse_command("/load")
 
 

@@ -84,22 +84,55 @@ def _pipe_closed() -> int:
     return 128 + signal.SIGPIPE
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chatterm", description="Chat with GPT-style checkpoints in the terminal.")
-    parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+TOP_USAGE = """
+  chatterm [MODEL] [--plain] [-c | --resume] [options]
+      chat; MODEL is a checkpoint file or folder, an installed model's name or a
+      server's http(s):// address (default: the shipped model)
+  chatterm COMMAND [options]
+"""
+TOP_EPILOG = """\
+chat options (all of them: chatterm chat --help):
+  --plain                a plain line REPL instead of the TUI
+  -c, --continue         continue the most recent chat
+  --resume               pick a saved chat to open
+  --temperature N ...    sampling settings, each with its default in `chatterm chat --help`
 
-    chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL")
+examples:
+  chatterm                                  the TUI on the shipped model
+  chatterm path/to/ckpt.pt --plain          a line REPL on your checkpoint
+  chatterm http://localhost:8080/v1         a model on an OpenAI-compatible server
+  chatterm generate --chat --prompt hi      one reply to stdout"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatterm", usage=TOP_USAGE, description="Chat with GPT-style checkpoints in the terminal.",
+        epilog=TOP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL; `chatterm [MODEL]` means this",
+                          description="Chat with a model in the TUI, or in a plain line REPL with --plain.")
     _add_model_args(chat)
     _add_sampling_args(chat)
-    chat.add_argument("--plain", action="store_true", help="plain line REPL instead of the TUI")
-    chat.add_argument("--system", help="system prompt")
-    chat.add_argument("--theme", help="colour theme")
-    chat.add_argument("--config", help="config file (default: the user config dir's config.toml)")
+    chat.add_argument("--plain", action="store_true",
+                      help="a plain line REPL instead of the TUI (used anyway when stdin or stdout is not a terminal)")
+    resume = chat.add_mutually_exclusive_group()
+    resume.add_argument("-c", "--continue", dest="continue_last", action="store_true",
+                        help="continue the most recent saved chat")
+    resume.add_argument("--resume", action="store_true",
+                        help="pick a saved chat to open (the TUI's chats list; the REPL prints a numbered list)")
+    chat.add_argument("--system", metavar="TEXT", help="system prompt (default: the config's, else none)")
+    chat.add_argument("--theme", metavar="NAME", help="colour theme (default: the config's, else chatterm-dark)")
+    chat.add_argument("--config", metavar="PATH", help="config file (default: the user config dir's config.toml)")
     import_module("chatterm.web").add_arguments(chat)  # --web, --port
     chat.set_defaults(func=cmd_chat)
 
-    gen = sub.add_parser("generate", help="stream a completion of a prompt to stdout")
+    gen = sub.add_parser(
+        "generate", help="stream a completion of a prompt to stdout",
+        description="Stream the model's text to stdout, then exactly one newline (the same on a terminal and "
+        "a pipe). A completion is printed as generated, so prompt + output is the text (its leading space "
+        "kept); a --chat reply is trimmed, as it is saved. Trailing whitespace is dropped in both.")
     _add_model_args(gen)
     _add_sampling_args(gen)
     gen.add_argument("--prompt", required=True, help="prompt text, or - to read stdin")
@@ -128,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?",
                    help="checkpoint file or folder, or a server's http(s):// address (default: the shipped chat model)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default=None, help="auto, fp32, bf16, fp16, or int8/int4 (weight-only quantized, CPU)")
-    p.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--dtype", default=None,
+                   help="auto, fp32, bf16, fp16, or int8/int4 (weight-only quantized, CPU) (default: auto)")
+    p.add_argument("--n-head", type=int, metavar="N", help="attention heads, for plain state dicts without a config")
     p.add_argument("--context", type=int, metavar="N", help="cap the context window at N tokens (default: the model's, at most 4096)")
     remote = p.add_argument_group("remote servers (an http:// or https:// address instead of a checkpoint)")
     remote.add_argument("--remote-model", metavar="NAME", help="the served model to use (default: the only one)")
@@ -226,7 +260,7 @@ def cmd_chat(args) -> int:
         return _plain_chat(config, settings, checkpoint, problems, args)
     from .ui.app import ChatApp
 
-    app = ChatApp(config, checkpoint, problems, settings=settings,
+    app = ChatApp(config, checkpoint, problems, settings=settings, resume=_resume(args),
                   backend_options=_backend_options(args, checkpoint, config.device, config.dtype, config.api_key_env))
     _quit_on_terminate(app)
     if in_browser_session():  # the server ends its sessions by a quit message (as Ctrl+Q); the Ctrl+C
@@ -234,6 +268,11 @@ def cmd_chat(args) -> int:
     app.run()
     app.session.stop()  # the web driver's quit skips Ctrl+Q's stop: end a reply in flight before exit joins it
     return app.return_code or 0
+
+
+def _resume(args) -> str:
+    """How to start: "last" (-c, --continue), "pick" (--resume) or "" (a new chat)."""
+    return "last" if args.continue_last else "pick" if args.resume else ""
 
 
 def _serve_web(args, checkpoint, config, problems) -> int:
@@ -290,14 +329,14 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
         ConversationStore(data_dir() / "conversations"),
         warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
     )
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     chat = PlainChat(session, settings=settings, config=config, load_backend=load)
-    if interactive:
+    if sys.stdin.isatty() and sys.stdout.isatty():
         info = session.backend.info
         print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",
               file=sys.stderr)
-        print("> ", end="", flush=True)
-    return chat.run(sys.stdin)
+    if _resume(args):
+        chat.commands.resume(_resume(args))
+    return chat.run_terminal() if chat.interactive else chat.run(sys.stdin)
 
 
 def _load_backend(path, options: dict):
@@ -328,6 +367,7 @@ def cmd_generate(args) -> int:
     from .session import ChatSession, Conversation
     from .session.config import default_checkpoint
     from .session.sanitize import printable
+    from .session.trimmed_stream import TrimmedStream
 
     _checked_device_args(args)
     layers = _layered_settings(args)  # generate ignores the user's config: scripts give the same output everywhere
@@ -344,13 +384,15 @@ def cmd_generate(args) -> int:
     else:
         raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
+    trimmed = TrimmedStream(strip_leading=args.chat)
     for event in events:
         if isinstance(event, TextDelta):
-            sys.stdout.write(event.text if args.raw else printable(event.text))  # `| cat` still reaches a terminal
+            text = trimmed.feed(event.text)
+            sys.stdout.write(text if args.raw else printable(text))  # `| cat` still reaches a terminal
             sys.stdout.flush()
         elif isinstance(event, Finished):
             done = event
-    sys.stdout.write("\n")
+    sys.stdout.write("\n")  # trailing whitespace was held back: the text ends with exactly one newline
     if done is not None and args.stats:
         print(
             f"{done.new_tokens} tokens, stop: {done.stop_reason}, time to first token {done.ttft_s * 1000:.0f} ms, "

@@ -1,6 +1,9 @@
 """The plain front end: the same chat as the TUI, as a line REPL on stdin/stdout.
 
 Used when stdin or stdout is not a terminal, or with `--plain`: dumb terminals, scripts, pipes.
+On a terminal, lines are read with readline (line_editing.py): arrows edit, Up/Down recall the
+history shared with the TUI, `/edit` puts the last message back on the line; from a pipe, lines
+are read as they come.
 Replies stream to stdout as plain text (model output made inert first); slash commands work as
 in the TUI. Ctrl+C during a reply stops the reply; Ctrl+C at the prompt (or twice) quits.
 SIGTERM and SIGHUP quit too, after stopping the reply in flight (it is kept, marked "stopped" and
@@ -9,6 +12,7 @@ saved); so does a reader that closes stdout. Everything written is made inert (`
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -18,8 +22,12 @@ from .engine.events import ContextTrimmed, Finished, TextDelta
 from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
 from .session.config import AppConfig
+from .line_editing import LineEditor
+from .session.input_history import InputHistory
 from .session.layered_settings import LayeredSettings
 from .session.sanitize import osc52, printable
+from .session.saved_chats import chat_line
+from .session.trimmed_stream import TrimmedStream
 
 
 class PlainChat:
@@ -34,6 +42,8 @@ class PlainChat:
         self.quit_requested = False
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
+        self.editor: LineEditor | None = None  # readline, while run_terminal runs
+        self._shown = session.conversation  # the conversation whose turns are on the screen
         self.warned: set[str] = set(session.backend.warnings) if session.backend else set()  # shown when loaded
         settings = settings or LayeredSettings(session.settings)
         config = config or AppConfig()
@@ -43,8 +53,28 @@ class PlainChat:
 
     # -- main loop -----------------------------------------------------------------------------
 
-    def run(self, lines) -> int:
-        interactive = sys.stdin.isatty() and self.out.isatty()
+    @property
+    def interactive(self) -> bool:
+        return sys.stdin.isatty() and self.out.isatty()
+
+    def run_terminal(self, history: InputHistory | None = None) -> int:
+        """Read from a terminal with line editing (readline) and `history` (default: the data
+        folder's, shared with the TUI); without readline, plain lines after a "> " prompt."""
+        self.editor = LineEditor.open(InputHistory.default() if history is None else history)
+        if self.editor is None:
+            self.out.write("> ")
+            self.out.flush()
+            return self.run(sys.stdin)
+        try:
+            return self.run(self.editor.lines("> "), prompt=False)
+        finally:
+            self.editor.close()
+            self.editor = None
+
+    def run(self, lines, *, prompt: bool | None = None) -> int:
+        """Run each line (a message or a command) until they end or /quit. `prompt`: write "> "
+        after each one (default: when stdin and stdout are a terminal)."""
+        interactive = self.interactive if prompt is None else prompt
         previous = self._quit_on_terminate() if threading.current_thread() is threading.main_thread() else {}
         try:
             for raw in lines:
@@ -85,15 +115,16 @@ class PlainChat:
         """Print a reply as it streams; Ctrl+C stops it (the partial reply stays)."""
         previous = _install_stop_handler(self.session) if threading.current_thread() is threading.main_thread() else None
         self.streaming = True
+        trimmed = TrimmedStream(strip_leading=True)  # shown as it is saved: no leading space, no blank line
         try:
             for event in events:
                 if isinstance(event, TextDelta):
-                    self.out.write(printable(event.text))
+                    self.out.write(printable(trimmed.feed(event.text)))
                     self.out.flush()
                 elif isinstance(event, ContextTrimmed) and event.dropped_turns:
                     self.note(f"(dropped {event.dropped_turns} old turns to fit the context window)")
                 elif isinstance(event, Finished):
-                    self.out.write("\n")
+                    self.out.write("\n\n" if self.editor is not None else "\n")  # a terminal: a blank line before the prompt
                     if event.stop_reason == "cancelled":
                         self.note("(stopped)")
                     elif event.error:
@@ -129,7 +160,19 @@ class PlainChat:
         self.err.flush()
 
     def show_conversation(self) -> None:
-        pass  # a line REPL does not redraw history
+        """A line REPL does not redraw history; but on a terminal a chat just opened (/load, -c)
+        shows its last exchange, so the user sees where it left off (a pipe gets replies only)."""
+        conversation = self.session.conversation
+        if conversation is self._shown or not conversation.turns or not self.interactive:
+            self._shown = conversation
+            return
+        self._shown = conversation
+        start = next((i for i in range(len(conversation.turns) - 1, -1, -1)
+                      if conversation.turns[i].role == "user"), 0)
+        for turn in conversation.turns[start:]:
+            self.out.write(("> " if turn.role == "user" else "") + printable(turn.text) + "\n")
+        self.out.write("\n" if self.editor is not None else "")
+        self.out.flush()
 
     def show_settings(self) -> None:
         pass
@@ -152,7 +195,18 @@ class PlainChat:
         return compose_in_editor(text)  # the editor gets the terminal: the REPL waits for input anyway
 
     def edit_text(self, text: str) -> None:
-        self.note(f"took back: {text}")
+        if self.editor is not None:  # the next line starts with it, to edit and send with Enter
+            self.editor.prefill(text)
+        else:
+            self.note(f"took back: {text}")
+
+    def show_chats(self, chats: list) -> None:
+        if not chats:
+            self.note("no saved chats yet")
+            return
+        width = shutil.get_terminal_size().columns
+        lines = [chat_line(i + 1, chat, width) for i, chat in enumerate(chats)]
+        self.note("\n".join(lines + ["/load N opens one · /chats rename N TITLE · /chats delete N"]))
 
     def load_model(self, spec: str) -> None:
         if self.load_backend is None:
@@ -170,7 +224,8 @@ class PlainChat:
         raise CommandError("themes apply to the TUI only")
 
     def key_help(self) -> list[str]:
-        return ["Ctrl+C stops a reply; Ctrl+D (or /quit) leaves"]
+        editing = ["arrows edit the line; Up/Down: earlier lines (kept across launches)"] if self.editor else []
+        return editing + ["Ctrl+C stops a reply; Ctrl+D (or /quit) leaves"]
 
     def quit(self) -> None:
         self.quit_requested = True

@@ -102,6 +102,7 @@ class ChatSession:
             for event in events:
                 if isinstance(event, Finished):  # before it is passed on: consumers see the turn
                     record(conversation, event)
+                    conversation.model = self.backend.info.name if self.backend else conversation.model
                     finished = True
                 yield event
         finally:

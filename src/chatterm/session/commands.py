@@ -17,8 +17,9 @@ from typing import Callable, Iterable, Protocol
 from .chat import ChatSession
 from .config import AppConfig, save_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
-from .persistence import read_conversation, write_conversation, write_user_file
+from .persistence import write_conversation, write_user_file
 from .sanitize import printable
+from .saved_chats import SavedChats
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ COMMANDS: dict[str, CommandSpec] = {
                     needs_arg=True, flags=("--save",)),
         CommandSpec("settings", "", "show the sampling settings and where each comes from"),
         CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
-        CommandSpec("load", "PATH", "open a saved conversation", needs_arg=True),
+        CommandSpec("load", "N|ID|PATH", "open a saved chat: its number in /chats, its id, or a file", needs_arg=True),
+        CommandSpec("chats", "[rename N TITLE | delete N]", "list recent chats (open one with /load N); rename or delete one"),
         CommandSpec("export", "PATH.md [--force]", "write the conversation as Markdown", needs_arg=True,
                     flags=("--force",)),
         CommandSpec("model", "PATH", "load another checkpoint", needs_arg=True),
@@ -112,6 +114,7 @@ class FrontEnd(Protocol):
     def stream_reply(self, events: Iterable) -> None: ...  # render a reply (a retry)
     def stream_more(self, events: Iterable) -> None: ...  # render more of the last reply (/continue)
     def edit_text(self, text: str) -> None: ...  # offer a taken-back message for editing
+    def show_chats(self, chats: list) -> None: ...  # the recent chats (ChatSummary), to open one
     def copy_text(self, text: str) -> None: ...  # to the clipboard; CommandError where it cannot
     def run_editor(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
     def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
@@ -128,6 +131,7 @@ class SlashCommands:
         self.config = config
         self.front = front
         self._save = save
+        self.saved_chats = SavedChats(session)
 
     def use_backend(self, backend) -> None:
         """Chat with `backend` from now on; its recommended sampling settings become the model
@@ -284,9 +288,34 @@ class SlashCommands:
 
     def do_load(self, arg: str, flags=frozenset()) -> None:
         self._idle()
-        self.session.load_conversation(read_conversation(Path(arg)))
+        said = self.saved_chats.open(arg)
         self.front.show_conversation()
-        self.front.note(f"loaded {len(self.session.conversation.turns)} turns from {arg}")
+        self.front.note(said)
+
+    def resume(self, how: str) -> None:
+        """At start: "last" continues the most recent chat (`-c`), "pick" lists them (`--resume`)."""
+        try:
+            if how == "last":
+                said = self.saved_chats.open_latest()
+                self.front.show_conversation()
+                self.front.note(said)
+            elif how == "pick":
+                self.do_chats()
+        except (ValueError, OSError) as e:
+            self.front.note(f"{e}; starting a new chat", "error")
+
+    def do_chats(self, arg: str = "", flags=frozenset()) -> None:
+        action, _, rest = arg.partition(" ")
+        if not action:
+            self.front.show_chats(self.saved_chats.recent())
+        elif action == "rename" and rest.strip():
+            ref, _, title = rest.strip().partition(" ")
+            self.front.note(self.saved_chats.rename(ref, title))
+            self.front.show_settings()  # the open chat's title may have changed
+        elif action == "delete" and rest.strip():
+            self.front.note(self.saved_chats.delete(rest.strip()))
+        else:
+            raise CommandError(f"/chats {COMMANDS['chats'].args}")
 
     def do_export(self, arg: str, flags=frozenset()) -> None:
         path = write_user_file(arg, self.session.conversation.to_markdown(), force="--force" in flags)

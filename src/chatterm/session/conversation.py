@@ -99,9 +99,13 @@ class Conversation:
     context_start: int = 0  # oldest turn still in the model's context
     # A fork waiting for its new option: the next turn added at this index joins it (branch_at).
     _pending: tuple[int, Fork] | None = field(default=None, repr=False)
+    name: str = ""  # a title the user gave it (the chats list's rename); "" shows the first message
+    model: str = ""  # the model that last replied, for the chats list
 
     @property
     def title(self) -> str:
+        if self.name.strip():
+            return " ".join(self.name.split())
         first = next((t.text for t in self.turns if t.role == "user"), "")
         first = " ".join(first.split())
         return (first[:60] + "…") if len(first) > 60 else (first or "New chat")
@@ -188,6 +192,7 @@ class Conversation:
             "created": self.created,
             "system": self.system,
             "turns": [t.to_dict() for t in self.turns],
+            **{key: value for key, value in (("name", self.name), ("model", self.model)) if value},
         }
 
     @classmethod
@@ -199,6 +204,9 @@ class Conversation:
         conv = cls(system=str(data.get("system", "")), turns=[Turn.from_dict(t) for t in data["turns"]])
         if is_valid_id(data.get("id")):
             conv.id = data["id"]  # anything else keeps the fresh id made above
+        for key in ("name", "model"):
+            if isinstance(data.get(key), str):
+                setattr(conv, key, data[key])
         if isinstance(data.get("created"), (int, float)):
             conv.created = float(data["created"])
         return conv

@@ -76,20 +76,31 @@ class ConversationLock:
 
     def is_free(self, conversation_id: str) -> bool:
         """Whether no process holds this id's lock (checked by taking it for a moment)."""
-        if fcntl is None or (self.held and self.held[0] == conversation_id):
-            return fcntl is None
+        return self.while_free(conversation_id, lambda: None) is None
+
+    def while_free(self, conversation_id: str, action) -> str | None:
+        """Run `action()` holding this id's lock for the moment (so no chatterm opens the conversation
+        meanwhile); None when it ran, else who holds the lock (" (pid N)", "", or " (this chatterm)")."""
+        if self.held and self.held[0] == conversation_id:
+            return " (this chatterm)"
+        if fcntl is None:
+            action()
+            return None
         try:
             got = self._try(conversation_id)
-        except OSError:
-            return False
+        except OSError as e:
+            return f" (cannot check: {e.strerror or e})"
         if isinstance(got, str):
-            return False
+            return got
         try:
-            os.unlink(self._path(conversation_id))
-        except OSError:
-            pass
-        os.close(got)
-        return True
+            action()
+        finally:
+            try:
+                os.unlink(self._path(conversation_id))
+            except OSError:
+                pass
+            os.close(got)
+        return None
 
     def remove_unused(self) -> None:
         """Remove lock files nobody holds (left by a process that was killed)."""

@@ -14,7 +14,9 @@
   (`*.corrupt-<time>`). While a process has a conversation open it holds an advisory lock on its
   id (see conversation_lock.py); a second process that continues the same conversation forks a
   copy under a new id, so neither loses the other's turns. Stray temporary files of interrupted
-  saves are removed when a store is opened.
+  saves are removed when a store is opened. `list_chats` summarizes the recent ones (title made
+  inert, one line, cut); `rename` and `delete` act only on the store's own `<id>.json` files, and
+  only while no chatterm has that conversation open (the lock is held for the moment they take).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import json
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write
 from .conversation import Conversation, is_valid_id, new_conversation_id
 from .conversation_lock import ConversationLock
+from .sanitize import printable
 
 MAX_CONVERSATION_BYTES = 256 * 1024 * 1024  # far above any real chat; stops a stray 10 GB file
 _SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
@@ -112,6 +116,17 @@ def conversation_json(conversation: Conversation) -> str:
     return json.dumps(conversation.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class ChatSummary:
+    """One line of the chats list."""
+
+    id: str
+    title: str  # the name given, else the first message: inert, one line, at most ~60 characters
+    modified: float  # when it was last saved (seconds since the epoch)
+    model: str  # the model that last replied ("" when unknown)
+    turns: int
+
+
 class ConversationStore:
     """The folder of autosaved conversations, one `<id>.json` each."""
 
@@ -152,6 +167,57 @@ class ConversationStore:
             return []
         files = [p for p in self.folder.glob("*.json") if is_valid_id(p.stem) and p.is_file()]
         return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+
+    def file_for(self, conversation_id: str) -> Path:
+        """The store's own file for an id (ValueError for an id chatterm did not make)."""
+        return self.path_for(Conversation(id=conversation_id))
+
+    def list_chats(self, limit: int = 50) -> list[ChatSummary]:
+        """The most recently saved chats, newest first; unreadable files are left out (and alone)."""
+        chats = []
+        for path in self.recent(limit):
+            try:
+                conversation = read_conversation(path)
+                modified = path.stat().st_mtime
+            except (NotAConversationError, OSError):
+                continue
+            title = " ".join(printable(conversation.title).split())
+            chats.append(ChatSummary(path.stem, title, modified, " ".join(printable(conversation.model).split()),
+                                     len(conversation.turns)))
+        return chats
+
+    def _own_file(self, conversation_id: str) -> Path:
+        path = self.file_for(conversation_id)
+        if path.is_symlink() or not path.is_file():
+            raise NotAConversationError(f"no saved chat {conversation_id} in {self.folder}")
+        return path
+
+    def rename(self, conversation_id: str, name: str) -> None:
+        """Give a saved chat a title. Refused (ValueError) while a chatterm has it open: that one
+        would overwrite the title at its next save (rename the open chat through its session)."""
+        path = self._own_file(conversation_id)
+
+        def write() -> None:
+            conversation = read_conversation(path)
+            conversation.name = " ".join(name.split())
+            modified = path.stat()
+            atomic_write_text(path, conversation_json(conversation))
+            os.utime(path, ns=(modified.st_atime_ns, modified.st_mtime_ns))  # the list keeps its order
+
+        self._while_closed(conversation_id, write, "renamed")
+
+    def delete(self, conversation_id: str) -> None:
+        """Delete a saved chat's file: only the store's own `<id>.json`, only while no chatterm
+        (this one included) has the conversation open."""
+        path = self._own_file(conversation_id)
+        self._while_closed(conversation_id, path.unlink, "deleted")
+
+    def _while_closed(self, conversation_id: str, action, what: str) -> None:
+        holder = self.lock.while_free(conversation_id, action)
+        if holder == " (this chatterm)":
+            raise ValueError(f"chat {conversation_id} is the one open here; start a new chat first")
+        if holder is not None:
+            raise ValueError(f"chat {conversation_id} is open in another chatterm{holder}; not {what}")
 
     def load(self, path_or_id: str | os.PathLike) -> Conversation:
         """Load by id or path. Only the store's own files are moved aside when damaged."""

@@ -9,15 +9,39 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-# Flags generated from TrainConfig so the dataclass stays the one documented source.
+# Flags generated from TrainConfig so the dataclass stays the one source of names and defaults.
 _SKIP = {"data", "out", "extra"}
+FLAG_HELP = {  # one line per TrainConfig field; the default is appended from the dataclass
+    "name": "model name written into the checkpoint's metadata",
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads per block",
+    "n_embd": "embedding width (a multiple of --n-head)",
+    "block_size": "context window in tokens, also the training sequence length",
+    "dropout": "dropout probability during training",
+    "batch_size": "sequences per optimizer step",
+    "max_steps": "optimizer steps in all (a resumed run counts the steps already done)",
+    "lr": "peak learning rate (AdamW), reached after the warm-up",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this value",
+    "eval_every": "steps between validation runs (the best checkpoint is kept)",
+    "eval_batches": "batches per validation run",
+    "log_every": "steps between progress lines",
+    "seed": "random seed for initialization and batches",
+    "device": "auto, cpu, cuda, cuda:N or mps",
+    "save_dtype": "dtype of the saved weights: fp32, bf16 or fp16",
+    "time_limit_min": "stop (after saving) after this many minutes; 0 means no limit",
+    "threads": "torch CPU threads; 0 means torch's default",
+}
 
 
 def add_parser(sub) -> None:
     prep = sub.add_parser("prepare", help="build training data: the chitchat corpus, or your own text file")
     prep.add_argument("source", help="'chitchat' (the chitchat-dataset package) or a UTF-8 text file")
     prep.add_argument("out", help="folder to write train.pt, val.pt, tokenizer.json")
-    prep.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size, <|endoftext|> included")
+    prep.add_argument("--vocab-size", type=int, default=4096, metavar="N",
+                      help="BPE vocabulary size, <|endoftext|> included (default: %(default)s)")
     prep.set_defaults(func=run_prepare)
 
     train = sub.add_parser("train", help="train a GPT on prepared data (resumes if OUT has a train_state.pt)")
@@ -27,14 +51,15 @@ def add_parser(sub) -> None:
         if f.name in _SKIP:
             continue
         train.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                           metavar=type(f.default).__name__.upper())
+                           metavar=type(f.default).__name__.upper(),
+                           help=f"{FLAG_HELP.get(f.name, f.name.replace('_', ' '))} (default: %(default)s)")
     train.set_defaults(func=run_train)
 
     ev = sub.add_parser("eval", help="recompute a checkpoint's validation loss on prepared data")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="checkpoint file or folder to evaluate")
     ev.add_argument("data", help="prepared folder holding val.pt")
     ev.add_argument("--batches", type=int, default=None, help="batches of 8 windows (default: as in the model card)")
-    ev.add_argument("--dtype", default="fp32")
+    ev.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default: %(default)s)")
     ev.set_defaults(func=run_eval)
 
 

@@ -22,6 +22,7 @@ from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
 from ..session.config import AppConfig, config_dir, data_dir, save_config
 from ..session.context_fit import fit_context
+from ..session.input_history import InputHistory
 from ..session.layered_settings import CONFIG, LayeredSettings
 from .chat_view import ChatView, UserMessage
 from .inspector import TokenInspector
@@ -102,8 +103,10 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
     }
 
     def __init__(self, config: AppConfig, checkpoint: str | None, problems: list[str] | None = None,
-                 *, settings: LayeredSettings | None = None, backend_options: dict | None = None) -> None:
+                 *, settings: LayeredSettings | None = None, backend_options: dict | None = None,
+                 resume: str = "") -> None:
         super().__init__()
+        self.resume = resume  # "last" (-c) or "pick" (--resume): see SlashCommands.resume
         recognise_alt_enter()  # before the driver starts reading keys
         self.config = config
         self.checkpoint = checkpoint
@@ -128,7 +131,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         with Horizontal(id="main"):
             with Vertical(id="chat-column"):
                 yield ChatView(id="chat")
-                yield PromptInput(id="input")
+                yield PromptInput(id="input", history=InputHistory.default())
             yield SidePanel(self.commands.settings, self.config.system_prompt, id="side")
         yield StatusBar(id="status")
         yield Footer(compact=True)  # compact: the keys that matter fit in 80 columns
@@ -166,6 +169,8 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
             self.note(problem, "error")
         self.status.busy = "loading model"
         self.load_model(self.checkpoint)
+        if self.resume:
+            self.commands.resume(self.resume)
 
     def _apply_themes(self) -> None:
         themes, problems = load_themes(theme_folders(config_dir()))

@@ -3,7 +3,7 @@
 Enter sends. A newline is Ctrl+J, Alt+Enter or Shift+Enter (many terminals cannot send
 Shift+Enter, so the other two are the dependable ones; terminal_keys.py makes the ESC CR that
 terminals send for Alt+Enter arrive as alt+enter). Up on the first line and Down on the last
-line walk through earlier inputs, like a shell. PageUp/PageDown (also with Shift) and
+line walk through earlier inputs, like a shell (with a `history`, kept across launches). PageUp/PageDown (also with Shift) and
 Ctrl+Home/Ctrl+End scroll the chat, not the box: the message box keeps the focus, as in most chat
 apps (a message rarely needs paging; Home/End still move within the line).
 """
@@ -16,6 +16,8 @@ from textual import events
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
+
+from ..session.input_history import InputHistory
 
 
 class PromptInput(TextArea):
@@ -34,9 +36,10 @@ class PromptInput(TextArea):
         input: "PromptInput"
         text: str
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, history: InputHistory | None = None, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
-        self.sent: list[str] = []
+        self.input_history = history  # kept across launches (session/input_history.py); None: this run only
+        self.sent: list[str] = history.load() if history else []
         self._history_pos: int | None = None  # index into history while browsing
         self._draft = ""
 
@@ -67,6 +70,8 @@ class PromptInput(TextArea):
             return
         if not self.sent or self.sent[-1] != text:
             self.sent.append(text)
+            if self.input_history:
+                self.input_history.add(text)
         self._history_pos = None
         self.clear()
         self.post_message(self.Submitted(self, text))

@@ -79,6 +79,12 @@ class TuiFrontEnd:
             shown.last().remove()
         self.replies.start(events)
 
+    def show_chats(self, chats: list) -> None:
+        from .chats_screen import ChatsScreen  # reads the list again itself, after every change
+
+        if not isinstance(self.screen, ChatsScreen):
+            self.push_screen(ChatsScreen(self.commands))
+
     def set_theme(self, name: str) -> None:
         if name not in self.available_themes:
             raise ValueError(f"unknown theme {name!r}; themes: {', '.join(sorted(self.available_themes))}")
