@@ -358,3 +358,16 @@ async def test_turns_dropped_while_chatting_are_marked_out_of_context(parrot_che
         messages = [w for w in app.chat.children if isinstance(w, (UserMessage, AssistantMessage))]
         assert [w.has_class("-out-of-context") for w in messages] == [i < start for i in range(len(messages))]
         assert app.status.note.startswith("dropped")
+
+
+async def test_the_first_screen_on_the_shipped_model_says_how_to_get_a_real_one(parrot_checkpoint):
+    from chatterm.session.config import default_checkpoint
+
+    app = make_app(default_checkpoint())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        assert any("chatterm pull smollm2-135m-instruct" in n for n in notes(app))
+    app = make_app(parrot_checkpoint)  # a model of one's own: no hint
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        assert not any("chatterm pull" in n for n in notes(app))

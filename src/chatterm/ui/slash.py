@@ -49,6 +49,10 @@ class TuiFrontEnd:
         self.note(f"Welcome to chatterm! You are chatting with {self.session.backend.info.name}. "
                   f"Chats are saved as you go, in {folder}. F1 or /help: commands and keys; "
                   "Ctrl+P: every action.", "welcome")
+        from ..session.models import real_model_hint
+
+        if hint := real_model_hint(self.session.backend.info.source):
+            self.note(hint, "welcome")
 
     def status_note(self, short: str, detail: str = "") -> None:
         """A note in the status bar; `detail`, or a note too long for the bar, goes to the chat
