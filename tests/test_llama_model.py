@@ -147,3 +147,31 @@ def test_chatterm_generate_prints_transformers_greedy_text(kind, form, tmp_path,
     flags = ["--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "24"]  # plain greedy
     assert main(["generate", str(path), "--prompt", prompt, *flags]) == 0
     assert capsys.readouterr().out == printable(tokenizer.decode(new)) + "\n"
+
+
+def test_generate_starts_at_bos_when_the_tokenizer_asks_for_it(tmp_path, capsys):
+    """Llama's SentencePiece tokenizers set add_bos_token: transformers then starts every text at
+    BOS, and a completion must too, or its greedy text differs."""
+    import json
+
+    from chatterm.cli import main
+    from chatterm.session.sanitize import printable
+    from tiny_llama import hf_tokenizer
+
+    tokenizer = hf_tokenizer()
+    reference = hf_model("llama", seed=3, vocab_size=len(tokenizer))
+    path = save_hf_folder(tmp_path / "m", reference, generation={"eos_token_id": [2]})
+    config_file = path / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "add_bos_token": True}))
+    prompt = "The capital of France is"
+    ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        # BOS is id 0, the pad id too: without an explicit mask transformers would mask BOS out.
+        out = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=24, do_sample=False, eos_token_id=[2], pad_token_id=0)
+    new = out[0, len(ids):].tolist()
+    new = new[: next((n for n, i in enumerate(new) if i == 2), len(new))]
+    capsys.readouterr()
+    flags = ["--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "24"]
+    assert main(["generate", str(path), "--prompt", prompt, *flags]) == 0
+    assert capsys.readouterr().out == printable(tokenizer.decode(new)) + "\n"
