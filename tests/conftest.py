@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import save_tiny_checkpoint, train_parrot  # noqa: E402
+from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, train_parrot  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +26,11 @@ def parrot_checkpoint(parrot, tmp_path_factory) -> Path:
     """The parrot saved in our checkpoint format."""
     model, _ = parrot
     return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "parrot", model, name="parrot")
+
+
+@pytest.fixture(scope="session")
+def babbler(tmp_path_factory) -> Path:
+    """A random tiny model without an end-of-text token: it never says "User:", so its replies
+    run until stopped or to max_new_tokens."""
+    folder = tmp_path_factory.mktemp("babbler") / "b"
+    return save_tiny_checkpoint(folder, tiny_model(seed=0), byte_tokenizer_spec(eot=False), name="babbler")

@@ -10,11 +10,11 @@ import stat
 
 import pytest
 from remote_servers import Scripted, ScriptedServer, chat_chunk, sse
+from ui_helpers import make_app, ready, settle
 
 from chatterm.engine.events import Finished, TextDelta
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, Conversation
-from chatterm.session.commands import SlashCommands
 from chatterm.session.external_editor import compose_in_editor
 from chatterm.session.layered_settings import LayeredSettings
 from chatterm.session.local_backend import LocalBackend
@@ -152,34 +152,16 @@ def test_repl_continue_copy_and_editor(backend, tmp_path, monkeypatch):
 
 # -- the TUI, keyboard only ------------------------------------------------------------------------
 
-from chatterm.session.config import AppConfig  # noqa: E402
 from chatterm.ui.app import ChatApp  # noqa: E402
 from chatterm.ui.chat_view import AssistantMessage, UserMessage  # noqa: E402
 from chatterm.ui.prompt_input import PromptInput  # noqa: E402
 from helpers import wait_until  # noqa: E402
 
 
-def make_app(checkpoint, **sampling):
-    config = AppConfig()
-    config.sampling.update({"temperature": 0, **sampling})
-    return ChatApp(config, str(checkpoint), [])
-
-
-async def ready(app, pilot):
-    await app.workers.wait_for_complete()
-    await wait_until(pilot, lambda: app.status.busy == "", what="the model to load")
-
-
 async def send(pilot, text):
     for ch in text:
         await pilot.press("space" if ch == " " else ch)
     await pilot.press("enter")
-
-
-async def settle(app, pilot):
-    await wait_until(pilot, lambda: not app.busy, what="the reply to finish")
-    await app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 async def test_tui_continue_grows_the_same_message(parrot_checkpoint):

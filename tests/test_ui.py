@@ -5,48 +5,16 @@ from textual.command import CommandPalette
 
 from chatterm.session.config import AppConfig, load_config
 from chatterm.ui.app import ChatApp
-from chatterm.ui.chat_view import AssistantMessage, Note, UserMessage
+from chatterm.ui.chat_view import AssistantMessage, UserMessage
 from chatterm.ui.prompt_input import PromptInput
-from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, wait_until
-
-
-@pytest.fixture(scope="module")
-def babbler(tmp_path_factory):
-    """A random tiny model: it never says "User:", so its replies run until told to stop."""
-    folder = tmp_path_factory.mktemp("babbler") / "b"
-    return save_tiny_checkpoint(folder, tiny_model(seed=0), byte_tokenizer_spec(eot=False), name="babbler")
-
-
-def make_app(checkpoint, **sampling):
-    config = AppConfig()
-    config.sampling.update({"temperature": 0, **sampling})
-    return ChatApp(config, str(checkpoint), [])
-
-
-async def ready(app, pilot):
-    await app.workers.wait_for_complete()
-    await wait_until(pilot, lambda: app.status.busy == "", what="the model to load")
-
-
-async def type_keys(pilot, text):
-    for ch in text:
-        await pilot.press("space" if ch == " " else ch)
+from helpers import save_tiny_checkpoint, tiny_model, wait_until
+from ui_helpers import make_app, notes, ready, settle, type_keys
 
 
 async def type_and_send(pilot, text):
     await pilot.click(PromptInput)
     await type_keys(pilot, text)
     await pilot.press("enter")
-
-
-async def settle(app, pilot):
-    await wait_until(pilot, lambda: not app.busy, what="the reply to finish")
-    await app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-def notes(app):
-    return [str(n.render()) for n in app.chat.query(Note)]
 
 
 def shown_text(app):

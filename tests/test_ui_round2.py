@@ -14,53 +14,19 @@ import pytest
 from textual._xterm_parser import XTermParser
 from textual.widgets import TextArea
 
-from chatterm.session.config import AppConfig
 from chatterm.session.conversation import Conversation
 from chatterm.session.persistence import write_conversation
 from chatterm.ui.app import NARROW_BELOW, ChatApp
-from chatterm.ui.chat_view import OUT_OF_CONTEXT, AssistantMessage, Note, UserMessage
+from chatterm.ui.chat_view import OUT_OF_CONTEXT, AssistantMessage, UserMessage
 from chatterm.ui.keys import check_keymap, class_bindings, consumed_keys
 from chatterm.ui.prompt_input import PromptInput
 from chatterm.ui.send_queue import QueuedMessage
 from chatterm.ui.status_bar import NOTE_CELLS
 from chatterm.ui.terminal_keys import recognise_alt_enter
-from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, wait_until
+from helpers import wait_until
+from ui_helpers import make_app, notes, ready, settle, type_keys
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-@pytest.fixture(scope="module")
-def babbler(tmp_path_factory):
-    """A random tiny model without an end-of-text token: its replies run to max_new_tokens."""
-    folder = tmp_path_factory.mktemp("babbler") / "b"
-    return save_tiny_checkpoint(folder, tiny_model(seed=0), byte_tokenizer_spec(eot=False), name="babbler")
-
-
-def make_app(checkpoint, keys=None, **sampling):
-    config = AppConfig()
-    config.sampling.update({"temperature": 0, **sampling})
-    config.keys.update(keys or {})
-    return ChatApp(config, str(checkpoint), [])
-
-
-async def ready(app, pilot):
-    await wait_until(pilot, lambda: app.session.backend is not None and not app.model_loading, what="the model")
-    await pilot.pause()
-
-
-async def type_keys(pilot, text):
-    for ch in text:
-        await pilot.press("space" if ch == " " else ch)
-
-
-async def settle(app, pilot):
-    await wait_until(pilot, lambda: not app.busy, what="the reply to finish")
-    await app.workers.wait_for_complete()
-    await pilot.pause()
-
-
-def notes(app):
-    return [str(n.render()) for n in app.chat.query(Note)]
 
 
 # -- 1. keyboard scrolling --------------------------------------------------------------------
