@@ -226,7 +226,8 @@ async def test_resize_to_small_terminals(parrot_checkpoint):
 async def test_bad_model_path_keeps_the_app_usable(parrot_checkpoint, tmp_path):
     app = ChatApp(AppConfig(), str(tmp_path / "missing"), [])
     async with app.run_test(size=(100, 30)) as pilot:
-        await ready(app, pilot)
+        await app.workers.wait_for_complete()  # the load fails: there is no model to be ready
+        await wait_until(pilot, lambda: app.status.busy == "", what="the failed load")
         assert any("no such file or folder" in n for n in notes(app))
         await type_and_send(pilot, "hi")
         await wait_until(pilot, lambda: any("no model loaded" in n for n in notes(app)))
