@@ -123,6 +123,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         )
         self.commands = SlashCommands(self.session, settings, config, self, save=save_config)
         self.checked_keys: dict[str, str] = {}
+        self._warnings_shown: set[str] = set()  # the backend's warnings already in the chat
         self.inspect = INSPECT_TOP
 
     # -- layout --------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         if not self.busy:  # (a reply's own prompt fitting is under way otherwise)
             fit_context(self.session)  # a smaller window may hold fewer of the turns on screen
         self.update_context()
-        self._warnings_shown: set[str] = set()
+        self._warnings_shown.clear()  # a new backend: its warnings are news again
         self.settings_panel.show_when_changes_apply(backend.settings_apply_mid_reply)
         self._show_backend_news()
         self.send_queued()
