@@ -206,3 +206,23 @@ def test_without_a_compiler_the_pytorch_kernels_stay(tmp_path, parrot_checkpoint
         reason, layer = r.stdout.strip().splitlines()
         assert reason in ("no C compiler (install gcc, or set CC)", "turned off by CHATTERM_NATIVE=0")
         assert layer == Int8Linear.__name__
+
+
+@pytest.mark.parametrize("n_head,n_kv_head,length", [(4, 4, 1), (4, 4, 37), (6, 2, 300), (8, 1, 5)])
+def test_one_token_attention_is_sdpa_over_the_cache(n_head, n_kv_head, length):
+    from chatterm.model.native_attention import attend_one
+
+    g = torch.Generator().manual_seed(length)
+    hs, max_len = 16, 512
+    cache_k = torch.randn(1, n_kv_head, max_len, hs, generator=g)
+    cache_v = torch.randn(1, n_kv_head, max_len, hs, generator=g)
+    keys, values = cache_k[:, :, :length], cache_v[:, :, :length]  # strided views, as the cache gives
+    q = torch.randn(1, 1, n_head + 3, hs, generator=g)[:, :, :n_head].transpose(1, 2)  # a view too
+    got = attend_one(q, keys, values)
+    group = n_head // n_kv_head
+    want = F.scaled_dot_product_attention(q, keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1))
+    assert got.shape == (1, 1, n_head * hs)
+    assert torch.allclose(got, want.transpose(1, 2).reshape(1, 1, -1), atol=1e-5)
+    # where the kernel does not apply the caller runs SDPA
+    assert attend_one(q.double(), keys.double(), values.double()) is None
+    assert attend_one(torch.randn(1, n_head, 2, hs), keys, values) is None

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .native_attention import attend_one
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v, mask = cache.update(self.layer_idx, input_pos, k, v)  # (B, nkv, S, hs)
         group = self.n_head // self.n_kv_head
+        if T == 1 and mask is None and (y := attend_one(q, k, v)) is not None:  # a decode step, on the CPU kernel
+            return self.out(y)
         if T == 1 and mask is None:
             # One query per head: the heads of a group become that kv head's queries, so no
             # copy of the keys/values is made. (B, nkv, group, hs)
