@@ -108,6 +108,9 @@ def test_text_files_random_bytes_and_empty_files(tmp_path):
                        ("random.safetensors", rng.randbytes(5000)), ("empty.pt", b""), ("empty.safetensors", b""),
                        ("zero.bin", bytes(4096))]:
         _one_line_error(_write(tmp_path / name, data))
+    # The unpickler fails on text with a bare KeyError or IndexError: the line says what the file is.
+    for name, text in [("hello.pt", b"hello\n"), ("notes.pt", b"just some text, honest\n"), ("ab.pt", b"ab")]:
+        assert "not a PyTorch weights file, or corrupt" in _one_line_error(_write(tmp_path / name, text)), name
 
 
 @pytest.mark.parametrize("model, message", [
@@ -222,6 +225,25 @@ def test_fifos_and_devices_are_refused_without_blocking(tmp_path):
                 os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
                 pass
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors", "tokenizer_config.json",
+                                  "chat_template.jinja"])
+def test_fifos_in_a_hugging_face_folder_are_refused_without_blocking(tmp_path, name):
+    from tiny_llama import hf_model, save_hf_folder
+
+    folder = save_hf_folder(tmp_path / "llama", hf_model())
+    (folder / name).unlink(missing_ok=True)
+    os.mkfifo(folder / name)
+    try:
+        outcome = _never_blocks(lambda: LocalBackend.load(folder))
+        assert isinstance(outcome, CheckpointError), (name, outcome)
+        assert "is a FIFO" in str(outcome) and "\n" not in str(outcome)
+    finally:
+        try:  # release a blocked reader, if any
+            os.close(os.open(folder / name, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
 
 
 @pytest.mark.parametrize("change, what", [

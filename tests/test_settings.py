@@ -3,6 +3,8 @@ device names, seeds, key maps and themes."""
 
 import argparse
 import json
+import os
+import threading
 
 import pytest
 from textual.widgets import TextArea
@@ -126,6 +128,24 @@ def test_a_good_config_loads_without_problems(tmp_path):
     assert problems == [] and config.device == "cuda:1" and config.sampling == {"seed": 2**63 - 1, "stop": ["x"]}
 
 
+def test_a_config_file_that_is_a_fifo_is_reported_without_blocking(tmp_path):
+    path = tmp_path / "config.toml"
+    os.mkfifo(path)
+    config, problems = _in_thread(lambda: load_config(path))
+    assert len(problems) == 1 and "is a FIFO" in problems[0] and "using defaults" in problems[0]
+    assert config.theme == AppConfig().theme
+
+
+def _in_thread(fn, timeout=15):
+    """fn() in a thread; fails (and releases a reader blocked on a FIFO) when it does not return."""
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, "blocked"
+    return outcome[0]
+
+
 @pytest.mark.parametrize("name", ["tpu", "cuda:abc", "cuda:", "gpu", "cpu:0:1"])
 def test_bad_device_names_are_refused_without_torch(name):
     with pytest.raises(ValueError, match="unknown device"):
@@ -191,6 +211,8 @@ def test_broken_themes_are_reported_and_skipped(tmp_path):
     (tmp_path / "colour.toml").write_text('name = "colour"\nprimary = "not-a-colour"\n')
     (tmp_path / "types.toml").write_text('name = "types"\nprimary = "#fff"\ndark = "yes"\n')
     (tmp_path / "toml.toml").write_text('name = "x\n')
-    themes, problems = load_themes([tmp_path])
+    os.mkfifo(tmp_path / "pipe.toml")  # opening a FIFO would wait for a writer forever
+    themes, problems = _in_thread(lambda: load_themes([tmp_path]))
     assert [t.name for t in themes] == ["ok"]
-    assert len(problems) == 3 and all("not a usable theme" in p for p in problems)
+    assert len(problems) == 4 and all("not a usable theme" in p for p in problems)
+    assert "is a FIFO" in next(p for p in problems if "pipe.toml" in p)

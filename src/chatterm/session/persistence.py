@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write
+from ..regular_file import NotRegularFileError, read_regular
 from .conversation import Conversation, is_valid_id, new_conversation_id
 from .conversation_lock import ConversationLock
 from .sanitize import printable
@@ -82,24 +83,14 @@ def read_conversation(path: str | os.PathLike) -> Conversation:
     """Read a saved conversation from any path; the file is never changed or moved."""
     path = Path(path).expanduser()
     not_one = NotAConversationError(f"{path}: not a chatterm conversation")
-    try:
-        mode = os.stat(path).st_mode
+    try:  # a folder, FIFO or device is refused before it is opened (regular_file.py)
+        data = read_regular(path, MAX_CONVERSATION_BYTES)
     except FileNotFoundError:
         raise NotAConversationError(f"{path}: no such file") from None
+    except NotRegularFileError:
+        raise not_one from None
     except OSError as e:
         raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise not_one
-    try:  # O_NONBLOCK: if it was swapped for a FIFO since the stat, opening still returns at once
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise not_one
-        data = f.read(MAX_CONVERSATION_BYTES + 1)
-    if len(data) > MAX_CONVERSATION_BYTES:
-        raise not_one
     try:
         return Conversation.from_dict(json.loads(data.decode("utf-8")))
     except (UnicodeDecodeError, ValueError, TypeError, AttributeError, RecursionError):
