@@ -262,6 +262,35 @@ def test_sizes_are_checked_before_anything_is_allocated(tmp_path, change, what):
     assert "this model needs about" in text and "is available on cpu" in text and what in text
 
 
+def test_sizes_of_llama_family_folders_and_gguf_files_are_checked_before_their_weights(tmp_path):
+    """A Hugging Face folder and a GGUF file whose config asks for far more than any machine has:
+    refused at once with the memory needed and available, before a weight is read (both formats
+    once read their weights first and failed later, or not at all on a big enough real model)."""
+    from tiny_llama import hf_model, save_hf_folder, write_gguf
+
+    model = hf_model()
+    folder = save_hf_folder(tmp_path / "llama", model)
+    for tie in (False, True):  # the estimate counts what the module holds
+        loaded = load_checkpoint(save_hf_folder(tmp_path / f"tie{tie}", hf_model(tie=tie)))
+        assert loaded.config.num_params() == loaded.model.num_params()
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_size=16384, intermediate_size=65536, num_hidden_layers=400, num_attention_heads=128,
+                  num_key_value_heads=8, head_dim=128)
+    (folder / "config.json").write_text(json.dumps(config))
+    gguf = write_gguf(tmp_path / "m.gguf", model)
+    data = bytearray(gguf.read_bytes())
+    at = data.index(b"llama.block_count") + len(b"llama.block_count")
+    assert struct.unpack_from("<I", data, at)[0] == 4  # its type: uint32, then the value
+    struct.pack_into("<I", data, at + 4, 10**8)
+    gguf.write_bytes(bytes(data))
+    for path, layers in ((folder, "400 layers"), (gguf, "100,000,000 layers")):
+        started = time.monotonic()
+        text = _one_line_error(path)
+        assert time.monotonic() - started < 2
+        assert "this model needs about" in text and "TB of memory" in text and "is available on cpu" in text, text
+        assert layers in text
+
+
 @pytest.mark.slow
 def test_loader_errors_on_the_command_line_are_one_line_and_exit_code_2(tmp_path):
     fifo = tmp_path / "pipe.pt"

@@ -77,7 +77,7 @@ def load_checkpoint(
         check_fits(config, element_size, str(device), path, already_loaded=already_loaded)
 
     with reading(path):
-        family = _read_family(path, context, progress)  # GGUF files, Llama-family HF folders
+        family = _read_family(path, context, progress, fits)  # GGUF files, Llama-family HF folders
         if family is not None:
             fmt, model, meta = family
             config, sd = model.config, model.state_dict()
@@ -110,16 +110,17 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _read_family(path: Path, context, progress):
-    """(format, model, meta) when the registry's loaders own this path, else None."""
+def _read_family(path: Path, context, progress, fits):
+    """(format, model, meta) when the registry's loaders own this path, else None. `fits(config)`
+    is called before any weight is read."""
     from .gguf_format import is_gguf, read_gguf
     from .hf_folder import is_hf_family_folder, read_hf_folder
 
     if is_gguf(path):
-        model, _, meta = read_gguf(path, context, progress)
+        model, _, meta = read_gguf(path, context, progress, fits)
         return "gguf", model, meta
     if is_hf_family_folder(path):
-        model, _, meta = read_hf_folder(path, context, progress)
+        model, _, meta = read_hf_folder(path, context, progress, fits)
         return "huggingface", model, meta
     return None
 

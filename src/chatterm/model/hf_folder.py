@@ -44,8 +44,9 @@ def is_hf_family_folder(path: Path) -> bool:
     return isinstance(raw, dict) and raw.get("model_type", "gpt2") != "gpt2"
 
 
-def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback | None = None):
-    """(model, config, meta) for the folder; the model is on the CPU in the stored dtype."""
+def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback | None = None, fits=None):
+    """(model, config, meta) for the folder; the model is on the CPU in the stored dtype.
+    `fits(config)` (memory.check_fits) is called before any weight is read."""
     raw = _json(path / "config.json")
     declared = raw.get("model_type") or next(iter(raw.get("architectures") or []), None)
     arch = architecture_for(declared, path / "config.json")
@@ -53,6 +54,8 @@ def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback |
         config = arch.config_from_hf(raw, context)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from e
+    if fits is not None:
+        fits(config)
     sd = _read_weights(path, progress)
     try:
         sd = arch.state_dict_from_hf(sd, config)
