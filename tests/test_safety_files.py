@@ -51,6 +51,23 @@ def test_the_store_refuses_a_bad_id_set_in_code(tmp_path):
     assert is_valid_id(conversation.id) and list(store.folder.glob("*.json"))
 
 
+def test_a_symlink_in_the_store_is_replaced_never_written_through_and_autosave_goes_on(tmp_path):
+    store = ConversationStore(tmp_path / "c")
+    warnings = []
+    session = ChatSession(None, store=store, warn=warnings.append)
+    session.conversation.add("user", "hi")
+    session.save()
+    own = store.path_for(session.conversation)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("not chatterm's")
+    own.unlink()
+    own.symlink_to(elsewhere)
+    session.conversation.add("assistant", "hello")
+    session.save()  # raised ValueError ("points outside"), out of the reply's worker
+    assert warnings == [] and elsewhere.read_text() == "not chatterm's"
+    assert not own.is_symlink() and [t.text for t in read_conversation(own).turns] == ["hi", "hello"]
+
+
 def _not_conversations(tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
