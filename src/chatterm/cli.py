@@ -354,12 +354,15 @@ def _load_backend(path, options: dict):
 
 
 def _progress_line(what: str, fraction: float) -> None:
-    """Loading progress of a big model, redrawn on one stderr line (cleared when done)."""
+    """Loading progress of a big model, redrawn on one stderr line (cleared when done). `what`
+    may name a file a checkpoint's index chose: made inert like every other line."""
+    from .session.sanitize import printable
+
     if fraction >= 1.0:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
         return
     bar = "█" * int(fraction * 30)
-    print(f"\rchatterm: {what} {bar:<30} {fraction:4.0%}", end="", file=sys.stderr, flush=True)
+    print(f"\rchatterm: {printable(what)} {bar:<30} {fraction:4.0%}", end="", file=sys.stderr, flush=True)
 
 
 def cmd_generate(args) -> int:
@@ -408,10 +411,11 @@ def cmd_generate(args) -> int:
 def _with_model_recommendation(layers, backend):
     """The live settings once the model's recommended ones are a layer; bad ones are warnings."""
     from .session.layered_settings import MODEL, model_recommendation
+    from .session.sanitize import printable
 
     recommended, problems = model_recommendation(backend)
-    for problem in problems:
-        print(f"chatterm: warning: {problem}", file=sys.stderr)
+    for problem in problems:  # they name the model, a name its files chose
+        print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
     layers.set_layer(MODEL, recommended)
     return layers.live
 
