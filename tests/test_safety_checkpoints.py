@@ -148,6 +148,28 @@ def test_config_values_of_the_wrong_type(tmp_path, change, name):
     assert f"bad model config (model config: {name} must be" in _one_line_error(folder)
 
 
+@pytest.mark.parametrize("change, name", [
+    ({"num_hidden_layers": 2.0}, "num_hidden_layers must be an integer"),
+    ({"hidden_size": True}, "hidden_size must be an integer"),
+    ({"num_attention_heads": "4"}, "num_attention_heads must be an integer"),
+    ({"rms_norm_eps": "1e-6"}, "rms_norm_eps must be a finite number"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}}, "rope_theta must be a finite number"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
+    ({"num_attention_heads": 0}, "n_head must be a positive integer"),
+    ({"rope_parameters": [1, 2]}, "rope_scaling must be an object"),
+])
+def test_llama_config_values_of_the_wrong_type(tmp_path, change, name):
+    """A Llama-family config.json is not coerced: "false" is not true, 2.0 layers are refused."""
+    from tiny_llama import hf_model, save_hf_folder
+
+    folder = save_hf_folder(tmp_path / "llama", hf_model())
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    text = _one_line_error(folder)
+    assert "config.json: bad model config (" in text and name in text, text
+
+
 def _with_tokenizer(tmp_path, spec):
     folder = tmp_path / "t"
     save_tiny_checkpoint(folder, tiny_model(), spec)

@@ -52,7 +52,7 @@ def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback |
     arch = architecture_for(declared, path / "config.json")
     try:
         config = arch.config_from_hf(raw, context)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from e
     if fits is not None:
         fits(config)
