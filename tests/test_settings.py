@@ -216,3 +216,25 @@ def test_broken_themes_are_reported_and_skipped(tmp_path):
     assert [t.name for t in themes] == ["ok"]
     assert len(problems) == 4 and all("not a usable theme" in p for p in problems)
     assert "is a FIFO" in next(p for p in problems if "pipe.toml" in p)
+
+
+@pytest.mark.slow
+async def test_the_app_starts_with_a_broken_theme_chosen_and_conflicting_keys(tmp_path, babbler, monkeypatch):
+    """The config names a user theme that cannot be drawn and binds two actions to one key: the
+    app starts on the default theme, says so in one line each, and binds only the first."""
+    from helpers import wait_until
+    from ui_helpers import notes
+
+    config_dir = tmp_path / "cfg"
+    monkeypatch.setenv("CHATTERM_CONFIG_DIR", str(config_dir))
+    (config_dir / "themes").mkdir(parents=True)
+    (config_dir / "themes" / "broken.toml").write_text('name = "broken"\nprimary = "not-a-colour"\n')
+    config = AppConfig(theme="broken", keys={"retry": "f5", "undo": "f5", "clear": "ctrl+nonsense"})
+    app = ChatApp(config, str(babbler), [])
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.session.backend is not None, what="the model")
+        shown = "\n".join(notes(app))
+        assert app.theme == "chatterm-dark" and config.theme == "chatterm-dark"
+        assert "broken.toml: not a usable theme" in shown and "unknown or unusable theme 'broken'" in shown
+        assert "undo: f5 is already bound to retry" in shown and "clear: ctrl+nonsense is not a key name" in shown
+        assert app.checked_keys == {"retry": "f5"}
