@@ -269,3 +269,20 @@ def test_stray_temporary_files_are_cleaned_on_the_next_start(tmp_path):
     holder.close()
     ConversationStore(folder)
     assert not in_flight.exists()
+
+
+def test_stray_temporary_files_of_the_config_and_the_input_history_are_cleaned(tmp_path):
+    from chatterm.session.config import load_config
+    from chatterm.session.input_history import InputHistory
+
+    config, history = tmp_path / "config.toml", tmp_path / "input_history.json"
+    old = [tmp_path / ".config.toml.k2j3h4.tmp", tmp_path / ".input_history.json.abcd12.tmp"]
+    fresh = tmp_path / ".config.toml.zzzz99.tmp"  # maybe being written by another chatterm now
+    other = tmp_path / ".notes.txt.aaaa11.tmp"  # not ours to judge
+    for path in [*old, fresh, other]:
+        path.write_text("half")
+    for path in (*old, other):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    load_config(config)
+    InputHistory(history)
+    assert not any(p.exists() for p in old) and fresh.exists() and other.exists()

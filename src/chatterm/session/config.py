@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import remove_stray_temporaries
 from ..engine.settings import TYPED
 from ..model.device import check_device, check_dtype
 from ..regular_file import read_regular_text
@@ -127,6 +128,7 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> tuple[AppConfig, list[str]]:
     """Read the config file; return it with the problems found (each one line)."""
     path = Path(path) if path else default_config_path()
+    remove_stray_temporaries(path)  # of a settings save that was killed halfway
     config = AppConfig(path=path)
     if not path.exists():
         return config, []
