@@ -286,3 +286,24 @@ def test_stray_temporary_files_of_the_config_and_the_input_history_are_cleaned(t
     load_config(config)
     InputHistory(history)
     assert not any(p.exists() for p in old) and fresh.exists() and other.exists()
+
+
+def test_convert_writes_into_a_folder_with_files_only_with_force(tmp_path, capsys):
+    from chatterm.cli import main
+    from chatterm.model import save_checkpoint
+    from helpers import byte_tokenizer_spec, tiny_model
+
+    source = save_checkpoint(tmp_path / "src", tiny_model(seed=1), {"tokenizer": byte_tokenizer_spec(), "name": "new"})
+    other = save_checkpoint(tmp_path / "other", tiny_model(seed=2), {"tokenizer": byte_tokenizer_spec(), "name": "old"})
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for dst, message in ((other, "already holds files; add --force"), (a_file, "is not a folder")):
+        assert main(["convert", str(source), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before and a_file.read_text() == "mine"
+    assert main(["convert", str(source), str(other), "--force"]) == 0
+    assert json.loads((other / "chatterm.json").read_text())["name"] == "new"
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(source), str(tmp_path / "empty")]) == 0

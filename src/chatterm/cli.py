@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from importlib import import_module
+from pathlib import Path
 
 from . import __version__
 
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = sub.add_parser("convert", help="convert a checkpoint to chatterm's safetensors format")
     conv.add_argument("src", help="checkpoint to read (any supported format)")
-    conv.add_argument("dst", help="folder to write")
+    conv.add_argument("dst", help="folder to write (a new or empty one, or any with --force)")
+    conv.add_argument("--force", action="store_true", help="replace the checkpoint files in a folder that has files")
     conv.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
     conv.add_argument("--dtype", default=None, help="store weights as fp32, bf16 or fp16 (default: as loaded)")
     conv.set_defaults(func=cmd_convert)
@@ -420,6 +422,18 @@ def _with_model_recommendation(layers, backend):
     return layers.live
 
 
+def _check_convert_destination(dst: Path, force: bool) -> None:
+    """Like /save: a folder that already holds files is written to only with --force (it may
+    be another checkpoint), and never anything but a folder."""
+    if not dst.exists() and not dst.is_symlink():
+        return
+    if not dst.is_dir():
+        raise UserError(f"{dst}: is not a folder; convert writes a folder (model.safetensors + chatterm.json), "
+                        "choose another path")
+    if any(dst.iterdir()) and not force:
+        raise UserError(f"{dst}: already holds files; add --force to write the checkpoint into it")
+
+
 def cmd_convert(args) -> int:
     from .model import GPT, load_checkpoint, pick_dtype, save_checkpoint
 
@@ -427,6 +441,7 @@ def cmd_convert(args) -> int:
         dtype = pick_dtype(args.dtype, __import__("torch").device("cpu"))
     except ValueError as e:
         raise UserError(str(e)) from None
+    _check_convert_destination(Path(args.dst).expanduser(), args.force)
     ckpt = load_checkpoint(args.src, dtype=dtype, n_head=args.n_head)
     if not isinstance(ckpt.model, GPT):  # chatterm's format holds GPT configs only
         raise UserError(f"{args.src}: converting {type(ckpt.model).__name__} models is not supported; "
