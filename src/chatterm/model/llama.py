@@ -64,6 +64,16 @@ class LlamaConfig:
     def head_dim(self) -> int:
         return self.head_size or self.n_embd // self.n_head
 
+    def num_params(self) -> int:
+        """Parameter count from the shape alone (tied embeddings counted once), as `Llama.num_params`."""
+        d, hd = self.n_embd, self.head_dim
+        attention = (self.n_head + 2 * self.n_kv_head) * hd * d + self.n_head * hd * d
+        if self.attention_bias:
+            attention += (self.n_head + 2 * self.n_kv_head) * hd
+        per_layer = attention + 3 * self.intermediate_size * d + 2 * d  # SwiGLU, two RMSNorms
+        embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return embeddings + self.n_layer * per_layer + d
+
     def to_dict(self) -> dict:
         return asdict(self)
 
