@@ -157,10 +157,10 @@ def test_portable_build_agrees_with_this_cpus_build(tmp_path):
         layer = kind.from_linear(linear(256, 48))
         with torch.inference_mode():
             fast = layer(x)
-            layer._lib = portable
-            slow = layer(x)
-            unpacked = layer.dequantized()
-            layer._lib = native.library()
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(type(layer), "_lib", portable)
+                slow = layer(x)
+                unpacked = layer.dequantized()
         assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5 * float(fast.abs().max())), kind.__name__
         assert torch.equal(unpacked, layer.dequantized()), kind.__name__
 
@@ -226,3 +226,48 @@ def test_one_token_attention_is_sdpa_over_the_cache(n_head, n_kv_head, length):
     # where the kernel does not apply the caller runs SDPA
     assert attend_one(q.double(), keys.double(), values.double()) is None
     assert attend_one(torch.randn(1, n_head, 2, hs), keys, values) is None
+
+
+def _decode(model, prompt, steps):
+    """Greedy ids and last logits of `steps` cached decode steps after `prompt`."""
+    from chatterm.model import KVCache
+
+    cache = KVCache.for_model(model)
+    ids = list(prompt)
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids]), torch.arange(len(ids)), cache)[0, -1]
+        for _ in range(steps):
+            ids.append(int(logits.argmax()))
+            logits = model(torch.tensor([[ids[-1]]]), torch.tensor([len(ids) - 1]), cache)[0, -1]
+    return ids, logits
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
+def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
+    import chatterm.model.gpt as gpt
+    from chatterm.model import GPT
+    from chatterm.model.config import GPTConfig
+
+    config = GPTConfig(n_layer=3, n_head=4, n_embd=64, block_size=128, vocab_size=300)
+    model = GPT(config).init_weights(5).eval().to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    pack_linears(model, None if dtype == "bf16" else int(dtype[3:]))
+    fused_ids, fused_logits = _decode(model, [1, 2, 3, 4, 5], 30)
+    from chatterm.model.native_blocks import _plans
+
+    assert model.transformer.h[0] in _plans  # the fused step ran
+    monkeypatch.setattr(gpt, "gpt2_block_step", lambda *args: None)
+    plain_ids, plain_logits = _decode(model, [1, 2, 3, 4, 5], 30)
+    assert fused_ids == plain_ids
+    assert float((fused_logits - plain_logits).abs().max()) < 1e-4 * float(plain_logits.abs().max())
+
+
+def test_fused_step_of_a_copied_model_reads_the_copy(parrot):
+    import gc
+
+    model = copy.deepcopy(parrot[0])
+    pack_linears(model, 8)
+    want = _decode(model, [5, 6, 7], 10)[0]  # builds each block's pointers
+    twin = copy.deepcopy(model)
+    del model
+    gc.collect()
+    assert _decode(twin, [5, 6, 7], 10)[0] == want

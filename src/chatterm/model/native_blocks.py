@@ -9,13 +9,14 @@ residuals in one call, on the same kernels the layers use one by one.
 `gpt2_block_step(block, x, input_pos, cache)` returns the block's output, or None where the
 fused step does not apply (its four linears are not all chatterm kernels, not fp32, more than
 one token or sequence, a static cache); the block then runs its PyTorch code. The pointers to
-the block's tensors are gathered once and checked on every call against the block's current
-tensors, so a copied or converted block never reads the old one's memory.
+the block's tensors are gathered once, kept beside the block (a copy starts without them), and
+checked on every call against the block's current tensors (a converted block gets new ones).
 """
 
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
 
@@ -23,6 +24,9 @@ from . import native
 from .native_linear import Bf16Linear, Q4Linear, Q8Linear
 
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2}
+# block -> its _Plan. Beside the block, not on it: a copied block (deepcopy) starts without one,
+# and the raw pointers never travel into pickles or copies.
+_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class _Linear(ctypes.Structure):  # kernels.c's ct_lin
@@ -77,11 +81,11 @@ def gpt2_block_step(block, x: torch.Tensor, input_pos: torch.Tensor, cache) -> t
         return None
     if block.training:
         return None
-    plan = block.__dict__.get("_native_plan")
+    plan = _plans.get(block)
     if plan is None or plan.key != _Plan._key(block):
         if not _applies(block):
             return None
-        plan = block.__dict__["_native_plan"] = _Plan(block)
+        plan = _plans[block] = _Plan(block)
     layer = block.attn.layer_idx
     start, _ = cache.reserve(layer, input_pos, 1)
     out = x.reshape(-1).clone()

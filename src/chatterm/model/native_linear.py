@@ -39,7 +39,11 @@ class NativeLinear(nn.Module):
         self.out_features, self.in_features = linear_or_shape
         # Buffers, not parameters: nothing trains them, and a state_dict must not carry them.
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous(), persistent=False)
-        self._lib = native.library()
+
+    @property
+    def _lib(self):
+        # Looked up, not stored: a ctypes library cannot be copied with the model (deepcopy).
+        return native.library()
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
