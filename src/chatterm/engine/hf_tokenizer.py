@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ..model.errors import first_line
 from .tokenizer import TokenizerError, shown_bytes
 
 
@@ -83,7 +84,7 @@ class HFTokenizer:
         except TokenizerError:
             raise
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception for bad files
-            raise TokenizerError(f"cannot build the tokenizer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+            raise TokenizerError(f"cannot build the tokenizer ({first_line(e)})") from e
         raise TokenizerError(f"unknown tokenizer type {spec.get('type')!r}")
 
     def _token_bytes_table(self, added: dict) -> list[bytes]:

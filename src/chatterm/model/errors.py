@@ -19,7 +19,8 @@ class CheckpointError(Exception):
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
+    """The first line of an exception's message, or its type's name when it has none: the one
+    formatter of a failure as a one-line message, for every layer (imports nothing heavy)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+from ..model.errors import first_line
 from .chat import ChatSession
 from .config import AppConfig, save_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
@@ -149,7 +150,7 @@ class SlashCommands:
             command = parse_command(line)
             getattr(self, f"do_{command.name}")(command.arg, command.flags)
         except (ValueError, OSError) as e:
-            self.front.note(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, "error")
+            self.front.note(first_line(e), "error")
 
     def _idle(self) -> None:
         if self.front.busy:

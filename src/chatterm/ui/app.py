@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer
 
+from ..model.errors import first_line
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
 from ..session.config import AppConfig, config_dir, data_dir, save_config
@@ -209,7 +210,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
                 path = str(default_checkpoint())
             backend = open_backend(path, progress=self._loading_progress, **self.backend_options)
         except Exception as e:  # a bad file must never take the app down: one line, old model kept
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = first_line(e)
             self.post_message(ModelFailed(message))
             return
         self.post_message(ModelLoaded(backend, time.perf_counter() - started))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from textual.theme import Theme
 
+from ..model.errors import first_line
+
 _FIELDS = {f.name: f for f in fields(Theme)}
 _NUMBERS = {"luminosity_spread", "text_alpha"}
 _FLAGS = {"dark", "ansi"}
@@ -52,7 +54,7 @@ def check_theme(data: dict) -> Theme:
     try:
         theme.to_color_system().generate()  # what applying it does: parses every colour
     except Exception as e:  # Textual raises its own parse errors; any failure means unusable
-        raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+        raise ValueError(first_line(e)) from None
     return theme
 
 
