@@ -13,7 +13,8 @@
 Every key is checked by type and range when the file is read: a bad value is one warning
 naming the key, and its default is used; the app never refuses to start over the file. Only the
 values the user saved are kept in `sampling`, so a model's recommendation still applies to the
-others (see `layered_settings.py`). Key bindings are checked against the app's actions by the
+others (see `layered_settings.py`). Saving applies just the change asked for to the file as it is
+(`update_config`): what a flag set for one launch (`--system`, `--theme`) never reaches it. Key bindings are checked against the app's actions by the
 UI (`ui/keys.py`), which knows them.
 """
 
@@ -24,6 +25,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..engine.settings import TYPED
 from ..model.device import check_device, check_dtype
@@ -125,13 +127,25 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> tuple[AppConfig, list[str]]:
     """Read the config file; return it with the problems found (each one line)."""
     path = Path(path) if path else default_config_path()
-    config = AppConfig(path=path)
-    if not path.exists():
-        return config, []
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = _read_toml(path)
+    except ValueError as e:
+        return AppConfig(path=path), [f"{e}; using defaults"]
+    return _config_from(raw, path)
+
+
+def _read_toml(path: Path) -> dict:
+    """The file's table ({} when there is no file); ValueError (one line) when it cannot be read."""
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        return config, [f"{path}: cannot read the config file ({e}); using defaults"]
+        raise ValueError(f"{path}: cannot read the config file ({e})") from None
+
+
+def _config_from(raw: dict, path: Path) -> tuple[AppConfig, list[str]]:
+    config = AppConfig(path=path)
     problems: list[str] = []
     for key, check in _CHECKS.items():
         if key in raw:
@@ -169,3 +183,18 @@ def save_config(config: AppConfig, path: Path | None = None) -> Path:
     path = Path(path or config.path or default_config_path())
     atomic_write_text(path, tomli_w.dumps(config.to_toml_dict()))
     return path
+
+
+def update_config(path: Path | None, change: Callable[[AppConfig], object]) -> Path:
+    """Save one change the user asked for (`/set ... --save`, `/theme`, Ctrl+S): the file is read
+    as it is now, `change` is applied to that, and the result written. A session's own values
+    (`--system`, `--theme`, `--device` given for one launch) are not in the file, so they never
+    leak into it. A file that cannot be read is left alone (ValueError, one line)."""
+    path = Path(path) if path else default_config_path()
+    try:
+        raw = _read_toml(path)
+    except ValueError as e:
+        raise ValueError(f"{e}; fix or remove it to save settings") from None
+    config, _ = _config_from(raw, path)
+    change(config)
+    return save_config(config, path)

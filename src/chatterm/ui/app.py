@@ -21,7 +21,7 @@ from textual.widgets import Footer
 from ..model.errors import first_line
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
-from ..session.config import AppConfig, config_dir, data_dir, save_config
+from ..session.config import AppConfig, config_dir, data_dir
 from ..session.context_fit import fit_context
 from ..session.input_history import InputHistory
 from ..session.layered_settings import CONFIG, LayeredSettings
@@ -122,7 +122,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
             None, settings.live, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations"),
             warn=lambda text: self.notify(text, severity="warning", markup=False),  # any thread; autosave failures
         )
-        self.commands = SlashCommands(self.session, settings, config, self, save=save_config)
+        self.commands = SlashCommands(self.session, settings, config, self)
         self.checked_keys: dict[str, str] = {}
         self._warnings_shown: set[str] = set()  # the backend's warnings already in the chat
         self.inspect = INSPECT_TOP
