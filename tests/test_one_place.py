@@ -67,3 +67,31 @@ def test_no_module_formats_the_first_line_of_an_error_itself():
     copies = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py") if p.name != "errors.py"
               for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if own.search(line)]
     assert not copies, copies
+
+
+# -- one dtype name map ----------------------------------------------------------------------------
+
+
+def test_train_refuses_an_unknown_save_dtype_before_training(tmp_path, capsys):
+    from chatterm.cli import main
+
+    assert main(["train", str(tmp_path / "data"), str(tmp_path / "out"), "--save-dtype", "fp64"]) == 2
+    err = capsys.readouterr().err
+    assert err == "chatterm: error: --save-dtype 'fp64': use fp32, bf16 or fp16\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, stored", [("bfloat16", "BF16"), ("FP16", "F16"), ("fp32", "F32")])
+def test_the_trainer_saves_weights_in_every_dtype_name_the_one_map_knows(tmp_path, name, stored):
+    import json
+
+    from chatterm.train.config import TrainConfig
+    from chatterm.train.trainer import _save_model
+    from helpers import byte_tokenizer_spec, tiny_model
+
+    cfg = TrainConfig(data="", out=str(tmp_path / "out"), save_dtype=name)
+    state = {"step": 1, "tokens_seen": 8, "history": [{"train_loss": 5.0, "val_loss": 5.5}]}
+    _save_model(tiny_model(seed=0), cfg, byte_tokenizer_spec(), state, 288)
+    raw = (tmp_path / "out" / "model.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert {entry["dtype"] for key, entry in header.items() if key != "__metadata__"} == {stored}
