@@ -4,7 +4,6 @@ layers of generation, live stop strings and content-derived tokenizer keys."""
 import io
 import sys
 import threading
-import types
 
 import pytest
 import torch
@@ -20,9 +19,11 @@ from chatterm.engine.tokenizer import Tokenizer
 from chatterm.session import BackendInfo, ChatSession, Conversation
 from chatterm.session.backends import open_backend
 from chatterm.session.local_backend import LocalBackend
+from chatterm.session.remote_backend import RemoteBackend
 from chatterm.session.prompt import PromptBuilder
 from chatterm.session.template import DEFAULT_TEMPLATE
 from helpers import MERGES, byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
+from remote_servers import Scripted, ScriptedServer, chat_chunk, sse
 
 GREEDY = dict(temperature=0, repetition_penalty=1.0)
 
@@ -96,15 +97,19 @@ def test_the_local_backend_only_yields_events(parrot_checkpoint):
 
 
 def test_open_backend_dispatches_paths_and_urls(parrot_checkpoint, monkeypatch):
-    backend = open_backend(parrot_checkpoint, device=None, dtype="fp32")
+    backend = open_backend(parrot_checkpoint, device=None, dtype="fp32", model="scripted", mode="chat")  # server options dropped
     assert isinstance(backend, LocalBackend) and backend.info.dtype == "fp32"
 
-    opened = []
-    fake = types.ModuleType("chatterm.session.remote_backend")
-    fake.RemoteBackend = type("RemoteBackend", (), {"open": classmethod(lambda cls, url, **kw: opened.append((url, kw)) or "remote")})
-    monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", fake)
-    assert open_backend("http://localhost:8080/v1", device=None, model="m") == "remote"
-    assert opened == [("http://localhost:8080/v1", {"model": "m"})]  # unset options are not passed on
+    # A real server (local, scripted): the options a front end passes for any spec open it, the
+    # local ones (device, dtype) ignored, the unset ones (None) dropped.
+    with ScriptedServer([Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))]) as server:
+        remote = open_backend(server.url, device="cpu", dtype="fp32", model="scripted", mode="chat", api_key_env=None)
+        assert isinstance(remote, RemoteBackend) and remote.info.dtype == "remote"
+        conv = Conversation()
+        conv.add("user", "hi")
+        assert run_to_end(remote.reply(conv, SamplingSettings())).text == "ok"
+        assert server.requests[0]["model"] == "scripted"
+        remote.close()
 
     monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", None)  # a build without it
     with pytest.raises(ValueError, match=r"^https://example\.com: remote backends are not available"):
