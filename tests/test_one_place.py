@@ -160,3 +160,14 @@ def test_modules_stay_small_and_the_app_class_thin():
     sizes = {str(p.relative_to(SRC)): len(p.read_text(encoding="utf-8").splitlines()) for p in SRC.rglob("*.py")}
     assert sizes["ui/app.py"] < 400
     assert not {name: n for name, n in sizes.items() if n >= 500}
+
+
+def test_every_tcss_rule_names_an_id_or_class_the_code_uses():
+    code = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py"))
+    unused = []
+    for sheet in SRC.rglob("*.tcss"):
+        text = re.sub(r"/\*.*?\*/", "", sheet.read_text(encoding="utf-8"), flags=re.S)
+        selectors = re.sub(r"\{[^}]*\}", "{}", text)  # the rules' bodies hold colours such as #fff
+        unused += [f"{sheet.name}: {name}" for name in sorted(set(re.findall(r"[#.]([A-Za-z_-][\w-]*)", selectors)))
+                   if not re.search(r"[\"' .#-]" + re.escape(name.lstrip("-")), code)]
+    assert not unused, unused
