@@ -31,7 +31,7 @@ from ..atomic import atomic_write
 from . import state_dict as sdmod
 from .config import GPTConfig
 from .errors import CheckpointError, reading
-from .errors import first_line
+from .errors import first_line as _first_line
 from .gpt import GPT
 from .memory import check_fits
 from .registry import ARCHITECTURES, build_model, cap_context
@@ -226,7 +226,7 @@ def _config_from(raw, where: Path) -> GPTConfig:
     try:
         return GPTConfig.from_dict(sdmod.normalize_config_keys(raw))
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: bad model config ({first_line(e)})") from e
+        raise CheckpointError(f"{where}: bad model config ({_first_line(e)})") from e
 
 
 def _check_kind(path: Path, *, folder_ok: bool = False) -> None:
@@ -260,7 +260,7 @@ def _read_json(path: Path) -> dict:
         with _open_regular(path) as f:
             text = f.read(MAX_JSON_BYTES + 1).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({first_line(e)})") from e
+        raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from e
     if len(text) > MAX_JSON_BYTES:
         raise CheckpointError(f"{path}: too large for a config file")
     return _json_object(text, path)
@@ -270,7 +270,7 @@ def _json_object(text, where) -> dict:
     try:
         data = json.loads(text)
     except (ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{where}: not valid JSON ({first_line(e)})") from e
+        raise CheckpointError(f"{where}: not valid JSON ({_first_line(e)})") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{where}: expected a JSON object")
     return data
@@ -285,7 +285,7 @@ def _safetensors_metadata(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first_line(e)})") from e
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from e
 
 
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
@@ -299,7 +299,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
             header = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, header
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({first_line(e)})") from e
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)})") from e
 
 
 def _torch_load(path: Path):
@@ -315,7 +315,7 @@ def _torch_load(path: Path):
             ) from e
         raise CheckpointError(f"{path}: not a PyTorch weights file, or corrupt (unreadable pickle)") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({first_line(e)})") from e
+        raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({_first_line(e)})") from e
 
 
 # --- building --------------------------------------------------------------------------------

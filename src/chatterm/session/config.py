@@ -13,9 +13,9 @@
 Every key is checked by type and range when the file is read: a bad value is one warning
 naming the key, and its default is used; the app never refuses to start over the file. Only the
 values the user saved are kept in `sampling`, so a model's recommendation still applies to the
-others (see `layered_settings.py`). Saving applies just the change asked for to the file as it is
-(`update_config`): what a flag set for one launch (`--system`, `--theme`) never reaches it. Key bindings are checked against the app's actions by the
-UI (`ui/keys.py`), which knows them.
+others (see `layered_settings.py`). Key bindings are checked against the app's actions by the
+UI (`ui/keys.py`), which knows them. Saving applies just the change asked for to the file as it
+is (`update_config`): what a flag set for one launch (`--system`, `--theme`) never reaches it.
 """
 
 from __future__ import annotations
@@ -127,25 +127,13 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> tuple[AppConfig, list[str]]:
     """Read the config file; return it with the problems found (each one line)."""
     path = Path(path) if path else default_config_path()
-    try:
-        raw = _read_toml(path)
-    except ValueError as e:
-        return AppConfig(path=path), [f"{e}; using defaults"]
-    return _config_from(raw, path)
-
-
-def _read_toml(path: Path) -> dict:
-    """The file's table ({} when there is no file); ValueError (one line) when it cannot be read."""
-    if not path.exists():
-        return {}
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the config file ({e})") from None
-
-
-def _config_from(raw: dict, path: Path) -> tuple[AppConfig, list[str]]:
     config = AppConfig(path=path)
+    if not path.exists():
+        return config, []
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        return config, [f"{path}: cannot read the config file ({e}); using defaults"]
     problems: list[str] = []
     for key, check in _CHECKS.items():
         if key in raw:
@@ -191,10 +179,9 @@ def update_config(path: Path | None, change: Callable[[AppConfig], object]) -> P
     (`--system`, `--theme`, `--device` given for one launch) are not in the file, so they never
     leak into it. A file that cannot be read is left alone (ValueError, one line)."""
     path = Path(path) if path else default_config_path()
-    try:
-        raw = _read_toml(path)
-    except ValueError as e:
-        raise ValueError(f"{e}; fix or remove it to save settings") from None
-    config, _ = _config_from(raw, path)
+    config, problems = load_config(path)
+    unreadable = next((p for p in problems if p.startswith(f"{path}: cannot read the config file")), None)
+    if unreadable is not None:
+        raise ValueError(unreadable.removesuffix("; using defaults") + "; fix or remove it to save settings")
     change(config)
     return save_config(config, path)
