@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ..model.errors import first_line
 from .tokenizer import TokenizerError, shown_bytes
 
 
@@ -65,6 +64,8 @@ class HFTokenizer:
     @classmethod
     def from_spec(cls, spec: dict) -> "HFTokenizer":
         from tokenizers import Tokenizer as RawTokenizer
+
+        from ..model.errors import first_line
 
         try:
             if spec.get("type") == "huggingface":

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from textual.theme import Theme
 
-from ..model.errors import first_line
-
 _FIELDS = {f.name: f for f in fields(Theme)}
 _NUMBERS = {"luminosity_spread", "text_alpha"}
 _FLAGS = {"dark", "ansi"}
@@ -54,6 +52,8 @@ def check_theme(data: dict) -> Theme:
     try:
         theme.to_color_system().generate()  # what applying it does: parses every colour
     except Exception as e:  # Textual raises its own parse errors; any failure means unusable
+        from ..model.errors import first_line
+
         raise ValueError(first_line(e)) from None
     return theme
 
