@@ -71,3 +71,18 @@ def test_an_unreadable_config_file_is_left_alone_with_a_one_line_warning(parrot_
     warning = next(line for line in err.splitlines() if "could not save settings" in line)
     assert "cannot read the config file" in warning and "fix or remove it" in warning
     assert "top_k = 5 (config)" in err  # the session still uses the value
+
+
+async def test_the_panels_system_prompt_is_for_the_session_whatever_it_ends_with(parrot_checkpoint):
+    from helpers import wait_until
+    from ui_helpers import make_app, ready
+
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        field = app.query_one("#set-system")
+        field.value = "Answer in French --save"
+        field.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: app.session.conversation.system == "Answer in French --save")
+        assert load_config()[0].system_prompt == "" and not default_config_path().exists()

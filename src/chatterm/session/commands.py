@@ -150,6 +150,14 @@ class SlashCommands:
         except (ValueError, OSError) as e:
             self.front.note(first_line(e), "error")
 
+    def set_system(self, text: str) -> None:
+        """The settings panel's system prompt field: the text as typed is this session's system
+        prompt (a trailing "--save" in it is text, not a flag: the panel saves with Ctrl+S)."""
+        try:
+            self.do_system(text.strip())
+        except (ValueError, OSError) as e:
+            self.front.note(first_line(e), "error")
+
     def _idle(self) -> None:
         if self.front.busy:
             raise CommandError("a reply is still streaming; Esc stops it")

@@ -353,7 +353,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
     @on(SettingsPanel.Changed)
     def on_setting_changed(self, event: SettingsPanel.Changed) -> None:
         if event.name == "system":
-            self.commands.run("/system " + self.settings_panel.system)
+            self.commands.set_system(self.settings_panel.system)
         else:
             self.update_context()
 
