@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 hypothesis_settings.register_profile("chatterm", derandomize=True, database=None, deadline=None)
 hypothesis_settings.load_profile("chatterm")
 
-from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, train_parrot  # noqa: E402
+from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -21,10 +21,19 @@ def _isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path / "data"))
 
 
+SAVED_PARROT = Path(__file__).parent / "data" / "snapshot_parrot"  # written by make_snapshot_parrot.py
+
+
 @pytest.fixture(scope="session")
 def parrot():
-    """(model, tokenizer) of a tiny GPT that recites PARROT_SCRIPT under greedy decoding."""
-    return train_parrot()
+    """(model, tokenizer) of a tiny GPT that recites PARROT_SCRIPT under greedy decoding: the
+    saved copy of what `train_parrot()` gives, so a run does not spend 40 s or more training it
+    (test_one_place.py checks, among the slow tests, that training still gives the same replies)."""
+    from chatterm.engine.tokenizer import Tokenizer
+    from chatterm.model import load_checkpoint
+
+    saved = load_checkpoint(SAVED_PARROT)
+    return saved.model.eval(), Tokenizer.from_spec(saved.meta["tokenizer"])
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,24 @@ def test_every_tcss_rule_names_an_id_or_class_the_code_uses():
         unused += [f"{sheet.name}: {name}" for name in sorted(set(re.findall(r"[#.]([A-Za-z_-][\w-]*)", selectors)))
                    if not re.search(r"[\"' .#-]" + re.escape(name.lstrip("-")), code)]
     assert not unused, unused
+
+
+# -- the parrot the tests share --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_saved_parrot_is_what_training_gives(parrot):
+    """The `parrot` fixture loads tests/data/snapshot_parrot instead of training for 40 s; if
+    training changes (helpers.train_parrot, the model), run tests/make_snapshot_parrot.py."""
+    from chatterm.engine.events import run_to_end
+    from chatterm.engine.generator import Generator
+    from chatterm.engine.settings import SamplingSettings
+    from helpers import train_parrot
+
+    trained, tok = train_parrot()
+    saved, _ = parrot
+    settings = SamplingSettings(temperature=0, max_new_tokens=30)
+    for prompt in ("User: hi\nAssistant:", "User: how are you?\nAssistant:", "User: what is your name?\nAssistant:"):
+        ids = tok.encode(prompt)
+        replies = [run_to_end(Generator(model, tok).stream(ids, settings, stop=["User:"])).text for model in (trained, saved)]
+        assert replies[0] == replies[1]
