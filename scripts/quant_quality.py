@@ -1,11 +1,11 @@
 """Mean log-likelihood of held-back text per precision: how much int8/int4 weights cost.
 
     PYTHONPATH=src python scripts/quant_quality.py checkpoints/chitchat
-    PYTHONPATH=src python scripts/quant_quality.py smollm2-135m-instruct --windows 4 --window 256
+    PYTHONPATH=src python scripts/quant_quality.py ~/.local/share/chatterm/models/smollm2-135m-instruct.gguf --windows 4 --window 256
 
 The text is the validation split of chitchat-dataset (`pip install chitchat-dataset`; the
 conversations held out from the default model's training), tokenized by each model's own
-tokenizer. Each precision loads the model through `LocalBackend.load(..., dtype=...)`, the path
+tokenizer, and scored token by token as a reply is decoded. Each precision loads the model through `LocalBackend.load(..., dtype=...)`, the path
 the app takes, and scores the same windows; printed: mean negative log-likelihood per token,
 perplexity, and the change against bf16.
 """
@@ -34,14 +34,21 @@ def held_back_text(limit_chars: int) -> str:
 
 
 def mean_nll(model, ids: torch.Tensor, window: int, windows: int) -> float:
+    """Scored one token at a time through a KV cache: the arithmetic of a decode step (chatterm's
+    quantized kernels round the activations of single tokens; a whole window at once would take
+    the float GEMM path that prompts take)."""
+    from chatterm.model import KVCache
+
+    cache = KVCache.for_model(model, max_len=window)
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(windows):
             chunk = ids[i * window : (i + 1) * window + 1]
             if chunk.numel() < 2:
                 break
-            logits = model(chunk[None, :-1])[0].float()
-            total += F.cross_entropy(logits, chunk[1:], reduction="sum").item()
+            for t in range(chunk.numel() - 1):  # each window starts over at position 0
+                logits = model(chunk[None, t : t + 1], torch.tensor([t]), cache)[0, -1].float()
+                total += F.cross_entropy(logits[None], chunk[t + 1 : t + 2]).item()
             count += chunk.numel() - 1
     return total / count
 

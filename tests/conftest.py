@@ -21,6 +21,15 @@ def _isolated_user_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_kernel_cache(tmp_path_factory):
+    """chatterm's CPU kernels are built once per test run, into a folder of the run's own (the
+    variable reaches the chatterm subprocesses that tests start, too)."""
+    import os
+
+    os.environ["CHATTERM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 SAVED_PARROT = Path(__file__).parent / "data" / "snapshot_parrot"  # written by make_snapshot_parrot.py
 
 

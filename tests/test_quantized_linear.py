@@ -12,9 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chatterm.model import pack_linears
-from chatterm.model.quantized_linear import (Int4Linear, Int8Embedding, Int8Linear, dequantized_reference,
-                                             quantize_linear)
+from chatterm.model import native, pack_linears
+from chatterm.model.cpu_linear import TiedEmbedding
+from chatterm.model.native_linear import Q8Linear
+from chatterm.model.quantized_linear import Int4Linear, Int8Linear, dequantized_reference, quantize_linear
 from chatterm.session.local_backend import LocalBackend
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="no weight-only kernels")
@@ -54,7 +55,8 @@ def test_tied_embedding_reads_the_one_int8_table(parrot, bits):
     embedding = model.transformer.wte.weight.detach().clone()
     assert pack_linears(model, bits) == 9  # 2 layers x 4 linears + the output projection
     wte = model.transformer.wte
-    assert isinstance(wte, Int8Embedding) and wte.table is model.lm_head
+    assert isinstance(wte, TiedEmbedding) and wte.table is model.lm_head
+    assert isinstance(model.lm_head, Q8Linear if native.library() else Int8Linear)  # 8 bits at int4 too
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
     ids = torch.tensor([[3, 70, 200]])
     rows = wte(ids)[0]
@@ -108,7 +110,7 @@ def test_gguf_q8_0_file_quantized_to_int8_matches_its_dequantized_model(tmp_path
     path = write_gguf(tmp_path / "q8.gguf", hf_model("llama", seed=3), "llama", qtype="Q8_0")
     dequantized = LocalBackend.load(path).generator.model
     quantized = LocalBackend.load(path, dtype="int8").generator.model
-    assert isinstance(quantized.layers[0].mlp.down, Int8Linear)
+    assert isinstance(quantized.layers[0].mlp.down, Q8Linear if native.library() else Int8Linear)
     ids = torch.tensor([[5, 77, 120, 33, 260, 9, 41]])
     with torch.inference_mode():
         want, got = dequantized(ids)[0], quantized(ids)[0]

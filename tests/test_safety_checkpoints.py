@@ -43,6 +43,18 @@ def _safetensors_bytes() -> bytes:
     return safetensors_bytes(_micro_state_dict(), metadata=meta)
 
 
+def _gguf_bytes() -> bytes:
+    """A tiny Llama as llama.cpp writes it (its tokenizer and template in the metadata)."""
+    import tempfile
+
+    from tiny_llama import hf_model, write_gguf
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = hf_model(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1)
+        return write_gguf(Path(folder) / "m.gguf", model).read_bytes()
+
+
 def _mutate(data: bytes, rng: random.Random) -> bytes:
     data = bytearray(data)
     # Half the damage lands in the first 400 bytes, where the headers, the pickle and the JSON are.
@@ -67,10 +79,12 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("suffix, make", [(".pt", _nanogpt_bytes), (".safetensors", _safetensors_bytes)])
+@pytest.mark.parametrize("suffix, make", [(".pt", _nanogpt_bytes), (".safetensors", _safetensors_bytes),
+                                          (".gguf", _gguf_bytes)])
 def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_and_nothing_else(tmp_path, suffix, make):
     original = make()
-    assert load_checkpoint(_write(tmp_path / f"ok{suffix}", original)).config == MICRO  # the seed file is good
+    good = load_checkpoint(_write(tmp_path / f"ok{suffix}", original))  # the seed file is good
+    assert good.config == MICRO or suffix == ".gguf"
     rng = random.Random(1234)
     path = tmp_path / f"fuzzed{suffix}"
     refused, started = 0, time.monotonic()
@@ -108,6 +122,9 @@ def test_text_files_random_bytes_and_empty_files(tmp_path):
                        ("random.safetensors", rng.randbytes(5000)), ("empty.pt", b""), ("empty.safetensors", b""),
                        ("zero.bin", bytes(4096))]:
         _one_line_error(_write(tmp_path / name, data))
+    # The unpickler fails on text with a bare KeyError or IndexError: the line says what the file is.
+    for name, text in [("hello.pt", b"hello\n"), ("notes.pt", b"just some text, honest\n"), ("ab.pt", b"ab")]:
+        assert "not a PyTorch weights file, or corrupt" in _one_line_error(_write(tmp_path / name, text)), name
 
 
 @pytest.mark.parametrize("model, message", [
@@ -143,6 +160,28 @@ def test_config_values_of_the_wrong_type(tmp_path, change, name):
     meta["model"].update(change)
     (folder / "chatterm.json").write_text(json.dumps(meta))
     assert f"bad model config (model config: {name} must be" in _one_line_error(folder)
+
+
+@pytest.mark.parametrize("change, name", [
+    ({"num_hidden_layers": 2.0}, "num_hidden_layers must be an integer"),
+    ({"hidden_size": True}, "hidden_size must be an integer"),
+    ({"num_attention_heads": "4"}, "num_attention_heads must be an integer"),
+    ({"rms_norm_eps": "1e-6"}, "rms_norm_eps must be a finite number"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}}, "rope_theta must be a finite number"),
+    ({"tie_word_embeddings": "false"}, "tie_word_embeddings must be true or false"),
+    ({"num_attention_heads": 0}, "n_head must be a positive integer"),
+    ({"rope_parameters": [1, 2]}, "rope_scaling must be an object"),
+])
+def test_llama_config_values_of_the_wrong_type(tmp_path, change, name):
+    """A Llama-family config.json is not coerced: "false" is not true, 2.0 layers are refused."""
+    from tiny_llama import hf_model, save_hf_folder
+
+    folder = save_hf_folder(tmp_path / "llama", hf_model())
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (folder / "config.json").write_text(json.dumps(config))
+    text = _one_line_error(folder)
+    assert "config.json: bad model config (" in text and name in text, text
 
 
 def _with_tokenizer(tmp_path, spec):
@@ -224,6 +263,25 @@ def test_fifos_and_devices_are_refused_without_blocking(tmp_path):
                 pass
 
 
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "model.safetensors", "tokenizer_config.json",
+                                  "chat_template.jinja"])
+def test_fifos_in_a_hugging_face_folder_are_refused_without_blocking(tmp_path, name):
+    from tiny_llama import hf_model, save_hf_folder
+
+    folder = save_hf_folder(tmp_path / "llama", hf_model())
+    (folder / name).unlink(missing_ok=True)
+    os.mkfifo(folder / name)
+    try:
+        outcome = _never_blocks(lambda: LocalBackend.load(folder))
+        assert isinstance(outcome, CheckpointError), (name, outcome)
+        assert "is a FIFO" in str(outcome) and "\n" not in str(outcome)
+    finally:
+        try:  # release a blocked reader, if any
+            os.close(os.open(folder / name, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+
 @pytest.mark.parametrize("change, what", [
     ({"n_layer": 10**9}, "weights"),
     ({"n_layer": 4000, "block_size": 100_000}, "KV cache for 100,000 tokens"),
@@ -238,6 +296,35 @@ def test_sizes_are_checked_before_anything_is_allocated(tmp_path, change, what):
     text = _one_line_error(folder)
     assert time.monotonic() - started < 2
     assert "this model needs about" in text and "is available on cpu" in text and what in text
+
+
+def test_sizes_of_llama_family_folders_and_gguf_files_are_checked_before_their_weights(tmp_path):
+    """A Hugging Face folder and a GGUF file whose config asks for far more than any machine has:
+    refused at once with the memory needed and available, before a weight is read (both formats
+    once read their weights first and failed later, or not at all on a big enough real model)."""
+    from tiny_llama import hf_model, save_hf_folder, write_gguf
+
+    model = hf_model()
+    folder = save_hf_folder(tmp_path / "llama", model)
+    for tie in (False, True):  # the estimate counts what the module holds
+        loaded = load_checkpoint(save_hf_folder(tmp_path / f"tie{tie}", hf_model(tie=tie)))
+        assert loaded.config.num_params() == loaded.model.num_params()
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_size=16384, intermediate_size=65536, num_hidden_layers=400, num_attention_heads=128,
+                  num_key_value_heads=8, head_dim=128)
+    (folder / "config.json").write_text(json.dumps(config))
+    gguf = write_gguf(tmp_path / "m.gguf", model)
+    data = bytearray(gguf.read_bytes())
+    at = data.index(b"llama.block_count") + len(b"llama.block_count")
+    assert struct.unpack_from("<I", data, at)[0] == 4  # its type: uint32, then the value
+    struct.pack_into("<I", data, at + 4, 10**8)
+    gguf.write_bytes(bytes(data))
+    for path, layers in ((folder, "400 layers"), (gguf, "100,000,000 layers")):
+        started = time.monotonic()
+        text = _one_line_error(path)
+        assert time.monotonic() - started < 2
+        assert "this model needs about" in text and "TB of memory" in text and "is available on cpu" in text, text
+        assert layers in text
 
 
 @pytest.mark.slow

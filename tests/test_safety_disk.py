@@ -4,6 +4,7 @@ from memory, and the next save retries. Every failure here is a real one the ker
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,30 @@ async def test_the_tui_shows_an_autosave_failure_and_keeps_the_reply(tmp_path, p
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert app.session.conversation.turns[-1].text == "very well, thank you"  # still running
+
+
+def _can_mount_privately() -> bool:
+    """Whether `unshare -rm` gives this process a private mount namespace (user namespaces on)."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_privately(), reason="needs unshare -rm (user and mount namespaces)")
+def test_plain_chat_on_a_read_only_file_system_keeps_chatting_and_warns(tmp_path, parrot_checkpoint):
+    """The conversations folder on a read-only mount (EROFS; root cannot write there either): a
+    private bind mount made read-only, visible only to the chatterm under test."""
+    folder = tmp_path / "data" / "conversations"
+    folder.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": SRC, "CHATTERM_DATA_DIR": str(tmp_path / "data"),
+           "CHATTERM_CONFIG_DIR": str(tmp_path / "config")}
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
+    command = [sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--temperature", "0"]
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(folder), *command],
+                       input="hi\nhow are you?\n", capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.split() == "hello there, friend very well, thank you".split()
+    warnings = [line for line in r.stderr.splitlines() if "autosave failed" in line]
+    assert len(warnings) == 1 and "Read-only file system" in warnings[0], r.stderr
+    assert list(folder.iterdir()) == []

@@ -51,6 +51,23 @@ def test_the_store_refuses_a_bad_id_set_in_code(tmp_path):
     assert is_valid_id(conversation.id) and list(store.folder.glob("*.json"))
 
 
+def test_a_symlink_in_the_store_is_replaced_never_written_through_and_autosave_goes_on(tmp_path):
+    store = ConversationStore(tmp_path / "c")
+    warnings = []
+    session = ChatSession(None, store=store, warn=warnings.append)
+    session.conversation.add("user", "hi")
+    session.save()
+    own = store.path_for(session.conversation)
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("not chatterm's")
+    own.unlink()
+    own.symlink_to(elsewhere)
+    session.conversation.add("assistant", "hello")
+    session.save()  # raised ValueError ("points outside"), out of the reply's worker
+    assert warnings == [] and elsewhere.read_text() == "not chatterm's"
+    assert not own.is_symlink() and [t.text for t in read_conversation(own).turns] == ["hi", "hello"]
+
+
 def _not_conversations(tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -252,3 +269,41 @@ def test_stray_temporary_files_are_cleaned_on_the_next_start(tmp_path):
     holder.close()
     ConversationStore(folder)
     assert not in_flight.exists()
+
+
+def test_stray_temporary_files_of_the_config_and_the_input_history_are_cleaned(tmp_path):
+    from chatterm.session.config import load_config
+    from chatterm.session.input_history import InputHistory
+
+    config, history = tmp_path / "config.toml", tmp_path / "input_history.json"
+    old = [tmp_path / ".config.toml.k2j3h4.tmp", tmp_path / ".input_history.json.abcd12.tmp"]
+    fresh = tmp_path / ".config.toml.zzzz99.tmp"  # maybe being written by another chatterm now
+    other = tmp_path / ".notes.txt.aaaa11.tmp"  # not ours to judge
+    for path in [*old, fresh, other]:
+        path.write_text("half")
+    for path in (*old, other):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    load_config(config)
+    InputHistory(history)
+    assert not any(p.exists() for p in old) and fresh.exists() and other.exists()
+
+
+def test_convert_writes_into_a_folder_with_files_only_with_force(tmp_path, capsys):
+    from chatterm.cli import main
+    from chatterm.model import save_checkpoint
+    from helpers import byte_tokenizer_spec, tiny_model
+
+    source = save_checkpoint(tmp_path / "src", tiny_model(seed=1), {"tokenizer": byte_tokenizer_spec(), "name": "new"})
+    other = save_checkpoint(tmp_path / "other", tiny_model(seed=2), {"tokenizer": byte_tokenizer_spec(), "name": "old"})
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for dst, message in ((other, "already holds files; add --force"), (a_file, "is not a folder")):
+        assert main(["convert", str(source), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before and a_file.read_text() == "mine"
+    assert main(["convert", str(source), str(other), "--force"]) == 0
+    assert json.loads((other / "chatterm.json").read_text())["name"] == "new"
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(source), str(tmp_path / "empty")]) == 0

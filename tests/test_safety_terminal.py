@@ -83,6 +83,14 @@ def test_names_and_paths_in_messages_are_inert(tmp_path, hostile_checkpoint, par
 
 
 @pytest.mark.slow
+def test_a_bad_recommendation_from_a_hostile_checkpoint_is_an_inert_warning(tmp_path):
+    folder = save_tiny_checkpoint(tmp_path / "rec", tiny_model(seed=0), name=ESCAPE_NAME, sampling={"top_p": "\x1b[2J"})
+    r = _chatterm(tmp_path, "generate", folder, "--prompt", "x", "--max-new-tokens", "2")
+    assert r.returncode == 0 and b"chatterm: warning: evilname's recommended sampling: " in r.stderr, r.stderr
+    _no_escapes(r.stderr)
+
+
+@pytest.mark.slow
 def test_a_bad_model_path_in_plain_mode_keeps_the_session_and_the_model(tmp_path, parrot_checkpoint):
     notes = tmp_path / "notes.pt"
     notes.write_text("not a model")

@@ -3,6 +3,8 @@ device names, seeds, key maps and themes."""
 
 import argparse
 import json
+import os
+import threading
 
 import pytest
 from textual.widgets import TextArea
@@ -126,6 +128,24 @@ def test_a_good_config_loads_without_problems(tmp_path):
     assert problems == [] and config.device == "cuda:1" and config.sampling == {"seed": 2**63 - 1, "stop": ["x"]}
 
 
+def test_a_config_file_that_is_a_fifo_is_reported_without_blocking(tmp_path):
+    path = tmp_path / "config.toml"
+    os.mkfifo(path)
+    config, problems = _in_thread(lambda: load_config(path))
+    assert len(problems) == 1 and "is a FIFO" in problems[0] and "using defaults" in problems[0]
+    assert config.theme == AppConfig().theme
+
+
+def _in_thread(fn, timeout=15):
+    """fn() in a thread; fails (and releases a reader blocked on a FIFO) when it does not return."""
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert outcome, "blocked"
+    return outcome[0]
+
+
 @pytest.mark.parametrize("name", ["tpu", "cuda:abc", "cuda:", "gpu", "cpu:0:1"])
 def test_bad_device_names_are_refused_without_torch(name):
     with pytest.raises(ValueError, match="unknown device"):
@@ -191,6 +211,30 @@ def test_broken_themes_are_reported_and_skipped(tmp_path):
     (tmp_path / "colour.toml").write_text('name = "colour"\nprimary = "not-a-colour"\n')
     (tmp_path / "types.toml").write_text('name = "types"\nprimary = "#fff"\ndark = "yes"\n')
     (tmp_path / "toml.toml").write_text('name = "x\n')
-    themes, problems = load_themes([tmp_path])
+    os.mkfifo(tmp_path / "pipe.toml")  # opening a FIFO would wait for a writer forever
+    themes, problems = _in_thread(lambda: load_themes([tmp_path]))
     assert [t.name for t in themes] == ["ok"]
-    assert len(problems) == 3 and all("not a usable theme" in p for p in problems)
+    assert len(problems) == 4 and all("not a usable theme" in p for p in problems)
+    assert "is a FIFO" in next(p for p in problems if "pipe.toml" in p)
+
+
+@pytest.mark.slow
+async def test_the_app_starts_with_a_broken_theme_chosen_and_conflicting_keys(tmp_path, babbler, monkeypatch):
+    """The config names a user theme that cannot be drawn and binds two actions to one key: the
+    app starts on the default theme, says so in one line each, and binds only the first."""
+    from helpers import wait_until
+    from ui_helpers import notes
+
+    config_dir = tmp_path / "cfg"
+    monkeypatch.setenv("CHATTERM_CONFIG_DIR", str(config_dir))
+    (config_dir / "themes").mkdir(parents=True)
+    (config_dir / "themes" / "broken.toml").write_text('name = "broken"\nprimary = "not-a-colour"\n')
+    config = AppConfig(theme="broken", keys={"retry": "f5", "undo": "f5", "clear": "ctrl+nonsense"})
+    app = ChatApp(config, str(babbler), [])
+    async with app.run_test() as pilot:
+        await wait_until(pilot, lambda: app.session.backend is not None, what="the model")
+        shown = "\n".join(notes(app))
+        assert app.theme == "chatterm-dark" and config.theme == "chatterm-dark"
+        assert "broken.toml: not a usable theme" in shown and "unknown or unusable theme 'broken'" in shown
+        assert "undo: f5 is already bound to retry" in shown and "clear: ctrl+nonsense is not a key name" in shown
+        assert app.checked_keys == {"retry": "f5"}

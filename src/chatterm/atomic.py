@@ -1,16 +1,21 @@
 """The one way chatterm replaces a file: write a temporary file beside it, fsync, rename over it.
 
 A crash at any moment leaves the old or the new version, never half of one. The file it replaces
-keeps its permissions; a new file gets `new_mode` (default: mkstemp's 0600, private). Imports
+keeps its permissions; a new file gets `new_mode` (default: mkstemp's 0600, private). A process
+killed between writing and renaming (SIGKILL, power loss) leaves its `.<name>.<random>.tmp`:
+`remove_stray_temporaries(path)` removes those of one file once they are older than any write
+takes (the conversation store, which knows who is writing, cleans its own folder itself). Imports
 nothing from chatterm, so every layer can use it: conversations, exports and the config
 (`session/persistence.atomic_write_text`), checkpoints (`model/checkpoint.py`), training state.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -37,3 +42,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, new_m
             os.unlink(tmp)
         raise
     return path
+
+
+STRAY_AGE_SECONDS = 600  # far longer than a write takes: an older temporary file is a leftover
+
+
+def remove_stray_temporaries(path: str | os.PathLike, *, older_than: float = STRAY_AGE_SECONDS) -> list[Path]:
+    """Remove what interrupted `atomic_write(path)` calls left beside `path`; never raises."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    now = time.time()
+    for candidate in candidates:
+        try:
+            info = os.lstat(candidate)
+            if stat.S_ISREG(info.st_mode) and now - info.st_mtime > older_than:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            pass
+    return removed

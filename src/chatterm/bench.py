@@ -122,6 +122,7 @@ def _run(args) -> None:
     from .engine.generator import Generator
     from .engine.tokenizer import Tokenizer
     from .model import pack_linears, pick_precision
+    from .model.cpu_linear import linear_kinds
 
     sections = set(args.sections.split(","))
     tok = Tokenizer.gpt2()
@@ -136,14 +137,14 @@ def _run(args) -> None:
         if "decode" in sections:  # the same weights through plain F.linear, before packing
             plain = _greedy(Generator(model, tokenizer), prompt, args.new_tokens, args.runs)
             print(f"[{name}] decode {plain.tokens_per_s:7.1f} tok/s with F.linear (unpacked)")
-        packed = pack_linears(model, bits)  # what the app does after loading (a no-op off the CPU)
+        pack_linears(model, bits)  # what the app does after loading (a no-op off the CPU)
         gen = Generator(model, tokenizer)
         ours = None
         if "decode" in sections:
             ours = _greedy(gen, prompt, args.new_tokens, args.runs)
-            how = f"int{bits} weight-only" if bits else "packed for oneDNN"
+            how = linear_kinds(model)
             print(f"[{name}] decode {ours.tokens_per_s:7.1f} tok/s (cached, {args.new_tokens} new after {len(prompt)}"
-                  f"{f', {packed} linears {how}' if packed else ''})")
+                  f", {how})")
             if hf is not None:
                 _compare_hf(hf, prompt, args, ours, name)
             elif not args.no_hf:

@@ -91,11 +91,12 @@ def _our_generator(path: Path, dtype: str, tokenizer_for):
 
     from .engine.generator import Generator
     from .model import load_checkpoint, pack_linears, pick_precision
+    from .model.cpu_linear import linear_kinds
 
     float_dtype, bits = pick_precision(dtype, torch.device("cpu"))
     model = load_checkpoint(path, dtype=float_dtype).model
-    swapped = pack_linears(model, bits)
-    how = f"{swapped} linears int{bits}" if bits else (f"{swapped} linears packed" if swapped else "F.linear")
+    pack_linears(model, bits)
+    how = linear_kinds(model)
     return Generator(model, tokenizer_for(model)), how
 
 

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from importlib import import_module
+from pathlib import Path
 
 from . import __version__
 
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     conv = sub.add_parser("convert", help="convert a checkpoint to chatterm's safetensors format")
     conv.add_argument("src", help="checkpoint to read (any supported format)")
-    conv.add_argument("dst", help="folder to write")
+    conv.add_argument("dst", help="folder to write (a new or empty one, or any with --force)")
+    conv.add_argument("--force", action="store_true", help="replace the checkpoint files in a folder that has files")
     conv.add_argument("--n-head", type=int, help="attention heads, for plain state dicts without a config")
     conv.add_argument("--dtype", default=None, help="store weights as fp32, bf16 or fp16 (default: as loaded)")
     conv.set_defaults(func=cmd_convert)
@@ -354,12 +356,15 @@ def _load_backend(path, options: dict):
 
 
 def _progress_line(what: str, fraction: float) -> None:
-    """Loading progress of a big model, redrawn on one stderr line (cleared when done)."""
+    """Loading progress of a big model, redrawn on one stderr line (cleared when done). `what`
+    may name a file a checkpoint's index chose: made inert like every other line."""
+    from .session.sanitize import printable
+
     if fraction >= 1.0:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
         return
     bar = "█" * int(fraction * 30)
-    print(f"\rchatterm: {what} {bar:<30} {fraction:4.0%}", end="", file=sys.stderr, flush=True)
+    print(f"\rchatterm: {printable(what)} {bar:<30} {fraction:4.0%}", end="", file=sys.stderr, flush=True)
 
 
 def cmd_generate(args) -> int:
@@ -408,12 +413,25 @@ def cmd_generate(args) -> int:
 def _with_model_recommendation(layers, backend):
     """The live settings once the model's recommended ones are a layer; bad ones are warnings."""
     from .session.layered_settings import MODEL, model_recommendation
+    from .session.sanitize import printable
 
     recommended, problems = model_recommendation(backend)
-    for problem in problems:
-        print(f"chatterm: warning: {problem}", file=sys.stderr)
+    for problem in problems:  # they name the model, a name its files chose
+        print(f"chatterm: warning: {printable(problem)}", file=sys.stderr)
     layers.set_layer(MODEL, recommended)
     return layers.live
+
+
+def _check_convert_destination(dst: Path, force: bool) -> None:
+    """Like /save: a folder that already holds files is written to only with --force (it may
+    be another checkpoint), and never anything but a folder."""
+    if not dst.exists() and not dst.is_symlink():
+        return
+    if not dst.is_dir():
+        raise UserError(f"{dst}: is not a folder; convert writes a folder (model.safetensors + chatterm.json), "
+                        "choose another path")
+    if any(dst.iterdir()) and not force:
+        raise UserError(f"{dst}: already holds files; add --force to write the checkpoint into it")
 
 
 def cmd_convert(args) -> int:
@@ -423,6 +441,7 @@ def cmd_convert(args) -> int:
         dtype = pick_dtype(args.dtype, __import__("torch").device("cpu"))
     except ValueError as e:
         raise UserError(str(e)) from None
+    _check_convert_destination(Path(args.dst).expanduser(), args.force)
     ckpt = load_checkpoint(args.src, dtype=dtype, n_head=args.n_head)
     if not isinstance(ckpt.model, GPT):  # chatterm's format holds GPT configs only
         raise UserError(f"{args.src}: converting {type(ckpt.model).__name__} models is not supported; "

@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ..regular_file import read_regular
 from .tokenizer import TokenizerError, shown_bytes
+
+MAX_TOKENIZER_BYTES = 512 * 1024 * 1024  # the biggest real tokenizer.json is tens of MB
 
 
 def byte_level_alphabet() -> dict[str, int]:
@@ -69,8 +72,7 @@ class HFTokenizer:
 
         try:
             if spec.get("type") == "huggingface":
-                with open(spec["path"], "rb") as f:
-                    content = f.read()
+                content = read_regular(spec["path"], MAX_TOKENIZER_BYTES)  # never blocks on a FIFO
                 raw = RawTokenizer.from_str(content.decode("utf-8"))
                 return cls(raw, spec, bos=spec.get("bos_token"), eos=spec.get("eos_token"), content=content)
             if spec.get("type") == "gguf":

@@ -21,13 +21,13 @@ import json
 import os
 import pickle
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_write
+from ..regular_file import NotRegularFileError, kind_of, open_regular, read_regular_text
 from . import state_dict as sdmod
 from .config import GPTConfig
 from .errors import CheckpointError, reading
@@ -77,7 +77,7 @@ def load_checkpoint(
         check_fits(config, element_size, str(device), path, already_loaded=already_loaded)
 
     with reading(path):
-        family = _read_family(path, context, progress)  # GGUF files, Llama-family HF folders
+        family = _read_family(path, context, progress, fits)  # GGUF files, Llama-family HF folders
         if family is not None:
             fmt, model, meta = family
             config, sd = model.config, model.state_dict()
@@ -110,16 +110,17 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _read_family(path: Path, context, progress):
-    """(format, model, meta) when the registry's loaders own this path, else None."""
+def _read_family(path: Path, context, progress, fits):
+    """(format, model, meta) when the registry's loaders own this path, else None. `fits(config)`
+    is called before any weight is read."""
     from .gguf_format import is_gguf, read_gguf
     from .hf_folder import is_hf_family_folder, read_hf_folder
 
     if is_gguf(path):
-        model, _, meta = read_gguf(path, context, progress)
+        model, _, meta = read_gguf(path, context, progress, fits)
         return "gguf", model, meta
     if is_hf_family_folder(path):
-        model, _, meta = read_hf_folder(path, context, progress)
+        model, _, meta = read_hf_folder(path, context, progress, fits)
         return "huggingface", model, meta
     return None
 
@@ -233,36 +234,32 @@ def _check_kind(path: Path, *, folder_ok: bool = False) -> None:
     """Refuse before opening anything that is not a regular file (or a folder where one is
     allowed): opening a FIFO blocks until someone writes to it, and a device never ends."""
     try:
-        mode = os.stat(path).st_mode
+        kind = kind_of(os.stat(path).st_mode)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file or folder") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
-    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
-        return
-    kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
-    raise CheckpointError(f"{path}: is {kind}, not a checkpoint file; give a checkpoint file or folder")
+    if kind is not None and not (folder_ok and kind == "a folder"):
+        raise CheckpointError(f"{path}: is {kind}, not a checkpoint file; give a checkpoint file or folder")
 
 
 def _open_regular(path: Path):
-    """A binary file object for a regular file, opened without ever blocking."""
+    """A binary file object for a regular file, opened without ever blocking (regular_file.py)."""
     _check_kind(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the check
-        f.close()
-        raise CheckpointError(f"{path}: not a regular file")
-    return f
+    try:
+        return open_regular(path)
+    except NotRegularFileError as e:  # swapped for something else since the check
+        raise CheckpointError(str(e)) from None
 
 
 def _read_json(path: Path) -> dict:
+    _check_kind(path)
     try:
-        with _open_regular(path) as f:
-            text = f.read(MAX_JSON_BYTES + 1).decode("utf-8")
+        text = read_regular_text(path, MAX_JSON_BYTES)
+    except NotRegularFileError as e:
+        raise CheckpointError(str(e)) from e
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from e
-    if len(text) > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path}: too large for a config file")
     return _json_object(text, path)
 
 
@@ -316,6 +313,10 @@ def _torch_load(path: Path):
         raise CheckpointError(f"{path}: not a PyTorch weights file, or corrupt (unreadable pickle)") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated PyTorch file ({_first_line(e)})") from e
+    except (KeyError, IndexError, TypeError, AttributeError, MemoryError) as e:
+        # What the unpickler raises on bytes that are no pickle at all (a text file named .pt
+        # gives a bare `KeyError: 101`): name the file's problem, not the parser's.
+        raise CheckpointError(f"{path}: not a PyTorch weights file, or corrupt ({type(e).__name__} in its pickle)") from e
 
 
 # --- building --------------------------------------------------------------------------------

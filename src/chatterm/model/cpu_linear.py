@@ -14,12 +14,18 @@ output projection gets its own packed copy, because the embedding lookup still n
 matrix. The swap is verified against `F.linear` on one layer first and skipped, model untouched,
 wherever oneDNN is missing, refuses the dtype or disagrees.
 
-`pack_linears(model, bits=8)` (or 4) is the same swap to weight-only quantized layers
-(quantized_linear.py). There a tied output projection is quantized to int8 once and the token
-embedding reads its rows from that copy, so the float vocabulary matrix is dropped: the model
-holds one 8-bit vocabulary matrix (38 MB for GPT-2 small, against 154 + 154 MB packed at fp32).
-At 4 bits the tied projection stays 8-bit too: it is the layer most sensitive to rounding, and
-its rows double as the embeddings. The first layer is checked against its dequantized matmul.
+A bf16 model takes chatterm's own bf16 kernel instead (native_linear.py; oneDNN's bf16 path
+needs AVX-512 or AVX-NE-CONVERT, and MKL's bf16 GEMV was measured at half the bus speed), with
+the rest of the model (norms, biases, attention, the KV cache) in fp32, as llama.cpp computes.
+
+`pack_linears(model, bits=8)` (or 4) is the same swap to weight-only quantized layers: chatterm's
+own Q8_0/Q4_1-style kernels (native_linear.py), or PyTorch's (quantized_linear.py) where those
+cannot be built. The tied output projection (and at bf16 its bf16 copy) is built once and the
+token embedding reads its rows from it (`TiedEmbedding`), so the float vocabulary matrix is
+dropped: the model holds one 8-bit vocabulary matrix (38 MB for GPT-2 small, against 154 + 154
+MB packed at fp32). At 4 bits the tied projection stays 8-bit: it is the layer most sensitive
+to rounding, and its rows double as the embeddings. The first layer is checked against the
+matmul of the weight it holds.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .quantized_linear import (Int4Linear, Int8Embedding, Int8Linear, dequantized_reference, quantize_linear,
-                               quantized_kernels_available)
+from . import native
+from .native_linear import Bf16Linear, NativeLinear, Q4Linear, Q8Linear
+from .quantized_linear import Int4Linear, Int8Linear, dequantized_reference, quantize_linear, quantized_kernels_available
 
 _SUPPORTED = {torch.float32: None, torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
 
@@ -72,55 +79,111 @@ def can_pack(model: nn.Module) -> bool:
 
 
 def pack_linears(model: nn.Module, bits: int | None = None) -> int:
-    """Swap every nn.Linear in `model` for a PackedLinear (`bits=None`) or a weight-only int8/int4
-    layer (`bits=8`/`4`); return how many were swapped (0 when unsupported here or the check
-    fails, the model then left exactly as it was)."""
-    if not (can_pack(model) if bits is None else can_quantize(model, bits)):
-        return 0
+    """Swap every nn.Linear in `model` for a faster CPU layer; return how many were swapped (0
+    when nothing applies here or the first layer's check fails, the model then left exactly as
+    it was). `bits=None`: an fp32 model gets oneDNN-packed layers, a bf16 model chatterm's bf16
+    kernel (and the rest of the model fp32, as llama.cpp computes). `bits=8`/`4`: weight-only
+    quantized layers, chatterm's kernels where they build (native_linear.py), else PyTorch's."""
+    make = _layer_maker(model, bits)
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears or not (_agrees(linears[0][1]) if bits is None else _quantized_agrees(linears[0][1], bits)):
+    if make is None or not linears or not _swap_agrees(linears[0][1], make, bits):
         return 0
-    tied = _tied_embeddings(model, linears) if bits is not None else {}
+    # The tied output projection is built once, in 8 bits when quantizing (the most
+    # rounding-sensitive matrix; llama.cpp keeps it wider too), and the embedding reads its rows.
+    tied = _tied_embeddings(model, linears) if make is not PackedLinear else {}
+    tied_make = make if bits is None else _layer_maker(model, 8)
     count = len(linears)
     while linears:  # popped, so each float weight is freed as soon as its layer is swapped
         name, linear = linears.pop(0)
-        if bits is None:
-            replacement = PackedLinear(linear)
-        elif id(linear.weight) in tied:
-            replacement = Int8Linear.from_linear(linear)
-            embedding_name, embedding = tied.pop(id(linear.weight))
-            _replace(model, embedding_name, Int8Embedding(replacement, embedding.weight.dtype))
-            embedding = None
+        if id(linear.weight) in tied:
+            replacement = tied_make(linear)
+            embedding_name, _ = tied.pop(id(linear.weight))  # dropped: its rows come from the table
+            _replace(model, embedding_name, TiedEmbedding(replacement, torch.float32))
         else:
-            replacement = quantize_linear(linear, bits)
+            replacement = make(linear)
         _replace(model, name, replacement)
         del linear, replacement
-    if bits is not None:
-        _copy_float_tensors(model)
+    if make is not PackedLinear:
+        _copy_float_tensors(model)  # as fp32: the native and quantized layers compute in it
     _return_freed_memory()
     return count
 
 
-def can_quantize(model: nn.Module, bits: int) -> bool:
-    """True when the weight-only kernels for `bits` run here (CPU, float weights)."""
+def _layer_maker(model: nn.Module, bits: int | None):
+    """linear -> replacement for this model and `bits`, or None when nothing applies here."""
     param = next(model.parameters(), None)
-    return (param is not None and param.device.type == "cpu" and param.dtype.is_floating_point
-            and bits in (4, 8) and quantized_kernels_available(bits))
+    if param is None or param.device.type != "cpu" or not param.dtype.is_floating_point:
+        return None
+    native_ok = native.library() is not None
+    if bits is None:
+        if param.dtype == torch.bfloat16 and native_ok:
+            return Bf16Linear.from_linear
+        return PackedLinear if can_pack(model) else None
+    if bits not in (4, 8):
+        return None
+    if native_ok:
+        kind = Q8Linear if bits == 8 else Q4Linear
+        fallback = _layer_maker_torch(bits)
+        return lambda linear: kind.from_linear(linear) if kind.fits(linear) or fallback is None else fallback(linear)
+    return _layer_maker_torch(bits)
+
+
+def _layer_maker_torch(bits: int):
+    """PyTorch's weight-only kernels (no C compiler here, or a layer shape ours do not take)."""
+    if not quantized_kernels_available(bits):
+        return None
+    return lambda linear: quantize_linear(linear, bits)
+
+
+class TiedEmbedding(nn.Module):
+    """Token embeddings read from the output projection's rows (`table.rows(ids)`), so a tied
+    model keeps one copy of the vocabulary matrix, in the projection's format."""
+
+    def __init__(self, table: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.table = table
+        self.dtype = dtype
+        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table.rows(ids).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim} (shared with the output projection)"
+
+
+def linear_kinds(model: nn.Module) -> str:
+    """What computes the model's linear layers, e.g. "48 Q8Linear, 1 Bf16Linear" (for reports)."""
+    from collections import Counter
+
+    kinds = Counter(type(m).__name__ for m in model.modules()
+                    if isinstance(m, (nn.Linear, PackedLinear, NativeLinear, Int8Linear, Int4Linear)))
+    return ", ".join(f"{count} {name}" for name, count in kinds.most_common())
+
+
+def can_quantize(model: nn.Module, bits: int) -> bool:
+    """True when some weight-only kernel for `bits` runs here (CPU, float weights)."""
+    return bits in (4, 8) and _layer_maker(model, bits) is not None
 
 
 def _copy_float_tensors(model: nn.Module) -> None:
-    """Give the float tensors left after quantizing (norms, biases, position table) their own
-    memory. Loaded from safetensors they are views of the memory-mapped file, and one view keeps
-    all of the file's pages that quantizing read resident: measured on GPT-2 small, 584 MB of
-    file pages on top of 439 MB of our own after loading at int8."""
+    """Give the float tensors left after swapping (norms, biases, position table) their own
+    memory, as fp32. Loaded from safetensors they are views of the memory-mapped file, and one
+    view keeps all of the file's pages that quantizing read resident: measured on GPT-2 small,
+    584 MB of file pages on top of 439 MB of our own after loading at int8. fp32 because the
+    swapped layers take and give fp32 (the quantized layers' own tensors are integers, or bf16
+    for PyTorch's kernels, and stay as they are)."""
+    swapped = (NativeLinear, Int8Linear, Int4Linear)
     with torch.no_grad():
         for module in model.modules():
             for key, tensor in module._parameters.items():
                 if tensor is not None:
-                    module._parameters[key] = nn.Parameter(tensor.detach().clone(), requires_grad=False)
+                    module._parameters[key] = nn.Parameter(tensor.detach().float().clone(), requires_grad=False)
+            if isinstance(module, swapped):
+                continue
             for key, tensor in module._buffers.items():
                 if tensor is not None and tensor.is_floating_point():
-                    module._buffers[key] = tensor.clone()
+                    module._buffers[key] = tensor.float().clone()
 
 
 def _tied_embeddings(model: nn.Module, linears) -> dict:
@@ -160,14 +223,22 @@ def _agrees(linear: nn.Linear) -> bool:
     return bool(torch.allclose(got, want, rtol=tolerance, atol=tolerance * float(want.abs().max().clamp(min=1))))
 
 
-def _quantized_agrees(linear: nn.Linear, bits: int) -> bool:
-    """One layer, quantized, gives the matmul of its own dequantized weight (up to bf16
-    rounding): catches a kernel whose layout or zero-point convention is not the one assumed."""
+def _swap_agrees(linear: nn.Linear, make, bits: int | None) -> bool:
+    """One layer, swapped, gives the matmul of the weight it holds (`dequantized()`, or the
+    reference dequantization for PyTorch's kernels): catches a kernel that accepts the call but
+    computes something else, or a layout or zero-point convention other than the one assumed."""
+    if make is PackedLinear:
+        return _agrees(linear)
     try:
         with torch.inference_mode():
             x = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(0))
-            got = quantize_linear(linear, bits)(x).float()
-            want = F.linear(x, dequantized_reference(linear.weight, bits if Int4Linear.fits(linear) else 8), linear.bias)
-    except RuntimeError:
+            layer = make(linear)
+            if hasattr(layer, "dequantized"):
+                weight = layer.dequantized()
+            else:
+                weight = dequantized_reference(linear.weight, bits if isinstance(layer, Int4Linear) else 8)
+            got = layer(x).float()
+            want = F.linear(x, weight, None if linear.bias is None else linear.bias.float())
+    except (RuntimeError, MemoryError):
         return False
-    return bool(torch.allclose(got, want.float(), rtol=2e-2, atol=2e-2 * float(want.abs().max().clamp(min=1e-6))))
+    return bool(torch.allclose(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max().clamp(min=1e-6))))

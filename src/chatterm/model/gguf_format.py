@@ -147,8 +147,9 @@ def _rows(raw: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
-def read_gguf(path: Path, context: int | None, progress=None):
-    """(model, config, meta) for a GGUF file; the model is on the CPU in fp32."""
+def read_gguf(path: Path, context: int | None, progress=None, fits=None):
+    """(model, config, meta) for a GGUF file; the model is on the CPU in fp32. `fits(config)`
+    (memory.check_fits) is called before any tensor is dequantized."""
     gguf = GGUFFile(path)
     try:
         declared = gguf.field("general.architecture")
@@ -165,6 +166,8 @@ def read_gguf(path: Path, context: int | None, progress=None):
         from . import gguf_names
 
         config = gguf_names.config_from_metadata(gguf, declared, context)
+        if fits is not None:
+            fits(config)
         sd = gguf_names.state_dict(gguf, declared, config, progress)
         model = build_model(arch, config, sd, path)
         return model, config, gguf_names.metadata(gguf, path)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from .config import GPTConfig
 from .kv_cache import KVCache
+from .native_attention import attend_one
+from .native_blocks import gpt2_block_step
 
 
 class CausalSelfAttention(nn.Module):
@@ -41,10 +43,13 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k, v, mask = cache.update(self.layer_idx, input_pos, k, v)  # (B, nh, S, hs)
+            if T == 1 and mask is None and (y := attend_one(q, k, v)) is not None:  # a decode step
+                return self.c_proj(y)
             causal = mask is None and T > 1
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return F.dropout(self.c_proj(y), dropout, self.training)
+        y = self.c_proj(y)
+        return F.dropout(y, dropout, self.training) if self.training else y
 
 
 class MLP(nn.Module):
@@ -55,8 +60,8 @@ class MLP(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.c_fc(x), approximate="tanh")
-        return F.dropout(self.c_proj(x), self.dropout, self.training)
+        x = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return F.dropout(x, self.dropout, self.training) if self.training else x
 
 
 class Block(nn.Module):
@@ -68,6 +73,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        if cache is not None and (y := gpt2_block_step(self, x, input_pos, cache)) is not None:
+            return y  # a decode step on the CPU kernels, in one call
         x = x + self.attn(self.ln_1(x), input_pos, cache)
         return x + self.mlp(self.ln_2(x))
 

@@ -8,6 +8,9 @@ What is read:
 - `generation_config.json`: end-of-sequence ids (every one of them stops a reply) and the
   recommended sampling values, exposed as `meta["sampling"]`.
 
+Every file is read through regular_file.py: a FIFO or device in the folder is one line, never a
+read that blocks.
+
 GPT-2 folders keep their own loader in checkpoint.py. Only safetensors weights are read here:
 nothing is unpickled.
 """
@@ -20,10 +23,12 @@ from typing import Callable
 
 import torch
 
+from ..regular_file import NotRegularFileError, check_regular, read_regular_text
 from .errors import CheckpointError
 from .registry import architecture_for, build_model
 
 ProgressCallback = Callable[[str, float], None]  # (what is happening, fraction done 0..1)
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a config, template or index file; bigger is not one
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 
@@ -33,21 +38,24 @@ def is_hf_family_folder(path: Path) -> bool:
     if not path.is_dir() or not (path / "config.json").exists() or (path / "chatterm.json").exists():
         return False
     try:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        raw = json.loads(read_regular_text(path / "config.json", MAX_JSON_BYTES))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(raw, dict) and raw.get("model_type", "gpt2") != "gpt2"
 
 
-def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback | None = None):
-    """(model, config, meta) for the folder; the model is on the CPU in the stored dtype."""
+def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback | None = None, fits=None):
+    """(model, config, meta) for the folder; the model is on the CPU in the stored dtype.
+    `fits(config)` (memory.check_fits) is called before any weight is read."""
     raw = _json(path / "config.json")
     declared = raw.get("model_type") or next(iter(raw.get("architectures") or []), None)
     arch = architecture_for(declared, path / "config.json")
     try:
         config = arch.config_from_hf(raw, context)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from e
+    if fits is not None:
+        fits(config)
     sd = _read_weights(path, progress)
     try:
         sd = arch.state_dict_from_hf(sd, config)
@@ -84,7 +92,7 @@ def folder_meta(path: Path) -> dict:
 
 def _chat_template(path: Path, tok_config: dict) -> str | None:
     if (path / "chat_template.jinja").exists():  # transformers >= 4.49 writes it beside the config
-        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+        return _text(path / "chat_template.jinja")
     template = tok_config.get("chat_template")
     if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -116,6 +124,7 @@ def _read_weights(path: Path, progress: ProgressCallback | None) -> dict[str, to
     for n, shard in enumerate(shards):
         file = path / shard
         try:
+            check_regular(file)  # safetensors' own open would block on a FIFO
             with safe_open(str(file), framework="pt") as f:
                 keys = list(f.keys())
                 for i, key in enumerate(keys):
@@ -129,10 +138,19 @@ def _read_weights(path: Path, progress: ProgressCallback | None) -> dict[str, to
     return sd
 
 
+def _text(path: Path) -> str:
+    try:
+        return read_regular_text(path, MAX_JSON_BYTES)
+    except NotRegularFileError as e:
+        raise CheckpointError(f"{e}; not a model file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read it ({e})") from e
+
+
 def _json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(_text(path))
+    except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")

@@ -97,13 +97,9 @@ class KVCache(nn.Module):
             key_pos = torch.arange(self.max_len, device=input_pos.device)
             mask = key_pos.unsqueeze(0) <= input_pos.unsqueeze(1)  # (T, max_len)
             return self.keys[layer], self.values[layer], mask
-        if layer == 0:  # once per forward pass: where it writes, checked before anything is written
-            self._span = self._checked_span(input_pos, T)
-        start, end = self._span
+        start, end = self.reserve(layer, input_pos, T)
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
-        if layer == 0:
-            self._length = end  # everything after this pass's positions is stale from now on
         keys = self.keys[layer, :, :, :end]  # (B, n_kv_head, end, hs), a view
         values = self.values[layer, :, :, :end]
         if T == 1 or start == 0:
@@ -112,6 +108,15 @@ class KVCache(nn.Module):
         key_pos = torch.arange(end, device=k.device)
         query_pos = torch.arange(start, end, device=k.device)
         return keys, values, key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)
+
+    def reserve(self, layer: int, input_pos: torch.Tensor, T: int) -> tuple[int, int]:
+        """The positions (start, end) that `layer` writes this forward pass (dynamic mode), with
+        the bookkeeping `update` does; for a caller that writes the buffers itself (the CPU
+        decode-step kernel). Layer 0 checks the positions before anything is written."""
+        if layer == 0:
+            self._span = self._checked_span(input_pos, T)
+            self._length = self._span[1]  # everything after this pass's positions is stale from now on
+        return self._span
 
     def _checked_span(self, input_pos: torch.Tensor, T: int) -> tuple[int, int]:
         # One host read per forward pass (positions are contiguous); tolist is the cheap one for

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .kv_cache import KVCache
+from .native_attention import attend_one
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ class LlamaConfig:
     @property
     def head_dim(self) -> int:
         return self.head_size or self.n_embd // self.n_head
+
+    def num_params(self) -> int:
+        """Parameter count from the shape alone (tied embeddings counted once), as `Llama.num_params`."""
+        d, hd = self.n_embd, self.head_dim
+        attention = (self.n_head + 2 * self.n_kv_head) * hd * d + self.n_head * hd * d
+        if self.attention_bias:
+            attention += (self.n_head + 2 * self.n_kv_head) * hd
+        per_layer = attention + 3 * self.intermediate_size * d + 2 * d  # SwiGLU, two RMSNorms
+        embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return embeddings + self.n_layer * per_layer + d
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +151,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v, mask = cache.update(self.layer_idx, input_pos, k, v)  # (B, nkv, S, hs)
         group = self.n_head // self.n_kv_head
+        if T == 1 and mask is None and (y := attend_one(q, k, v)) is not None:  # a decode step, on the CPU kernel
+            return self.out(y)
         if T == 1 and mask is None:
             # One query per head: the heads of a group become that kv head's queries, so no
             # copy of the keys/values is made. (B, nkv, group, hs)

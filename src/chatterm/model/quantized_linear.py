@@ -11,9 +11,10 @@ kernel), so nothing about the model's arithmetic changes except the rounding of 
   `quantize_int4` for the grid), computed by `torch.ops.aten._weight_int4pack_mm_for_cpu` on the weight packed once by
   `_convert_weight_to_int4pack_for_cpu`. It needs out_features % 16 == 0 and in_features % 32 == 0;
   `quantize_linear` falls back to int8 for layers that do not fit.
-- `Int8Embedding`: a token embedding that reads its rows from an `Int8Linear` (the tied output
-  projection), so a tied model keeps one 8-bit copy of the vocabulary matrix instead of a float
-  table plus a quantized one.
+
+These are the fallback where chatterm's own kernels (native_linear.py) cannot be built (no C
+compiler) or a layer's shape does not fit them; `Int8Linear.rows` lets a tied token embedding
+read its rows (cpu_linear.TiedEmbedding).
 
 Both kernels take bf16 activations (with fp32 they take a path ~10x slower); the layers convert
 on the way in and back to the caller's dtype on the way out, so the rest of the model runs in
@@ -100,6 +101,10 @@ class Int8Linear(nn.Module):
         y = y.to(x.dtype) if self.bias is None else torch.add(self.bias, y).to(x.dtype)
         return y.view(*shape[:-1], self.out_features)
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Dequantized rows (fp32): a tied token embedding reads them (cpu_linear.TiedEmbedding)."""
+        return self.weight[ids].float() * self.scale[ids].float().unsqueeze(-1)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
 
@@ -135,24 +140,6 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int4 g{self.group}"
-
-
-class Int8Embedding(nn.Module):
-    """Token embeddings read from an Int8Linear's rows (the tied output projection): one 8-bit
-    vocabulary matrix serves both ends of the model."""
-
-    def __init__(self, table: Int8Linear, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.table = table
-        self.dtype = dtype
-        self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        rows = self.table.weight[idx].to(self.dtype)  # (..., C)
-        return rows * self.table.scale[idx].to(self.dtype).unsqueeze(-1)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8 (shared with the output projection)"
 
 
 def quantized_kernels_available(bits: int) -> bool:

@@ -10,6 +10,7 @@ it. Adding a family is one `Architecture` entry and its module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -50,32 +51,59 @@ def _gpt2_config(raw: dict, context: int | None) -> GPTConfig:
 # -- Llama family -------------------------------------------------------------------------------
 
 
+_REQUIRED = object()
+
+
+def _typed(raw: dict, key: str, kind: type, default=_REQUIRED):
+    """`raw[key]` if it has the JSON type `kind` (int, float or bool; an int is a float, a bool
+    is neither), else ValueError naming the key: a config from a stranger is never coerced, so
+    "false" is not true and 2.5 layers are not 2. A missing key gives `default` (KeyError without)."""
+    value = raw[key] if default is _REQUIRED else raw.get(key, default)
+    if value is default and default is not _REQUIRED:
+        return value
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise ValueError(f"{key} must be {_KIND_NAMES[kind]}, got {value!r:.40}")
+    return float(value) if kind is float else value
+
+
+_KIND_NAMES = {int: "an integer", float: "a finite number", bool: "true or false"}
+
+
 def _llama_config(raw: dict, context: int | None) -> LlamaConfig:
     """config.json of LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM -> LlamaConfig."""
     if raw.get("mlp_bias"):
         raise ValueError("mlp_bias is not supported")
-    rope = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})  # v5 / v4 spelling
-    theta = rope.pop("rope_theta", raw.get("rope_theta", 10000.0))
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}  # v5 / v4 spelling
+    if not isinstance(rope, dict):
+        raise ValueError(f"rope_scaling must be an object, got {rope!r:.40}")
+    rope = dict(rope)
+    theta = _typed({"rope_theta": rope.pop("rope_theta", raw.get("rope_theta", 10000.0))}, "rope_theta", float)
     kind = rope.get("rope_type", rope.get("type", "default"))
     scaling = None if kind == "default" else {**rope, "rope_type": kind}
-    trained = int(raw.get("max_position_embeddings", 2048))
-    heads = int(raw["num_attention_heads"])
-    n_embd = int(raw["hidden_size"])
+    trained = _typed(raw, "max_position_embeddings", int, 2048)
+    heads = _typed(raw, "num_attention_heads", int)
+    n_embd = _typed(raw, "hidden_size", int)
     qwen2 = raw.get("model_type") == "qwen2"
     return LlamaConfig(
         block_size=context_window(trained, context),
-        vocab_size=int(raw["vocab_size"]),
-        n_layer=int(raw["num_hidden_layers"]),
+        vocab_size=_typed(raw, "vocab_size", int),
+        n_layer=_typed(raw, "num_hidden_layers", int),
         n_head=heads,
-        n_kv_head=int(raw.get("num_key_value_heads") or heads),
+        n_kv_head=_typed(raw, "num_key_value_heads", int, None) or heads,
         n_embd=n_embd,
-        intermediate_size=int(raw["intermediate_size"]),
-        head_size=int(raw.get("head_dim") or n_embd // heads),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(theta),
+        intermediate_size=_typed(raw, "intermediate_size", int),
+        head_size=_typed(raw, "head_dim", int, None) or n_embd // heads,
+        rms_norm_eps=_typed(raw, "rms_norm_eps", float, 1e-6),
+        rope_theta=theta,
         rope_scaling=scaling,
-        attention_bias=bool(raw.get("attention_bias", qwen2)),  # Qwen2 always has q/k/v biases
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        attention_bias=_typed(raw, "attention_bias", bool, qwen2),  # Qwen2 always has q/k/v biases
+        tie_embeddings=_typed(raw, "tie_word_embeddings", bool, False),
         max_position_embeddings=trained,
     )
 

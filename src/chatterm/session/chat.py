@@ -193,7 +193,7 @@ class ChatSession:
         try:
             notice = self.store.claim(self.conversation)
             path = self.store.save(self.conversation)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a bug, but never worth a lost reply
             where = e.filename or self.store.folder
             failure = (f"autosave failed: {where}: {e.strerror or e}; the conversation is kept in memory "
                        "and saving is retried after every message")

@@ -27,13 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import remove_stray_temporaries
 from ..engine.settings import TYPED
 from ..model.device import check_device, check_dtype
+from ..regular_file import read_regular_text
 from .layered_settings import checked_values
 from .persistence import atomic_write_text
 
 APP_NAME = "chatterm"
 MAX_SYSTEM_PROMPT = 20_000  # characters
+MAX_CONFIG_BYTES = 1024 * 1024  # the config is a few hundred bytes; a system prompt is capped above
 
 
 def config_dir() -> Path:
@@ -127,11 +130,12 @@ def default_config_path() -> Path:
 def load_config(path: Path | None = None) -> tuple[AppConfig, list[str]]:
     """Read the config file; return it with the problems found (each one line)."""
     path = Path(path) if path else default_config_path()
+    remove_stray_temporaries(path)  # of a settings save that was killed halfway
     config = AppConfig(path=path)
     if not path.exists():
         return config, []
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_regular_text(path, MAX_CONFIG_BYTES))  # never blocks on a FIFO
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return config, [f"{path}: cannot read the config file ({e}); using defaults"]
     problems: list[str] = []

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stray_temporaries
 
 HISTORY_FILE = "input_history.json"
 DEFAULT_LIMIT = 500
@@ -26,6 +26,7 @@ class InputHistory:
     def __init__(self, path: str | os.PathLike, limit: int = DEFAULT_LIMIT) -> None:
         self.path = Path(path)
         self.limit = max(1, limit)
+        remove_stray_temporaries(self.path)  # of a write that was killed halfway
         self.failed = ""  # the last write failure, "" while writing works
 
     @classmethod

@@ -83,6 +83,8 @@ class LocalBackend:
             )
         compile = bool(compile) if compile is not None else torch_device.type == "cuda"
         parameters = ckpt.model.num_params()  # counted before packing turns weights into buffers
+        weights = f"int{bits}" if bits else dtype_name(next(ckpt.model.parameters()).dtype)  # as loaded: a
+        # bf16 model computes its norms and attention in fp32 after packing, its weights stay bf16
         if not compile and not pack_linears(ckpt.model, bits) and bits:  # CPU only; a no-op elsewhere
             raise ValueError(f"dtype {dtype!r}: this torch build has no weight-only int{bits} kernel; use bf16 or fp32")
         try:
@@ -99,7 +101,7 @@ class LocalBackend:
         info = BackendInfo(
             name=ckpt.name,
             device=str(torch_device),
-            dtype=f"int{bits}" if bits else dtype_name(next(ckpt.model.parameters()).dtype),
+            dtype=weights,
             context_window=ckpt.config.block_size,
             parameters=parameters,
             source=str(ckpt.path),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write
+from ..regular_file import NotRegularFileError, read_regular
 from .conversation import Conversation, is_valid_id, new_conversation_id
 from .conversation_lock import ConversationLock
 from .sanitize import printable
@@ -82,24 +83,14 @@ def read_conversation(path: str | os.PathLike) -> Conversation:
     """Read a saved conversation from any path; the file is never changed or moved."""
     path = Path(path).expanduser()
     not_one = NotAConversationError(f"{path}: not a chatterm conversation")
-    try:
-        mode = os.stat(path).st_mode
+    try:  # a folder, FIFO or device is refused before it is opened (regular_file.py)
+        data = read_regular(path, MAX_CONVERSATION_BYTES)
     except FileNotFoundError:
         raise NotAConversationError(f"{path}: no such file") from None
+    except NotRegularFileError:
+        raise not_one from None
     except OSError as e:
         raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise not_one
-    try:  # O_NONBLOCK: if it was swapped for a FIFO since the stat, opening still returns at once
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise not_one
-        data = f.read(MAX_CONVERSATION_BYTES + 1)
-    if len(data) > MAX_CONVERSATION_BYTES:
-        raise not_one
     try:
         return Conversation.from_dict(json.loads(data.decode("utf-8")))
     except (UnicodeDecodeError, ValueError, TypeError, AttributeError, RecursionError):
@@ -139,10 +130,9 @@ class ConversationStore:
         """`<folder>/<id>.json`; an id that is not chatterm's own kind is refused (ValueError)."""
         if not is_valid_id(conversation.id):
             raise ValueError(f"conversation id {conversation.id!r:.60} is not one chatterm made")
-        path = self.folder / f"{conversation.id}.json"
-        if path.resolve().parent != self.folder.resolve():  # belt and braces: never leave the folder
-            raise ValueError(f"conversation id {conversation.id!r:.60} points outside {self.folder}")
-        return path
+        # The id's characters cannot name another folder. A symlink someone put at this name is
+        # replaced by the file (atomic_write renames over the link), never written through.
+        return self.folder / f"{conversation.id}.json"
 
     def claim(self, conversation: Conversation) -> str:
         """Hold this conversation's lock from now until another is claimed. If another chatterm

@@ -5,7 +5,8 @@ foreground, background, surface, panel, success, warning, error, ...). The folde
 the package; a user can drop more files in `<config dir>/themes/`. A file is only registered
 after its types are checked and its colour system has been generated once, exactly as Textual
 does when a theme is applied, so a broken theme is one line at start-up, never an app that
-cannot draw (or start), and never a theme name saved to the config.
+cannot draw (or start), and never a theme name saved to the config. Files are read through
+regular_file.py: a FIFO or device named `*.toml` is skipped with a line, never waited on.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from textual.theme import Theme
 
+from ..regular_file import read_regular_text
+
 _FIELDS = {f.name: f for f in fields(Theme)}
 _NUMBERS = {"luminosity_spread", "text_alpha"}
 _FLAGS = {"dark", "ansi"}
+MAX_THEME_BYTES = 1024 * 1024  # a theme is a few hundred bytes
 
 
 def theme_folders(config_dir: Path | None = None) -> list[Path]:
@@ -66,7 +70,7 @@ def load_themes(folders: list[Path]) -> tuple[list[Theme], list[str]]:
             continue
         for path in sorted(folder.glob("*.toml")):
             try:
-                themes.append(check_theme(tomllib.loads(path.read_text(encoding="utf-8"))))
+                themes.append(check_theme(tomllib.loads(read_regular_text(path, MAX_THEME_BYTES))))
             except (OSError, UnicodeDecodeError, ValueError, TypeError, tomllib.TOMLDecodeError) as e:
                 problems.append(f"{path}: not a usable theme ({e}); skipped")
     return themes, problems

@@ -1,0 +1,228 @@
+"""chatterm's own CPU kernels (model/native/kernels.c, model/native_linear.py): each layer computes
+what an independent torch reference of the same arithmetic computes, the portable scalar build
+agrees with the AVX2 one, Q8_0/Q4 weights from GGUF go back on their own grid, a bf16 model runs
+its linears in bf16 and the rest in fp32, and without a compiler chatterm keeps PyTorch's kernels."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from chatterm.model import native, pack_linears
+from chatterm.model.cpu_linear import TiedEmbedding
+from chatterm.model.native_linear import GEMV_ROWS, Bf16Linear, Q4Linear, Q8Linear, quantize_q8
+from chatterm.model.quantized_linear import Int8Linear, quantize_int4
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
+
+
+def linear(n_in, n_out, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Linear(n_in, n_out, bias=bias)
+
+
+def quantized_activations(x):
+    """x (M, K) -> the per-block int8 values and scales the kernels use (llama.cpp's Q8_0)."""
+    blocks = x.view(x.size(0), -1, 32)
+    d = blocks.abs().amax(-1) / 127
+    q = torch.round(blocks / torch.where(d > 0, d, 1)[..., None]).clamp(-127, 127)
+    return q, d
+
+
+def reference_q8(layer, x):
+    """The Q8 kernel's arithmetic in float64 torch: integer dot per block, times both scales."""
+    n = layer.out_features
+    qx, dx = quantized_activations(x)
+    qw = layer.weight.view(n, -1, 32).double()
+    dw = layer.scale.view(torch.float16).double()
+    dots = torch.einsum("nbi,mbi->mnb", qw, qx.double())  # exact integers
+    y = (dots * dw[None] * dx.double()[:, None]).sum(-1)
+    return y + (layer.bias.double() if layer.bias is not None else 0)
+
+
+def reference_q4(layer, x):
+    """The Q4 kernel's arithmetic: sum_b d_b dx_b (q . xq) + m_b dx_b sum(xq)."""
+    qx, dx = quantized_activations(x)
+    w = layer.dequantized().double().view(layer.out_features, -1, 32)
+    d = layer.scale.view(torch.float16).double()
+    m = layer.offset.view(torch.float16).double()
+    q = (w - m[..., None]) / torch.where(d != 0, d, 1)[..., None]  # the stored 0..15 values
+    dots = torch.einsum("nbi,mbi->mnb", q.round(), qx.double())
+    y = (dots * d[None] * dx.double()[:, None]).sum(-1) + (m[None] * (qx.double().sum(-1) * dx.double())[:, None]).sum(-1)
+    return y + (layer.bias.double() if layer.bias is not None else 0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
+def test_q8_kernel_is_the_block_integer_arithmetic(bias, rows):
+    layer = Q8Linear.from_linear(linear(256, 72, bias))
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+    with torch.inference_mode():
+        got = layer(x).double()
+    want = reference_q8(layer, x)
+    assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
+def test_q4_kernel_is_the_block_integer_arithmetic(bias, rows):
+    layer = Q4Linear.from_linear(linear(256, 72, bias))
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+    with torch.inference_mode():
+        got = layer(x).double()
+    want = reference_q4(layer, x)
+    assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("n_in", [256, 100])  # bf16 takes any width: a scalar tail after 32s
+@pytest.mark.parametrize("rows", [1, 2, GEMV_ROWS + 1])
+def test_bf16_kernel_computes_the_bf16_weight_matmul(n_in, rows):
+    source = linear(n_in, 72)
+    layer = Bf16Linear.from_linear(source)
+    x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        got = layer(x)
+        want = F.linear(x.double(), source.weight.to(torch.bfloat16).double(), source.bias.double())
+    assert got.dtype == torch.float32 and got.shape == (rows, 72)
+    assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())
+
+
+@pytest.mark.parametrize("kind", [Q8Linear, Q4Linear])
+def test_prompt_rows_take_the_float_gemm_with_the_same_weight(kind):
+    layer = kind.from_linear(linear(128, 64))
+    x = torch.randn(GEMV_ROWS + 8, 128, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        many = layer(x)  # one GEMM on the unpacked weight
+        one_by_one = torch.cat([layer(row[None]) for row in x])  # the integer kernel, row by row
+        exact = F.linear(x, layer.dequantized(), layer.bias)
+    assert torch.allclose(many, exact, atol=1e-5)
+    # the kernel's activation rounding costs well under 2% of the output's scale
+    assert float((one_by_one - exact).abs().max()) < 0.02 * float(exact.abs().max())
+
+
+@pytest.mark.parametrize("kind", [Bf16Linear, Q8Linear, Q4Linear])
+def test_rows_are_the_dequantized_weight(kind):
+    layer = kind.from_linear(linear(96, 40))
+    ids = torch.tensor([[0, 39, 7], [7, 7, 1]])
+    assert torch.equal(layer.rows(ids), layer.dequantized()[ids])
+
+
+def test_q8_and_q4_put_gguf_weights_back_on_their_own_grid():
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    rows = np.random.default_rng(0).standard_normal((16, 128)).astype(np.float32)
+    for qtype, kind in (("Q8_0", Q8Linear), ("Q4_0", Q4Linear), ("Q4_1", Q4Linear)):
+        t = gguf.GGMLQuantizationType[qtype]
+        weight = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(gguf.quants.quantize(rows, t), t)))
+        source = nn.Linear(128, 16, bias=False)
+        source.weight.data = weight
+        rebuilt = kind.from_linear(source).dequantized()
+        assert float((rebuilt - weight).abs().max()) < 1e-3 * float(weight.abs().max()), qtype
+
+
+def test_q4_stores_the_int4_grid_with_scale_and_offset_in_fp16():
+    source = linear(64, 16, bias=False)
+    q, scale, zero = quantize_int4(source.weight)
+    layer = Q4Linear.from_linear(source)
+    d, m = scale.half().float(), (zero - 8 * scale).half().float()
+    want = (q.view(16, 2, 32).float() * d[..., None] + m[..., None]).view(16, 64)
+    assert torch.equal(layer.dequantized(), want)
+
+
+def test_quantize_q8_fits_q_to_the_fp16_scale_it_keeps():
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(3))
+    q, d = quantize_q8(w)
+    assert q.dtype == torch.int8 and d.dtype == torch.float16 and int(q.abs().max()) <= 127
+    error = (q.float().view(8, 2, 32) * d.float()[..., None]).view(8, 64) - w
+    assert float(error.abs().max()) <= float(d.float().max()) / 2 + 1e-6
+
+
+def test_portable_build_agrees_with_this_cpus_build(tmp_path):
+    """The scalar C paths (CPUs without AVX2) compute what the vector paths compute."""
+    import ctypes
+
+    flags = [f for f in native.FLAGS if f != "-march=native"]
+    path = tmp_path / "portable.so"
+    native._build(native._compiler(), path, flags)
+    portable = native.declare(ctypes.CDLL(str(path)))
+    assert portable.ct_has_avx2() == 0
+    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(4))
+    for kind in (Bf16Linear, Q8Linear, Q4Linear):
+        layer = kind.from_linear(linear(256, 48))
+        with torch.inference_mode():
+            fast = layer(x)
+            layer._lib = portable
+            slow = layer(x)
+            unpacked = layer.dequantized()
+            layer._lib = native.library()
+        assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5 * float(fast.abs().max())), kind.__name__
+        assert torch.equal(unpacked, layer.dequantized()), kind.__name__
+
+
+def test_bf16_model_runs_bf16_linears_and_fp32_elsewhere(parrot):
+    model = copy.deepcopy(parrot[0]).to(torch.bfloat16)
+    embedding = model.transformer.wte.weight.detach().clone()
+    assert pack_linears(model) == 9
+    assert isinstance(model.lm_head, Bf16Linear) and isinstance(model.transformer.h[0].mlp.c_fc, Bf16Linear)
+    assert isinstance(model.transformer.wte, TiedEmbedding) and model.transformer.wte.table is model.lm_head
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # norms, biases, positions
+    assert torch.equal(model.transformer.wte(torch.tensor([3, 70])), embedding[[3, 70]].float())
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
+def test_parrot_recites_on_the_native_kernels(parrot, dtype):
+    model, tok = parrot
+    ids = tok.encode("User: hi\nAssistant:")
+
+    def greedy(m, n=40):
+        out = list(ids)
+        with torch.inference_mode():
+            for _ in range(n):
+                out.append(int(m(torch.tensor([out]))[0, -1].argmax()))
+        return out
+
+    want = greedy(model)
+    swapped = copy.deepcopy(model).to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    assert pack_linears(swapped, None if dtype == "bf16" else int(dtype[3:])) > 0
+    assert greedy(swapped) == want
+
+
+def test_without_a_compiler_the_pytorch_kernels_stay(tmp_path, parrot_checkpoint):
+    """No C compiler (or CHATTERM_NATIVE=0): int8 still loads, on PyTorch's own kernel."""
+    code = ("from chatterm.model import native; from chatterm.session.local_backend import LocalBackend; "
+            f"b = LocalBackend.load({str(parrot_checkpoint)!r}, dtype='int8'); "
+            "print(native.unavailable_reason()); print(type(b.generator.model.lm_head).__name__)")
+    for env in ({"CC": "", "PATH": str(tmp_path), "CHATTERM_CACHE_DIR": str(tmp_path / "cache")},
+                {"CHATTERM_NATIVE": "0"}):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, **env})
+        assert r.returncode == 0, r.stderr
+        reason, layer = r.stdout.strip().splitlines()
+        assert reason in ("no C compiler (install gcc, or set CC)", "turned off by CHATTERM_NATIVE=0")
+        assert layer == Int8Linear.__name__
+
+
+@pytest.mark.parametrize("n_head,n_kv_head,length", [(4, 4, 1), (4, 4, 37), (6, 2, 300), (8, 1, 5)])
+def test_one_token_attention_is_sdpa_over_the_cache(n_head, n_kv_head, length):
+    from chatterm.model.native_attention import attend_one
+
+    g = torch.Generator().manual_seed(length)
+    hs, max_len = 16, 512
+    cache_k = torch.randn(1, n_kv_head, max_len, hs, generator=g)
+    cache_v = torch.randn(1, n_kv_head, max_len, hs, generator=g)
+    keys, values = cache_k[:, :, :length], cache_v[:, :, :length]  # strided views, as the cache gives
+    q = torch.randn(1, 1, n_head + 3, hs, generator=g)[:, :, :n_head].transpose(1, 2)  # a view too
+    got = attend_one(q, keys, values)
+    group = n_head // n_kv_head
+    want = F.scaled_dot_product_attention(q, keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1))
+    assert got.shape == (1, 1, n_head * hs)
+    assert torch.allclose(got, want.transpose(1, 2).reshape(1, 1, -1), atol=1e-5)
+    # where the kernel does not apply the caller runs SDPA
+    assert attend_one(q.double(), keys.double(), values.double()) is None
+    assert attend_one(torch.randn(1, n_head, 2, hs), keys, values) is None
