@@ -192,3 +192,11 @@ def test_the_saved_parrot_is_what_training_gives(parrot):
         ids = tok.encode(prompt)
         replies = [run_to_end(Generator(model, tok).stream(ids, settings, stop=["User:"])).text for model in (trained, saved)]
         assert replies[0] == replies[1]
+
+
+def test_the_kv_cache_takes_positions_only_from_input_pos():
+    """No second way to say where the cache ends (a commit, a truncate, a reset to call): a
+    write at `input_pos` is the record, and writing at an earlier position is the rollback."""
+    from chatterm.model.kv_cache import KVCache
+
+    assert [name for name in ("commit", "truncate", "reset", "advance", "set_length") if hasattr(KVCache, name)] == []
