@@ -25,6 +25,20 @@ def first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+def json_object(text: str, where) -> dict:
+    """The JSON object in `text` (a metadata or config file); CheckpointError naming `where` for
+    anything else: invalid JSON, nesting too deep to parse, or a value that is not an object."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: not valid JSON ({first_line(e)})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: expected a JSON object")
+    return data
+
+
 def is_foreign_panic(e: BaseException) -> bool:
     """A Rust panic surfaced by pyo3 (each extension has its own `pyo3_runtime.PanicException`)."""
     return type(e).__name__ == "PanicException" and type(e).__module__ == "pyo3_runtime"
