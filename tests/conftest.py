@@ -2,10 +2,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, train_parrot  # noqa: E402
+# Every property test draws the same examples on every run, so the suite is deterministic; a
+# failing draw found while developing goes into the test as an explicit @example.
+hypothesis_settings.register_profile("chatterm", derandomize=True, database=None, deadline=None)
+hypothesis_settings.load_profile("chatterm")
+
+from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +30,19 @@ def _isolated_kernel_cache(tmp_path_factory):
     os.environ["CHATTERM_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
+SAVED_PARROT = Path(__file__).parent / "data" / "snapshot_parrot"  # written by make_snapshot_parrot.py
+
+
 @pytest.fixture(scope="session")
 def parrot():
-    """(model, tokenizer) of a tiny GPT that recites PARROT_SCRIPT under greedy decoding."""
-    return train_parrot()
+    """(model, tokenizer) of a tiny GPT that recites PARROT_SCRIPT under greedy decoding: the
+    saved copy of what `train_parrot()` gives, so a run does not spend 40 s or more training it
+    (test_one_place.py checks, among the slow tests, that training still gives the same replies)."""
+    from chatterm.engine.tokenizer import Tokenizer
+    from chatterm.model import load_checkpoint
+
+    saved = load_checkpoint(SAVED_PARROT)
+    return saved.model.eval(), Tokenizer.from_spec(saved.meta["tokenizer"])
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""Write tests/data/snapshot_parrot: the parrot the UI snapshots run.
+"""Write tests/data/snapshot_parrot: the parrot every test runs (the `parrot` fixture).
 
 Snapshots show the token inspector's probabilities. Training the parrot in the test run gives
-slightly different weights on different CPUs (their float reductions differ), so the snapshots
-use this saved copy instead. Run `PYTHONPATH=src:tests python tests/make_snapshot_parrot.py`
+slightly different weights on different CPUs (their float reductions differ), and costs 40 s or
+more, so the tests use this saved copy instead. Run `PYTHONPATH=src:tests python tests/make_snapshot_parrot.py`
 only when the checkpoint format changes, then redraw the snapshots.
 """
 

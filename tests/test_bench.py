@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from chatterm.cli import main
 
 
@@ -19,6 +21,7 @@ def test_bench_prints_every_model_section(capsys):
     assert "[ui]" not in out
 
 
+@pytest.mark.slow
 def test_bench_ui_section_drives_the_app(capsys, parrot_checkpoint):
     assert main(["bench", "--sections", "ui", "--runs", "1", "--ui-checkpoint", str(parrot_checkpoint)]) == 0
     out = capsys.readouterr().out

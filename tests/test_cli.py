@@ -17,6 +17,7 @@ def run(*args, stdin="", env=None):
     )
 
 
+@pytest.mark.slow
 def test_plain_chat_repl_streams_replies_and_runs_commands(parrot_checkpoint, tmp_path):
     script = "hi\n/set temperature 0\n/set tempreture 1\n/nope\nhow are you?\n/export {}\n/quit\nnever read\n".format(
         tmp_path / "chat.md"
@@ -29,6 +30,7 @@ def test_plain_chat_repl_streams_replies_and_runs_commands(parrot_checkpoint, tm
     assert "**User:** how are you?" in (tmp_path / "chat.md").read_text()
 
 
+@pytest.mark.slow
 def test_generate_is_pipe_friendly(parrot_checkpoint):
     r = run("generate", str(parrot_checkpoint), "--prompt", "User: hi\nAssistant:", "--temperature", "0",
             "--max-new-tokens", "12")
@@ -37,6 +39,7 @@ def test_generate_is_pipe_friendly(parrot_checkpoint):
     assert "\x1b" not in r.stdout
 
 
+@pytest.mark.slow
 def test_generate_reads_stdin_and_chat_mode(parrot_checkpoint):
     r = run("generate", str(parrot_checkpoint), "--prompt", "-", "--chat", "--temperature", "0", stdin="hi")
     assert r.returncode == 0 and r.stdout.strip() == "hello there, friend"
@@ -60,6 +63,7 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, parrot_checkpo
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_convert_nanogpt_to_our_format(tmp_path):
     model = tiny_model(seed=0, vocab_size=50304)
     cfg = model.config

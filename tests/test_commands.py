@@ -7,7 +7,7 @@ import pytest
 
 from chatterm.session import ChatSession, Conversation, ConversationStore, parse_command
 from chatterm.session.commands import COMMANDS, CommandError, SlashCommands
-from chatterm.session.config import AppConfig, load_config
+from chatterm.session.config import AppConfig, load_config, save_config
 from chatterm.session.layered_settings import LayeredSettings
 from chatterm.session.local_backend import LocalBackend
 from chatterm.repl import PlainChat
@@ -19,9 +19,11 @@ def backend(parrot_checkpoint):
 
 
 def make_repl(backend, tmp_path, **sampling):
+    path = tmp_path / "config.toml"
+    save_config(AppConfig(sampling={"temperature": 0, **sampling}), path)  # the user's file
+    config = load_config(path)[0]
     layers = LayeredSettings()
-    layers.set_layer("config", {"temperature": 0, **sampling})
-    config = AppConfig(sampling={"temperature": 0, **sampling}, path=tmp_path / "config.toml")
+    layers.set_layer("config", config.sampling)
     session = ChatSession(backend, layers.live, Conversation(), ConversationStore(tmp_path / "conversations"))
     out, err = io.StringIO(), io.StringIO()
     repl = PlainChat(session, settings=layers, config=config, out=out, err=err,

@@ -28,6 +28,7 @@ def test_default_model_answers_a_greeting(backend):
         assert "User:" not in done.text
 
 
+@pytest.mark.slow
 def test_validation_loss_matches_the_model_card(backend):
     pytest.importorskip("chitchat_dataset")
     from chatterm.model import load_checkpoint

@@ -5,6 +5,8 @@ built-in settings, which are neutral. The checks also show that they would notic
 non-neutral default: the old repetition penalty of 1.1 changes the output.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -69,7 +71,16 @@ def nanogpt_ckpt(tmp_path_factory):
                 vocab_size=cfg.vocab_size, dropout=0.0)
     path = tmp_path_factory.mktemp("nanogpt") / "ckpt.pt"
     sd = {"_orig_mod." + k: v for k, v in model.state_dict().items()}  # as torch.compile saves it
-    torch.save({"model": sd, "model_args": args, "iter_num": 1}, path)
+    # Everything nanoGPT's train.py writes: the optimizer's state, the best validation loss (a
+    # tensor) and its configuration globals beside the weights.
+    trained = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    trained(torch.tensor([[1, 2, 3]])).sum().backward()
+    optimizer.step()
+    config = {"out_dir": "out", "dataset": "openwebtext", "compile": True, "dtype": "bfloat16", "learning_rate": 6e-4,
+              "max_iters": 600000, "init_from": "scratch", "bias": True, "wandb_log": False}
+    torch.save({"model": sd, "optimizer": optimizer.state_dict(), "model_args": args, "iter_num": 1,
+                "best_val_loss": torch.tensor(3.28), "config": config}, path)
     ids = Tokenizer.gpt2().encode(PROMPT)
     state = model.state_dict()
     with torch.inference_mode():

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from chatterm.model import GPT, CheckpointError, GPTConfig, KVCache, load_checkpoint, pack_linears, save_checkpoint
+from chatterm.model import CheckpointError, GPTConfig, KVCache, load_checkpoint, pack_linears, save_checkpoint
 from chatterm.model.cpu_linear import PackedLinear, can_pack
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.generator import Generator

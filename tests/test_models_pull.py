@@ -10,7 +10,7 @@ import pytest
 from chatterm.cli import main
 from chatterm.model import CheckpointError
 from chatterm.session import models
-from chatterm.session.models import KnownModel, PullError, extract, installed_models, pull, resolve_model
+from chatterm.session.models import KnownModel, PullError, extract, installed_models, resolve_model
 from tiny_llama import hf_model, write_gguf
 
 

@@ -81,6 +81,7 @@ def test_parrot_recites_the_same_tokens_quantized(parrot, bits):
     assert greedy(quantized) == want
 
 
+@pytest.mark.slow
 def test_dtype_int8_loads_through_the_command_line(parrot_checkpoint):
     r = subprocess.run(
         [sys.executable, "-m", "chatterm", "generate", str(parrot_checkpoint), "--dtype", "int8", "--prompt", "-",

@@ -128,6 +128,7 @@ def test_continue_shows_where_the_chat_left_off():
         assert term.quit() == 0
 
 
+@pytest.mark.slow
 def test_a_pipe_still_reads_plain_lines(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chatterm", str(PARROT), "--plain", "--temperature", "0"],
                        input="hi\n", capture_output=True, text=True, timeout=120, env=os.environ)

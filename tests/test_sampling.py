@@ -44,7 +44,7 @@ def random_logits(seed: int, n: int = 200) -> torch.Tensor:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_filters_match_transformers_processors(seed):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.generation import logits_process as lp
 
     logits = random_logits(seed)

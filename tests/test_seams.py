@@ -4,7 +4,6 @@ layers of generation, live stop strings and content-derived tokenizer keys."""
 import io
 import sys
 import threading
-import types
 
 import pytest
 import torch
@@ -20,9 +19,12 @@ from chatterm.engine.tokenizer import Tokenizer
 from chatterm.session import BackendInfo, ChatSession, Conversation
 from chatterm.session.backends import open_backend
 from chatterm.session.local_backend import LocalBackend
+from chatterm.session.remote_backend import RemoteBackend
 from chatterm.session.prompt import PromptBuilder
 from chatterm.session.template import DEFAULT_TEMPLATE
 from helpers import MERGES, byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
+from ui_helpers import make_app, ready, settle
+from remote_servers import Scripted, ScriptedServer, chat_chunk, sse
 
 GREEDY = dict(temperature=0, repetition_penalty=1.0)
 
@@ -96,15 +98,19 @@ def test_the_local_backend_only_yields_events(parrot_checkpoint):
 
 
 def test_open_backend_dispatches_paths_and_urls(parrot_checkpoint, monkeypatch):
-    backend = open_backend(parrot_checkpoint, device=None, dtype="fp32")
+    backend = open_backend(parrot_checkpoint, device=None, dtype="fp32", model="scripted", mode="chat")  # server options dropped
     assert isinstance(backend, LocalBackend) and backend.info.dtype == "fp32"
 
-    opened = []
-    fake = types.ModuleType("chatterm.session.remote_backend")
-    fake.RemoteBackend = type("RemoteBackend", (), {"open": classmethod(lambda cls, url, **kw: opened.append((url, kw)) or "remote")})
-    monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", fake)
-    assert open_backend("http://localhost:8080/v1", device=None, model="m") == "remote"
-    assert opened == [("http://localhost:8080/v1", {"model": "m"})]  # unset options are not passed on
+    # A real server (local, scripted): the options a front end passes for any spec open it, the
+    # local ones (device, dtype) ignored, the unset ones (None) dropped.
+    with ScriptedServer([Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))]) as server:
+        remote = open_backend(server.url, device="cpu", dtype="fp32", model="scripted", mode="chat", api_key_env=None)
+        assert isinstance(remote, RemoteBackend) and remote.info.dtype == "remote"
+        conv = Conversation()
+        conv.add("user", "hi")
+        assert run_to_end(remote.reply(conv, SamplingSettings())).text == "ok"
+        assert server.requests[0]["model"] == "scripted"
+        remote.close()
 
     monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", None)  # a build without it
     with pytest.raises(ValueError, match=r"^https://example\.com: remote backends are not available"):
@@ -116,13 +122,18 @@ def test_open_backend_dispatches_paths_and_urls(parrot_checkpoint, monkeypatch):
 
 @pytest.fixture
 def forward_threads():
-    """The names of the threads that ran any module's forward while the test body ran."""
+    """The names of the threads that built a model (registered a parameter) or ran any module's
+    forward while the test body ran."""
     names = set()
-    handle = torch.nn.modules.module.register_module_forward_hook(
-        lambda module, args, output: names.add(threading.current_thread().name)
-    )
+    hooks = torch.nn.modules.module
+    handles = [
+        hooks.register_module_forward_hook(lambda module, args, output: names.add(threading.current_thread().name)),
+        hooks.register_module_parameter_registration_hook(
+            lambda module, name, param: names.add(threading.current_thread().name)),
+    ]
     yield names
-    handle.remove()
+    for handle in handles:
+        handle.remove()
 
 
 def assert_torch_thread_only(names):
@@ -132,7 +143,8 @@ def assert_torch_thread_only(names):
 
 def test_python_api_runs_torch_on_the_torch_thread(parrot_checkpoint, forward_threads):
     model = chatterm.load(parrot_checkpoint)
-    forward_threads.clear()  # loading runs there too; what follows is what this test is about
+    assert_torch_thread_only(forward_threads)  # the model is built there
+    forward_threads.clear()
     assert "".join(model.stream_text("User: hi\nAssistant:", **GREEDY, max_new_tokens=6)).startswith(" hello")
     assert_torch_thread_only(forward_threads)
     forward_threads.clear()
@@ -160,6 +172,18 @@ def test_chat_session_and_plain_repl_run_torch_on_the_torch_thread(parrot_checkp
     monkeypatch.setattr(sys, "stdin", io.StringIO("how are you?\n/retry\n"))
     assert cli.main(["chat", str(parrot_checkpoint), "--plain", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.count("very well, thank you") == 2
+    assert_torch_thread_only(forward_threads)
+
+
+async def test_the_tui_runs_torch_on_the_torch_thread(parrot_checkpoint, forward_threads):
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        assert_torch_thread_only(forward_threads)  # loading, in the app's worker, ran its torch work there
+        forward_threads.clear()
+        app.send("hi")
+        await settle(app, pilot)
+        assert app.session.conversation.turns[-1].text.strip() == "hello there, friend"
     assert_torch_thread_only(forward_threads)
 
 

@@ -98,6 +98,7 @@ async def test_retry_undo_edit_and_history(parrot_checkpoint):
         assert prompt.text == "hi"  # input history
 
 
+@pytest.mark.slow
 async def test_slash_commands_and_unknown_ones(parrot_checkpoint, tmp_path):
     app = make_app(parrot_checkpoint)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -129,6 +130,7 @@ async def test_slash_commands_and_unknown_ones(parrot_checkpoint, tmp_path):
         await wait_until(pilot, lambda: not app.is_running)
 
 
+@pytest.mark.slow
 async def test_set_is_for_the_session_and_save_keeps_it(parrot_checkpoint):
     app = make_app(parrot_checkpoint)
     async with app.run_test(size=(100, 30)) as pilot:
@@ -223,6 +225,7 @@ async def test_resize_to_small_terminals(parrot_checkpoint):
         await wait_until(pilot, lambda: side.region.width > 0)
 
 
+@pytest.mark.slow
 async def test_bad_model_path_keeps_the_app_usable(parrot_checkpoint, tmp_path):
     app = ChatApp(AppConfig(), str(tmp_path / "missing"), [])
     async with app.run_test(size=(100, 30)) as pilot:
@@ -236,6 +239,7 @@ async def test_bad_model_path_keeps_the_app_usable(parrot_checkpoint, tmp_path):
         assert app.session.backend is not None
 
 
+@pytest.mark.slow
 async def test_command_palette_runs_actions_and_switches_themes(parrot_checkpoint):
     app = make_app(parrot_checkpoint)
     async with app.run_test(size=(100, 30)) as pilot:

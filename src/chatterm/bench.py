@@ -18,6 +18,7 @@ Every figure is the median of `--runs` runs after a warm-up. Sections:
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 
@@ -224,7 +225,7 @@ def _ids_tokenizer(model):
 
 def _has_transformers() -> bool:
     try:
-        import transformers  # noqa: F401
+        importlib.import_module("transformers")
     except ImportError:
         return False
     return True

@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .atomic import atomic_write
+
 DEFAULT_PAIRS = "fp32:F32,bf16:BF16,int8:Q8_0,int4:Q4_0"
 
 
@@ -68,12 +70,10 @@ def gguf_for(args, folder: Path, qtype: str) -> Path:
     stem = source.stem if source else f"{args.shape}-seed0"
     path = folder / f"{stem}-{qtype}.gguf"
     if not path.exists():
-        tmp = path.with_suffix(".part")
         if source is not None:
-            requantize_gguf(source, tmp, qtype)
+            atomic_write(path, lambda tmp: requantize_gguf(source, Path(tmp), qtype), new_mode=0o644)
         else:
-            write_gpt2_gguf(_random_gpt(args.shape), tmp, qtype)
-        tmp.replace(path)
+            atomic_write(path, lambda tmp: write_gpt2_gguf(_random_gpt(args.shape), Path(tmp), qtype), new_mode=0o644)
     return path
 
 

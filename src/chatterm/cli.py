@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error(e: BaseException) -> int:
+    from .model.errors import first_line
     from .session.sanitize import printable
 
-    text = str(e).strip().splitlines()
-    print(f"chatterm: error: {printable(text[0] if text else type(e).__name__)}", file=sys.stderr)
+    print(f"chatterm: error: {printable(first_line(e))}", file=sys.stderr)
     return 2
 
 

@@ -19,6 +19,7 @@ import threading
 from typing import TextIO
 
 from .engine.events import ContextTrimmed, Finished, TextDelta
+from .model.errors import first_line
 from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
 from .session.config import AppConfig
@@ -215,7 +216,7 @@ class PlainChat:
             backend = self.load_backend(spec)
         except Exception as e:  # a bad path or file: the session and the model we have stay
             keeping = f"; still using {self.session.backend.info.name}" if self.session.backend else ""
-            raise CommandError(f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}{keeping}") from e
+            raise CommandError(f"{first_line(e)}{keeping}") from e
         self.commands.use_backend(backend)
         self.warned.update(backend.warnings)  # load_backend printed them
         self.note(f"loaded {self.session.backend.info.name}")

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import torch
 
 from ..model import GPT, KVCache
+from ..model.errors import first_line
 from .events import Event, Finished, run_to_end
 from .sampling import SampleResult, sample
 from .settings import SamplingSettings
@@ -219,7 +220,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def _describe_error(e: BaseException) -> str:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    message = first_line(e)
     if "out of memory" in message.lower():
         return "the device ran out of memory; try a shorter context, a smaller model or --dtype bf16"
     return message

@@ -68,6 +68,8 @@ class HFTokenizer:
     def from_spec(cls, spec: dict) -> "HFTokenizer":
         from tokenizers import Tokenizer as RawTokenizer
 
+        from ..model.errors import first_line
+
         try:
             if spec.get("type") == "huggingface":
                 content = read_regular(spec["path"], MAX_TOKENIZER_BYTES)  # never blocks on a FIFO
@@ -85,7 +87,7 @@ class HFTokenizer:
         except TokenizerError:
             raise
         except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception for bad files
-            raise TokenizerError(f"cannot build the tokenizer ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+            raise TokenizerError(f"cannot build the tokenizer ({first_line(e)})") from e
         raise TokenizerError(f"unknown tokenizer type {spec.get('type')!r}")
 
     def _token_bytes_table(self, added: dict) -> list[bytes]:

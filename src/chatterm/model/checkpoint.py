@@ -30,7 +30,7 @@ from ..atomic import atomic_write
 from ..regular_file import NotRegularFileError, kind_of, open_regular, read_regular_text
 from . import state_dict as sdmod
 from .config import GPTConfig
-from .errors import CheckpointError, reading
+from .errors import CheckpointError, json_object, reading
 from .errors import first_line as _first_line
 from .gpt import GPT
 from .memory import check_fits
@@ -145,7 +145,7 @@ def _read(path: Path, n_head: int | None, fits) -> tuple[str, GPTConfig, dict, d
     if path.suffix == ".safetensors":
         header = _safetensors_metadata(path)
         if "chatterm" in header:
-            meta = _json_object(header["chatterm"], f"{path} (its 'chatterm' metadata)")
+            meta = json_object(header["chatterm"], f"{path} (its 'chatterm' metadata)")
             config = _config_from(meta.get("model"), path)
             fits(config)
             return "chatterm", config, _read_safetensors(path)[0], meta
@@ -260,17 +260,7 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(str(e)) from e
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({_first_line(e)})") from e
-    return _json_object(text, path)
-
-
-def _json_object(text, where) -> dict:
-    try:
-        data = json.loads(text)
-    except (ValueError, TypeError, RecursionError) as e:
-        raise CheckpointError(f"{where}: not valid JSON ({_first_line(e)})") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{where}: expected a JSON object")
-    return data
+    return json_object(text, path)
 
 
 def _safetensors_metadata(path: Path) -> dict:

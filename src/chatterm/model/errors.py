@@ -19,9 +19,24 @@ class CheckpointError(Exception):
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
+    """The first line of an exception's message, or its type's name when it has none: the one
+    formatter of a failure as a one-line message, for every layer (imports nothing heavy)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def json_object(text: str, where) -> dict:
+    """The JSON object in `text` (a metadata or config file); CheckpointError naming `where` for
+    anything else: invalid JSON, nesting too deep to parse, or a value that is not an object."""
+    import json
+
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError, RecursionError) as e:
+        raise CheckpointError(f"{where}: not valid JSON ({first_line(e)})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: expected a JSON object")
+    return data
 
 
 def is_foreign_panic(e: BaseException) -> bool:

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from ..regular_file import NotRegularFileError, check_regular, read_regular_text
-from .errors import CheckpointError
+from .errors import CheckpointError, json_object
 from .registry import architecture_for, build_model
 
 ProgressCallback = Callable[[str, float], None]  # (what is happening, fraction done 0..1)
@@ -148,10 +148,4 @@ def _text(path: Path) -> str:
 
 
 def _json(path: Path) -> dict:
-    try:
-        data = json.loads(_text(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+    return json_object(_text(path), path)

@@ -129,12 +129,3 @@ class KVCache(nn.Module):
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions needed, {self.max_len} allocated")
         return start, end
-
-    def truncate(self, length: int) -> None:
-        """Keep only the first `length` positions (entries past it are ignored, not cleared)."""
-        if not 0 <= length <= self._length:
-            raise ValueError(f"cannot truncate a cache of {self._length} positions to {length}")
-        self._length = length
-
-    def reset(self) -> None:
-        self._length = 0

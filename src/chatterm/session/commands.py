@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+from ..model.errors import first_line
 from .chat import ChatSession
-from .config import AppConfig, save_config
+from .config import AppConfig, update_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
 from .persistence import write_conversation, write_user_file
 from .sanitize import printable
@@ -124,13 +125,11 @@ class FrontEnd(Protocol):
 
 
 class SlashCommands:
-    def __init__(self, session: ChatSession, settings: LayeredSettings, config: AppConfig, front: FrontEnd,
-                 *, save: Callable[[AppConfig], object] = save_config) -> None:
+    def __init__(self, session: ChatSession, settings: LayeredSettings, config: AppConfig, front: FrontEnd) -> None:
         self.session = session
         self.settings = settings
         self.config = config
         self.front = front
-        self._save = save
         self.saved_chats = SavedChats(session)
 
     def use_backend(self, backend) -> None:
@@ -149,19 +148,30 @@ class SlashCommands:
             command = parse_command(line)
             getattr(self, f"do_{command.name}")(command.arg, command.flags)
         except (ValueError, OSError) as e:
-            self.front.note(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, "error")
+            self.front.note(first_line(e), "error")
+
+    def set_system(self, text: str) -> None:
+        """The settings panel's system prompt field: the text as typed is this session's system
+        prompt (a trailing "--save" in it is text, not a flag: the panel saves with Ctrl+S)."""
+        try:
+            self.do_system(text.strip())
+        except (ValueError, OSError) as e:
+            self.front.note(first_line(e), "error")
 
     def _idle(self) -> None:
         if self.front.busy:
             raise CommandError("a reply is still streaming; Esc stops it")
 
-    def persist(self) -> bool:
-        """Write the config; a failure is a warning (the session goes on with its values)."""
+    def persist(self, change: Callable[[AppConfig], object]) -> bool:
+        """Apply `change` to this session's config and save just that change to the file (see
+        `update_config`: values given for this launch only, such as --system, stay out of it).
+        A failure is a warning; the session goes on with its values."""
+        change(self.config)
         try:
-            self._save(self.config)
+            update_config(self.config.path, change)
             return True
-        except OSError as e:
-            self.front.note(f"could not save settings to {self.config.path}: {e}", "error")
+        except (OSError, ValueError) as e:
+            self.front.note(f"could not save settings to {self.config.path}: {first_line(e)}", "error")
             return False
 
     # -- the commands (arg, flags) -------------------------------------------------------------
@@ -243,8 +253,7 @@ class SlashCommands:
         text = self.session.conversation.system
         saved = "--save" in flags
         if saved:
-            self.config.system_prompt = text
-            saved = self.persist()
+            saved = self.persist(lambda config: setattr(config, "system_prompt", text))
         self.front.show_settings()
         what = f"system prompt: {text}" if text else "system prompt cleared"
         self.front.note(what + (" (saved as default)" if saved else " (this session)"), "system")
@@ -255,8 +264,7 @@ class SlashCommands:
             raise CommandError(f"/set {name} needs a value: /set {COMMANDS['set'].args}")
         if "--save" in flags:
             name = self.settings.save_default(name, value.strip())
-            self.config.sampling[name] = self.settings.layers["config"][name]
-            saved = self.persist()
+            saved = self.persist(lambda config: config.sampling.update({name: self.settings.layers["config"][name]}))
         else:
             name = self.settings.set(name, value.strip(), SESSION)
             saved = False
@@ -270,11 +278,15 @@ class SlashCommands:
     def save_defaults(self) -> None:
         """The panel's "save as defaults": this session's settings and system prompt go to the config."""
         moved = self.settings.session_to_config()
-        self.config.sampling.update(moved)
-        self.config.system_prompt = self.session.conversation.system
-        if self.persist():
+        system = self.session.conversation.system
+
+        def change(config: AppConfig) -> None:
+            config.sampling.update(moved)
+            config.system_prompt = system
+
+        if self.persist(change):
             names = ", ".join(moved) or "no sampling settings changed"
-            self.front.note(f"saved as defaults: {names}; system prompt {'kept' if self.config.system_prompt else 'empty'}")
+            self.front.note(f"saved as defaults: {names}; system prompt {'kept' if system else 'empty'}")
         self.front.show_settings()
 
     def do_save(self, arg: str = "", flags=frozenset()) -> None:
@@ -327,8 +339,7 @@ class SlashCommands:
 
     def do_theme(self, arg: str, flags=frozenset()) -> None:
         self.front.set_theme(arg)
-        self.config.theme = arg
-        self.persist()
+        self.persist(lambda config: setattr(config, "theme", arg))
         self.front.note(f"theme: {arg}")
 
     def do_quit(self, arg: str = "", flags=frozenset()) -> None:

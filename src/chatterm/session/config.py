@@ -14,7 +14,8 @@ Every key is checked by type and range when the file is read: a bad value is one
 naming the key, and its default is used; the app never refuses to start over the file. Only the
 values the user saved are kept in `sampling`, so a model's recommendation still applies to the
 others (see `layered_settings.py`). Key bindings are checked against the app's actions by the
-UI (`ui/keys.py`), which knows them.
+UI (`ui/keys.py`), which knows them. Saving applies just the change asked for to the file as it
+is (`update_config`): what a flag set for one launch (`--system`, `--theme`) never reaches it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..atomic import remove_stray_temporaries
 from ..engine.settings import TYPED
@@ -173,3 +175,17 @@ def save_config(config: AppConfig, path: Path | None = None) -> Path:
     path = Path(path or config.path or default_config_path())
     atomic_write_text(path, tomli_w.dumps(config.to_toml_dict()))
     return path
+
+
+def update_config(path: Path | None, change: Callable[[AppConfig], object]) -> Path:
+    """Save one change the user asked for (`/set ... --save`, `/theme`, Ctrl+S): the file is read
+    as it is now, `change` is applied to that, and the result written. A session's own values
+    (`--system`, `--theme`, `--device` given for one launch) are not in the file, so they never
+    leak into it. A file that cannot be read is left alone (ValueError, one line)."""
+    path = Path(path) if path else default_config_path()
+    config, problems = load_config(path)
+    unreadable = next((p for p in problems if p.startswith(f"{path}: cannot read the config file")), None)
+    if unreadable is not None:
+        raise ValueError(unreadable.removesuffix("; using defaults") + "; fix or remove it to save settings")
+    change(config)
+    return save_config(config, path)

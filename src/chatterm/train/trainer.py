@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_write
 from ..model import GPT, GPTConfig, pick_device, save_checkpoint
+from ..model.device import DTYPE_NAMES
 from ..session.template import DEFAULT_TEMPLATE
 from .config import TrainConfig
 
@@ -141,7 +142,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 
 def _save_model(model: GPT, cfg: TrainConfig, tokenizer_spec: dict, state: dict, vocab: int) -> None:
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.save_dtype]
+    dtype = getattr(torch, DTYPE_NAMES[cfg.save_dtype.strip().lower()])  # the one name map (model/device.py)
     export = GPT(model.config)
     export.load_state_dict({k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()})
     export.to(dtype)

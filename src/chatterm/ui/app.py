@@ -18,9 +18,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer
 
+from ..model.errors import first_line
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
-from ..session.config import AppConfig, config_dir, data_dir, save_config
+from ..session.config import AppConfig, config_dir, data_dir
 from ..session.context_fit import fit_context
 from ..session.input_history import InputHistory
 from ..session.layered_settings import CONFIG, LayeredSettings
@@ -121,7 +122,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
             None, settings.live, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations"),
             warn=lambda text: self.notify(text, severity="warning", markup=False),  # any thread; autosave failures
         )
-        self.commands = SlashCommands(self.session, settings, config, self, save=save_config)
+        self.commands = SlashCommands(self.session, settings, config, self)
         self.checked_keys: dict[str, str] = {}
         self._warnings_shown: set[str] = set()  # the backend's warnings already in the chat
         self.inspect = INSPECT_TOP
@@ -209,7 +210,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
                 path = str(default_checkpoint())
             backend = open_backend(path, progress=self._loading_progress, **self.backend_options)
         except Exception as e:  # a bad file must never take the app down: one line, old model kept
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            message = first_line(e)
             self.post_message(ModelFailed(message))
             return
         self.post_message(ModelLoaded(backend, time.perf_counter() - started))
@@ -352,7 +353,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
     @on(SettingsPanel.Changed)
     def on_setting_changed(self, event: SettingsPanel.Changed) -> None:
         if event.name == "system":
-            self.commands.run("/system " + self.settings_panel.system)
+            self.commands.set_system(self.settings_panel.system)
         else:
             self.update_context()
 

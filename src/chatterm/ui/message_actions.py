@@ -20,7 +20,6 @@ from typing import Iterable
 
 from textual.app import SuspendNotSupported
 
-from .chat_view import AssistantMessage, UserMessage
 from .prompt_input import PromptInput
 
 

@@ -12,6 +12,7 @@ import time
 from typing import Iterable
 
 from ..engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
+from ..model.errors import first_line
 from .chat_view import AssistantMessage, ChatView
 from .inspector import TokenInspector
 from .messages import ReplyFinished, ReplyProgress
@@ -87,7 +88,7 @@ class ReplyStream:
                     self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
                     text, steps, trimmed, last, deltas = [], [], None, now, 0
         except Exception as e:  # keep the app alive whatever happens in the engine
-            error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            error = first_line(e)
         if text or steps or trimmed:
             self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
         self.app.post_message(ReplyFinished(done, error))

@@ -56,7 +56,9 @@ def check_theme(data: dict) -> Theme:
     try:
         theme.to_color_system().generate()  # what applying it does: parses every colour
     except Exception as e:  # Textual raises its own parse errors; any failure means unusable
-        raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+        from ..model.errors import first_line
+
+        raise ValueError(first_line(e)) from None
     return theme
 
 

@@ -1,0 +1,202 @@
+"""One way to do each thing, checked over the source tree: the layers import only downward, one
+formatter makes an error one line, pyflakes finds no dead imports or names, and property tests
+draw the same examples on every run."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from chatterm.engine.generator import _describe_error
+from chatterm.model.errors import first_line
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "chatterm"
+LAYERS = ("model", "engine", "session", "ui")  # lowest first
+
+
+def imports_of(path: Path) -> list[str]:
+    """Absolute names of the modules `path` imports, relative imports resolved."""
+    package = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    package = package[:-1]  # the package a module (or an __init__) sits in
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names.append(".".join(base + ([node.module] if node.module else [])))
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layers_import_only_downward(layer):
+    above = LAYERS[LAYERS.index(layer) + 1 :]
+    wrong = []
+    for path in sorted((SRC / layer).rglob("*.py")):
+        for name in imports_of(path):
+            parts = name.split(".")
+            if parts[0] == "chatterm" and len(parts) > 1 and parts[1] in above + ("cli", "repl", "api", "web"):
+                wrong.append(f"{path.relative_to(SRC)} imports {name}")
+            if parts[0] == "textual" and layer != "ui":
+                wrong.append(f"{path.relative_to(SRC)} imports {name} (Textual is the UI's)")
+            if parts[0] == "torch" and layer == "ui":
+                wrong.append(f"{path.relative_to(SRC)} imports {name} (the UI never imports torch)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_import_check_sees_relative_imports():
+    names = imports_of(SRC / "ui" / "app.py")
+    assert "chatterm.session.commands" in names and "chatterm.model.errors" in names
+
+
+# -- one formatter for "the first line of an error" -----------------------------------------------
+
+
+def test_first_line_of_an_error():
+    assert first_line(ValueError("bad value\nTraceback details")) == "bad value"
+    assert first_line(RuntimeError("\n\n  CUDA out of memory.\nmore")) == "CUDA out of memory."
+    assert first_line(KeyError()) == "KeyError" and first_line(OSError("   ")) == "OSError"
+    assert _describe_error(RuntimeError("\nshape mismatch\nat layer 3")) == "shape mismatch"
+
+
+def test_no_module_formats_the_first_line_of_an_error_itself():
+    """Each copy had its own edge: some did not strip, so a message starting with a newline
+    showed as an empty line."""
+    own = re.compile(r"str\(\w+\)(\.strip\(\))?\.splitlines\(\)")
+    copies = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py") if p.name != "errors.py"
+              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if own.search(line)]
+    assert not copies, copies
+
+
+# -- one dtype name map ----------------------------------------------------------------------------
+
+
+def test_train_refuses_an_unknown_save_dtype_before_training(tmp_path, capsys):
+    from chatterm.cli import main
+
+    assert main(["train", str(tmp_path / "data"), str(tmp_path / "out"), "--save-dtype", "fp64"]) == 2
+    err = capsys.readouterr().err
+    assert err == "chatterm: error: --save-dtype 'fp64': use fp32, bf16 or fp16\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, stored", [("bfloat16", "BF16"), ("FP16", "F16"), ("fp32", "F32")])
+def test_the_trainer_saves_weights_in_every_dtype_name_the_one_map_knows(tmp_path, name, stored):
+    import json
+
+    from chatterm.train.config import TrainConfig
+    from chatterm.train.trainer import _save_model
+    from helpers import byte_tokenizer_spec, tiny_model
+
+    cfg = TrainConfig(data="", out=str(tmp_path / "out"), save_dtype=name)
+    state = {"step": 1, "tokens_seen": 8, "history": [{"train_loss": 5.0, "val_loss": 5.5}]}
+    _save_model(tiny_model(seed=0), cfg, byte_tokenizer_spec(), state, 288)
+    raw = (tmp_path / "out" / "model.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert {entry["dtype"] for key, entry in header.items() if key != "__metadata__"} == {stored}
+
+
+# -- no dead code, a deterministic suite -----------------------------------------------------------
+
+
+def test_pyflakes_finds_nothing():
+    import io
+
+    from pyflakes.api import checkRecursive
+    from pyflakes.reporter import Reporter
+
+    report = io.StringIO()
+    found = checkRecursive([str(SRC), str(Path(__file__).parent)], Reporter(report, report))
+    assert found == 0, report.getvalue()
+
+
+def test_property_tests_draw_the_same_examples_on_every_run():
+    from hypothesis import given, settings, strategies as st
+
+    drawn = []
+
+    @settings(max_examples=25)  # as the suite's property tests: the profile in conftest.py applies
+    @given(st.lists(st.floats(-30, 30), max_size=5))
+    def draw(values):
+        drawn.append(values)
+
+    draw()
+    first, drawn[:] = list(drawn), []
+    draw()
+    assert drawn == first
+
+
+# -- one atomic write ------------------------------------------------------------------------------
+
+
+def test_files_are_replaced_only_through_atomic_write():
+    """os.replace/rename put a file in place; only atomic.py does that for a write. The one other
+    use moves a damaged conversation aside (persistence.py), which writes nothing."""
+    moves = re.compile(r"\bos\.(replace|rename)\(|\.rename\(\s*\w+\s*\)|\.replace\(\s*\w+\s*\)\s*$")
+    found = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+                   for line in p.read_text(encoding="utf-8").splitlines() if moves.search(line))
+    assert found == ["atomic.py", "session/persistence.py"], found
+
+
+def test_a_killed_pull_leaves_nothing_the_next_pull_does_not_remove():
+    from chatterm.session.models import models_dir, remove_partial_downloads
+
+    folder = models_dir()
+    (folder / ".pull-abc").mkdir(parents=True)
+    (folder / ".pull-abc" / "x.whl").write_bytes(b"wheel")
+    (folder / ".tiny.gguf.k3j2.tmp").write_bytes(b"half a model")  # atomic_write's temporary file
+    (folder / "tiny.gguf").write_bytes(b"a whole model")
+    remove_partial_downloads()
+    assert sorted(p.name for p in folder.iterdir()) == ["tiny.gguf"]
+
+
+# -- module sizes ----------------------------------------------------------------------------------
+
+
+def test_modules_stay_small_and_the_app_class_thin():
+    """Split before a module passes 500 lines; ui/app.py stays under 400 (panels are widgets,
+    reply streaming and message actions live in their own modules)."""
+    sizes = {str(p.relative_to(SRC)): len(p.read_text(encoding="utf-8").splitlines()) for p in SRC.rglob("*.py")}
+    assert sizes["ui/app.py"] < 400
+    assert not {name: n for name, n in sizes.items() if n >= 500}
+
+
+def test_every_tcss_rule_names_an_id_or_class_the_code_uses():
+    code = "\n".join(p.read_text(encoding="utf-8") for p in SRC.rglob("*.py"))
+    unused = []
+    for sheet in SRC.rglob("*.tcss"):
+        text = re.sub(r"/\*.*?\*/", "", sheet.read_text(encoding="utf-8"), flags=re.S)
+        selectors = re.sub(r"\{[^}]*\}", "{}", text)  # the rules' bodies hold colours such as #fff
+        unused += [f"{sheet.name}: {name}" for name in sorted(set(re.findall(r"[#.]([A-Za-z_-][\w-]*)", selectors)))
+                   if not re.search(r"[\"' .#-]" + re.escape(name.lstrip("-")), code)]
+    assert not unused, unused
+
+
+# -- the parrot the tests share --------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_saved_parrot_is_what_training_gives(parrot):
+    """The `parrot` fixture loads tests/data/snapshot_parrot instead of training for 40 s; if
+    training changes (helpers.train_parrot, the model), run tests/make_snapshot_parrot.py."""
+    from chatterm.engine.events import run_to_end
+    from chatterm.engine.generator import Generator
+    from chatterm.engine.settings import SamplingSettings
+    from helpers import train_parrot
+
+    trained, tok = train_parrot()
+    saved, _ = parrot
+    settings = SamplingSettings(temperature=0, max_new_tokens=30)
+    for prompt in ("User: hi\nAssistant:", "User: how are you?\nAssistant:", "User: what is your name?\nAssistant:"):
+        ids = tok.encode(prompt)
+        replies = [run_to_end(Generator(model, tok).stream(ids, settings, stop=["User:"])).text for model in (trained, saved)]
+        assert replies[0] == replies[1]
+
+
+def test_the_kv_cache_takes_positions_only_from_input_pos():
+    """No second way to say where the cache ends (a commit, a truncate, a reset to call): a
+    write at `input_pos` is the record, and writing at an earlier position is the rollback."""
+    from chatterm.model.kv_cache import KVCache
+
+    assert [name for name in ("commit", "truncate", "reset", "advance", "set_length") if hasattr(KVCache, name)] == []
