@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from chatterm.engine.generator import _describe_error
 from chatterm.model.errors import first_line
@@ -179,19 +180,28 @@ def test_every_tcss_rule_names_an_id_or_class_the_code_uses():
 @pytest.mark.slow
 def test_the_saved_parrot_is_what_training_gives(parrot):
     """The `parrot` fixture loads tests/data/snapshot_parrot instead of training for 40 s; if
-    training changes (helpers.train_parrot, the model), run tests/make_snapshot_parrot.py."""
+    training changes (helpers.train_parrot, the model), run tests/make_snapshot_parrot.py.
+    Not compared weight for weight: training on another CPU, or with another thread count, ends
+    on different weights (measured here: loss on the script 1.93 with two threads, 1.66 with
+    one; one greedy word flips), so the check is that both learned the script and recite its
+    first line."""
+    import torch.nn.functional as F
+
     from chatterm.engine.events import run_to_end
     from chatterm.engine.generator import Generator
     from chatterm.engine.settings import SamplingSettings
-    from helpers import train_parrot
+    from helpers import PARROT_SCRIPT, train_parrot
 
     trained, tok = train_parrot()
     saved, _ = parrot
+    ids = torch.tensor([tok.encode(PARROT_SCRIPT * 2)])
+    with torch.inference_mode():
+        losses = [float(F.cross_entropy(m(ids[:, :-1])[0], ids[0, 1:])) for m in (trained, saved)]
+    assert max(losses) < 2.5, losses  # a byte-level model knowing nothing scores ~5.5
     settings = SamplingSettings(temperature=0, max_new_tokens=30)
-    for prompt in ("User: hi\nAssistant:", "User: how are you?\nAssistant:", "User: what is your name?\nAssistant:"):
-        ids = tok.encode(prompt)
-        replies = [run_to_end(Generator(model, tok).stream(ids, settings, stop=["User:"])).text for model in (trained, saved)]
-        assert replies[0] == replies[1]
+    for model in (trained, saved):
+        reply = run_to_end(Generator(model, tok).stream(tok.encode("User: hi\nAssistant:"), settings, stop=["User:"]))
+        assert reply.text.strip() == "hello there, friend"
 
 
 def test_the_kv_cache_takes_positions_only_from_input_pos():

@@ -161,11 +161,6 @@ def linear_kinds(model: nn.Module) -> str:
     return ", ".join(f"{count} {name}" for name, count in kinds.most_common())
 
 
-def can_quantize(model: nn.Module, bits: int) -> bool:
-    """True when some weight-only kernel for `bits` runs here (CPU, float weights)."""
-    return bits in (4, 8) and _layer_maker(model, bits) is not None
-
-
 def _copy_float_tensors(model: nn.Module) -> None:
     """Give the float tensors left after swapping (norms, biases, position table) their own
     memory, as fp32. Loaded from safetensors they are views of the memory-mapped file, and one
