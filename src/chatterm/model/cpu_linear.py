@@ -105,6 +105,10 @@ def pack_linears(model: nn.Module, bits: int | None = None) -> int:
         del linear, replacement
     if make is not PackedLinear:
         _copy_float_tensors(model)  # as fp32: the native and quantized layers compute in it
+    if native.library() is not None and make is not PackedLinear:
+        # The attention kernels read an fp16 cache (as llama.cpp's default): half the bytes a
+        # long chat's attention reads per token, and half the cache's memory.
+        model.kv_cache_dtype = torch.float16
     _return_freed_memory()
     return count
 

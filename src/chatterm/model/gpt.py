@@ -46,6 +46,7 @@ class CausalSelfAttention(nn.Module):
             if T == 1 and mask is None and (y := attend_one(q, k, v)) is not None:  # a decode step
                 return self.c_proj(y)
             causal = mask is None and T > 1
+            k, v = k.to(q.dtype), v.to(q.dtype)  # an fp16 cache under fp32 activations (a no-op otherwise)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         y = self.c_proj(y)

@@ -57,17 +57,19 @@ class KVCache(nn.Module):
 
     @classmethod
     def for_model(cls, model, *, batch_size: int = 1, max_len: int | None = None, static: bool = False):
-        """A cache sized for `model`, on its device and in its dtype. Reads `n_kv_head` from the
+        """A cache sized for `model`, on its device and in its dtype (or `model.kv_cache_dtype`:
+        fp16 where chatterm's CPU kernels run the model). Reads `n_kv_head` from the
         model's config (grouped-query attention), falling back to `n_head`."""
         cfg = model.config
         param = next(model.parameters())
+        dtype = getattr(model, "kv_cache_dtype", None) or param.dtype  # set by cpu_linear.pack_linears
         return cls(
             cfg.n_layer,
             getattr(cfg, "n_kv_head", None) or cfg.n_head,
             cfg.head_dim,
             max_len or cfg.block_size,
             batch_size=batch_size,
-            dtype=param.dtype,
+            dtype=dtype,
             device=param.device,
             static=static,
         )
@@ -98,6 +100,8 @@ class KVCache(nn.Module):
             mask = key_pos.unsqueeze(0) <= input_pos.unsqueeze(1)  # (T, max_len)
             return self.keys[layer], self.values[layer], mask
         start, end = self.reserve(layer, input_pos, T)
+        if self.keys.dtype == torch.float16 and k.dtype != torch.float16:  # fp16's range, never inf
+            k, v = k.clamp(-65504, 65504), v.clamp(-65504, 65504)
         self.keys[layer, :, :, start:end] = k
         self.values[layer, :, :, start:end] = v
         keys = self.keys[layer, :, :, :end]  # (B, n_kv_head, end, hs), a view

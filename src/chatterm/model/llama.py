@@ -153,6 +153,7 @@ class Attention(nn.Module):
         group = self.n_head // self.n_kv_head
         if T == 1 and mask is None and (y := attend_one(q, k, v)) is not None:  # a decode step, on the CPU kernel
             return self.out(y)
+        k, v = k.to(q.dtype), v.to(q.dtype)  # an fp16 cache under fp32 activations (a no-op otherwise)
         if T == 1 and mask is None:
             # One query per head: the heads of a group become that kv head's queries, so no
             # copy of the keys/values is made. (B, nkv, group, hs)

@@ -16,22 +16,24 @@ import torch
 
 from . import native
 
+_CACHE_DTYPES = {torch.float32: 0, torch.float16: 1}  # the kernel's `half` flag
+
 
 def attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor | None:
-    """q (1, n_head, 1, hs); keys, values (1, n_kv_head, S, hs) with the same strides -> the
+    """q (1, n_head, 1, hs) fp32; keys, values (1, n_kv_head, S, hs), fp32 or fp16, with the same strides -> the
     attention output (1, 1, n_head * hs), or None when the kernel does not apply."""
     lib = native.library()
-    if lib is None or q.dtype != torch.float32 or keys.dtype != torch.float32 or q.device.type != "cpu":
+    if lib is None or q.dtype != torch.float32 or keys.dtype not in _CACHE_DTYPES or q.device.type != "cpu":
         return None
     _, n_head, t, hs = q.shape
     _, n_kv_head, length, _ = keys.shape
     if (t != 1 or q.size(0) != 1 or keys.size(0) != 1 or n_head % n_kv_head or q.stride(3) != 1
-            or keys.stride(3) != 1 or keys.stride() != values.stride() or length == 0):
+            or keys.stride(3) != 1 or keys.stride() != values.stride() or values.dtype != keys.dtype or length == 0):
         return None
     out = torch.empty(1, 1, n_head * hs)
     failed = lib.ct_attend_one(q.data_ptr(), q.stride(1), keys.data_ptr(), values.data_ptr(), keys.stride(1),
                                keys.stride(2), out.data_ptr(), n_head, n_kv_head, length, hs, hs ** -0.5,
-                               torch.get_num_threads())
+                               _CACHE_DTYPES[keys.dtype], torch.get_num_threads())
     if failed:
         raise MemoryError("the attention kernel could not allocate its scores")
     return out

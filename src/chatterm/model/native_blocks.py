@@ -21,6 +21,7 @@ import weakref
 import torch
 
 from . import native
+from .native_attention import _CACHE_DTYPES
 from .native_linear import Bf16Linear, Q4Linear, Q8Linear
 
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2}
@@ -77,7 +78,7 @@ def gpt2_block_step(block, x: torch.Tensor, input_pos: torch.Tensor, cache) -> t
     not apply here (see the module docstring)."""
     if cache is None or cache.static or x.shape[:2] != (1, 1) or x.dtype != torch.float32:
         return None
-    if cache.keys.dtype != torch.float32 or cache.keys.size(1) != 1 or cache.keys.size(2) != block.attn.n_head:
+    if cache.keys.dtype not in _CACHE_DTYPES or cache.keys.size(1) != 1 or cache.keys.size(2) != block.attn.n_head:
         return None
     if block.training:
         return None
@@ -92,7 +93,7 @@ def gpt2_block_step(block, x: torch.Tensor, input_pos: torch.Tensor, cache) -> t
     keys, values = cache.keys[layer], cache.values[layer]  # (1, heads, max_len, hs), contiguous
     failed = native.library().ct_gpt2_block_step(
         plan.linears, *plan.norm_ptrs, plan.eps, out.data_ptr(), keys.data_ptr(), values.data_ptr(),
-        start, cache.max_len, plan.n_head, plan.head_dim, torch.get_num_threads())
+        start, cache.max_len, plan.n_head, plan.head_dim, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads())
     if failed:
         raise MemoryError("the CPU decode kernel could not allocate its buffers")
     return out.view(1, 1, -1)

@@ -294,39 +294,85 @@ void ct_dequant_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, flo
  * out: (n_head, hs). One pass of scores, a softmax, one weighted sum: the few small ops a
  * general attention kernel spends most of a decode step's attention time setting up. */
 
-static float dot_f32(const float *a, const float *b, int64_t n) {
+/* The cache holds fp32, or fp16 (half the bytes a long chat's attention reads, as llama.cpp's
+ * default cache; values past fp16's range are clamped to it, never turned into inf). */
+
+static inline uint16_t fp32_to_fp16(float f) {
+#ifdef CT_AVX2
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, mant = x & 0x7fffff;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        mant |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp), half = mant >> shift, rest = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rest > mid || (rest == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t half = sign | ((uint32_t)exp << 10) | (mant >> 13), rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (half & 1))) half++;
+    return (uint16_t)half;
+#endif
+}
+
+static float dot_kv(const float *q, const void *k, int64_t n, int half) {
     int64_t i = 0;
     float sum = 0.0f;
+    const float *kf = (const float *)k;
+    const uint16_t *kh = (const uint16_t *)k;
 #ifdef CT_AVX2
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+        __m256 k0 = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i))) : _mm256_loadu_ps(kf + i);
+        __m256 k1 = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kh + i + 8))) : _mm256_loadu_ps(kf + i + 8);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, acc1);
     }
     sum = hsum(_mm256_add_ps(acc0, acc1));
 #endif
-    for (; i < n; i++) sum += a[i] * b[i];
+    for (; i < n; i++) sum += q[i] * (half ? fp16_to_fp32(kh[i]) : kf[i]);
     return sum;
 }
 
-static void axpy_f32(float a, const float *x, float *y, int64_t n) {
+static void axpy_kv(float a, const void *x, float *y, int64_t n, int half) {
     int64_t i = 0;
+    const float *xf = (const float *)x;
+    const uint16_t *xh = (const uint16_t *)x;
 #ifdef CT_AVX2
     __m256 va = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(xh + i))) : _mm256_loadu_ps(xf + i);
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(y + i)));
+    }
 #endif
-    for (; i < n; i++) y[i] += a * x[i];
+    for (; i < n; i++) y[i] += a * (half ? fp16_to_fp32(xh[i]) : xf[i]);
 }
 
-int ct_attend_one(const float *q, int64_t q_head_stride, const float *k, const float *v, int64_t kv_head_stride,
+static void store_kv(void *dst, const float *src, int64_t n, int half) {
+    if (!half) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    uint16_t *d = (uint16_t *)dst;
+    for (int64_t i = 0; i < n; i++) d[i] = fp32_to_fp16(fmaxf(-65504.0f, fminf(65504.0f, src[i])));
+}
+
+/* k, v: the cache of one layer; element size 4 (fp32) or 2 (half = 1); strides in elements. */
+int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const void *v, int64_t kv_head_stride,
                   int64_t pos_stride, float *out, int64_t n_head, int64_t n_kv_head, int64_t S, int64_t hs,
-                  float scale, int nthreads) {
-    int64_t group = n_head / n_kv_head;
+                  float scale, int half, int nthreads) {
+    int64_t group = n_head / n_kv_head, size = half ? 2 : 4;
     int failed = 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n_head * S * hs >= 16384)
     for (int64_t h = 0; h < n_head; h++) {
         const float *qh = q + h * q_head_stride;
-        const float *kh = k + (h / group) * kv_head_stride, *vh = v + (h / group) * kv_head_stride;
+        const char *kh = (const char *)k + (h / group) * kv_head_stride * size;
+        const char *vh = (const char *)v + (h / group) * kv_head_stride * size;
         float *oh = out + h * hs;
         float *scores = (float *)malloc(sizeof(float) * (size_t)S);
         if (!scores) {
@@ -335,7 +381,7 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const float *k, const f
         }
         float top = -INFINITY, total = 0.0f;
         for (int64_t j = 0; j < S; j++) {
-            scores[j] = dot_f32(qh, kh + j * pos_stride, hs) * scale;
+            scores[j] = dot_kv(qh, kh + j * pos_stride * size, hs, half) * scale;
             top = fmaxf(top, scores[j]);
         }
         for (int64_t j = 0; j < S; j++) {
@@ -343,7 +389,7 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const float *k, const f
             total += scores[j];
         }
         memset(oh, 0, sizeof(float) * (size_t)hs);
-        for (int64_t j = 0; j < S; j++) axpy_f32(scores[j] / total, vh + j * pos_stride, oh, hs);
+        for (int64_t j = 0; j < S; j++) axpy_kv(scores[j] / total, vh + j * pos_stride * size, oh, hs, half);
         free(scores);
     }
     return failed ? -1 : 0;
@@ -427,8 +473,8 @@ static void gelu_tanh(float *x, int64_t n) {
 }
 
 int ct_gpt2_block_step(const ct_lin *lins, const float *ln1_w, const float *ln1_b, const float *ln2_w,
-                       const float *ln2_b, float eps, float *x, float *kc, float *vc, int64_t pos, int64_t max_len,
-                       int64_t n_head, int64_t hs, int nthreads) {
+                       const float *ln2_b, float eps, float *x, void *kc, void *vc, int64_t pos, int64_t max_len,
+                       int64_t n_head, int64_t hs, int half, int nthreads) {
     const ct_lin *qkv = &lins[0], *proj = &lins[1], *fc = &lins[2], *fc_proj = &lins[3];
     int64_t C = n_head * hs, H = fc->N;
     float *buf = (float *)malloc(sizeof(float) * (size_t)(C + 3 * C + C + H));
@@ -437,12 +483,13 @@ int ct_gpt2_block_step(const ct_lin *lins, const float *ln1_w, const float *ln1_
     int failed = 0;
     layer_norm(x, ln1_w, ln1_b, h, C, eps);
     failed |= lin_apply(qkv, h, q, nthreads);
+    int64_t size = half ? 2 : 4;
     for (int64_t head = 0; head < n_head; head++) {
-        memcpy(kc + (head * max_len + pos) * hs, q + C + head * hs, sizeof(float) * (size_t)hs);
-        memcpy(vc + (head * max_len + pos) * hs, q + 2 * C + head * hs, sizeof(float) * (size_t)hs);
+        store_kv((char *)kc + (head * max_len + pos) * hs * size, q + C + head * hs, hs, half);
+        store_kv((char *)vc + (head * max_len + pos) * hs * size, q + 2 * C + head * hs, hs, half);
     }
     failed |= ct_attend_one(q, hs, kc, vc, max_len * hs, hs, att, n_head, n_head, pos + 1, hs,
-                            1.0f / sqrtf((float)hs), nthreads);
+                            1.0f / sqrtf((float)hs), half, nthreads);
     failed |= lin_apply(proj, att, h, nthreads);
     for (int64_t i = 0; i < C; i++) x[i] += h[i];
     layer_norm(x, ln2_w, ln2_b, h, C, eps);
