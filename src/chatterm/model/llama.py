@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .kv_cache import KVCache
 from .native_attention import attend_one
+from .native_blocks import llama_block_step
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(self, x, cos, sin, input_pos, cache) -> torch.Tensor:
+        if cache is not None and (y := llama_block_step(self, x, cos, sin, input_pos, cache)) is not None:
+            return y  # a decode step on the CPU kernels, in one call
         x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, cache)
         return x + self.mlp(self.mlp_norm(x))
 

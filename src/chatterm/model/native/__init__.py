@@ -143,6 +143,8 @@ def declare(lib):
     f32 = ctypes.c_float
     lib.ct_gpt2_block_step.argtypes = [p, p, p, p, p, f32, p, p, p, i64, i64, i64, i64, i32, i32]
     lib.ct_gpt2_block_step.restype = i32
+    lib.ct_llama_block_step.argtypes = [p, p, p, f32, p, p, p, p, p, i64, i64, i64, i64, i64, i32, i32]
+    lib.ct_llama_block_step.restype = i32
     for name in ("ct_dequant_bf16", "ct_dequant_q8", "ct_dequant_q4"):
         getattr(lib, name).restype = None
     return lib

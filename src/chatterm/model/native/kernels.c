@@ -500,3 +500,71 @@ int ct_gpt2_block_step(const ct_lin *lins, const float *ln1_w, const float *ln1_
     free(buf);
     return failed ? -1 : 0;
 }
+
+/* ---- one decode step of a whole Llama-family block -------------------------------------------
+ * RMSNorm, the fused q/k/v projection (Qwen2's biases in the descriptor), rotary embedding of
+ * q and k in the "rotate half" layout (cos/sin: this position's rows, hs values each), the cache
+ * write, grouped-query attention, the output projection and residual, RMSNorm, SwiGLU (gate and
+ * up fused: gate first) and residual. x (C) is updated in place. */
+
+static void rms_norm(const float *x, const float *w, float *out, int64_t C, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < C; i++) sum += (double)x[i] * (double)x[i];
+    float r = (float)(1.0 / sqrt(sum / (double)C + (double)eps));
+    for (int64_t i = 0; i < C; i++) out[i] = x[i] * r * w[i];
+}
+
+static void rope(float *v, const float *cos, const float *sin, int64_t heads, int64_t hs) {
+    int64_t half = hs / 2;
+    for (int64_t h = 0; h < heads; h++, v += hs)
+        for (int64_t i = 0; i < half; i++) {
+            float x1 = v[i], x2 = v[i + half];
+            v[i] = x1 * cos[i] - x2 * sin[i];
+            v[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
+        }
+}
+
+/* out[i] = silu(gate[i]) * up[i] */
+static void swiglu(const float *gate, const float *up, float *out, int64_t n) {
+    int64_t i = 0;
+#ifdef CT_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, g))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+int ct_llama_block_step(const ct_lin *lins, const float *attn_norm_w, const float *mlp_norm_w, float eps,
+                        const float *cos, const float *sin, float *x, void *kc, void *vc, int64_t pos,
+                        int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs, int half, int nthreads) {
+    const ct_lin *qkv = &lins[0], *proj = &lins[1], *gate_up = &lins[2], *down = &lins[3];
+    int64_t C = qkv->K, qw = n_head * hs, kvw = n_kv_head * hs, H = down->K, size = half ? 2 : 4;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(C + qw + 2 * kvw + qw + 2 * H + H));
+    if (!buf) return -1;
+    float *h = buf, *q = h + C, *att = q + qw + 2 * kvw, *gu = att + qw, *act = gu + 2 * H;
+    float *k = q + qw, *v = k + kvw;
+    int failed = 0;
+    rms_norm(x, attn_norm_w, h, C, eps);
+    failed |= lin_apply(qkv, h, q, nthreads);
+    rope(q, cos, sin, n_head, hs);
+    rope(k, cos, sin, n_kv_head, hs);
+    for (int64_t head = 0; head < n_kv_head; head++) {
+        store_kv((char *)kc + (head * max_len + pos) * hs * size, k + head * hs, hs, half);
+        store_kv((char *)vc + (head * max_len + pos) * hs * size, v + head * hs, hs, half);
+    }
+    failed |= ct_attend_one(q, hs, kc, vc, max_len * hs, hs, att, n_head, n_kv_head, pos + 1, hs,
+                            1.0f / sqrtf((float)hs), half, nthreads);
+    failed |= lin_apply(proj, att, h, nthreads);
+    for (int64_t i = 0; i < C; i++) x[i] += h[i];
+    rms_norm(x, mlp_norm_w, h, C, eps);
+    failed |= lin_apply(gate_up, h, gu, nthreads);
+    swiglu(gu, gu + H, act, H);
+    failed |= lin_apply(down, act, h, nthreads);
+    for (int64_t i = 0; i < C; i++) x[i] += h[i];
+    free(buf);
+    return failed ? -1 : 0;
+}
