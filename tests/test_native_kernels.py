@@ -255,10 +255,10 @@ def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
     model = GPT(config).init_weights(5).eval().to(torch.bfloat16 if dtype == "bf16" else torch.float32)
     pack_linears(model, None if dtype == "bf16" else int(dtype[3:]))
     fused_ids, fused_logits = _decode(model, [1, 2, 3, 4, 5], 30)
-    from chatterm.model.native_blocks import _plans
+    from chatterm.model.native_blocks import _Plan, _plans
 
-    assert model.transformer.h[0] in _plans  # the fused step ran
-    monkeypatch.setattr(gpt, "gpt2_block_step", lambda *args: None)
+    assert isinstance(_plans.get(model), _Plan)  # the fused step ran
+    monkeypatch.setattr(gpt, "gpt2_decode_step", lambda *args: None)
     plain_ids, plain_logits = _decode(model, [1, 2, 3, 4, 5], 30)
     assert fused_ids == plain_ids
     # bf16: the same sums in another order. 8/4 bits: a last-digit difference in an activation can
@@ -270,7 +270,7 @@ def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype,bias,tied", [("bf16", False, True), ("int8", True, False), ("int4", False, False)])
 def test_fused_llama_block_step_is_the_block_in_pytorch(dtype, bias, tied, monkeypatch):
     import chatterm.model.llama as llama
-    from chatterm.model.native_blocks import _plans
+    from chatterm.model.native_blocks import _Plan, _plans
 
     config = llama.LlamaConfig(block_size=96, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
                                intermediate_size=96, attention_bias=bias, tie_embeddings=tied)
@@ -279,8 +279,8 @@ def test_fused_llama_block_step_is_the_block_in_pytorch(dtype, bias, tied, monke
         torch.nn.init.normal_(model.layers[0].attn.qkv.bias, std=0.5, generator=torch.Generator().manual_seed(1))
     pack_linears(model, None if dtype == "bf16" else int(dtype[3:]))
     fused_ids, fused_logits = _decode(model, [1, 2, 3, 4, 5], 30)
-    assert model.layers[0] in _plans  # the fused step ran
-    monkeypatch.setattr(llama, "llama_block_step", lambda *args: None)
+    assert isinstance(_plans.get(model), _Plan)  # the fused step ran
+    monkeypatch.setattr(llama, "llama_decode_step", lambda *args: None)
     plain_ids, plain_logits = _decode(model, [1, 2, 3, 4, 5], 30)
     assert fused_ids == plain_ids
     tolerance = 1e-4 if dtype == "bf16" else 5e-3  # see the GPT-2 test above

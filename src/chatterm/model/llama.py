@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .kv_cache import KVCache
 from .native_attention import attend_one
-from .native_blocks import llama_block_step
+from .native_blocks import llama_decode_step
 
 
 @dataclass(frozen=True)
@@ -188,8 +188,6 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(self, x, cos, sin, input_pos, cache) -> torch.Tensor:
-        if cache is not None and (y := llama_block_step(self, x, cos, sin, input_pos, cache)) is not None:
-            return y  # a decode step on the CPU kernels, in one call
         x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -247,8 +245,12 @@ class Llama(nn.Module):
         x = self.embed_tokens(idx)  # (B, T, C)
         cos = self.rope_cos[input_pos].to(x.dtype).unsqueeze(1)  # (T, 1, hs), broadcast over (B, ., heads)
         sin = self.rope_sin[input_pos].to(x.dtype).unsqueeze(1)
-        for block in self.layers:
-            x = block(x, cos, sin, input_pos, cache)
+        fused = llama_decode_step(self, x, cos, sin, input_pos, cache) if cache is not None and T == 1 else None
+        if fused is not None:  # a decode step: every block in one call on the CPU kernels
+            x = fused
+        else:
+            for block in self.layers:
+                x = block(x, cos, sin, input_pos, cache)
         if last_logits_only:
             x = x[:, -1:, :]
         return self.lm_head(self.norm(x))  # (B, T or 1, vocab)

@@ -1,19 +1,22 @@
-"""A block's decode step as one call into chatterm's CPU kernels (native/kernels.c): GPT-2 and
-the Llama family.
+"""A decode step's transformer blocks as one call into chatterm's CPU kernels (native/kernels.c),
+for GPT-2 and the Llama family.
 
 Why: at one token per step a block is ~20 small tensor operations, each paying PyTorch's
 dispatch, an allocation and a Python call: measured ~0.5 ms per block on GPT-2 small at one
-thread, a fifth of an 8-bit decode step; SmolLM2-135M has 30 narrower blocks, where it is half
-the step. `ct_gpt2_block_step` / `ct_llama_block_step` run the norms, the q/k/v projection
-(rotary embedding for Llama), the cache write, attention, the output projection, the MLP and
-both residuals in one call, on the same kernels the layers use one by one.
+thread, a fifth of an 8-bit decode step, and on SmolLM2-135M's 30 narrow blocks a third of it
+even once each block was one call. `ct_gpt2_layers_step` / `ct_llama_layers_step` run every
+block (norms, q/k/v, rotary embedding for Llama, the cache write, attention, the output
+projection, the MLP, both residuals) in one call, on the same kernels the layers use one by one.
 
-`gpt2_block_step(block, x, input_pos, cache)` (and `llama_block_step`, which also takes the
-position's rotary rows) returns the block's output, or None where the
-fused step does not apply (its four linears are not all chatterm kernels, not fp32, more than
-one token or sequence, a static cache); the block then runs its PyTorch code. The pointers to
-the block's tensors are gathered once, kept beside the block (a copy starts without them), and
-checked on every call against the block's current tensors (a converted block gets new ones).
+`gpt2_decode_step(model, x, input_pos, cache)` (and `llama_decode_step`, which also takes the
+position's rotary rows) returns the residual stream after the last block, or None where the
+fused step does not apply (a linear that is not one of chatterm's kernels, norms not fp32,
+more than one token or sequence, a static cache); the model then runs its blocks in PyTorch.
+
+The pointers are gathered once per (model, cache) and kept beside the model, not on it (a
+deepcopy starts without them); the plan also holds every tensor it points into, so nothing it
+reads can be freed under it. Packed models are for inference only (cpu_linear.py): changing a
+block's tensors after the first decode step is not seen here.
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ from .native_attention import _CACHE_DTYPES
 from .native_linear import Bf16Linear, Q4Linear, Q8Linear
 
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2}
-# block -> its _Plan. Beside the block, not on it: a copied block (deepcopy) starts without one,
-# and the raw pointers never travel into pickles or copies.
-_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Plan (or _NOT_HERE)
+_NOT_HERE = object()
 
 
 class _Linear(ctypes.Structure):  # kernels.c's ct_lin
@@ -38,40 +40,51 @@ class _Linear(ctypes.Structure):  # kernels.c's ct_lin
                 ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
 
 
-def _descriptor(layer) -> _Linear:
-    def ptr(name):
-        t = getattr(layer, name, None)
-        return t.data_ptr() if t is not None else None
+class _Layer(ctypes.Structure):  # kernels.c's ct_layer
+    _fields_ = [("lins", _Linear * 4), ("norm", ctypes.c_void_p * 4), ("kc", ctypes.c_void_p),
+                ("vc", ctypes.c_void_p)]
 
-    return _Linear(_KINDS[type(layer)], layer.out_features, layer.in_features, ptr("weight"), ptr("scale"),
-                   ptr("offset"), ptr("bias"))
+
+def _pointer(t: torch.Tensor | None):
+    return t.data_ptr() if t is not None else None
+
+
+def _descriptor(layer) -> _Linear:
+    return _Linear(_KINDS[type(layer)], layer.out_features, layer.in_features, _pointer(layer.weight),
+                   _pointer(getattr(layer, "scale", None)), _pointer(getattr(layer, "offset", None)),
+                   _pointer(layer.bias))
 
 
 class _Plan:
-    """What one block's fused step needs: its four linears' descriptors and its norms' tensors."""
+    """Every block's linears, norms and cache buffers, as kernels.c reads them."""
 
-    def __init__(self, layers, norms) -> None:
-        self.linears = (_Linear * 4)(*(_descriptor(layer) for layer in layers))
-        self.norm_ptrs = [t.data_ptr() if t is not None else None for t in norms]
-        self.key = _key(layers, norms)
+    def __init__(self, blocks, linears_of, norms_of, cache) -> None:
+        self.keys = cache.keys  # the cache these pointers are into
+        self.tensors = [cache.keys, cache.values]  # held: nothing pointed at is freed meanwhile
+        layers = []
+        for i, block in enumerate(blocks):
+            linears, norms = linears_of(block), norms_of(block)
+            self.tensors += [*linears, *norms]
+            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer) for layer in linears)),
+                                 (ctypes.c_void_p * 4)(*(_pointer(t) for t in norms), *[None] * (4 - len(norms))),
+                                 cache.keys[i].data_ptr(), cache.values[i].data_ptr()))
+        self.layers = (_Layer * len(layers))(*layers)
+        self.n_layer = len(layers)
 
 
-def _key(layers, norms) -> tuple:
-    """Changes when the block's tensors are replaced (a copy, a dtype change)."""
-    return tuple(t.data_ptr() for t in (*(layer.weight for layer in layers), *norms) if t is not None)
-
-
-def _plan(block, layers, norms) -> _Plan | None:
-    """The block's plan, built on first use and after its tensors change; None when its linears
-    are not all chatterm kernels or its norms are not fp32."""
-    plan = _plans.get(block)
-    if plan is not None and plan.key == _key(layers, norms):
+def _plan(model, blocks, linears_of, norms_of, cache) -> _Plan | None:
+    plan = _plans.get(model)
+    if plan is _NOT_HERE:
+        return None
+    if plan is not None and plan.keys is cache.keys:
         return plan
-    if native.library() is None or not all(type(layer) in _KINDS for layer in layers):
+    applies = native.library() is not None and all(
+        all(type(layer) in _KINDS for layer in linears_of(b))
+        and all(t is None or t.dtype == torch.float32 for t in norms_of(b)) for b in blocks)
+    if not applies:
+        _plans[model] = _NOT_HERE
         return None
-    if not all(t is None or t.dtype == torch.float32 for t in norms):
-        return None
-    plan = _plans[block] = _Plan(layers, norms)
+    plan = _plans[model] = _Plan(blocks, linears_of, norms_of, cache)
     return plan
 
 
@@ -82,47 +95,61 @@ def _one_token(x: torch.Tensor, cache, n_kv_head: int, training: bool) -> bool:
             and not training)
 
 
-def gpt2_block_step(block, x: torch.Tensor, input_pos: torch.Tensor, cache) -> torch.Tensor | None:
-    """The GPT-2 block's output for one token (x: (1, 1, C) fp32), or None when the fused step
-    does not apply here (see the module docstring)."""
-    attn, mlp = block.attn, block.mlp
-    if not _one_token(x, cache, attn.n_head, block.training) or block.ln_1.eps != block.ln_2.eps:
+def _gpt2_linears(block):
+    return (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+
+
+def _gpt2_norms(block):
+    return (block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias)
+
+
+def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> torch.Tensor | None:
+    """GPT-2's residual stream after its last block for one token (x: (1, 1, C) fp32), or None
+    when the fused step does not apply (see the module docstring)."""
+    blocks = model.transformer.h
+    first = blocks[0]
+    if not _one_token(x, cache, first.attn.n_head, model.training) or first.ln_1.weight is None:
         return None
-    plan = _plan(block, (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj),
-                 (block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias))
-    if plan is None or block.ln_1.weight is None:
+    plan = _plan(model, blocks, _gpt2_linears, _gpt2_norms, cache)
+    if plan is None:
         return None
-    layer = attn.layer_idx
-    start, _ = cache.reserve(layer, input_pos, 1)
+    start, _ = cache.reserve(0, input_pos, 1)
     out = x.reshape(-1).clone()
-    failed = native.library().ct_gpt2_block_step(
-        plan.linears, *plan.norm_ptrs, block.ln_1.eps, out.data_ptr(), cache.keys[layer].data_ptr(),
-        cache.values[layer].data_ptr(), start, cache.max_len, attn.n_head, attn.head_dim,
-        _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads())
+    failed = native.library().ct_gpt2_layers_step(
+        plan.layers, plan.n_layer, first.ln_1.eps, out.data_ptr(), start, cache.max_len, first.attn.n_head,
+        first.attn.head_dim, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads())
     if failed:
         raise MemoryError("the CPU decode kernel could not allocate its buffers")
     return out.view(1, 1, -1)
 
 
-def llama_block_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
-                     cache) -> torch.Tensor | None:
-    """The Llama-family block's output for one token (x: (1, 1, C) fp32; cos, sin: this
-    position's rotary rows), or None when the fused step does not apply here."""
-    attn, mlp = block.attn, block.mlp
-    if not _one_token(x, cache, attn.n_kv_head, block.training) or block.attn_norm.eps != block.mlp_norm.eps:
+def _llama_linears(block):
+    return (block.attn.qkv, block.attn.out, block.mlp.gate_up, block.mlp.down)
+
+
+def _llama_norms(block):
+    return (block.attn_norm.weight, block.mlp_norm.weight)
+
+
+def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
+                      cache) -> torch.Tensor | None:
+    """A Llama-family model's residual stream after its last block for one token (x: (1, 1, C)
+    fp32; cos, sin: this position's rotary rows), or None when the fused step does not apply."""
+    blocks = model.layers
+    attn = blocks[0].attn
+    if not _one_token(x, cache, attn.n_kv_head, model.training):
         return None
     if cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()) or cos.numel() != attn.head_dim:
         return None
-    plan = _plan(block, (attn.qkv, attn.out, mlp.gate_up, mlp.down), (block.attn_norm.weight, block.mlp_norm.weight))
+    plan = _plan(model, blocks, _llama_linears, _llama_norms, cache)
     if plan is None:
         return None
-    layer = attn.layer_idx
-    start, _ = cache.reserve(layer, input_pos, 1)
+    start, _ = cache.reserve(0, input_pos, 1)
     out = x.reshape(-1).clone()
-    failed = native.library().ct_llama_block_step(
-        plan.linears, *plan.norm_ptrs, block.attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out.data_ptr(),
-        cache.keys[layer].data_ptr(), cache.values[layer].data_ptr(), start, cache.max_len, attn.n_head,
-        attn.n_kv_head, attn.head_dim, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads())
+    failed = native.library().ct_llama_layers_step(
+        plan.layers, plan.n_layer, blocks[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out.data_ptr(), start,
+        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, _CACHE_DTYPES[cache.keys.dtype],
+        torch.get_num_threads())
     if failed:
         raise MemoryError("the CPU decode kernel could not allocate its buffers")
     return out.view(1, 1, -1)

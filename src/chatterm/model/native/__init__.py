@@ -141,10 +141,10 @@ def declare(lib):
     lib.ct_attend_one.argtypes = [p, i64, p, p, i64, i64, p, i64, i64, i64, i64, ctypes.c_float, i32, i32]
     lib.ct_attend_one.restype = i32
     f32 = ctypes.c_float
-    lib.ct_gpt2_block_step.argtypes = [p, p, p, p, p, f32, p, p, p, i64, i64, i64, i64, i32, i32]
-    lib.ct_gpt2_block_step.restype = i32
-    lib.ct_llama_block_step.argtypes = [p, p, p, f32, p, p, p, p, p, i64, i64, i64, i64, i64, i32, i32]
-    lib.ct_llama_block_step.restype = i32
+    lib.ct_gpt2_layers_step.argtypes = [p, i64, f32, p, i64, i64, i64, i64, i32, i32]
+    lib.ct_gpt2_layers_step.restype = i32
+    lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, i32]
+    lib.ct_llama_layers_step.restype = i32
     for name in ("ct_dequant_bf16", "ct_dequant_q8", "ct_dequant_q4"):
         getattr(lib, name).restype = None
     return lib

@@ -568,3 +568,34 @@ int ct_llama_block_step(const ct_lin *lins, const float *attn_norm_w, const floa
     free(buf);
     return failed ? -1 : 0;
 }
+
+/* ---- a whole decode step's blocks in one call --------------------------------------------- */
+
+typedef struct {
+    ct_lin lins[4];
+    const float *norm[4]; /* GPT-2: ln_1 weight, bias, ln_2 weight, bias; Llama: the two RMSNorm weights */
+    void *kc, *vc;        /* this layer's cache: (heads, max_len, hs) */
+} ct_layer;
+
+int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, float *x, int64_t pos, int64_t max_len,
+                        int64_t n_head, int64_t hs, int half, int nthreads) {
+    for (int64_t l = 0; l < n_layer; l++) {
+        const ct_layer *L = &layers[l];
+        if (ct_gpt2_block_step(L->lins, L->norm[0], L->norm[1], L->norm[2], L->norm[3], eps, x, L->kc, L->vc, pos,
+                               max_len, n_head, hs, half, nthreads))
+            return -1;
+    }
+    return 0;
+}
+
+int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, const float *cos, const float *sin,
+                         float *x, int64_t pos, int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs,
+                         int half, int nthreads) {
+    for (int64_t l = 0; l < n_layer; l++) {
+        const ct_layer *L = &layers[l];
+        if (ct_llama_block_step(L->lins, L->norm[0], L->norm[1], eps, cos, sin, x, L->kc, L->vc, pos, max_len,
+                                n_head, n_kv_head, hs, half, nthreads))
+            return -1;
+    }
+    return 0;
+}
