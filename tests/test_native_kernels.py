@@ -309,3 +309,16 @@ def test_native_models_keep_an_fp16_cache_clamped_to_its_range(parrot):
     huge = torch.full((1, cache.keys.size(2), 1, cache.keys.size(4)), 1e6)
     cache.update(0, torch.tensor([0]), huge, -huge)
     assert float(cache.keys[0, 0, 0, 0, 0]) == 65504 and float(cache.values[0, 0, 0, 0, 0]) == -65504
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_model_keeps_no_view_of_the_loaded_weights(parrot, bits):
+    """Loaded from safetensors, the float tensors are views of the memory-mapped file, and one
+    view left behind (a bias, say) keeps every page quantizing read resident (~500 MB measured
+    on GPT-2 small). After packing nothing may share memory with what was loaded."""
+    model = copy.deepcopy(parrot[0])
+    originals = [*model.parameters(), *model.buffers()]  # held, so no address is reused
+    loaded = {t.untyped_storage().data_ptr() for t in originals}
+    pack_linears(model, bits)
+    kept = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    assert not kept & loaded

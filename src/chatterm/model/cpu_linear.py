@@ -178,11 +178,10 @@ def _copy_float_tensors(model: nn.Module) -> None:
             for key, tensor in module._parameters.items():
                 if tensor is not None:
                     module._parameters[key] = nn.Parameter(tensor.detach().float().clone(), requires_grad=False)
-            if isinstance(module, swapped):
-                continue
+            keep_dtype = isinstance(module, swapped)  # e.g. PyTorch's int8 kernel wants bf16 scales
             for key, tensor in module._buffers.items():
                 if tensor is not None and tensor.is_floating_point():
-                    module._buffers[key] = tensor.float().clone()
+                    module._buffers[key] = (tensor if keep_dtype else tensor.float()).clone()
 
 
 def _tied_embeddings(model: nn.Module, linears) -> dict:
