@@ -72,14 +72,14 @@ class _Plan:
         self.n_layer = len(layers)
 
 
-def _plan(model, blocks, linears_of, norms_of, cache) -> _Plan | None:
+def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | None:
     plan = _plans.get(model)
     if plan is _NOT_HERE:
         return None
     if plan is not None and plan.keys is cache.keys:
         return plan
     applies = native.library() is not None and all(
-        all(type(layer) in _KINDS for layer in linears_of(b))
+        all(type(layer) in _KINDS for layer in linears_of(b)) and shapes_fit(b)
         and all(t is None or t.dtype == torch.float32 for t in norms_of(b)) for b in blocks)
     if not applies:
         _plans[model] = _NOT_HERE
@@ -103,6 +103,15 @@ def _gpt2_norms(block):
     return (block.ln_1.weight, block.ln_1.bias, block.ln_2.weight, block.ln_2.bias)
 
 
+def _gpt2_shapes_fit(block) -> bool:
+    """The widths kernels.c assumes (it writes buffers of these sizes): checked once per plan."""
+    qkv, proj, fc, fc_proj = _gpt2_linears(block)
+    c = block.attn.n_head * block.attn.head_dim
+    return (qkv.in_features == c and qkv.out_features == 3 * c and (proj.in_features, proj.out_features) == (c, c)
+            and fc.in_features == c and fc_proj.in_features == fc.out_features and fc_proj.out_features == c
+            and all(t is not None and t.numel() == c for t in _gpt2_norms(block)[::2]))
+
+
 def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> torch.Tensor | None:
     """GPT-2's residual stream after its last block for one token (x: (1, 1, C) fp32), or None
     when the fused step does not apply (see the module docstring)."""
@@ -110,17 +119,12 @@ def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> 
     first = blocks[0]
     if not _one_token(x, cache, first.attn.n_head, model.training) or first.ln_1.weight is None:
         return None
-    plan = _plan(model, blocks, _gpt2_linears, _gpt2_norms, cache)
+    plan = _plan(model, blocks, _gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, cache)
     if plan is None:
         return None
-    start, _ = cache.reserve(0, input_pos, 1)
-    out = x.reshape(-1).clone()
-    failed = native.library().ct_gpt2_layers_step(
-        plan.layers, plan.n_layer, first.ln_1.eps, out.data_ptr(), start, cache.max_len, first.attn.n_head,
-        first.attn.head_dim, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads())
-    if failed:
-        raise MemoryError("the CPU decode kernel could not allocate its buffers")
-    return out.view(1, 1, -1)
+    return _run(x, input_pos, cache, lambda out, start, half, threads: native.library().ct_gpt2_layers_step(
+        plan.layers, plan.n_layer, first.ln_1.eps, out, start, cache.max_len, first.attn.n_head,
+        first.attn.head_dim, half, threads))
 
 
 def _llama_linears(block):
@@ -129,6 +133,16 @@ def _llama_linears(block):
 
 def _llama_norms(block):
     return (block.attn_norm.weight, block.mlp_norm.weight)
+
+
+def _llama_shapes_fit(block) -> bool:
+    """The widths kernels.c assumes (it writes buffers of these sizes): checked once per plan."""
+    qkv, out, gate_up, down = _llama_linears(block)
+    attn, c = block.attn, qkv.in_features
+    q, kv = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim
+    return (qkv.out_features == q + 2 * kv and (out.in_features, out.out_features) == (q, c)
+            and gate_up.in_features == c and gate_up.out_features == 2 * down.in_features and down.out_features == c
+            and attn.head_dim % 2 == 0 and all(t.numel() == c for t in _llama_norms(block)))
 
 
 def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
@@ -141,15 +155,19 @@ def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         return None
     if cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()) or cos.numel() != attn.head_dim:
         return None
-    plan = _plan(model, blocks, _llama_linears, _llama_norms, cache)
+    plan = _plan(model, blocks, _llama_linears, _llama_norms, _llama_shapes_fit, cache)
     if plan is None:
         return None
+    return _run(x, input_pos, cache, lambda out, start, half, threads: native.library().ct_llama_layers_step(
+        plan.layers, plan.n_layer, blocks[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out, start,
+        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, threads))
+
+
+def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, kernel) -> torch.Tensor:
+    """The cache's bookkeeping for the new position, then `kernel(out, start, half, threads)`
+    on a copy of the residual stream, which it updates in place."""
     start, _ = cache.reserve(0, input_pos, 1)
     out = x.reshape(-1).clone()
-    failed = native.library().ct_llama_layers_step(
-        plan.layers, plan.n_layer, blocks[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out.data_ptr(), start,
-        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, _CACHE_DTYPES[cache.keys.dtype],
-        torch.get_num_threads())
-    if failed:
+    if kernel(out.data_ptr(), start, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads()):
         raise MemoryError("the CPU decode kernel could not allocate its buffers")
     return out.view(1, 1, -1)
