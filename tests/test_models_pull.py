@@ -68,3 +68,19 @@ def test_extract_streams_and_hashes(tmp_path):
 def test_unknown_model_names_the_known_ones(capsys):
     assert main(["pull", "gpt-17"]) == 2
     assert "smollm2-135m-instruct" in capsys.readouterr().err
+
+
+def test_installed_model_names_reach_the_terminal_inert(tmp_path, monkeypatch, capsys):
+    """A file in the models folder may be named anything, escape sequences included."""
+    import argparse
+
+    from chatterm.models_command import cmd_models
+
+    monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path))
+    from chatterm.session.models import models_dir
+
+    models_dir().mkdir(parents=True, exist_ok=True)
+    (models_dir() / "evil\x1b]0;pwned\x07\x1b[2J.gguf").write_bytes(b"GGUF")
+    assert cmd_models(argparse.Namespace(known=False)) == 0
+    out = capsys.readouterr().out
+    assert "evil" in out and "\x1b" not in out and "\x07" not in out

@@ -32,6 +32,7 @@ def cmd_pull(args) -> int:
 
 def cmd_models(args) -> int:
     from .session.models import KNOWN_MODELS, describe_installed, models_dir
+    from .session.sanitize import printable
 
     if args.known:
         for model in KNOWN_MODELS.values():
@@ -41,5 +42,5 @@ def cmd_models(args) -> int:
     if not lines:
         print(f"no models installed in {models_dir()}; try: chatterm pull smollm2-135m-instruct", file=sys.stderr)
     for line in lines:
-        print(line)
+        print(printable(line))  # folder names in the models folder are anyone's
     return 0
