@@ -135,6 +135,7 @@ def test_input_edge_cases_reach_the_model_safely(parrot_checkpoint):
         list(session.send("y" * 300_000))
 
 
+@pytest.mark.slow
 def test_model_output_with_escape_sequences_is_made_inert(tmp_path):
     hostile = "User: hi\nAssistant: \x1b]52;c;cHdu\x07red \x1b[31mtext\x1b[0m\x1b[2J done\n"
     model, _ = train_parrot(steps=300, text=hostile)
@@ -187,6 +188,7 @@ def test_autosave_survives_kill_at_any_moment(tmp_path):
     assert all(p.name.endswith(".tmp") for p in leftovers)  # at most a stray temp file, never the target
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_reply_then_quits(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "babbler", tiny_model(seed=0))
     proc = subprocess.Popen(

@@ -58,6 +58,7 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (400, 400))  # a "disk" that fills after a few turns
 
 
+@pytest.mark.slow
 def test_plain_chat_on_a_full_disk_keeps_chatting_and_warns_on_stderr(tmp_path, parrot_checkpoint):
     """RLIMIT_FSIZE makes every write past 400 bytes fail with EFBIG, as a full disk fails with
     ENOSPC: the real write path, the real error."""
