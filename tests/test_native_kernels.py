@@ -322,3 +322,28 @@ def test_quantized_model_keeps_no_view_of_the_loaded_weights(parrot, bits):
     pack_linears(model, bits)
     kept = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     assert not kept & loaded
+
+
+def test_widths_the_kernels_do_not_take_fall_back_to_pytorch_layers():
+    """48 inputs are not whole blocks of 32: those layers take PyTorch's kernel, the model still
+    decodes (the fused step does not apply) and agrees with its float self."""
+    from chatterm.model import GPT, KVCache
+    from chatterm.model.config import GPTConfig
+    from chatterm.model.native_blocks import _NOT_HERE, _plans
+
+    def last_logits(m, ids=(1, 2, 3, 9, 40, 7, 120)):  # a prompt, then one token per step
+        cache = KVCache.for_model(m)
+        with torch.inference_mode():
+            logits = m(torch.tensor([ids[:3]]), torch.arange(3), cache)
+            for pos in range(3, len(ids)):
+                logits = m(torch.tensor([[ids[pos]]]), torch.tensor([pos]), cache)
+        return logits[0, -1]
+
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=48, block_size=64, vocab_size=200)).init_weights(3).eval()
+    want = last_logits(model)
+    pack_linears(model, 8)
+    assert isinstance(model.transformer.h[0].attn.c_attn, Int8Linear)
+    assert isinstance(model.transformer.h[0].mlp.c_proj, Q8Linear)  # 192 inputs: whole blocks
+    got = last_logits(model)
+    assert _plans.get(model) is _NOT_HERE
+    assert float((got - want).abs().max()) < 0.05 * float(want.abs().max())
