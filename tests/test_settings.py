@@ -212,10 +212,23 @@ def test_broken_themes_are_reported_and_skipped(tmp_path):
     (tmp_path / "types.toml").write_text('name = "types"\nprimary = "#fff"\ndark = "yes"\n')
     (tmp_path / "toml.toml").write_text('name = "x\n')
     os.mkfifo(tmp_path / "pipe.toml")  # opening a FIFO would wait for a writer forever
+    # Variables are pasted into every stylesheet that names them: one that does not parse there
+    # fails the whole stylesheet, and the app with it.
+    (tmp_path / "var.toml").write_text('name = "var"\nprimary = "#fff"\n'
+                                       '[variables]\n"footer-key-foreground" = "notacolour"\n')
+    (tmp_path / "style.toml").write_text('name = "style"\nprimary = "#fff"\n'
+                                         '[variables]\n"link-style" = "red"\n')
+    (tmp_path / "inject.toml").write_text('name = "inject"\nprimary = "#fff"\n'
+                                          '[variables]\n"link-color" = "red; } Screen { color: blue"\n')
+    (tmp_path / "good_vars.toml").write_text('name = "good_vars"\nprimary = "#fff"\n[variables]\n'
+                                             '"footer-key-foreground" = "$primary 30%"\n"link-style" = "bold"\n')
     themes, problems = _in_thread(lambda: load_themes([tmp_path]))
-    assert [t.name for t in themes] == ["ok"]
-    assert len(problems) == 4 and all("not a usable theme" in p for p in problems)
+    assert sorted(t.name for t in themes) == ["good_vars", "ok"]
+    assert len(problems) == 7 and all("not a usable theme" in p for p in problems)
     assert "is a FIFO" in next(p for p in problems if "pipe.toml" in p)
+    assert "footer-key-foreground = 'notacolour' is not a colour" in next(p for p in problems if "var.toml" in p)
+    assert "link-style = 'red' is not a text style" in next(p for p in problems if "style.toml" in p)
+    assert "is not a single value" in next(p for p in problems if "inject.toml" in p)
 
 
 @pytest.mark.slow
@@ -229,6 +242,8 @@ async def test_the_app_starts_with_a_broken_theme_chosen_and_conflicting_keys(tm
     monkeypatch.setenv("CHATTERM_CONFIG_DIR", str(config_dir))
     (config_dir / "themes").mkdir(parents=True)
     (config_dir / "themes" / "broken.toml").write_text('name = "broken"\nprimary = "not-a-colour"\n')
+    (config_dir / "themes" / "badvar.toml").write_text(
+        'name = "badvar"\nprimary = "#336699"\n[variables]\n"footer-key-foreground" = "notacolour"\n')
     config = AppConfig(theme="broken", keys={"retry": "f5", "undo": "f5", "clear": "ctrl+nonsense"})
     app = ChatApp(config, str(babbler), [])
     async with app.run_test() as pilot:
@@ -238,3 +253,5 @@ async def test_the_app_starts_with_a_broken_theme_chosen_and_conflicting_keys(tm
         assert "broken.toml: not a usable theme" in shown and "unknown or unusable theme 'broken'" in shown
         assert "undo: f5 is already bound to retry" in shown and "clear: ctrl+nonsense is not a key name" in shown
         assert app.checked_keys == {"retry": "f5"}
+        # The theme whose variable cannot be drawn was never registered: /theme cannot pick it.
+        assert "badvar.toml: not a usable theme" in shown and "badvar" not in app.available_themes
