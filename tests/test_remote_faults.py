@@ -57,6 +57,15 @@ def test_a_held_back_tail_is_released_when_the_stream_ends():
     assert done.text == "see Us" and done.stop_reason == "length"
 
 
+def test_a_lone_surrogate_from_the_server_becomes_a_replacement_character():
+    """JSON can spell "\\ud800": decoded as is, the reply could not be printed or saved."""
+    body = sse(chat_chunk("a\ud800b"), chat_chunk(None, "stop"))
+    with ScriptedServer([Scripted(body=body)]) as server:
+        events, done = run(RemoteBackend.open(server.url, mode="completion"))
+    assert done.text == "a\ufffdb" == shown(events)
+    done.text.encode("utf-8")
+
+
 def test_chat_mode_sends_messages_and_the_users_own_stops_only():
     settings = SamplingSettings(stop=["END"], seed=7, max_new_tokens=9)
     with ScriptedServer([Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))]) as server:

@@ -254,6 +254,65 @@ def test_two_processes_continuing_one_conversation_lose_no_turns(tmp_path):
     assert third.claim(read_conversation(saved)) == ""
 
 
+def test_loading_an_older_copy_never_overwrites_the_saved_chat(tmp_path):
+    """A `/save` copy keeps the conversation's id; loading it later and chatting on must not
+    autosave its older turns over the store's newer file of that id."""
+    from chatterm.session.persistence import write_conversation
+    from chatterm.session.saved_chats import SavedChats
+
+    store = ConversationStore(tmp_path / "c")
+    session = ChatSession(None, store=store, warn=lambda line: None)
+    session.conversation.add("user", "turn 1")
+    session.save()
+    original_id = session.conversation.id
+    backup = write_conversation(tmp_path / "backup.json", session.conversation)
+    session.conversation.add("user", "turn 2")
+    session.save()
+    line = SavedChats(session).open(str(backup))
+    assert session.conversation.id != original_id and "kept as it is" in line and original_id in line
+    session.conversation.add("user", "turn 2 of the copy")
+    session.save()
+    assert [t.text for t in read_conversation(store.file_for(original_id)).turns] == ["turn 1", "turn 2"]
+    assert [t.text for t in read_conversation(backup).turns] == ["turn 1"]
+    copy = read_conversation(store.file_for(session.conversation.id))
+    assert [t.text for t in copy.turns] == ["turn 1", "turn 2 of the copy"]
+    # The store's own file, or a copy whose id the store does not hold, keeps its id.
+    SavedChats(session).open(original_id)
+    assert session.conversation.id == original_id
+    lone = tmp_path / "lone.json"
+    lone.write_text(json.dumps({"id": "20260101-000000-0000abcd", "turns": [{"role": "user", "text": "x"}]}))
+    SavedChats(session).open(str(lone))
+    assert session.conversation.id == "20260101-000000-0000abcd"
+
+
+def test_lone_surrogates_in_a_loaded_file_become_replacement_characters(tmp_path):
+    """JSON can spell a lone UTF-16 surrogate. Decoded as is, the text could never be printed or
+    saved again: the next autosave failed, and in --plain the next message died in a traceback."""
+    path = tmp_path / "odd.json"
+    path.write_text('{"system": "s\\udfff", "turns": [{"role": "user", "text": "a\\ud800b \\ud83d\\ude00"}]}')
+    loaded = read_conversation(path)
+    assert loaded.turns[0].text == "a\ufffdb \U0001F600" and loaded.system == "s\ufffd"
+    store = ConversationStore(tmp_path / "c")
+    warnings = []
+    session = ChatSession(None, store=store, warn=warnings.append)
+    session.load_conversation(loaded)
+    session.conversation.add("user", "next")
+    session.save()
+    assert warnings == [] and read_conversation(store.file_for(session.conversation.id)).turns[-1].text == "next"
+
+
+def test_an_autosave_that_fails_on_the_text_is_a_warning_not_a_traceback(tmp_path):
+    store = ConversationStore(tmp_path / "c")
+    warnings = []
+    session = ChatSession(None, store=store, warn=warnings.append)
+    session.conversation.add("user", "cannot be UTF-8: \ud800")  # only code can make one now
+    session.save()  # raised AttributeError ('UnicodeEncodeError' has no 'strerror') from the handler
+    assert len(warnings) == 1 and warnings[0].startswith("autosave failed") and "surrogate" in warnings[0]
+    session.conversation.turns[-1].text = "fine"
+    session.save()
+    assert warnings[-1].startswith("autosave works again")
+
+
 def test_stray_temporary_files_are_cleaned_on_the_next_start(tmp_path):
     folder = tmp_path / "convs"
     folder.mkdir()

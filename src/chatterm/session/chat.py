@@ -194,8 +194,8 @@ class ChatSession:
             notice = self.store.claim(self.conversation)
             path = self.store.save(self.conversation)
         except (OSError, ValueError) as e:  # ValueError: a bug, but never worth a lost reply
-            where = e.filename or self.store.folder
-            failure = (f"autosave failed: {where}: {e.strerror or e}; the conversation is kept in memory "
+            where = getattr(e, "filename", None) or self.store.folder  # a ValueError has neither
+            failure = (f"autosave failed: {where}: {getattr(e, 'strerror', None) or e}; the conversation is kept in memory "
                        "and saving is retried after every message")
             if failure != self._save_failure:
                 self.warn(failure)

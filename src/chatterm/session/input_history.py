@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..atomic import atomic_write, remove_stray_temporaries
+from .sanitize import decode_json
 
 HISTORY_FILE = "input_history.json"
 DEFAULT_LIMIT = 500
@@ -40,7 +41,7 @@ class InputHistory:
         try:
             if not self.path.is_file() or self.path.stat().st_size > MAX_FILE_BYTES:
                 return []
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = decode_json(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             return []
         entries = data.get("entries") if isinstance(data, dict) else None

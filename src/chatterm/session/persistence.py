@@ -32,7 +32,7 @@ from ..atomic import atomic_write
 from ..regular_file import NotRegularFileError, read_regular
 from .conversation import Conversation, is_valid_id, new_conversation_id
 from .conversation_lock import ConversationLock
-from .sanitize import printable
+from .sanitize import decode_json, printable
 
 MAX_CONVERSATION_BYTES = 256 * 1024 * 1024  # far above any real chat; stops a stray 10 GB file
 _SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
@@ -92,7 +92,7 @@ def read_conversation(path: str | os.PathLike) -> Conversation:
     except OSError as e:
         raise NotAConversationError(f"{path}: cannot read it ({e.strerror})") from None
     try:
-        return Conversation.from_dict(json.loads(data.decode("utf-8")))
+        return Conversation.from_dict(decode_json(data.decode("utf-8")))
     except (UnicodeDecodeError, ValueError, TypeError, AttributeError, RecursionError):
         raise not_one from None
 

@@ -14,7 +14,6 @@ streaming request that can be abandoned at once.
 
 from __future__ import annotations
 
-import json
 import queue
 import socket
 import threading
@@ -25,6 +24,7 @@ import httpx
 from httpx_sse import EventSource, SSEError
 
 from .openai_stream import error_text
+from .sanitize import decode_json
 
 MAX_ERROR_CHARS = 240  # a server's error text is cut here: one line in the chat
 PROBE_TIMEOUT_S = 20.0  # for GETs when opening (model list, properties)
@@ -114,7 +114,7 @@ class ServerClient:
         if response.status_code >= 400:
             raise BackendError(self.describe_status(response.status_code, _body_message(response), url))
         try:
-            return response.json()
+            return decode_json(response.content)
         except ValueError:
             raise BackendError(f"{url} did not answer with JSON; is this an OpenAI-compatible server?") from None
 
@@ -130,7 +130,7 @@ class ServerClient:
         url = (self.address.root if root else self.address.api_base) + path
         try:
             response = self.http.post(url, json=body, timeout=timeout)
-            return response.json() if response.status_code < 400 else None
+            return decode_json(response.content) if response.status_code < 400 else None
         except (httpx.HTTPError, ValueError):
             return None
 
@@ -177,7 +177,7 @@ class ServerClient:
 
 def _body_message(response: httpx.Response) -> str:
     try:
-        return error_text(response.json())
+        return error_text(decode_json(response.content))
     except ValueError:
         return response.text[:MAX_ERROR_CHARS]
 
@@ -244,7 +244,7 @@ class EventStream:
                 return
             if response.headers.get("content-type", "").startswith("application/json"):
                 response.read()  # a server that does not stream: the whole reply as one chunk
-                self._put(StreamItem("data", data=response.json()))
+                self._put(StreamItem("data", data=decode_json(response.content)))
                 self._put(StreamItem("end", data="done"))
                 return
             for event in EventSource(response).iter_sse():
@@ -256,7 +256,7 @@ class EventStream:
                 if not event.data.strip():
                     continue
                 try:
-                    self._put(StreamItem("data", data=json.loads(event.data)))
+                    self._put(StreamItem("data", data=decode_json(event.data)))
                 except ValueError:
                     message = client.scrub(f"malformed event from the server: {event.data!r}")
                     self._put(StreamItem("fail", message=message))

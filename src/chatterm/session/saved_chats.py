@@ -5,7 +5,9 @@ chats list (`/chats`, `chatterm --resume`), `/load N|ID|PATH`, `chatterm -c`, re
 A reference is resolved in this order: a number is a line of the list last shown (or of the
 recent chats, if none was shown); an id names `<id>.json` in the store; anything else is a path.
 Loading never changes or moves the file it reads (`read_conversation`); a chat another chatterm
-has open is continued in a copy (the store's lock), and is never renamed or deleted.
+has open is continued in a copy (the store's lock), and is never renamed or deleted. A file from
+outside the store (a `/save` copy) whose id the store already holds is continued under a new id:
+autosave would otherwise overwrite the store's newer file with the older copy's turns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from pathlib import Path
 
 from .chat import ChatSession
-from .conversation import is_valid_id
+from .conversation import is_valid_id, new_conversation_id
 from .persistence import ChatSummary, NotAConversationError, read_conversation
 from .sanitize import printable
 
@@ -55,9 +57,14 @@ class SavedChats:
         """Make the chat `ref` names the session's conversation; returns a line saying what was loaded."""
         path = self.resolve(ref)
         conversation = read_conversation(path)
+        own = self._is_own(path)
+        forked = ""
+        if not own and self.session.store is not None and self.store.file_for(conversation.id).exists():
+            old, conversation.id = conversation.id, new_conversation_id()
+            forked = f" (saved chat {old} is kept as it is; this copy continues as {conversation.id})"
         self.session.load_conversation(conversation)
-        where = conversation.id if self._is_own(path) else str(path)
-        return f"loaded {len(conversation.turns)} turns from {where}: {summary_title(conversation.title)}"
+        where = conversation.id if own else str(path)
+        return f"loaded {len(conversation.turns)} turns from {where}: {summary_title(conversation.title)}{forked}"
 
     def open_latest(self) -> str:
         """Continue the most recent readable chat (`chatterm -c`)."""
