@@ -103,6 +103,44 @@ def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_and_nothing_else(tmp_
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_fuzzed_gguf_files_through_the_whole_load(tmp_path):
+    """Reading the file is the first step only: the backend then builds the tokenizer and chat
+    template from its metadata and packs the weights for the CPU kernels, computing with them
+    (a NaN weight once escaped from that check as a RuntimeError traceback)."""
+    original = _gguf_bytes()
+    LocalBackend.load(str(_write(tmp_path / "ok.gguf", original)))
+    rng = random.Random(4321)
+    path = tmp_path / "fuzzed.gguf"
+    loaded = 0
+    for i in range(300):
+        _write(path, _mutate(original, rng))
+        try:
+            LocalBackend.load(str(path))
+            loaded += 1
+        except CheckpointError as e:
+            assert "\n" not in str(e) and str(path) in str(e), (i, str(e))
+        except BaseException as e:  # noqa: BLE001 - exactly what this test is about
+            pytest.fail(f"mutation {i} raised {type(e).__module__}.{type(e).__name__}: {e}")
+    assert loaded > 30, loaded  # damaged weights still make a model
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
+def test_a_nan_weight_loads_and_the_reply_says_so(tmp_path, dtype):
+    """A NaN in a linear layer's weight: loading computes with the layer once (to check the CPU
+    kernels) and raised on a NaN tolerance; the quantized kernels turned a NaN activation into a
+    finite block, so the model babbled. Now it loads, and the reply ends with the error."""
+    import chatterm
+
+    model = tiny_model(seed=0, n_embd=64)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight[0, 0] = float("nan")
+    path = save_tiny_checkpoint(tmp_path / "nan", model)
+    done = chatterm.load(str(path), dtype=dtype).complete("hi", max_new_tokens=8, temperature=0)
+    assert done.stop_reason == "error" and "no finite logits" in done.error
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path

@@ -217,8 +217,7 @@ def _agrees(linear: nn.Linear) -> bool:
             got = PackedLinear(linear)(x).float()
     except RuntimeError:
         return False
-    tolerance = 1e-4 if linear.weight.dtype == torch.float32 else 2e-2
-    return bool(torch.allclose(got, want, rtol=tolerance, atol=tolerance * float(want.abs().max().clamp(min=1))))
+    return _close(got, want, 1e-4 if linear.weight.dtype == torch.float32 else 2e-2, floor=1.0)
 
 
 def _swap_agrees(linear: nn.Linear, make, bits: int | None) -> bool:
@@ -239,4 +238,13 @@ def _swap_agrees(linear: nn.Linear, make, bits: int | None) -> bool:
             want = F.linear(x, weight, None if linear.bias is None else linear.bias.float())
     except (RuntimeError, MemoryError):
         return False
-    return bool(torch.allclose(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max().clamp(min=1e-6))))
+    return _close(got, want, 2e-2, floor=1e-6)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tolerance: float, floor: float) -> bool:
+    """`got` equals `want` within `tolerance` of want's largest finite magnitude (at least
+    `floor`). A checkpoint's NaN or infinite weights give the same non-finite outputs on both
+    sides and compare equal: they are the model's problem, reported when it replies ("no finite
+    logits"), not a reason to fail loading with a traceback (a NaN tolerance used to raise)."""
+    scale = float(want.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max().clamp(min=floor))
+    return bool(torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale, equal_nan=True))

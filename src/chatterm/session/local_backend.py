@@ -85,7 +85,9 @@ class LocalBackend:
         parameters = ckpt.model.num_params()  # counted before packing turns weights into buffers
         weights = f"int{bits}" if bits else dtype_name(next(ckpt.model.parameters()).dtype)  # as loaded: a
         # bf16 model computes its norms and attention in fp32 after packing, its weights stay bf16
-        if not compile and not pack_linears(ckpt.model, bits) and bits:  # CPU only; a no-op elsewhere
+        with reading(ckpt.path, "its weights"):  # packing computes with them: any failure is this file's
+            packed = not compile and pack_linears(ckpt.model, bits)  # CPU only; a no-op elsewhere
+        if not compile and not packed and bits:
             raise ValueError(f"dtype {dtype!r}: this torch build has no weight-only int{bits} kernel; use bf16 or fp32")
         try:
             with reading(ckpt.path, "its tokenizer"):  # any failure, a Rust panic included

@@ -122,9 +122,15 @@ void ct_linear_bf16(const float *x, const uint16_t *w, const float *bias, float 
 static void quantize_row(const float *x, int8_t *xq, float *xd, float *xs, int64_t K) {
     for (int64_t b = 0; b < K / BLOCK; b++) {
         const float *v = x + b * BLOCK;
-        float amax = 0.0f;
-        for (int i = 0; i < BLOCK; i++) amax = fmaxf(amax, fabsf(v[i]));
-        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        float amax = 0.0f, nonfinite = 0.0f;
+        for (int i = 0; i < BLOCK; i++) {
+            amax = fmaxf(amax, fabsf(v[i]));
+            nonfinite += v[i] - v[i]; /* 0 for a number, NaN for NaN or inf */
+        }
+        /* fmaxf skips NaN and lrintf(NaN) is any integer: a NaN or inf activation would come out
+         * as a finite block, and a broken model would babble instead of being reported ("no
+         * finite logits"). A NaN scale carries it into the outputs as PyTorch's kernels would. */
+        float d = amax / 127.0f + nonfinite, inv = d > 0.0f ? 1.0f / d : 0.0f;
         int sum = 0;
         for (int i = 0; i < BLOCK; i++) {
             int q = (int)lrintf(v[i] * inv);
