@@ -183,6 +183,40 @@ def test_safetensors_header_that_is_a_list(tmp_path):
     assert "safetensors" in _one_line_error(path)
 
 
+@pytest.mark.parametrize("value", ["2", 2.0, True, -2, None])
+def test_the_json_beside_a_plain_state_dict_is_never_coerced(tmp_path, value):
+    """A plain .pt's head count comes from `<name>.json` beside it: int("2") or int(True) used to
+    load silently, the last as a one-head model of the wrong shape."""
+    path = tmp_path / "weights.pt"
+    torch.save(_micro_state_dict(), path)
+    (tmp_path / "weights.json").write_text(json.dumps({"n_head": value}))
+    text = _one_line_error(path)
+    assert "n_head" in text, text
+    (tmp_path / "weights.json").write_text(json.dumps({"n_head": 1}))
+    assert load_checkpoint(path).config.n_head == 1
+
+
+@pytest.mark.parametrize("key, value, vtype", [
+    ("llama.block_count", "1", "STRING"),
+    ("llama.block_count", 1.5, "FLOAT32"),
+    ("llama.attention.head_count", True, "BOOL"),
+    ("llama.attention.layer_norm_rms_epsilon", "1e-6", "STRING"),
+    ("llama.rope.freq_base", float("nan"), "FLOAT32"),
+    ("tokenizer.ggml.add_bos_token", 1, "UINT32"),
+])
+def test_gguf_metadata_of_the_wrong_type_is_never_coerced(tmp_path, key, value, vtype):
+    """GGUF values are typed; a string or float where a count belongs is a damaged or hostile
+    file, and int("1") or int(1.5) would build another model than the one described."""
+    from tiny_llama import hf_model, write_gguf
+
+    model = hf_model(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1)
+    path = write_gguf(tmp_path / "m.gguf", model, metadata={key: (value, vtype)})
+    with pytest.raises(CheckpointError) as err:
+        LocalBackend.load(str(path))
+    assert f"metadata {key} must be" in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("change, name", [
     ({"layer_norm_eps": "1e-5"}, "layer_norm_eps"),
     ({"n_layer": 2.0}, "n_layer"),

@@ -112,8 +112,10 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", template: str = CHATML) -> Path:
-    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`."""
+def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", template: str = CHATML,
+               metadata: dict | None = None) -> Path:
+    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`;
+    `metadata` ({key: (value, GGUFValueType name)}) replaces or adds values, types and all."""
     import gguf
 
     cfg = model.config
@@ -167,6 +169,8 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
             w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             w.add_tensor(name, np.ascontiguousarray(data))
+    for key, (value, vtype) in (metadata or {}).items():
+        w.kv_data[0][key] = gguf.GGUFValue(value=value, type=gguf.GGUFValueType[vtype])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -8,6 +8,7 @@ have `position_embd` and a fused `attn_qkv`. Metadata keys are prefixed by the a
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,40 +21,63 @@ _SAMPLING = {"temp": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p":
              "penalty_repeat": "repetition_penalty", "penalty_last_n": "repetition_window"}
 
 
+def typed(g, key: str, kind: type, default=None):
+    """Metadata value `key`, which must be of `kind` (int, float or bool); never coerced.
+
+    GGUF stores typed values, so a string or a float where a count belongs is a damaged or
+    hostile file: int("12") or int(2.5) would build a model other than the one described."""
+    value = g.field(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # an integer is a number; only the reverse would lose something
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)) \
+            or (kind is float and not math.isfinite(value)):
+        raise ValueError(f"metadata {key} must be {_KIND_NAMES[kind]}, got {value!r:.40}")
+    return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a finite number", bool: "true or false"}
+
+
 def config_from_metadata(g, arch: str, context: int | None):
     def f(key, default=None):
         return g.field(f"{arch}.{key}", default)
+
+    def n(key, default=None):  # an integer (a count or a width)
+        return typed(g, f"{arch}.{key}", int, default)
+
+    def x(key, default=None):  # a real number
+        return typed(g, f"{arch}.{key}", float, default)
 
     vocab = g.tensors["token_embd.weight"][1][0]
     tied = "output.weight" not in g.tensors
     if arch == "gpt2":  # the window is capped after loading: position embeddings have fixed rows
         return GPTConfig(
-            block_size=int(f("context_length")), vocab_size=vocab, n_layer=int(f("block_count")),
-            n_head=int(f("attention.head_count")), n_embd=int(f("embedding_length")), bias=True,
-            layer_norm_eps=float(f("attention.layer_norm_epsilon", 1e-5)), tie_embeddings=tied,
+            block_size=n("context_length"), vocab_size=vocab, n_layer=n("block_count"),
+            n_head=n("attention.head_count"), n_embd=n("embedding_length"), bias=True,
+            layer_norm_eps=x("attention.layer_norm_epsilon", 1e-5), tie_embeddings=tied,
         )
-    heads = int(f("attention.head_count"))
-    n_embd = int(f("embedding_length"))
+    heads = n("attention.head_count")
+    n_embd = n("embedding_length")
     scaling = None
     kind = f("rope.scaling.type")
     if kind == "linear":
-        scaling = {"rope_type": "linear", "factor": float(f("rope.scaling.factor"))}
+        scaling = {"rope_type": "linear", "factor": x("rope.scaling.factor")}
     elif kind not in (None, "none"):
         scaling = {"rope_type": kind}  # refused by LlamaConfig with a message naming it
     if "rope_freqs.weight" in g.tensors:  # Llama 3.1's scaling, stored as per-frequency divisors
         scaling = {"rope_type": "factors", "factors": g.tensor("rope_freqs.weight").tolist()}
-    trained = int(f("context_length", 2048))
+    trained = n("context_length", 2048)
     return LlamaConfig(
         block_size=context_window(trained, context),
         vocab_size=vocab,
-        n_layer=int(f("block_count")),
+        n_layer=n("block_count"),
         n_head=heads,
-        n_kv_head=int(f("attention.head_count_kv", heads)),
+        n_kv_head=n("attention.head_count_kv", heads),
         n_embd=n_embd,
-        intermediate_size=int(f("feed_forward_length")),
-        head_size=int(f("attention.key_length", 0) or f("rope.dimension_count", 0) or n_embd // heads),
-        rms_norm_eps=float(f("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(f("rope.freq_base", 10000.0)),
+        intermediate_size=n("feed_forward_length"),
+        head_size=n("attention.key_length", 0) or n("rope.dimension_count", 0) or n_embd // max(heads, 1),
+        rms_norm_eps=x("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=x("rope.freq_base", 10000.0),
         rope_scaling=scaling,
         attention_bias="blk.0.attn_q.bias" in g.tensors,
         tie_embeddings=tied,
@@ -137,8 +161,8 @@ def metadata(g, path: Path) -> dict:
             "scores": f("tokenizer.ggml.scores"),
             "bos_id": f("tokenizer.ggml.bos_token_id"),
             "eos_id": f("tokenizer.ggml.eos_token_id"),
-            "add_bos_token": bool(f("tokenizer.ggml.add_bos_token", False)),
-            "add_space_prefix": bool(f("tokenizer.ggml.add_space_prefix", True)),
+            "add_bos_token": typed(g, "tokenizer.ggml.add_bos_token", bool, False),
+            "add_space_prefix": typed(g, "tokenizer.ggml.add_space_prefix", bool, True),
             "stop_ids": [int(i) for i in stop if isinstance(i, int)],
         }
     sampling = {ours: f(f"general.sampling.{theirs}") for theirs, ours in _SAMPLING.items()}

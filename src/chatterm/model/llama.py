@@ -49,8 +49,8 @@ class LlamaConfig:
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:  # True is an int to Python
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r:.40}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"model config: n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if not self.head_size and self.n_embd % self.n_head:

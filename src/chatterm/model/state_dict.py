@@ -129,7 +129,7 @@ def infer_config(sd: dict[str, torch.Tensor], n_head: int | None, **overrides) -
         n_embd=int(n_embd),
         block_size=int(block_size),
         n_layer=n_layer,
-        n_head=int(n_head),
+        n_head=n_head,  # from a sidecar JSON: checked by GPTConfig, never coerced (int("2"), int(True))
         bias=bias,
         tie_embeddings=bool(tied),
     )
