@@ -152,11 +152,31 @@ def test_bad_device_names_are_refused_without_torch(name):
         check_device(name)
 
 
-@pytest.mark.parametrize("device", ["tpu", "cuda:abc"])
+@pytest.mark.parametrize("device", ["tpu", "cuda:abc", "cuda:-1", "mps:0", "cuda:"])
 def test_bad_device_flag_is_one_line_and_exit_2(capsys, device):
     assert main(["generate", "--device", device, "--prompt", "x"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"unknown device '{device}'" in err
+
+
+@pytest.mark.parametrize("command", [["bench", "--shape", "small", "--sections", "decode"],
+                                     ["train", "DATA", "OUT"]])
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"),
+                                             ("cuda:7", "CUDA is not available")])
+def test_bench_and_train_check_the_device_first(tmp_path, capsys, command, device, message):
+    """bench built its first model on the device (a torch traceback); train prepared the data
+    first, then raised a ValueError traceback."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this test is about a machine without CUDA")
+    text = tmp_path / "corpus.txt"
+    text.write_text("hello there\n" * 50)
+    argv = [str(text) if a == "DATA" else str(tmp_path / "out") if a == "OUT" else a for a in command]
+    assert main([*argv, "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing prepared or written
 
 
 def test_big_seed_flag_is_exact(capsys, parrot_checkpoint):

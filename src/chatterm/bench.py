@@ -104,7 +104,14 @@ def _hf_model(model):
 
 
 def run(args) -> int:
+    from .cli import UserError
     from .engine import torch_thread
+    from .model.device import pick_device
+
+    try:  # a bad --device is one line here, not a torch traceback from the first model built
+        args.device = str(pick_device(args.device))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     # All torch work on the one thread the app uses for it (see engine/torch_thread.py). The UI
     # section runs the app here, and the app sends its own torch work to that thread.

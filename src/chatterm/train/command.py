@@ -75,12 +75,16 @@ def run_prepare(args) -> int:
 
 def run_train(args) -> int:
     from ..cli import UserError
-    from ..model.device import DTYPE_NAMES
+    from ..model.device import DTYPE_NAMES, pick_device
     from .data import prepare_text
     from .trainer import train
 
     if args.save_dtype.strip().lower() not in DTYPE_NAMES:  # checked now, not at the first save
         raise UserError(f"--save-dtype {args.save_dtype!r}: use fp32, bf16 or fp16")
+    try:  # checked now, not after preparing the data (a ValueError traceback there)
+        pick_device(args.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     data = Path(args.data)
     if data.is_file():  # a raw text file: prepare it beside the output first
         prepared = Path(args.out) / "data"
