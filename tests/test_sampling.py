@@ -91,7 +91,7 @@ def test_temperature_zero_is_argmax_for_every_seed():
     assert picks == {int(logits.argmax())}
 
 
-@pytest.mark.parametrize("temperature", [1e-39, 1e-45, 5e-324])
+@pytest.mark.parametrize("temperature", [1e-39, 1e-45, 1e-46, 5e-324])
 def test_temperatures_too_small_to_divide_by_are_greedy(temperature):
     logits = torch.tensor([1.0, 30.0, 29.0, -5.0])
     s = SamplingSettings(temperature=temperature)
@@ -100,6 +100,10 @@ def test_temperatures_too_small_to_divide_by_are_greedy(temperature):
         result = sample(logits, empty, s, torch.Generator().manual_seed(seed), n_candidates=3)
         assert result.token_id == 1 and result.prob == result.prob  # not NaN
     assert torch.isfinite(filtered_logits(logits, empty, s)).all()
+    # Logits near zero: float32 holds 1e-46 as 0, and 0 / 0 was NaN.
+    quiet = torch.tensor([0.0, 1e-30, 0.0])
+    result = sample(quiet, empty, s, torch.Generator().manual_seed(0), n_candidates=3)
+    assert result.token_id == 1 and result.prob == result.prob
 
 
 def test_a_small_temperature_that_does_not_overflow_still_samples():

@@ -71,8 +71,8 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 def is_greedy(logits: torch.Tensor, temperature: float) -> bool:
     """True for temperature 0, and for temperatures so small that logits / temperature overflows."""
-    if temperature <= 0:
-        return True
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or one that float32 holds as 0 or a
+        return True  # subnormal: dividing near-zero logits by it gives 0/0 = NaN
     if temperature >= 1.0:  # no finite float32 logit can overflow
         return False
     finite = logits[torch.isfinite(logits)]
