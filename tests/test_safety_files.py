@@ -167,11 +167,52 @@ def test_save_and_export_replace_a_file_only_with_force_and_keep_its_mode(tmp_pa
     assert fresh.exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may give a file to another owner")
+def test_replacing_a_file_keeps_its_owner_group_and_mode(tmp_path):
+    """The rename that makes a save atomic gives the path a new inode, created by whoever saves:
+    root saving over a user's file with --force used to hand it to root."""
+    repl, _ = _plain(tmp_path)
+    target = tmp_path / "theirs.json"
+    target.write_text("old")
+    os.chown(target, 1234, 4321)
+    os.chmod(target, 0o2640)  # set-group-ID too: chown clears it, so the order matters
+    repl.commands.run(f"/save {target} --force")
+    info = target.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (1234, 4321, 0o2640)
+    assert read_conversation(target).turns
+
+
+def test_save_into_a_folder_that_does_not_exist_is_refused(tmp_path):
+    """`/save no/such/dir/x.json` made the folders: a typo became new folders on the user's disk."""
+    repl, err = _plain(tmp_path)
+    typo = tmp_path / "no" / "such" / "x.json"
+    repl.commands.run(f"/save {typo}")
+    assert err.text.strip() == f"{typo}: the folder {typo.parent} does not exist; choose another path"
+    assert not (tmp_path / "no").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    err.text = ""
+    repl.commands.run(f"/export {a_file / 'chat.md'}")
+    assert err.text.strip().endswith(f"the folder {a_file} is not a folder; choose another path")
+
+
 def test_export_makes_escape_sequences_inert(tmp_path):
     repl, _ = _plain(tmp_path)
     repl.commands.run(f"/export {tmp_path / 'chat.md'}")
     text = (tmp_path / "chat.md").read_text()
     assert "\x1b" not in text and "\x07" not in text and "a reply [2J" not in text and "with escapes" in text
+
+
+def test_saved_json_escapes_c1_controls_and_loads_back_the_same(tmp_path):
+    """json escapes C0 controls only; U+009B is CSI to some terminals, so `cat` of a saved chat
+    could still act. Escaped, the file is inert and reads back unchanged."""
+    repl, _ = _plain(tmp_path)
+    repl.session.conversation.add("user", "csi \x9b2J nel \x85 del \x7f é ✓")
+    target = tmp_path / "chat.json"
+    repl.commands.run(f"/save {target}")
+    raw = target.read_bytes()
+    assert not any(0x7F <= ord(c) <= 0x9F for c in raw.decode("utf-8")) and b"\\u009b" in raw
+    assert read_conversation(target).turns[-1].text == "csi \x9b2J nel \x85 del \x7f é ✓"
 
 
 @pytest.mark.parametrize("kind", ["symlink", "folder", "fifo", "device"])
@@ -345,6 +386,25 @@ def test_stray_temporary_files_of_the_config_and_the_input_history_are_cleaned(t
     load_config(config)
     InputHistory(history)
     assert not any(p.exists() for p in old) and fresh.exists() and other.exists()
+
+
+def test_a_checkpoint_save_removes_what_an_interrupted_save_left(tmp_path):
+    """A killed `chatterm convert` or `train` leaves `.model.safetensors.*.tmp` (as big as the
+    model) beside the checkpoint; the next save into that folder removes it once it is old."""
+    from chatterm.model import save_checkpoint
+    from helpers import tiny_model
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    stale = folder / ".model.safetensors.k2j3h4.tmp"
+    fresh = folder / ".chatterm.json.zzzz99.tmp"  # maybe another process writing now
+    other = folder / ".notes.txt.aaaa11.tmp"
+    for path in (stale, fresh, other):
+        path.write_text("half")
+    for path in (stale, other):
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    save_checkpoint(folder, tiny_model())
+    assert not stale.exists() and fresh.exists() and other.exists()
 
 
 def test_convert_writes_into_a_folder_with_files_only_with_force(tmp_path, capsys):

@@ -1,7 +1,9 @@
 """The one way chatterm replaces a file: write a temporary file beside it, fsync, rename over it.
 
 A crash at any moment leaves the old or the new version, never half of one. The file it replaces
-keeps its permissions; a new file gets `new_mode` (default: mkstemp's 0600, private). A process
+keeps its permissions, and its owner and group where this process may set them (root replacing
+another user's file); a new file gets `new_mode` (default: mkstemp's 0600, private). A rename
+gives the path a new inode: other hard links to the old file keep the old content. A process
 killed between writing and renaming (SIGKILL, power loss) leaves its `.<name>.<random>.tmp`:
 `remove_stray_temporaries(path)` removes those of one file once they are older than any write
 takes (the conversation store, which knows who is writing, cleans its own folder itself). Imports
@@ -25,14 +27,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, new_m
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        old = os.stat(path)
+        mode, owner = stat.S_IMODE(old.st_mode), (old.st_uid, old.st_gid)
     except (FileNotFoundError, NotADirectoryError):
-        mode = new_mode
+        mode, owner = new_mode, None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                try:  # before the mode: chown clears the set-user-ID bits
+                    os.fchown(f.fileno(), *owner)
+                except OSError:  # only root may give a file away; the user's own group may do
+                    _keep_group(f.fileno(), owner[1])
             if mode is not None:
                 os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -42,6 +50,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, new_m
             os.unlink(tmp)
         raise
     return path
+
+
+def _keep_group(fd: int, gid: int) -> None:
+    try:
+        os.fchown(fd, -1, gid)
+    except OSError:
+        pass
 
 
 STRAY_AGE_SECONDS = 600  # far longer than a write takes: an older temporary file is a leftover

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stray_temporaries
 from ..regular_file import NotRegularFileError, kind_of, open_regular, read_regular_text
 from . import native
 from . import state_dict as sdmod
@@ -102,6 +102,8 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
     if model.config.tie_embeddings:
         sd.pop("lm_head.weight", None)  # safetensors refuses shared storage; it is re-tied on load
     full_meta = {"format_version": FORMAT_VERSION, **(meta or {}), "model": model.config.to_dict()}
+    for name in (WEIGHTS_FILE, META_FILE):  # what an interrupted save here left (can be GBs)
+        remove_stray_temporaries(path / name)
     # 0644 for new files: mkstemp makes them private, and a model is meant to be shared
     atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(sd, tmp), new_mode=0o644)
     atomic_write(path / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(full_meta, indent=2)), new_mode=0o644)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from dataclasses import dataclass
@@ -76,6 +77,9 @@ def write_user_file(path: str | os.PathLike, text: str, *, force: bool = False) 
             raise FileRefusedError(f"{path}: is {kind}; chatterm only writes regular files, choose another path")
         if not force:
             raise FileRefusedError(f"{path}: already exists; add --force to replace it")
+    elif not path.parent.is_dir():  # a typo must not become new folders (as a shell's `>` would not)
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise FileRefusedError(f"{path}: the folder {path.parent} {what}; choose another path")
     return atomic_write_text(path, text)
 
 
@@ -104,7 +108,14 @@ def write_conversation(path: str | os.PathLike, conversation: Conversation, *, f
 
 def conversation_json(conversation: Conversation) -> str:
     # No indent: json's C encoder only runs without one, and a long chat is saved every turn.
-    return json.dumps(conversation.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(conversation.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    # json escapes C0 controls only; DEL and the C1 controls (U+009B is CSI to some terminals)
+    # are escaped too, so `cat` of a saved chat is inert. They only stand inside strings, where
+    # an escape is still valid JSON.
+    return _DEL_AND_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")
 
 
 @dataclass(frozen=True)

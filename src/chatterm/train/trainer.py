@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stray_temporaries
 from ..model import GPT, GPTConfig, pick_device, save_checkpoint
 from ..model.device import DTYPE_NAMES
 from ..session.template import DEFAULT_TEMPLATE
@@ -168,6 +168,7 @@ def _save_model(model: GPT, cfg: TrainConfig, tokenizer_spec: dict, state: dict,
 
 def _save_state(out: Path, model: GPT, opt, gen: torch.Generator, state: dict) -> None:
     snapshot = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state(), "progress": state}
+    remove_stray_temporaries(out / STATE_FILE)  # a run killed while saving left one (model + optimizer)
     atomic_write(out / STATE_FILE, lambda tmp: torch.save(snapshot, tmp))
 
 
