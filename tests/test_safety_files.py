@@ -112,20 +112,24 @@ def _error_of(fn, *args):
     return None
 
 
-def test_the_store_moves_aside_only_its_own_damaged_files(tmp_path):
+def test_a_damaged_file_in_the_store_is_one_line_and_stays_as_it_is(tmp_path):
+    """The store's own files are read like any other: a torn one is reported, never moved or
+    rewritten, and the chats list leaves it out."""
+    from chatterm.session.saved_chats import SavedChats
+
     store = ConversationStore(tmp_path / "c")
-    conversation = Conversation()
-    conversation.add("user", "hi")
-    own = store.save(conversation)
+    session = ChatSession(None, store=store)
+    session.conversation.add("user", "hi")
+    session.save()
+    own = store.path_for(session.conversation)
+    chat_id = session.conversation.id
+    session.clear()
     own.write_text('{"turns": [')  # torn by something else
-    foreign = tmp_path / "foreign.json"
-    foreign.write_text('{"turns": [')
-    with pytest.raises(NotAConversationError):
-        store.load(foreign)
-    assert foreign.read_text() == '{"turns": ['
-    with pytest.raises(NotAConversationError, match="kept as"):
-        store.load(conversation.id)
-    assert not own.exists() and list(store.folder.glob("*.corrupt-*"))
+    before = own.stat().st_mtime_ns
+    with pytest.raises(NotAConversationError, match="not a chatterm conversation"):
+        SavedChats(session).open(chat_id)
+    assert own.read_text() == '{"turns": [' and own.stat().st_mtime_ns == before
+    assert store.list_chats() == [] and sorted(p.name for p in store.folder.iterdir() if p.suffix == ".json") == [own.name]
 
 
 def _plain(tmp_path):

@@ -11,7 +11,6 @@ from .config import AppConfig, load_config, save_config
 from .conversation import Conversation, Turn
 from .persistence import (
     ConversationStore,
-    CorruptFileError,
     NotAConversationError,
     read_conversation,
     write_conversation,
@@ -21,6 +20,6 @@ from .template import DEFAULT_TEMPLATE, ChatTemplate
 __all__ = [
     "BackendInfo", "ChatBackend", "open_backend", "ChatSession", "clean_message", "COMMANDS", "Command", "CommandError",
     "is_command", "parse_command", "AppConfig", "load_config", "save_config", "Conversation", "Turn",
-    "ConversationStore", "CorruptFileError", "NotAConversationError", "read_conversation", "write_conversation", "DEFAULT_TEMPLATE",
+    "ConversationStore", "NotAConversationError", "read_conversation", "write_conversation", "DEFAULT_TEMPLATE",
     "ChatTemplate",
 ]

@@ -10,8 +10,8 @@
   but a regular file holding a conversation's JSON is one line, "PATH: not a chatterm conversation".
   It never blocks: the type is checked before opening, and the open is non-blocking.
 - `ConversationStore` is the autosave folder: files named by the conversation's id (validated, so
-  no path built from one leaves the folder); only its own damaged files are moved aside
-  (`*.corrupt-<time>`). While a process has a conversation open it holds an advisory lock on its
+  no path built from one leaves the folder). Its files are read like any other (`/load N|ID`
+  goes through `read_conversation`): a damaged one is one line and stays as it is. While a process has a conversation open it holds an advisory lock on its
   id (see conversation_lock.py); a second process that continues the same conversation forks a
   copy under a new id, so neither loses the other's turns. Stray temporary files of interrupted
   saves are removed when a store is opened. `list_chats` summarizes the recent ones (title made
@@ -42,10 +42,6 @@ _SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S
 
 class NotAConversationError(ValueError):
     """A file that is not a readable chatterm conversation; it has not been touched."""
-
-
-class CorruptFileError(NotAConversationError):
-    """One of the store's own autosave files could not be read; it has been moved aside."""
 
 
 class FileRefusedError(ValueError):
@@ -219,24 +215,6 @@ class ConversationStore:
             raise ValueError(f"chat {conversation_id} is the one open here; start a new chat first")
         if holder is not None:
             raise ValueError(f"chat {conversation_id} is open in another chatterm{holder}; not {what}")
-
-    def load(self, path_or_id: str | os.PathLike) -> Conversation:
-        """Load by id or path. Only the store's own files are moved aside when damaged."""
-        path = Path(path_or_id)
-        if is_valid_id(str(path_or_id)) and not path.exists():
-            path = self.folder / f"{path_or_id}.json"
-        own = path.suffix == ".json" and is_valid_id(path.stem) and path.resolve().parent == self.folder.resolve()
-        try:
-            return read_conversation(path)
-        except NotAConversationError as e:
-            if not own or not path.is_file() or path.is_symlink():
-                raise
-            aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            try:
-                os.replace(path, aside)
-            except OSError:
-                raise e from None
-            raise CorruptFileError(f"{path}: not a readable conversation; kept as {aside.name}") from None
 
     def clean_stray_files(self) -> list[Path]:
         """Remove temporary files left by saves that were interrupted (`.<id>.json.*.tmp`) whose
