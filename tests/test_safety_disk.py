@@ -81,6 +81,7 @@ def test_plain_chat_on_a_full_disk_keeps_chatting_and_warns_on_stderr(tmp_path, 
 async def test_the_tui_shows_an_autosave_failure_and_keeps_the_reply(tmp_path, parrot_checkpoint, monkeypatch):
     from chatterm.ui.app import ChatApp
     from chatterm.ui.prompt_input import PromptInput
+    from helpers import wait_until
 
     (tmp_path / "blocked").write_text("not a folder")
     monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path / "blocked"))
@@ -92,18 +93,19 @@ async def test_the_tui_shows_an_autosave_failure_and_keeps_the_reply(tmp_path, p
         await pilot.pause()
         await pilot.click(PromptInput)
         await pilot.press("h", "i", "enter")
-        for _ in range(200):  # poll: the reply and the warning arrive from the worker
-            await app.workers.wait_for_complete()
-            await pilot.pause()
-            if list(app._notifications):
-                break
+        await wait_until(pilot, lambda: len(app.session.conversation.turns) == 2 and list(app._notifications),
+                         what="the reply and the autosave warning")
         messages = [n.message for n in app._notifications]
         assert any(m.startswith("autosave failed: ") for m in messages), messages
         assert [t.text for t in app.session.conversation.turns] == ["hi", "hello there, friend"]
+        # The notification fades; the status bar keeps saying so until saving works again.
+        await wait_until(pilot, lambda: "not saved" in str(app.status.render()), what="the unsaved mark")
+        (tmp_path / "blocked").unlink()  # the disk is usable again
         await pilot.press("h", "o", "w", "space", "a", "r", "e", "space", "y", "o", "u", "?", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await wait_until(pilot, lambda: len(app.session.conversation.turns) == 4, what="the second reply")
         assert app.session.conversation.turns[-1].text == "very well, thank you"  # still running
+        await wait_until(pilot, lambda: "not saved" not in str(app.status.render()), what="the mark to go")
+        assert any(n.message.startswith("autosave works again") for n in app._notifications)
 
 
 def _can_mount_privately() -> bool:

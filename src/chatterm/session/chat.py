@@ -186,6 +186,11 @@ class ChatSession:
             return 0
         return self.backend.context_tokens(self.conversation, self.settings)
 
+    @property
+    def save_failure(self) -> str:
+        """The last autosave failure, "" while saving works (the TUI keeps it in its status bar)."""
+        return self._save_failure
+
     def save(self) -> None:
         """Autosave; a failure is a warning (once per kind of failure), never an exception."""
         if self.store is None or not self.conversation.turns:

@@ -319,6 +319,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
 
     def update_context(self) -> None:
         self.chat.mark_context(self.session.conversation.context_start)
+        self.status.unsaved = bool(self.session.save_failure)  # each turn is saved as it changes
         backend = self.session.backend
         if backend is not None:
             self.status.context = (self.session.context_tokens(), backend.info.context_window)

@@ -1,5 +1,6 @@
 """The status bar: model, device and dtype, a context meter, the reply's speed (live while it
-streams), a short note, and a spinner while the model loads or a reply streams.
+streams), a short note, "not saved" while autosave fails, and a spinner while the model loads or
+a reply streams.
 
 The bar is one line. When it is too narrow, the least useful parts go first (device, then the
 speed) so that the spinner, the model, the context meter and the note stay. Notes are kept short
@@ -30,6 +31,7 @@ class StatusBar(Widget):
     speed: reactive[str] = reactive("")  # "TTFT 0.12 s · 41.3 tok/s"
     note: reactive[str] = reactive("")  # "dropped 2 old turns to fit", an error
     busy: reactive[str] = reactive("")  # "loading model", "generating": shows a spinner
+    unsaved: reactive[bool] = reactive(False)  # autosave is failing: said until it works again
     _frame: reactive[int] = reactive(0)
 
     def on_mount(self) -> None:
@@ -76,4 +78,6 @@ class StatusBar(Widget):
             note = printable(self.note)
             note = note if len(note) <= NOTE_CELLS else note[: NOTE_CELLS - 1] + "…"
             parts.append((7, 5, Text(f"  {note}", style="italic")))
+        if self.unsaved:  # a notification fades; the chat must not look saved while it is not
+            parts.append((9, 6, Text("  ⚠ not saved", style="bold red")))
         return parts
