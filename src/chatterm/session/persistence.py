@@ -25,7 +25,6 @@ import json
 import os
 import re
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
