@@ -76,6 +76,22 @@ def test_folder_metadata_gives_stop_ids_template_and_sampling(hf_pair):
     assert tok.stop_ids == {2, 0} and tok.eot_id == 2
 
 
+@pytest.mark.parametrize("generation, recommended", [
+    ({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2},
+     {"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2, "repetition_window": 0}),
+    ({"do_sample": False, "temperature": 0.7, "top_k": 20, "repetition_penalty": 1.2},
+     {"temperature": 0, "repetition_penalty": 1.2, "repetition_window": 0}),
+    ({"do_sample": False}, {"temperature": 0}),
+    ({"temperature": True, "top_k": "40"}, None),
+])
+def test_generation_config_is_recommended_as_transformers_samples_with_it(tmp_path, generation, recommended):
+    """`do_sample: false` makes transformers' generate() greedy whatever the values say, and its
+    repetition penalty looks at the whole context: the recommendation says the same, so
+    `--temperature 0`-free runs of such a folder match transformers' own."""
+    folder = save_hf_folder(tmp_path / "m", hf_model("llama", seed=1), generation=generation)
+    assert load_checkpoint(folder).meta.get("sampling") == recommended
+
+
 def test_context_is_the_configs_capped_by_the_setting(hf_pair):
     _, folder = hf_pair
     assert load_checkpoint(folder).config.block_size == 256
@@ -146,6 +162,30 @@ def test_chatterm_generate_prints_transformers_greedy_text(kind, form, tmp_path,
     capsys.readouterr()
     flags = ["--temperature", "0", "--repetition-penalty", "1", "--max-new-tokens", "24"]  # plain greedy
     assert main(["generate", str(path), "--prompt", prompt, *flags]) == 0
+    assert capsys.readouterr().out == printable(tokenizer.decode(new)) + "\n"
+
+
+def test_generate_with_no_flags_samples_as_transformers_does_with_the_folder(tmp_path, capsys):
+    """The folder's generation_config.json says greedy with a repetition penalty: with no
+    sampling flag, `chatterm generate` prints what transformers' generate() gives that folder
+    (the penalty over the whole context, not the last 64 tokens)."""
+    from chatterm.cli import main
+    from chatterm.session.sanitize import printable
+    from tiny_llama import hf_tokenizer
+
+    tokenizer = hf_tokenizer()
+    reference = hf_model("llama", seed=3, vocab_size=len(tokenizer))
+    generation = {"do_sample": False, "temperature": 0.8, "repetition_penalty": 1.5, "eos_token_id": [2]}
+    path = save_hf_folder(tmp_path / "m", reference, generation=generation)
+    prompt = "The capital of France is the capital of France is"
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=80, do_sample=False, repetition_penalty=1.5,
+                                 eos_token_id=[2], pad_token_id=0)
+    new = out[0, len(ids):].tolist()
+    new = new[: next((n for n, i in enumerate(new) if i == 2), len(new))]
+    capsys.readouterr()
+    assert main(["generate", str(path), "--prompt", prompt, "--max-new-tokens", "80"]) == 0
     assert capsys.readouterr().out == printable(tokenizer.decode(new)) + "\n"
 
 

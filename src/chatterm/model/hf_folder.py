@@ -6,7 +6,8 @@ What is read:
 - `tokenizer.json` (recorded as a tokenizer spec, built by the engine), and
   `tokenizer_config.json` / `chat_template.jinja`: the Jinja chat template and the special tokens;
 - `generation_config.json`: end-of-sequence ids (every one of them stops a reply) and the
-  recommended sampling values, exposed as `meta["sampling"]`.
+  recommended sampling values, exposed as `meta["sampling"]` as transformers samples with them
+  (`do_sample: false` is greedy; the repetition penalty covers the whole context).
 
 Every file is read through regular_file.py: a FIFO or device in the folder is one line, never a
 read that blocks.
@@ -84,10 +85,21 @@ def folder_meta(path: Path) -> dict:
     template = _chat_template(path, tok_config)
     if template:
         meta["chat_template_jinja"] = template
-    sampling = {k: gen_config[k] for k in _SAMPLING_KEYS if isinstance(gen_config.get(k), (int, float))}
-    if sampling:
-        meta["sampling"] = sampling
+    meta.update(_recommended_sampling(gen_config))
     return meta
+
+
+def _recommended_sampling(gen_config: dict) -> dict:
+    """`{"sampling": {...}}` as transformers' `generate()` would sample with this folder: an
+    explicit `do_sample: false` is greedy whatever the values say, and its repetition penalty
+    looks at the whole context (window 0), not at llama.cpp's last 64 tokens."""
+    sampling = {k: gen_config[k] for k in _SAMPLING_KEYS
+                if isinstance(gen_config.get(k), (int, float)) and not isinstance(gen_config.get(k), bool)}
+    if gen_config.get("do_sample") is False:
+        sampling = {k: v for k, v in sampling.items() if k == "repetition_penalty"} | {"temperature": 0}
+    if "repetition_penalty" in sampling:
+        sampling["repetition_window"] = 0
+    return {"sampling": sampling} if sampling else {}
 
 
 def _chat_template(path: Path, tok_config: dict) -> str | None:
