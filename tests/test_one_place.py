@@ -132,12 +132,47 @@ def test_property_tests_draw_the_same_examples_on_every_run():
 
 
 def test_files_are_replaced_only_through_atomic_write():
-    """os.replace/rename put a file in place; only atomic.py does that for a write. The one other
-    use moves a damaged conversation aside (persistence.py), which writes nothing."""
+    """os.replace/rename put a file in place; only atomic.py does that."""
     moves = re.compile(r"\bos\.(replace|rename)\(|\.rename\(\s*\w+\s*\)|\.replace\(\s*\w+\s*\)\s*$")
     found = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
                    for line in p.read_text(encoding="utf-8").splitlines() if moves.search(line))
-    assert found == ["atomic.py", "session/persistence.py"], found
+    assert found == ["atomic.py"], found
+
+
+# -- one list of Hugging Face's Conv1D weights, one blocking loop ----------------------------------
+
+
+def test_hugging_faces_conv1d_weights_are_listed_once():
+    """GPT-2's Conv1D layers store their weights transposed; a second list of which ones (the
+    bench had its own) drifts from the loader's, and a weight loads the wrong way round."""
+    conv1d = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
+    lists = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                if len(names & conv1d) >= 2:
+                    lists.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert [where.split(":")[0] for where in lists] == ["model/state_dict.py"], lists
+
+
+def _runs_a_stream_to_its_end(node) -> bool:
+    """`for e in events: if isinstance(e, Finished): done = e`, and nothing else in the loop."""
+    if not isinstance(node, ast.For) or len(node.body) != 1 or not isinstance(node.body[0], ast.If):
+        return False
+    test, body = node.body[0].test, node.body[0].body
+    return (isinstance(test, ast.Call) and getattr(test.func, "id", "") == "isinstance"
+            and any(getattr(a, "id", "") == "Finished" for a in test.args)
+            and all(isinstance(b, ast.Assign) for b in body) and not node.body[0].orelse)
+
+
+def test_one_blocking_loop_runs_a_stream_to_its_end():
+    """engine/events.run_to_end is the blocking API over every stream (the Python API, the
+    generator's complete(), the bench): a copy elsewhere would differ in what a stream without a
+    Finished does."""
+    loops = [f"{p.relative_to(SRC)}:{n.lineno}" for p in SRC.rglob("*.py")
+             for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))) if _runs_a_stream_to_its_end(n)]
+    assert [where.split(":")[0] for where in loops] == ["engine/events.py"], loops
 
 
 def test_a_killed_pull_leaves_nothing_the_next_pull_does_not_remove():
