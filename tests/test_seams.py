@@ -4,6 +4,7 @@ layers of generation, live stop strings and content-derived tokenizer keys."""
 import io
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -267,6 +268,33 @@ def test_tokenizer_key_comes_from_content():
     assert Tokenizer.gpt2().key == Tokenizer.gpt2().key != Tokenizer.from_spec(spec).key
     builders = [PromptBuilder(Tokenizer.from_spec(spec), DEFAULT_TEMPLATE, 100) for _ in range(2)]
     assert builders[0].key == builders[1].key  # two objects, one vocabulary: cached ids carry over
+
+
+def test_hugging_face_and_gguf_tokenizer_keys_come_from_content(tmp_path):
+    """The same for Llama-family models: copies of one folder or one GGUF file share their keys
+    (cached ids carry over), another vocabulary or chat template does not."""
+    import json
+    import shutil
+
+    from tiny_llama import CHATML, hf_model, save_hf_folder, write_gguf
+
+    model = hf_model("llama", seed=1)
+    first = save_hf_folder(tmp_path / "a", model)
+    copy = Path(shutil.copytree(first, tmp_path / "copy"))
+    other_template = save_hf_folder(tmp_path / "t", model, template=CHATML.replace("<|im_end|>", "<|im_end|>!"))
+    other_vocab = Path(shutil.copytree(first, tmp_path / "v"))
+    spec = json.loads((other_vocab / "tokenizer.json").read_text())
+    spec["added_tokens"].append({**spec["added_tokens"][-1], "id": 399, "content": "<|extra|>"})
+    (other_vocab / "tokenizer.json").write_text(json.dumps(spec))
+    keys = {name: LocalBackend.load(path) for name, path in
+            [("first", first), ("copy", copy), ("template", other_template), ("vocab", other_vocab)]}
+    tok = {name: b.tokenizer.key for name, b in keys.items()}
+    prompts = {name: b.prompts.key for name, b in keys.items()}
+    assert tok["first"] == tok["copy"] == tok["template"] != tok["vocab"]
+    assert prompts["first"] == prompts["copy"] and prompts["template"] != prompts["first"] != prompts["vocab"]
+    gguf = write_gguf(tmp_path / "m.gguf", model)
+    gguf_copy = Path(shutil.copy(gguf, tmp_path / "copy.gguf"))
+    assert LocalBackend.load(gguf).tokenizer.key == LocalBackend.load(gguf_copy).tokenizer.key
 
 
 def test_switching_model_and_back_never_reuses_stale_ids(parrot_checkpoint, tmp_path):
