@@ -193,6 +193,7 @@ def test_parrot_recites_on_the_native_kernels(parrot, dtype):
     assert greedy(swapped) == want
 
 
+@pytest.mark.slow  # builds the kernels again in a subprocess: ~5 s
 def test_without_a_compiler_the_pytorch_kernels_stay(tmp_path, parrot_checkpoint):
     """No C compiler (or CHATTERM_NATIVE=0): int8 still loads, on PyTorch's own kernel."""
     code = ("from chatterm.model import native; from chatterm.session.local_backend import LocalBackend; "
