@@ -57,22 +57,28 @@ def reference_q4(layer, x):
     return y + (layer.bias.double() if layer.bias is not None else 0)
 
 
+# Widths of 8, 7 and 18 blocks: the SIMD loops take 4 and 2 blocks a step, then one at a time.
+WIDTHS = [256, 224, 576]
+
+
+@pytest.mark.parametrize("n_in", WIDTHS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
-def test_q8_kernel_is_the_block_integer_arithmetic(bias, rows):
-    layer = Q8Linear.from_linear(linear(256, 72, bias))
-    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+def test_q8_kernel_is_the_block_integer_arithmetic(bias, rows, n_in):
+    layer = Q8Linear.from_linear(linear(n_in, 72, bias))
+    x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(rows))
     with torch.inference_mode():
         got = layer(x).double()
     want = reference_q8(layer, x)
     assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())
 
 
+@pytest.mark.parametrize("n_in", WIDTHS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
-def test_q4_kernel_is_the_block_integer_arithmetic(bias, rows):
-    layer = Q4Linear.from_linear(linear(256, 72, bias))
-    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+def test_q4_kernel_is_the_block_integer_arithmetic(bias, rows, n_in):
+    layer = Q4Linear.from_linear(linear(n_in, 72, bias))
+    x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(rows))
     with torch.inference_mode():
         got = layer(x).double()
     want = reference_q4(layer, x)

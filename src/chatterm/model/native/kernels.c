@@ -23,6 +23,12 @@
 #include <immintrin.h>
 #define CT_AVX2 1
 #endif
+/* AVX-512 with VNNI (Intel since Cascade Lake, AMD since Zen 4): the same loops twice as wide,
+ * and one dpbusd for AVX2's maddubs + madd. Measured on a 2-core Xeon whose 300 MiB L3 holds
+ * GPT-2 small's int8 weights, where the loops are compute-bound: BENCHMARKS.md. */
+#if defined(CT_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define CT_AVX512 1
+#endif
 
 #define BLOCK 32
 /* How far ahead of the weight stream the kernels ask for cache lines: the hardware prefetcher
@@ -72,6 +78,50 @@ static inline float hsum(__m256 v) {
 }
 #endif
 
+#ifdef CT_AVX512
+/* The blocked loops below take two blocks (64 values) a step: one dpbusd gives 16 sums of 4
+ * products, the first 8 of block b, the last 8 of block b + 1. Each sum is scaled by its
+ * block's wd * xd. */
+
+/* 16 floats: a in the first 8, b in the last 8 (the scales of two blocks side by side). */
+static inline __m512 two_scales(float a, float b) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)), _mm256_castps_pd(_mm256_set1_ps(b)), 1));
+}
+
+/* The scales of blocks b..b+3, converted and multiplied four at a time (scalar conversions
+ * cost more than the dot products here): `lo` for the pair b, b+1, `hi` for b+2, b+3. */
+static inline void four_scales(const uint16_t *wd, const float *xd, __m512 *lo, __m512 *hi) {
+    __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)wd)), _mm_loadu_ps(xd));
+    __m512 wide = _mm512_castps128_ps512(s);
+    *lo = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), wide);
+    *hi = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2), wide);
+}
+
+/* Two q8 blocks of w times two of x. dpbusd multiplies unsigned by signed bytes: |x| times w
+ * with x's sign. */
+static inline __m512 q8_pair(const int8_t *w, const int8_t *x) {
+    __m512i wv = _mm512_loadu_si512((const void *)w), xv = _mm512_loadu_si512((const void *)x);
+    __m512i ws = _mm512_mask_sub_epi8(wv, _mm512_movepi8_mask(xv), _mm512_setzero_si512(), wv);
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(xv), ws));
+}
+
+/* Two q4 blocks (32 bytes of nibbles) times two of x; the nibbles are unsigned already. */
+static inline __m512 q4_pair(const uint8_t *w, const int8_t *x) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i r = _mm256_loadu_si256((const __m256i *)w);
+    __m256i lo = _mm256_and_si256(r, low4), hi = _mm256_and_si256(_mm256_srli_epi16(r, 4), low4);
+    /* 128-bit lanes [b0 lo, b1 lo, b0 hi, b1 hi] -> [b0 lo, b0 hi, b1 lo, b1 hi]: values in x's order */
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    q = _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_loadu_si512((const void *)x)));
+}
+
+static inline float hsum128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
+
 int ct_has_avx2(void) {
 #ifdef CT_AVX2
     return 1;
@@ -85,7 +135,18 @@ int ct_has_avx2(void) {
 static float dot_bf16(const uint16_t *w, const float *x, int64_t K) {
     int64_t k = 0;
     float sum = 0.0f;
-#ifdef CT_AVX2
+#if defined(CT_AVX512)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
+        __m512i wv = _mm512_loadu_si512((const void *)(w + k));
+        __m512 f0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(wv)), 16));
+        __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(wv, 1)), 16));
+        a0 = _mm512_fmadd_ps(f0, _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(f1, _mm512_loadu_ps(x + k + 16), a1);
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif defined(CT_AVX2)
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (; k + 32 <= K; k += 32) {
         _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
@@ -168,7 +229,20 @@ static void free_acts(qacts *a) { free(a->q); free(a->d); free(a->s); }
 static float dot_q8(const int8_t *w, const uint16_t *wd, const int8_t *xq, const float *xd, int64_t nb) {
     int64_t b = 0;
     float sum = 0.0f;
-#ifdef CT_AVX2
+#if defined(CT_AVX512)
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), lo, hi;
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)(w + b * BLOCK + PREFETCH_BYTES), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + b * BLOCK + PREFETCH_BYTES + 64), _MM_HINT_T0);
+        four_scales(wd + b, xd + b, &lo, &hi);
+        acc0 = _mm512_fmadd_ps(lo, q8_pair(w + b * BLOCK, xq + b * BLOCK), acc0);
+        acc1 = _mm512_fmadd_ps(hi, q8_pair(w + (b + 2) * BLOCK, xq + (b + 2) * BLOCK), acc1);
+    }
+    for (; b + 2 <= nb; b += 2)
+        acc0 = _mm512_fmadd_ps(two_scales(fp16_to_fp32(wd[b]) * xd[b], fp16_to_fp32(wd[b + 1]) * xd[b + 1]),
+                               q8_pair(w + b * BLOCK, xq + b * BLOCK), acc0);
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(CT_AVX2)
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (; b + 2 <= nb; b += 2) {
@@ -215,7 +289,24 @@ static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, co
                     const float *xs, int64_t nb) {
     int64_t b = 0;
     float sum = 0.0f, offsets = 0.0f;
-#ifdef CT_AVX2
+#if defined(CT_AVX512)
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), lo, hi;
+    __m128 off = _mm_setzero_ps();
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
+        four_scales(wd + b, xd + b, &lo, &hi);
+        acc0 = _mm512_fmadd_ps(lo, q4_pair(w + b * BLOCK / 2, xq + b * BLOCK), acc0);
+        acc1 = _mm512_fmadd_ps(hi, q4_pair(w + (b + 2) * BLOCK / 2, xq + (b + 2) * BLOCK), acc1);
+        off = _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + b))), _mm_loadu_ps(xs + b), off);
+    }
+    for (; b + 2 <= nb; b += 2) {
+        acc0 = _mm512_fmadd_ps(two_scales(fp16_to_fp32(wd[b]) * xd[b], fp16_to_fp32(wd[b + 1]) * xd[b + 1]),
+                               q4_pair(w + b * BLOCK / 2, xq + b * BLOCK), acc0);
+        offsets += fp16_to_fp32(wm[b]) * xs[b] + fp16_to_fp32(wm[b + 1]) * xs[b + 1];
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    offsets += hsum128(off);
+#elif defined(CT_AVX2)
     const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f);
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     for (; b + 2 <= nb; b += 2) {
