@@ -65,7 +65,7 @@ WIDTHS = [256, 224, 576]
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
 def test_q8_kernel_is_the_block_integer_arithmetic(bias, rows, n_in):
-    layer = Q8Linear.from_linear(linear(n_in, 72, bias))
+    layer = Q8Linear.from_linear(linear(n_in, 73, bias))  # an odd row count: rows go in pairs
     x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(rows))
     with torch.inference_mode():
         got = layer(x).double()
@@ -77,7 +77,7 @@ def test_q8_kernel_is_the_block_integer_arithmetic(bias, rows, n_in):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
 def test_q4_kernel_is_the_block_integer_arithmetic(bias, rows, n_in):
-    layer = Q4Linear.from_linear(linear(n_in, 72, bias))
+    layer = Q4Linear.from_linear(linear(n_in, 73, bias))
     x = torch.randn(rows, n_in, generator=torch.Generator().manual_seed(rows))
     with torch.inference_mode():
         got = layer(x).double()
