@@ -4,7 +4,7 @@ Why native code: PyTorch's weight-only int8/int4 kernels widen the weights to fl
 loop, and its bf16 matrix-vector product has no bf16 instructions to use on an AVX2 CPU; both
 end up well below what the memory bus allows (BENCHMARKS.md, issue 16). kernels.c does what
 llama.cpp does: bf16 weights widened in registers, and 8/4-bit weights multiplied by 8-bit
-activations in integers.
+activations in integers, with AVX2 or, where `-march=native` finds it, AVX-512 VNNI.
 
 How: the C file ships with the package. `library()` compiles it once per (source, compiler, CPU)
 with the system C compiler (`$CC`, else gcc, else cc) into the user's cache folder
