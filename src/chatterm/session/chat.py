@@ -200,7 +200,8 @@ class ChatSession:
             path = self.store.save(self.conversation)
         except (OSError, ValueError) as e:  # ValueError: a bug, but never worth a lost reply
             where = getattr(e, "filename", None) or self.store.folder  # a ValueError has neither
-            failure = (f"autosave failed: {where}: {getattr(e, 'strerror', None) or e}; the conversation is kept in memory "
+            reason = getattr(e, "strerror", None) or e
+            failure = (f"autosave failed: {where}: {reason}; the conversation is kept in memory "
                        "and saving is retried after every message")
             if failure != self._save_failure:
                 self.warn(failure)
