@@ -13,6 +13,7 @@ nothing from chatterm, so every layer can use it: conversations, exports and the
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import stat
@@ -40,7 +41,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, new_m
                 try:  # before the mode: chown clears the set-user-ID bits
                     os.fchown(f.fileno(), *owner)
                 except OSError:  # only root may give a file away; the user's own group may do
-                    _keep_group(f.fileno(), owner[1])
+                    with contextlib.suppress(OSError):
+                        os.fchown(f.fileno(), -1, owner[1])
             if mode is not None:
                 os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
@@ -50,13 +52,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], *, new_m
             os.unlink(tmp)
         raise
     return path
-
-
-def _keep_group(fd: int, gid: int) -> None:
-    try:
-        os.fchown(fd, -1, gid)
-    except OSError:
-        pass
 
 
 STRAY_AGE_SECONDS = 600  # far longer than a write takes: an older temporary file is a leftover

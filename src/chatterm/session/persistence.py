@@ -10,13 +10,14 @@
   but a regular file holding a conversation's JSON is one line, "PATH: not a chatterm conversation".
   It never blocks: the type is checked before opening, and the open is non-blocking.
 - `ConversationStore` is the autosave folder: files named by the conversation's id (validated, so
-  no path built from one leaves the folder). Its files are read like any other (`/load N|ID`
-  goes through `read_conversation`): a damaged one is one line and stays as it is. While a process has a conversation open it holds an advisory lock on its
-  id (see conversation_lock.py); a second process that continues the same conversation forks a
-  copy under a new id, so neither loses the other's turns. Stray temporary files of interrupted
-  saves are removed when a store is opened. `list_chats` summarizes the recent ones (title made
-  inert, one line, cut); `rename` and `delete` act only on the store's own `<id>.json` files, and
-  only while no chatterm has that conversation open (the lock is held for the moment they take).
+  no path built from one leaves the folder). Its files are read like any other (`/load N|ID` goes
+  through `read_conversation`): a damaged one is one line and stays as it is. While a process has
+  a conversation open it holds an advisory lock on its id (see conversation_lock.py); a second
+  process that continues the same conversation forks a copy under a new id, so neither loses the
+  other's turns. Stray temporary files of interrupted saves are removed when a store is opened.
+  `list_chats` summarizes the recent ones (title made inert, one line, cut); `rename` and
+  `delete` act only on the store's own `<id>.json` files, and only while no chatterm has that
+  conversation open (the lock is held for the moment they take).
 """
 
 from __future__ import annotations
