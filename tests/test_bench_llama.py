@@ -6,7 +6,7 @@ import torch
 
 from chatterm.bench_llama import find_llama_bench, requantize_gguf, write_gpt2_gguf
 from chatterm.model import load_checkpoint
-from chatterm.model.gguf_format import GGUFFile
+from chatterm.model.formats.gguf import GGUFFile
 from helpers import tiny_model
 
 pytest.importorskip("gguf")

@@ -7,8 +7,8 @@ import torch
 
 from chatterm.engine.tokenizer import Tokenizer
 from chatterm.model import GPT, CheckpointError, load_checkpoint
-from chatterm.model.gguf_format import GGUFFile
-from chatterm.model.llama import Llama
+from chatterm.model.formats.gguf import GGUFFile
+from chatterm.model.families.llama import Llama
 from chatterm.session.jinja_template import JinjaPromptBuilder
 from chatterm.session.local_backend import LocalBackend
 from helpers import tiny_model
@@ -121,14 +121,14 @@ def test_unsupported_architecture_and_quantization_are_named(tmp_path):
     f = GGUFFile(path)
     name = "blk.0.attn_q.weight"
     f.close()
-    # rewrite that tensor's type id (F32 = 0) to IQ2_XXS (16) in the tensor table
+    # rewrite that tensor's type id (F32 = 0) to I32 (26), an integer type no model weight has
     key = name.encode()
     at = raw.index(key) + len(key)
     n_dims = int.from_bytes(raw[at : at + 4], "little")
     type_at = at + 4 + 8 * n_dims
-    raw[type_at : type_at + 4] = (16).to_bytes(4, "little")
+    raw[type_at : type_at + 4] = (26).to_bytes(4, "little")
     (tmp_path / "iq.gguf").write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match="quantization type IQ2_XXS is not supported"):
+    with pytest.raises(CheckpointError, match="quantization type I32 is not supported"):
         load_checkpoint(tmp_path / "iq.gguf")
 
 

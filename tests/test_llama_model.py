@@ -9,7 +9,7 @@ from chatterm.engine.generator import Generator
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.tokenizer import Tokenizer
 from chatterm.model import CheckpointError, KVCache, load_checkpoint, pack_linears
-from chatterm.model.llama import Llama, LlamaConfig, rotary_frequencies
+from chatterm.model.families.llama import Llama, LlamaConfig, rotary_frequencies
 from chatterm.session.local_backend import LocalBackend
 from tiny_llama import SMOLLM2, hf_model, save_hf_folder
 

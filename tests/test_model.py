@@ -220,7 +220,7 @@ def test_our_format_round_trips_as_folder_and_single_file(tmp_path):
 def test_bf16_load_runs(tmp_path):
     model = tiny_model(seed=9)
     save_checkpoint(tmp_path / "m", model, {})
-    ckpt = load_checkpoint(tmp_path / "m", dtype=torch.bfloat16)
+    ckpt = load_checkpoint(tmp_path / "m", precision="bf16")
     assert next(ckpt.model.parameters()).dtype == torch.bfloat16
     with torch.inference_mode():
         out = ckpt.model(torch.tensor([[1, 2, 3]]))

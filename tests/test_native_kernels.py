@@ -256,7 +256,7 @@ def _decode(model, prompt, steps):
 def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
     import chatterm.model.gpt as gpt
     from chatterm.model import GPT
-    from chatterm.model.config import GPTConfig
+    from chatterm.model.families.gpt2 import GPTConfig
 
     config = GPTConfig(n_layer=3, n_head=4, n_embd=64, block_size=128, vocab_size=300)
     model = GPT(config).init_weights(5).eval().to(torch.bfloat16 if dtype == "bf16" else torch.float32)
@@ -335,7 +335,7 @@ def test_widths_the_kernels_do_not_take_fall_back_to_pytorch_layers():
     """48 inputs are not whole blocks of 32: those layers take PyTorch's kernel, the model still
     decodes (the fused step does not apply) and agrees with its float self."""
     from chatterm.model import GPT, KVCache
-    from chatterm.model.config import GPTConfig
+    from chatterm.model.families.gpt2 import GPTConfig
     from chatterm.model.native_blocks import _NOT_HERE, _plans
 
     def last_logits(m, ids=(1, 2, 3, 9, 40, 7, 120)):  # a prompt, then one token per step

@@ -62,8 +62,10 @@ def _model(args, dtype):
 
     from .model import GPT, load_checkpoint, shape
 
-    if args.checkpoint:
-        return load_checkpoint(args.checkpoint, device=args.device, dtype=dtype).model
+    if args.checkpoint:  # plain layers in `dtype`, packed by the caller as for the built shapes
+        from .model.device import dtype_name
+
+        return load_checkpoint(args.checkpoint, device=args.device, precision=dtype_name(dtype or torch.float32)).model
     torch.manual_seed(0)
     return GPT(shape(args.shape)).init_weights(0).to(args.device, dtype).eval()
 
@@ -96,7 +98,7 @@ def _hf_model(model):
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
         layer_norm_epsilon=c.layer_norm_eps, attn_implementation="sdpa"))
-    from .model.state_dict import HF_CONV1D_WEIGHTS
+    from .model.formats.state_dicts import HF_CONV1D_WEIGHTS
 
     sd = {k: (v.t() if k.endswith(HF_CONV1D_WEIGHTS) else v) for k, v in model.state_dict().items()}
     hf.load_state_dict(sd, strict=False)

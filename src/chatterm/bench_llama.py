@@ -90,12 +90,10 @@ def _our_generator(path: Path, dtype: str, tokenizer_for):
     import torch
 
     from .engine.generator import Generator
-    from .model import load_checkpoint, pack_linears, pick_precision
+    from .model import load_checkpoint, precision_name
     from .model.cpu_linear import linear_kinds
 
-    float_dtype, bits = pick_precision(dtype, torch.device("cpu"))
-    model = load_checkpoint(path, dtype=float_dtype).model
-    pack_linears(model, bits)
+    model = load_checkpoint(path, precision=precision_name(dtype, torch.device("cpu")), inference=True).model
     how = linear_kinds(model)
     return Generator(model, tokenizer_for(model)), how
 
@@ -130,7 +128,7 @@ def write_gpt2_gguf(model, path: Path, qtype: str) -> None:
     import gguf
 
     from .engine.tokenizer import _BPE_DIR as BPE_DIR  # the GPT-2 files shipped with the engine
-    from .model.gguf_names import _gpt2_names
+    from .model.families.gpt2 import gguf_tensors
 
     c = model.config
     w = gguf.GGUFWriter(str(path), "gpt2")
@@ -152,9 +150,10 @@ def write_gpt2_gguf(model, path: Path, qtype: str) -> None:
     w.add_bos_token_id(50256)
     w.add_eos_token_id(50256)
     sd = model.state_dict()
-    for ours, (theirs,) in _gpt2_names(c).items():
+    for ours, sources in gguf_tensors(c, "gpt2").items():
         if ours == "lm_head.weight" and c.tie_embeddings:
             continue
+        theirs = sources.parts[0].name
         tensor_type = "Q8_0" if qtype.startswith("Q4") and theirs == "token_embd.weight" else qtype
         data, raw = _quantized(sd[ours].float().numpy(), tensor_type)
         w.add_tensor(theirs, data, raw_dtype=raw)
@@ -168,7 +167,7 @@ def requantize_gguf(source: Path, path: Path, qtype: str) -> None:
     """A copy of GGUF `source` with every 2-D tensor in `qtype` (metadata copied as is)."""
     import gguf
 
-    from .model.gguf_format import GGUFFile
+    from .model.formats.gguf import GGUFFile
 
     reader = gguf.GGUFReader(str(source))
     arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")

@@ -436,13 +436,14 @@ def _check_convert_destination(dst: Path, force: bool) -> None:
 
 def cmd_convert(args) -> int:
     from .model import GPT, load_checkpoint, pick_dtype, save_checkpoint
+    from .model.device import dtype_name
 
     try:
         dtype = pick_dtype(args.dtype, __import__("torch").device("cpu"))
     except ValueError as e:
         raise UserError(str(e)) from None
     _check_convert_destination(Path(args.dst).expanduser(), args.force)
-    ckpt = load_checkpoint(args.src, dtype=dtype, n_head=args.n_head)
+    ckpt = load_checkpoint(args.src, precision=dtype and dtype_name(dtype), n_head=args.n_head)
     if not isinstance(ckpt.model, GPT):  # chatterm's format holds GPT configs only
         raise UserError(f"{args.src}: converting {type(ckpt.model).__name__} models is not supported; "
                         "chatterm opens this file or folder directly")

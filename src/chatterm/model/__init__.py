@@ -1,4 +1,6 @@
-"""Torch modules and checkpoint formats: the bottom layer, it knows nothing of text.
+"""Model families (torch modules), checkpoint formats, the loader that joins them, and the CPU
+layers and kernels: the bottom layer. It reads the tokenizer and chat template that come with a
+checkpoint into its metadata, but never uses them: text is the engine's.
 
 Importing this package does not import torch: the pieces load on first use, so the command line
 and the config check (`model.device.check_device`) stay fast.
@@ -8,11 +10,11 @@ from importlib import import_module
 
 _LAZY = {
     "Checkpoint": ".checkpoint", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
-    "SHAPES": ".config", "GPTConfig": ".config", "shape": ".config",
+    "SHAPES": ".families.gpt2", "GPTConfig": ".families.gpt2", "shape": ".families.gpt2",
     "pack_linears": ".cpu_linear",
-    "pick_device": ".device", "pick_dtype": ".device", "pick_precision": ".device",
+    "pick_device": ".device", "pick_dtype": ".device", "pick_precision": ".device", "precision_name": ".device",
     "CheckpointError": ".errors",
-    "GPT": ".gpt",
+    "GPT": ".families.gpt2",
     "KVCache": ".kv_cache",
 }
 

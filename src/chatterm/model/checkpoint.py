@@ -1,6 +1,9 @@
-"""Load and save checkpoints; the format is detected from what is on disk.
+"""Load and save checkpoints; the format is detected from what is on disk, and the model is
+built by model/loader.py from the tensors the format yields.
 
 Formats read:
+0. GGUF files (formats/gguf.py) and Hugging Face folders of the families other than GPT-2
+   (formats/hf_folder.py, formats/safetensors_files.py), read a tensor at a time;
 1. ours: a folder with `model.safetensors` + `chatterm.json`, or one `.safetensors` file whose
    header metadata carries the same JSON under the key "chatterm". The JSON holds the model
    config, the tokenizer spec, the chat template and training info. No pickle anywhere.
@@ -28,14 +31,15 @@ import torch
 
 from ..atomic import atomic_write, remove_stray_temporaries
 from ..regular_file import NotRegularFileError, kind_of, open_regular, read_regular_text
-from . import native
-from . import state_dict as sdmod
-from .config import GPTConfig
+from . import loader, native
 from .errors import CheckpointError, json_object, reading
 from .errors import first_line as _first_line
-from .gpt import GPT
+from .families import families, family_for, family_for_gguf
+from .families.gpt2 import GPTConfig
+from .formats import DictSource
+from .formats import state_dicts as sdmod
+from .formats.gguf import readable_types
 from .memory import check_fits
-from .registry import ARCHITECTURES, build_model, cap_context
 
 META_FILE = "chatterm.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -47,10 +51,10 @@ MAX_JSON_BYTES = 64 * 1024 * 1024  # a config or tokenizer file; bigger is not o
 class Checkpoint:
     """A loaded model with everything that came with it."""
 
-    model: GPT
-    config: GPTConfig
+    model: torch.nn.Module  # a family's module (families/)
+    config: object  # its config
     path: Path
-    format: str  # "chatterm", "nanogpt", "state_dict", "huggingface"
+    format: str  # "gguf", "chatterm", "nanogpt", "state_dict", "huggingface"
     meta: dict = field(default_factory=dict)  # tokenizer spec, chat template, training info
 
     @property
@@ -62,37 +66,48 @@ def load_checkpoint(
     path: str | os.PathLike,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    precision: str | None = None,
+    inference: bool = False,
     n_head: int | None = None,
     context: int | None = None,
     progress=None,
 ) -> Checkpoint:
-    """Load any supported checkpoint; weights end up on `device` in `dtype` (default: as stored,
-    floats widened to fp32 when stored in half precision on the CPU). `context` caps the context
-    window; `progress(what, fraction)` is called while big files load (other families only)."""
+    """Load any supported checkpoint (see model/loader.py for what `precision` and `inference`
+    do: for inference on the CPU each tensor goes straight into the layer that computes with
+    it, as stored unless `precision` says otherwise; else plain torch layers, trainable, in the
+    stored float dtype or `precision`). `context` caps the context window; `progress(what,
+    fraction)` is called while weights are read. The memory check runs before any weight is read
+    where the format allows (GGUF files, safetensors), with the bytes the model will really take."""
     path = Path(path).expanduser()
+    device = torch.device(device)
     _check_kind(path, folder_ok=True)
-    element_size = dtype.itemsize if dtype is not None else 4  # "as stored" is fp32 on the CPU
-
-    def fits(config: GPTConfig, already_loaded: int = 0) -> None:
-        check_fits(config, element_size, str(device), path, already_loaded=already_loaded)
-
     with reading(path):
-        family = _read_family(path, context, progress, fits)  # GGUF files, Llama-family HF folders
-        if family is not None:
-            fmt, model, meta = family
-            config, sd = model.config, model.state_dict()
-        else:
-            fmt, config, sd, meta = _read(path, n_head, fits)
-            fits(config, sum(t.numel() * t.element_size() for t in sd.values()))
-            model = _build(config, sd, path)
-    target = dtype or _default_dtype(sd, device)
-    model.to(device=device, dtype=target).eval()
-    cap_context(model, context)
+        fmt, family, config, source, tensor_map, meta, strict = _open(path, n_head, context)
+        try:
+            build = dict(precision=precision, device=device, inference=inference)
+            model = loader.empty_model(family, config)
+            weights = loader.stored_bytes(model, source, tensor_map, precision, cpu=inference and device.type == "cpu")
+            already = sum(t.numel() * t.element_size() for t in source.sd.values()) if strict else 0
+            check_fits(config, weights, _cache_element_size(precision, device, inference), device, path,
+                       already_loaded=already, context=context)
+            model = loader.assemble(family, model, source, tensor_map, path, strict=strict, progress=progress, **build)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+    loader.cap_context(model, context, family)
     return Checkpoint(model=model, config=model.config, path=path, format=fmt, meta=meta)
 
 
-def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = None) -> Path:
+def _cache_element_size(precision, device: torch.device, inference: bool) -> int:
+    """Bytes per KV-cache value: fp16 where chatterm's CPU kernels run (their attention reads an
+    fp16 cache), else the model's float size."""
+    if inference and device.type == "cpu" and native.library() is not None and precision != "fp32":
+        return 2
+    return 2 if precision in ("bf16", "fp16") or device.type != "cpu" else 4
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict | None = None) -> Path:
     """Write our format: `path/model.safetensors` + `path/chatterm.json`, each atomically."""
     from safetensors.torch import save_file
 
@@ -113,45 +128,91 @@ def save_checkpoint(path: str | os.PathLike, model: GPT, meta: dict | None = Non
 # --- reading ---------------------------------------------------------------------------------
 
 
-def _read_family(path: Path, context, progress, fits):
-    """(format, model, meta) when the registry's loaders own this path, else None. `fits(config)`
-    is called before any weight is read."""
-    from .gguf_format import is_gguf, read_gguf
-    from .hf_folder import is_hf_family_folder, read_hf_folder
+def _open(path: Path, n_head: int | None, context: int | None):
+    """(format, family, config, tensor source, tensor map, meta, strict) for whatever is at
+    `path`; nothing but headers and configs is read yet, except for the small pickled formats."""
+    from .formats.gguf import GGUFFile, is_gguf
+    from .formats.hf_folder import folder_meta, hf_family_folder_shards, is_hf_family_folder
+    from .formats.safetensors_files import SafetensorsFiles
 
     if is_gguf(path):
-        model, _, meta = read_gguf(path, context, progress, fits)
-        return "gguf", model, meta
+        gguf = GGUFFile(path)
+        try:
+            family = family_for_gguf(gguf.field("general.architecture"), path)
+            unreadable = sorted({t.type_name for t in gguf.tensors.values()} - set(readable_types()))
+            if unreadable:
+                raise CheckpointError(f"{path}: quantization type {', '.join(unreadable)} is not supported "
+                                      f"(supported: {', '.join(readable_types())})")
+            arch = gguf.field("general.architecture")
+            try:
+                config = family.config_from_gguf(gguf, arch, context)
+            except (KeyError, ValueError, TypeError) as e:
+                raise CheckpointError(f"{path}: cannot read this GGUF file ({_first_line(e)})") from e
+            return "gguf", family, config, gguf, family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
+        except BaseException:
+            gguf.close()
+            raise
     if is_hf_family_folder(path):
-        model, _, meta = read_hf_folder(path, context, progress, fits)
-        return "huggingface", model, meta
-    return None
+        raw = _read_json(path / "config.json")
+        family = family_for(raw.get("model_type") or next(iter(raw.get("architectures") or []), None), path / "config.json")
+        try:
+            config = family.config_from_hf(raw, context)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            raise CheckpointError(f"{path / 'config.json'}: bad model config ({_first_line(e)})") from e
+        source = SafetensorsFiles(path, hf_family_folder_shards(path))
+        return "huggingface", family, config, source, family.hf_tensors(config), folder_meta(path), False
+    if _is_our_safetensors(path):
+        meta, weights = _our_meta(path)
+        family = families().get((meta.get("model") or {}).get("architecture", "gpt2") if isinstance(meta.get("model"), dict) else "gpt2")
+        if family is None:
+            raise CheckpointError(f"{path}: unknown model architecture in its metadata")
+        config = _config_from(meta.get("model"), path, family)
+        source = SafetensorsFiles(weights.parent, [weights.name])
+        return "chatterm", family, config, source, own_tensors(family, config), meta, False
+    fmt, config, sd, meta = _read(path, n_head)
+    family = families()["gpt2"]
+    return fmt, family, config, DictSource(sd), own_tensors(family, config), meta, True
 
 
-def _read(path: Path, n_head: int | None, fits) -> tuple[str, GPTConfig, dict, dict]:
-    """(format, config, state dict, meta). `fits(config)` is called as soon as the config is
-    known, before the weights are read where the format allows."""
+def own_tensors(family, config) -> dict:
+    """Our own names, each stored under itself (our format, and state dicts already translated)."""
+    from .families import Sources
+
+    names = list(loader.empty_model(family, config).state_dict())
+    tied = config.tie_embeddings
+    return {k: Sources.of(k, optional=k.endswith(".bias") or (tied and k == "lm_head.weight")) for k in names}
+
+
+def _is_our_safetensors(path: Path) -> bool:
     if path.is_dir():
-        if (path / META_FILE).exists():
-            meta = _read_json(path / META_FILE)
-            config = _config_from(meta.get("model"), path / META_FILE)
-            fits(config)
-            return "chatterm", config, _read_safetensors(path / WEIGHTS_FILE)[0], meta
+        return (path / META_FILE).exists()
+    return path.suffix == ".safetensors" and "chatterm" in _safetensors_metadata(path)
+
+
+def _our_meta(path: Path) -> tuple[dict, Path]:
+    """(metadata, weights file) of our format: a folder's chatterm.json, or a single file's header."""
+    if path.is_dir():
+        weights = path / WEIGHTS_FILE
+        if not weights.exists():
+            raise CheckpointError(f"{weights}: weights file is missing")
+        _check_kind(weights)
+        return _read_json(path / META_FILE), weights
+    return json_object(_safetensors_metadata(path)["chatterm"], f"{path} (its 'chatterm' metadata)"), path
+
+
+def _read(path: Path, n_head: int | None) -> tuple[str, GPTConfig, dict, dict]:
+    """(format, config, state dict, meta) of the small GPT-2 formats read whole: nanoGPT,
+    plain state dicts, Hugging Face GPT-2 folders."""
+    if path.is_dir():
         if (path / "config.json").exists() and _hf_weights(path):
-            return _read_hf(path, fits)
+            return _read_hf(path)
         if (path / "ckpt.pt").exists():
-            return _read(path / "ckpt.pt", n_head, fits)
+            return _read(path / "ckpt.pt", n_head)
         raise CheckpointError(
             f"{path}: no model found in this folder (expected {META_FILE}, a Hugging Face config.json "
             "with model.safetensors or pytorch_model.bin, or a nanoGPT ckpt.pt)"
         )
     if path.suffix == ".safetensors":
-        header = _safetensors_metadata(path)
-        if "chatterm" in header:
-            meta = json_object(header["chatterm"], f"{path} (its 'chatterm' metadata)")
-            config = _config_from(meta.get("model"), path)
-            fits(config)
-            return "chatterm", config, _read_safetensors(path)[0], meta
         return _plain(path, _read_safetensors(path)[0], n_head)
     obj = _torch_load(path)
     if isinstance(obj, dict) and "model_args" in obj and "model" in obj:
@@ -196,14 +257,13 @@ def _plain(path: Path, sd: dict, n_head: int | None) -> tuple[str, GPTConfig, di
     return "state_dict", sdmod.infer_config(sd, heads, layer_norm_eps=eps), sd, {}
 
 
-def _read_hf(path: Path, fits) -> tuple[str, GPTConfig, dict, dict]:
+def _read_hf(path: Path) -> tuple[str, GPTConfig, dict, dict]:
     raw = _read_json(path / "config.json")
     if raw.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r} is not GPT-2")
     cfg = sdmod.normalize_config_keys(raw)
     cfg.setdefault("bias", True)
     config = _config_from(cfg, path / "config.json")
-    fits(config)
     weights = _hf_weights(path)
     sd = _read_safetensors(weights)[0] if weights.suffix == ".safetensors" else _torch_load(weights)
     sd = sdmod.from_hf(_tensors(sd, weights, "it"))
@@ -224,10 +284,13 @@ def _sidecar_config(path: Path) -> dict:
     return {}
 
 
-def _config_from(raw, where: Path) -> GPTConfig:
+def _config_from(raw, where: Path, family=None):
+    """The config of `family` (GPT-2 by default) from a dict in our, nanoGPT's or HF's spelling."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{where}: the model config is missing")
     try:
+        if family is not None and family.name != "gpt2":
+            return family.config_class.from_dict(raw)
         return GPTConfig.from_dict(sdmod.normalize_config_keys(raw))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad model config ({_first_line(e)})") from e
@@ -310,22 +373,3 @@ def _torch_load(path: Path):
         # What the unpickler raises on bytes that are no pickle at all (a text file named .pt
         # gives a bare `KeyError: 101`): name the file's problem, not the parser's.
         raise CheckpointError(f"{path}: not a PyTorch weights file, or corrupt ({type(e).__name__} in its pickle)") from e
-
-
-# --- building --------------------------------------------------------------------------------
-
-
-def _build(config: GPTConfig, sd: dict, path: Path) -> GPT:
-    """The GPT for `config` with the tensors of `sd` assigned, names and shapes checked first."""
-    return build_model(ARCHITECTURES["gpt2"], config, sd, path)
-
-
-def _default_dtype(sd: dict, device) -> torch.dtype:
-    stored = next(iter(sd.values())).dtype
-    if torch.device(device).type == "cpu" and stored == torch.bfloat16 and native.library() is not None:
-        # chatterm's bf16 kernels run the stored weights as they are, the rest in fp32: the same
-        # arithmetic as widening them to fp32, and 2.9-5x the decode speed (BENCHMARKS.md).
-        return torch.bfloat16
-    if torch.device(device).type == "cpu" and stored in (torch.float16, torch.bfloat16):
-        return torch.float32  # PyTorch's half precision is slow on most CPUs; memory is not the problem here
-    return stored if stored.is_floating_point else torch.float32

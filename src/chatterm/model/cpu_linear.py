@@ -67,15 +67,7 @@ class PackedLinear(nn.Module):
 def can_pack(model: nn.Module) -> bool:
     """True when this torch build, device and dtype support packed oneDNN linears."""
     param = next(model.parameters(), None)
-    if param is None or param.device.type != "cpu" or param.dtype not in _SUPPORTED:
-        return False
-    if not torch.backends.mkldnn.is_available():
-        return False
-    ops = torch.ops.mkldnn
-    if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")):
-        return False
-    check = _SUPPORTED[param.dtype]
-    return check is None or bool(getattr(ops, check, lambda: False)())
+    return param is not None and param.device.type == "cpu" and _can_pack_dtype(param.dtype)
 
 
 def pack_linears(model: nn.Module, bits: int | None = None) -> int:
@@ -113,16 +105,78 @@ def pack_linears(model: nn.Module, bits: int | None = None) -> int:
     return count
 
 
+def float_linear_layer(linear: nn.Linear) -> nn.Module:
+    """The CPU layer for a float linear that stays in its dtype (fp32 as stored, or asked for):
+    oneDNN-packed where this build packs that dtype and agrees with F.linear, else as it is."""
+    key = ("packed", linear.weight.dtype)
+    if key not in _AGREES:
+        _AGREES[key] = _can_pack_dtype(linear.weight.dtype) and _agrees(linear)
+    return PackedLinear(linear) if _AGREES[key] else linear
+
+
+def quantized_layer(linear: nn.Linear, bits: int) -> nn.Module:
+    """The weight-only `bits` (8 or 4) layer quantized from a float linear: chatterm's kernels
+    where they build, else PyTorch's; ValueError where neither exists here. The first layer of
+    each kind is checked against the matmul of the weight it holds (`_swap_agrees`)."""
+    make = _layer_maker_for(torch.float32, bits)
+    key = ("quantized", bits)
+    if make is not None and key not in _AGREES:
+        _AGREES[key] = _swap_agrees(linear, make, bits)
+    if make is None or not _AGREES[key]:
+        raise ValueError(f"this torch build has no weight-only int{bits} kernel that works here; use bf16 or fp32")
+    return make(linear)
+
+
+class RowStack(nn.Module):
+    """One projection whose output rows come from several layers: a file may store q, k and v
+    (fused into one projection here) in different quantization types, and each part keeps its
+    own kernel."""
+
+    def __init__(self, parts: list[nn.Module], bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(p.out_features for p in parts)
+        self.register_buffer("bias", None if bias is None else bias.float().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([part(x) for part in self.parts], dim=-1)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# (kind, dtype or bits) -> whether the first layer of that kind agreed with F.linear (a process
+# checks each kind once: a build that accepts the call but computes something else is caught).
+_AGREES: dict = {}
+
+
+def _can_pack_dtype(dtype: torch.dtype) -> bool:
+    if dtype not in _SUPPORTED or not torch.backends.mkldnn.is_available():
+        return False
+    ops = torch.ops.mkldnn
+    if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")):
+        return False
+    check = _SUPPORTED[dtype]
+    return check is None or bool(getattr(ops, check, lambda: False)())
+
+
 def _layer_maker(model: nn.Module, bits: int | None):
     """linear -> replacement for this model and `bits`, or None when nothing applies here."""
     param = next(model.parameters(), None)
     if param is None or param.device.type != "cpu" or not param.dtype.is_floating_point:
         return None
+    return _layer_maker_for(param.dtype, bits, model)
+
+
+def _layer_maker_for(dtype: torch.dtype, bits: int | None, model: nn.Module | None = None):
+    """linear -> replacement for float weights of `dtype` and `bits`, or None."""
     native_ok = native.library() is not None
     if bits is None:
-        if param.dtype == torch.bfloat16 and native_ok:
+        if dtype == torch.bfloat16 and native_ok:
             return Bf16Linear.from_linear
-        return PackedLinear if can_pack(model) else None
+        return PackedLinear if model is not None and can_pack(model) else None
     if bits not in (4, 8):
         return None
     if native_ok:
@@ -163,6 +217,30 @@ def linear_kinds(model: nn.Module) -> str:
     kinds = Counter(type(m).__name__ for m in model.modules()
                     if isinstance(m, (nn.Linear, PackedLinear, NativeLinear, Int8Linear, Int4Linear)))
     return ", ".join(f"{count} {name}" for name, count in kinds.most_common())
+
+
+def weights_label(model: nn.Module) -> str:
+    """What the linear layers hold, most weights first: "Q4_K+Q6_K" for a Q4_K_M file as stored,
+    "bf16", "fp32", "Q8_0" (chatterm's 8-bit layers are Q8_0 blocks, whether stored or made)."""
+    from collections import Counter
+
+    weights: Counter = Counter()
+    for m in model.modules():
+        if isinstance(m, (RowStack, TiedEmbedding)):
+            continue
+        kind = getattr(m, "stored_type", None) or _KIND_LABELS.get(type(m))
+        if kind is None and isinstance(m, nn.Linear):
+            from .device import dtype_name
+
+            kind = dtype_name(m.weight.dtype)
+        if kind is not None:
+            weights[kind] += m.in_features * m.out_features
+    names = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}
+    return "+".join(names.get(kind, kind) for kind, _ in weights.most_common(2)) or "-"
+
+
+_KIND_LABELS = {Bf16Linear: "bf16", Q8Linear: "Q8_0", Q4Linear: "Q4_1", PackedLinear: "fp32", Int8Linear: "int8",
+                Int4Linear: "int4"}
 
 
 def _copy_float_tensors(model: nn.Module) -> None:

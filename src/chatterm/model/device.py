@@ -57,6 +57,21 @@ def pick_device(requested: str | None = None):
     return torch.device("cpu")
 
 
+def precision_name(requested: str | None, device) -> str | None:
+    """The loader's precision for a --dtype value (model/loader.py): None ("auto" on the CPU)
+    keeps every tensor as stored; else "fp32", "bf16", "fp16", "int8" or "int4". On a GPU "auto"
+    is bf16 (fp16 where bf16 is unsupported); the 8- and 4-bit layers run on the CPU only."""
+    name = check_dtype(requested)
+    if name in QUANTIZED_BITS:
+        if device.type != "cpu":
+            raise ValueError(f"dtype {requested!r} runs on the CPU only; use --device cpu, or bf16 on {device.type}")
+        return name
+    if name != "auto":
+        return next(short for short, long in DTYPE_NAMES.items() if len(short) == 4 and long == DTYPE_NAMES[name])
+    dtype = pick_dtype(requested, device)
+    return None if dtype is None else dtype_name(dtype)
+
+
 def pick_precision(requested: str | None, device) -> tuple:
     """(float dtype, quantized bits) for a --dtype value: "int8"/"int4" load the model in fp32 and
     then quantize its linear layers (the caller's job, `pack_linears(model, bits)`); the float

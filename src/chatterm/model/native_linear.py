@@ -175,3 +175,35 @@ class Q4Linear(NativeLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", q4 (blocks of 32)"
+
+
+def stored_layer(type_name: str, raw, shape, bias: torch.Tensor | None) -> nn.Module | None:
+    """The layer computing with a GGUF tensor's blocks as stored (`raw`: uint8 (N, bytes per
+    row), maybe a read-only view of a memory map: copied here), or None for a type without a
+    kernel. Q8_0 and Q4_0/Q4_1 blocks are split into the layers' planes without requantizing
+    (GGUF's nibble order is ours: byte j holds values j and j + 16)."""
+    import numpy as np
+
+    n, k = shape
+    if type_name == "BF16":
+        return Bf16Linear(torch.from_numpy(np.ascontiguousarray(raw).view(np.int16)).view(torch.bfloat16).reshape(n, k), bias)
+    if k % BLOCK:
+        return None
+    blocks = raw.reshape(n, k // BLOCK, -1)
+    if type_name == "Q8_0":
+        d = torch.from_numpy(np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).reshape(n, -1))
+        q = torch.from_numpy(np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n, k))
+        return Q8Linear(q, d, bias)
+    if type_name in ("Q4_0", "Q4_1"):
+        d = torch.from_numpy(np.ascontiguousarray(blocks[:, :, :2]).view(np.float16).reshape(n, -1))
+        if type_name == "Q4_0":
+            m, qs = -8 * d.float(), blocks[:, :, 2:]
+        else:
+            m, qs = torch.from_numpy(np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16).reshape(n, -1)), blocks[:, :, 4:]
+        layer = Q4Linear.__new__(Q4Linear)
+        NativeLinear.__init__(layer, (n, k), bias)
+        layer.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(qs).reshape(n, k // 2)), persistent=False)
+        layer.register_buffer("scale", d.to(torch.float16).contiguous().view(torch.int16), persistent=False)
+        layer.register_buffer("offset", m.to(torch.float16).contiguous().view(torch.int16), persistent=False)
+        return layer
+    return None

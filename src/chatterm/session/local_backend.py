@@ -67,13 +67,13 @@ class LocalBackend:
     def _load(cls, path, device, dtype, template, compile, n_head, context=None, progress=None) -> "LocalBackend":
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
-        from ..model import CheckpointError, load_checkpoint, pack_linears, pick_device, pick_precision
-        from ..model.device import dtype_name
+        from ..model import CheckpointError, load_checkpoint, pick_device, precision_name
+        from ..model.cpu_linear import weights_label
         from ..model.errors import reading
 
         torch_device = pick_device(device)
-        float_dtype, bits = pick_precision(dtype, torch_device)
-        ckpt = load_checkpoint(path, device=torch_device, dtype=float_dtype, n_head=n_head,
+        precision = precision_name(dtype, torch_device)
+        ckpt = load_checkpoint(path, device=torch_device, precision=precision, inference=True, n_head=n_head,
                                context=context, progress=progress)
         spec = ckpt.meta.get("tokenizer")
         if spec is None and ckpt.config.vocab_size < 50257:
@@ -82,13 +82,8 @@ class LocalBackend:
                 "small for GPT-2's; convert it with a tokenizer spec (see README)"
             )
         compile = bool(compile) if compile is not None else torch_device.type == "cuda"
-        parameters = ckpt.model.num_params()  # counted before packing turns weights into buffers
-        weights = f"int{bits}" if bits else dtype_name(next(ckpt.model.parameters()).dtype)  # as loaded: a
-        # bf16 model computes its norms and attention in fp32 after packing, its weights stay bf16
-        with reading(ckpt.path, "its weights"):  # packing computes with them: any failure is this file's
-            packed = not compile and pack_linears(ckpt.model, bits)  # CPU only; a no-op elsewhere
-        if not compile and not packed and bits:
-            raise ValueError(f"dtype {dtype!r}: this torch build has no weight-only int{bits} kernel; use bf16 or fp32")
+        parameters = ckpt.config.num_params()
+        weights = precision or weights_label(ckpt.model)  # as asked, or as stored: "Q4_K+Q6_K", "bf16", ...
         try:
             with reading(ckpt.path, "its tokenizer"):  # any failure, a Rust panic included
                 tokenizer = Tokenizer.from_spec(spec)

@@ -103,9 +103,11 @@ def run_eval(args) -> int:
     import torch
 
     from ..model import load_checkpoint, pick_dtype
+    from ..model.device import dtype_name
     from .trainer import evaluate
 
-    ckpt = load_checkpoint(args.checkpoint, dtype=pick_dtype(args.dtype, torch.device("cpu")))
+    dtype = pick_dtype(args.dtype, torch.device("cpu"))
+    ckpt = load_checkpoint(args.checkpoint, precision=dtype and dtype_name(dtype))
     spec = ckpt.meta.get("training", {}).get("val_eval", {})
     batches = args.batches or spec.get("batches", 20)
     seq_len = spec.get("seq_len", ckpt.config.block_size)

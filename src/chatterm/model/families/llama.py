@@ -1,4 +1,5 @@
-"""The Llama family as a torch module: Llama 2/3, Mistral-style, TinyLlama, SmolLM2, Qwen2.
+"""The Llama family: Llama 2/3, Mistral-style, TinyLlama, SmolLM2, Qwen2: its config (from a
+Hugging Face config.json or GGUF metadata), where its tensors are stored, and the torch module.
 
 RMSNorm, rotary position embeddings (`rope_theta`, with the `llama3` or `linear` frequency
 scaling where a config has it), a SwiGLU MLP, grouped-query attention (`n_kv_head` key/value
@@ -23,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kv_cache import KVCache
-from .native_attention import attend_one
-from .native_blocks import llama_decode_step
+from ..kv_cache import KVCache
+from ..native_attention import attend_one
+from ..native_blocks import llama_decode_step
+from . import Family, Part, Sources, TensorMap, context_window, typed
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ class Llama(nn.Module):
     def build_rotary_tables(self) -> None:
         """(Re)compute the cos/sin tables for `block_size` positions, in fp32 on the model's
         device (loaders call it after the weights have been assigned from a meta-device build)."""
-        device = self.embed_tokens.weight.device
+        device = self.norm.weight.device
         angles = torch.outer(torch.arange(self.config.block_size, dtype=torch.float32), rotary_frequencies(self.config))
         angles = torch.cat((angles, angles), dim=-1).to(device)  # (block_size, hs)
         self.rope_cos, self.rope_sin = angles.cos(), angles.sin()
@@ -257,3 +259,133 @@ class Llama(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights counted once
+
+
+# -- reading configs ------------------------------------------------------------------------------
+
+
+def config_from_hf(raw: dict, context: int | None) -> LlamaConfig:
+    """config.json of LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM -> LlamaConfig."""
+    if raw.get("mlp_bias"):
+        raise ValueError("mlp_bias is not supported")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}  # v5 / v4 spelling
+    if not isinstance(rope, dict):
+        raise ValueError(f"rope_scaling must be an object, got {rope!r:.40}")
+    rope = dict(rope)
+    theta = typed({"rope_theta": rope.pop("rope_theta", raw.get("rope_theta", 10000.0))}, "rope_theta", float)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None if kind == "default" else {**rope, "rope_type": kind}
+    trained = typed(raw, "max_position_embeddings", int, 2048)
+    heads = typed(raw, "num_attention_heads", int)
+    n_embd = typed(raw, "hidden_size", int)
+    qwen2 = raw.get("model_type") == "qwen2"
+    return LlamaConfig(
+        block_size=context_window(trained, context),
+        vocab_size=typed(raw, "vocab_size", int),
+        n_layer=typed(raw, "num_hidden_layers", int),
+        n_head=heads,
+        n_kv_head=typed(raw, "num_key_value_heads", int, None) or heads,
+        n_embd=n_embd,
+        intermediate_size=typed(raw, "intermediate_size", int),
+        head_size=typed(raw, "head_dim", int, None) or n_embd // heads,
+        rms_norm_eps=typed(raw, "rms_norm_eps", float, 1e-6),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        attention_bias=typed(raw, "attention_bias", bool, qwen2),  # Qwen2 always has q/k/v biases
+        tie_embeddings=typed(raw, "tie_word_embeddings", bool, False),
+        max_position_embeddings=trained,
+    )
+
+
+def config_from_gguf(g, arch: str, context: int | None) -> LlamaConfig:
+    """GGUF metadata (`llama.*`, `qwen2.*` keys) -> LlamaConfig."""
+    meta = g.metadata
+
+    def n(key, default=None):  # an integer (a count or a width)
+        return typed(meta, f"{arch}.{key}", int, default, label="metadata ")
+
+    def x(key, default=None):  # a real number
+        return typed(meta, f"{arch}.{key}", float, default, label="metadata ")
+
+    heads = n("attention.head_count")
+    n_embd = n("embedding_length")
+    scaling = None
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    if kind == "linear":
+        scaling = {"rope_type": "linear", "factor": x("rope.scaling.factor")}
+    elif kind not in (None, "none"):
+        scaling = {"rope_type": kind}  # refused by LlamaConfig with a message naming it
+    if "rope_freqs.weight" in g.tensors:  # Llama 3.1's scaling, stored as per-frequency divisors
+        scaling = {"rope_type": "factors", "factors": g.tensor("rope_freqs.weight").tolist()}
+    trained = n("context_length", 2048)
+    return LlamaConfig(
+        block_size=context_window(trained, context),
+        vocab_size=g.tensors["token_embd.weight"].shape[0],
+        n_layer=n("block_count"),
+        n_head=heads,
+        n_kv_head=n("attention.head_count_kv", heads),
+        n_embd=n_embd,
+        intermediate_size=n("feed_forward_length"),
+        head_size=n("attention.key_length", 0) or n("rope.dimension_count", 0) or n_embd // max(heads, 1),
+        rms_norm_eps=x("attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=x("rope.freq_base", 10000.0),
+        rope_scaling=scaling,
+        attention_bias="blk.0.attn_q.bias" in g.tensors,
+        tie_embeddings="output.weight" not in g.tensors,
+        max_position_embeddings=trained,
+    )
+
+
+# -- where the tensors are stored -----------------------------------------------------------------
+
+
+def hf_tensors(config: LlamaConfig) -> TensorMap:
+    """Hugging Face names (the `model.` prefix already stripped by the format): q/k/v and
+    gate/up are stacked into our fused projections."""
+    names = {"embed_tokens.weight": Sources.of("embed_tokens.weight"), "norm.weight": Sources.of("norm.weight"),
+             "lm_head.weight": Sources.of("lm_head.weight", optional=config.tie_embeddings)}
+    for i in range(config.n_layer):
+        src, dst = f"layers.{i}.", f"layers.{i}."
+        attn = src + "self_attn."
+        names[dst + "attn.qkv.weight"] = Sources.of(*(attn + f"{n}_proj.weight" for n in "qkv"))
+        names[dst + "attn.qkv.bias"] = Sources.of(*(attn + f"{n}_proj.bias" for n in "qkv"), optional=True)
+        names[dst + "attn.out.weight"] = Sources.of(attn + "o_proj.weight")
+        names[dst + "mlp.gate_up.weight"] = Sources.of(src + "mlp.gate_proj.weight", src + "mlp.up_proj.weight")
+        names[dst + "mlp.down.weight"] = Sources.of(src + "mlp.down_proj.weight")
+        names[dst + "attn_norm.weight"] = Sources.of(src + "input_layernorm.weight")
+        names[dst + "mlp_norm.weight"] = Sources.of(src + "post_attention_layernorm.weight")
+    return names
+
+
+def gguf_tensors(config: LlamaConfig, arch: str) -> TensorMap:
+    """llama.cpp's names. Only `llama` files have their query/key rows reordered (Qwen2 files
+    keep Hugging Face's order)."""
+    permuted = arch == "llama"
+    names = {"embed_tokens.weight": Sources.of("token_embd.weight"), "norm.weight": Sources.of("output_norm.weight"),
+             "lm_head.weight": Sources.of("output.weight", optional=config.tie_embeddings)}
+    for i in range(config.n_layer):
+        b, o = f"blk.{i}.", f"layers.{i}."
+        q = Part(b + "attn_q.weight", config.n_head if permuted else 0)
+        k = Part(b + "attn_k.weight", config.n_kv_head if permuted else 0)
+        names[o + "attn.qkv.weight"] = Sources((q, k, Part(b + "attn_v.weight")))
+        names[o + "attn.qkv.bias"] = Sources.of(*(b + f"attn_{n}.bias" for n in "qkv"), optional=True)
+        names[o + "attn.out.weight"] = Sources.of(b + "attn_output.weight")
+        names[o + "mlp.gate_up.weight"] = Sources.of(b + "ffn_gate.weight", b + "ffn_up.weight")
+        names[o + "mlp.down.weight"] = Sources.of(b + "ffn_down.weight")
+        names[o + "attn_norm.weight"] = Sources.of(b + "attn_norm.weight")
+        names[o + "mlp_norm.weight"] = Sources.of(b + "ffn_norm.weight")
+    return names
+
+
+FAMILY = Family(
+    name="llama",
+    declared_as=("llama", "mistral", "qwen2", "smollm", "tinyllama"),
+    gguf_architectures=("llama", "qwen2"),
+    config_class=LlamaConfig,
+    module_class=Llama,
+    config_from_hf=config_from_hf,
+    config_from_gguf=config_from_gguf,
+    hf_tensors=hf_tensors,
+    gguf_tensors=gguf_tensors,
+    after_load=lambda model: model.build_rotary_tables(),
+)

@@ -1,4 +1,6 @@
-"""Hugging Face model folders of the families in the registry (Llama, Mistral, Qwen2, ...).
+"""What comes with a Hugging Face model folder of a family other than GPT-2 (Llama, Mistral,
+Qwen2, ...): which files hold its weights, and its metadata. The weights themselves are read by
+safetensors_files.py, a tensor at a time.
 
 What is read:
 - `config.json`: the family (`model_type`, `architectures`) and its shape;
@@ -20,15 +22,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from ...regular_file import NotRegularFileError, read_regular_text
+from ..errors import CheckpointError, json_object
 
-import torch
-
-from ..regular_file import NotRegularFileError, check_regular, read_regular_text
-from .errors import CheckpointError, json_object
-from .registry import architecture_for, build_model
-
-ProgressCallback = Callable[[str, float], None]  # (what is happening, fraction done 0..1)
 MAX_JSON_BYTES = 64 * 1024 * 1024  # a config, template or index file; bigger is not one
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
@@ -45,25 +41,21 @@ def is_hf_family_folder(path: Path) -> bool:
     return isinstance(raw, dict) and raw.get("model_type", "gpt2") != "gpt2"
 
 
-def read_hf_folder(path: Path, context: int | None, progress: ProgressCallback | None = None, fits=None):
-    """(model, config, meta) for the folder; the model is on the CPU in the stored dtype.
-    `fits(config)` (memory.check_fits) is called before any weight is read."""
-    raw = _json(path / "config.json")
-    declared = raw.get("model_type") or next(iter(raw.get("architectures") or []), None)
-    arch = architecture_for(declared, path / "config.json")
-    try:
-        config = arch.config_from_hf(raw, context)
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
-        raise CheckpointError(f"{path / 'config.json'}: bad model config ({e})") from e
-    if fits is not None:
-        fits(config)
-    sd = _read_weights(path, progress)
-    try:
-        sd = arch.state_dict_from_hf(sd, config)
-    except KeyError as e:
-        raise CheckpointError(f"{path}: the weights lack tensor {e} that a {arch.name} model needs") from e
-    model = build_model(arch, config, sd, path)
-    return model, config, folder_meta(path)
+def hf_family_folder_shards(path: Path) -> list[str]:
+    """The safetensors files holding the folder's weights (names as the index gives them:
+    safetensors_files.py refuses any that leads outside the folder)."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: no weight_map in the index")
+        return sorted(set(weight_map.values()), key=str)  # a non-string name is refused when opened
+    if (path / "model.safetensors").exists():
+        return ["model.safetensors"]
+    raise CheckpointError(
+        f"{path}: no model.safetensors or model.safetensors.index.json (pickled .bin weights of this "
+        "family are not read; convert them to safetensors)"
+    )
 
 
 def folder_meta(path: Path) -> dict:
@@ -116,38 +108,6 @@ def _token_text(token) -> str | None:
     if isinstance(token, dict):  # {"content": "<s>", "lstrip": false, ...}
         token = token.get("content")
     return token if isinstance(token, str) else None
-
-
-def _read_weights(path: Path, progress: ProgressCallback | None) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = _json(index).get("weight_map") or {}
-        shards = sorted(set(weight_map.values()))
-    elif (path / "model.safetensors").exists():
-        shards = ["model.safetensors"]
-    else:
-        raise CheckpointError(
-            f"{path}: no model.safetensors or model.safetensors.index.json (pickled .bin weights of this "
-            "family are not read; convert them to safetensors)"
-        )
-    sd: dict[str, torch.Tensor] = {}
-    for n, shard in enumerate(shards):
-        file = path / shard
-        try:
-            check_regular(file)  # safetensors' own open would block on a FIFO
-            with safe_open(str(file), framework="pt") as f:
-                keys = list(f.keys())
-                for i, key in enumerate(keys):
-                    sd[key] = f.get_tensor(key)
-                    if progress is not None and i % 16 == 0:
-                        progress(f"reading {shard}", (n + i / max(len(keys), 1)) / len(shards))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{file}: missing, corrupt or truncated safetensors file ({e})") from e
-    if progress is not None:
-        progress("weights read", 1.0)
-    return sd
 
 
 def _text(path: Path) -> str:

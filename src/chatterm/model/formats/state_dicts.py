@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from .config import GPTConfig
+from ..families.gpt2 import GPTConfig
 
 _PREFIXES = ("_orig_mod.", "module.")
 # Hugging Face stores these as Conv1D: weight shaped (in, out), the transpose of nn.Linear's.

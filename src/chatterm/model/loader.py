@@ -1,0 +1,325 @@
+"""Build a family's module from a tensor source, each tensor going straight into its final layer.
+
+The module is built empty on the meta device; then, one linear layer at a time, its stored
+tensors are read, stacked where the family fuses them (q, k, v), and turned into the layer that
+will compute with them: on the CPU, chatterm's kernels on the blocks as stored (Q8_0, Q4_0,
+Q4_1, the K-quants, F16, BF16: `native_linear.stored_layer`), oneDNN for fp32. A type without a
+kernel is dequantized to bf16 for that one tensor; nothing passes through an fp32 copy of the
+model unless the user asks for `--dtype fp32`. The source then lets that tensor's pages go, so a
+load peaks at about the model's final size.
+
+`precision`: None keeps each tensor as stored (the default); "fp32", "bf16", "fp16", "int8",
+"int4" convert, one tensor at a time. `inference=False` (training, `convert`) or a device other
+than the CPU gives plain torch layers in a float dtype instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import native
+from .errors import CheckpointError
+from .families import Family, Sources, TensorMap
+from .formats.gguf import StoredTensor, dequantize
+
+FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+QUANTIZED_BITS = {"int8": 8, "int4": 4}
+
+
+def empty_model(family: Family, config) -> nn.Module:
+    """The family's module on the meta device, its initialisers skipped: on meta they only
+    cost time (nn.init.normal_ there goes through torch._refs and imports torch._dynamo,
+    2.7 s of a 1B model's start)."""
+    from unittest import mock
+
+    skipped = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_", "constant_")
+    with torch.device("meta"), mock.patch.multiple(nn.init, **{n: (lambda t, *a, **k: t) for n in skipped}):
+        return family.module_class(config)
+
+
+def check_tensors(model: nn.Module, source, tensor_map: TensorMap, where: Path, *, strict: bool) -> None:
+    """Every tensor the module needs is stored, with the shape it needs; `strict`: and nothing
+    else is (for in-memory state dicts, where a stray name means the wrong kind of model)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for ours, shape in expected.items():
+        sources = tensor_map.get(ours)
+        present = sources is not None and all(source.has(p.name) for p in sources.parts)
+        if not present:
+            if sources is not None and sources.optional:
+                continue
+            missing = ours if sources is None else next(p.name for p in sources.parts if not source.has(p.name))
+            raise CheckpointError(f"{where}: weights are missing tensor {missing!r}")
+        shapes = [source.shape(p.name) for p in sources.parts]
+        got = (sum(s[0] for s in shapes), *shapes[0][1:]) if all(len(s) == len(shapes[0]) for s in shapes) else None
+        if len(shapes) > 1 and any(s[1:] != shapes[0][1:] for s in shapes):
+            got = None
+        if got != shape:
+            raise CheckpointError(f"{where}: tensor {sources.parts[0].name!r} has shape {shapes[0]}, the config needs {shape}")
+    if strict:
+        stored = {p.name for s in tensor_map.values() for p in s.parts}
+        extra = sorted(n for n in source.sd if n not in stored)  # DictSource only
+        if extra:
+            raise CheckpointError(f"{where}: unexpected tensor {extra[0]!r} (and {len(extra) - 1} more)")
+
+
+def stored_bytes(model: nn.Module, source, tensor_map: TensorMap, precision: str | None, *, cpu: bool) -> int:
+    """The bytes the loaded weights will take: each tensor as stored where it stays so, else at
+    the size `precision` gives it (fp32 for stored floats without a kernel)."""
+    element = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 34 / 32, "int4": 20 / 32}.get(precision)
+    total = 0
+    for ours, t in model.state_dict().items():
+        sources = tensor_map.get(ours)
+        if sources is None or not all(source.has(p.name) for p in sources.parts):
+            continue
+        numel = t.numel()
+        if element is not None:
+            total += int(numel * (element if t.dim() == 2 else 4))
+        elif cpu and t.dim() == 2:
+            total += sum(source.nbytes(p.name) for p in sources.parts)
+        else:
+            total += numel * 4
+    return total
+
+
+def assemble(family: Family, model: nn.Module, source, tensor_map: TensorMap, where: Path, *,
+             precision: str | None = None, device: torch.device = torch.device("cpu"), inference: bool = True,
+             strict: bool = False, progress=None) -> nn.Module:
+    """`model` (the family's `empty_model`) with every tensor read from `source` (see the
+    module docstring). Names and shapes are checked before anything is read."""
+    config = model.config
+    check_tensors(model, source, tensor_map, where, strict=strict)
+    if config.tie_embeddings:  # the output projection is read from the embedding's rows
+        embedding = next(m for m in model.modules() if isinstance(m, nn.Embedding)
+                         and m.weight is model.lm_head.weight)
+        name = next(n for n, m in model.named_modules() if m is embedding)
+        tensor_map = {**tensor_map, "lm_head.weight": tensor_map[f"{name}.weight"]}
+    cpu_kernels = inference and device.type == "cpu"
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
+    done = 0
+    for name, module in targets:
+        if progress is not None and done % 8 == 0:
+            progress("reading weights", done / len(targets))
+        done += 1
+        if isinstance(module, nn.Embedding):
+            if config.tie_embeddings and module.weight is model.lm_head.weight:
+                continue  # made with the output projection
+            weight = _read(source, tensor_map[f"{name}.weight"])
+            _set(model, name, _embedding(weight, precision, cpu_kernels, device))
+            continue
+        weight = _read(source, tensor_map[f"{name}.weight"])
+        bias_sources = tensor_map.get(f"{name}.bias")
+        bias = None
+        if module.bias is not None and bias_sources is not None and all(source.has(p.name) for p in bias_sources.parts):
+            bias = _as_float(_read(source, bias_sources), torch.float32)
+        layer = _linear(weight, bias, precision, cpu_kernels, device) if cpu_kernels else \
+            _plain_linear(weight, bias, _plain_dtype(weight, precision, device), device)
+        _set(model, name, layer)
+        if config.tie_embeddings and name == "lm_head":
+            embedding_name = next(n for n, m in model.named_modules()
+                                  if isinstance(m, nn.Embedding) and m.weight is module.weight)
+            _set(model, embedding_name, _tied_embedding(layer, weight))
+        for p in tensor_map[f"{name}.weight"].parts:
+            source.release(p.name)
+    _read_the_rest(model, source, tensor_map, precision, cpu_kernels, device)
+    if progress is not None:
+        progress("weights read", 1.0)
+    _return_freed_memory()
+    model.eval()
+    family.after_load(model)
+    if cpu_kernels and native.library() is not None and _has_native_layers(model):
+        # The attention kernels read an fp16 cache (as llama.cpp's default): half the bytes a
+        # long chat's attention reads per token, and half the cache's memory.
+        model.kv_cache_dtype = torch.float16
+    return model
+
+
+def cap_context(model: nn.Module, context: int | None, family: Family) -> None:
+    """Shrink a loaded model's window to `context` positions (a no-op when it is already smaller)."""
+    if context and context < model.config.block_size:
+        model.config = replace(model.config, block_size=int(context))
+        family.after_load(model)
+
+
+# -- reading one tensor ------------------------------------------------------------------------
+
+
+def _read(source, sources: Sources):
+    """One of our tensors from its stored parts, rows stacked: a torch tensor, a StoredTensor
+    (all parts quantized in one type), or a list of parts when their types differ (a Q4_K_M file
+    keeps some layers' v projection in Q6_K beside Q4_K q and k)."""
+    parts = []
+    for part in sources.parts:
+        value = source.get(part.name)
+        if part.unpermute_heads:
+            value = _unpermute(value, part.unpermute_heads)
+        parts.append(value)
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        dtype = parts[0].dtype if all(p.dtype == parts[0].dtype for p in parts) else torch.float32
+        return torch.cat([p.to(dtype) for p in parts])
+    if all(isinstance(p, StoredTensor) and p.type_name == parts[0].type_name for p in parts):
+        rows = sum(p.shape[0] for p in parts)
+        return StoredTensor(parts[0].type_name, (rows, *parts[0].shape[1:]), np.concatenate([p.raw for p in parts]))
+    return parts
+
+
+def _unpermute(value, n_head: int):
+    """Undo llama.cpp's q/k row order (rows 2i, 2i+1 of a head rotate together; we keep halves:
+    i and i + hs/2): a row permutation, the same on float rows and on rows of quantized blocks."""
+    def permute(a):
+        rows = a.shape[0]
+        return a.reshape(n_head, rows // n_head // 2, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+
+    if isinstance(value, StoredTensor):
+        return StoredTensor(value.type_name, value.shape, np.ascontiguousarray(permute(value.raw)))
+    return permute(value).contiguous()
+
+
+def _as_float(value, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(value, list):
+        return torch.cat([_as_float(v, dtype) for v in value])
+    if isinstance(value, StoredTensor):
+        return dequantize(value).to(dtype)
+    return value.to(dtype)
+
+
+# -- the final layers ---------------------------------------------------------------------------
+
+
+def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernels: bool, device) -> nn.Module:
+    """The CPU layer that computes with `weight` (see the module docstring)."""
+    from .cpu_linear import RowStack, float_linear_layer, quantized_layer
+
+    if isinstance(weight, list) and precision is None:
+        return RowStack([_linear(w, None, precision, cpu_kernels, device) for w in weight], bias)
+    if precision in QUANTIZED_BITS:
+        return quantized_layer(_float_linear(_as_float(weight, torch.float32), bias), QUANTIZED_BITS[precision])
+    if precision is None and native.library() is not None:
+        layer = _stored_layer(weight, bias)
+        if layer is not None:
+            return layer
+        if isinstance(weight, StoredTensor):  # no kernel for this type: bf16, this tensor only
+            return _stored_layer(_as_float(weight, torch.bfloat16), bias)
+    dtype = FLOAT_DTYPES.get(precision, torch.float32)
+    return float_linear_layer(_float_linear(_as_float(weight, dtype), bias))
+
+
+def _stored_layer(weight, bias):
+    """chatterm's kernel layer for stored blocks or a 16-bit tensor, or None (fp32, or a type
+    without a kernel)."""
+    from .native_linear import stored_layer
+
+    if isinstance(weight, torch.Tensor):
+        name = {torch.bfloat16: "BF16", torch.float16: "F16"}.get(weight.dtype)
+        if name is None:
+            return None
+        weight = StoredTensor(name, tuple(weight.shape), weight.contiguous().view(torch.uint8).numpy())
+    layer = stored_layer(weight.type_name, weight.raw, weight.shape, bias)
+    if layer is not None:
+        layer.stored_type = weight.type_name  # for the model's description (cpu_linear.weights_label)
+    return layer
+
+
+def _float_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.to(weight.dtype), requires_grad=False)
+    return layer
+
+
+def _plain_dtype(weight, precision: str | None, device) -> torch.dtype:
+    """The float dtype of a plain (trainable, or GPU) layer: the one asked for, else the stored
+    float type (quantized blocks: fp32 on the CPU, bf16 on a GPU)."""
+    if precision in FLOAT_DTYPES:
+        return FLOAT_DTYPES[precision]
+    stored = weight.dtype if isinstance(weight, torch.Tensor) else None
+    if device.type == "cpu":
+        return torch.float32 if stored in (None, torch.float16) else stored
+    return stored if stored in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def _plain_linear(weight, bias, dtype: torch.dtype, device) -> nn.Linear:
+    layer = _float_linear(_as_float(weight, dtype).to(device), None if bias is None else bias.to(device))
+    layer.weight.requires_grad_(True)
+    if layer.bias is not None:
+        layer.bias.requires_grad_(True)
+    return layer
+
+
+def _embedding(weight, precision: str | None, cpu_kernels: bool, device) -> nn.Module:
+    """A token (or position) embedding. On the CPU, stored blocks and 16-bit rows stay as they
+    are and are read a row at a time (`TiedEmbedding` over a kernel layer): Llama 3's 128k x 2048
+    table is 1 GB in fp32 against 140 MB at Q4_K."""
+    from .cpu_linear import TiedEmbedding
+
+    if cpu_kernels and not isinstance(weight, list) and precision is None and native.library() is not None \
+            and (isinstance(weight, StoredTensor) or weight.dtype in (torch.bfloat16, torch.float16)):
+        layer = _stored_layer(weight, None)
+        if layer is None:
+            layer = _stored_layer(_as_float(weight, torch.bfloat16), None)
+        return TiedEmbedding(layer, torch.float32)
+    dtype = torch.float32 if cpu_kernels else _plain_dtype(weight, precision, device)
+    table = _as_float(weight, dtype).to(device)
+    module = nn.Embedding(table.shape[0], table.shape[1], device="meta")
+    module.weight = nn.Parameter(table, requires_grad=not cpu_kernels)
+    return module
+
+
+def _tied_embedding(output_layer: nn.Module, weight) -> nn.Module:
+    """The embedding of a tied model: rows read from the output projection's layer where it
+    can give them (one copy of the vocabulary matrix), else the float matrix itself (a plain
+    layer shares it; oneDNN's packed layer holds a reordered copy of its own)."""
+    from .cpu_linear import TiedEmbedding
+
+    if hasattr(output_layer, "rows"):
+        return TiedEmbedding(output_layer, torch.float32)
+    module = nn.Embedding(*output_layer.weight.shape, device="meta") if isinstance(output_layer, nn.Linear) \
+        else nn.Embedding(output_layer.out_features, output_layer.in_features, device="meta")
+    module.weight = output_layer.weight if isinstance(output_layer, nn.Linear) else \
+        nn.Parameter(_as_float(weight, torch.float32), requires_grad=False)
+    return module
+
+
+def _read_the_rest(model, source, tensor_map: TensorMap, precision, cpu_kernels: bool, device) -> None:
+    """Norms, biases of layers that stayed plain, and anything else still on the meta device:
+    fp32 on the CPU for inference (the kernels compute in it), else the plain dtype."""
+    for module_name, module in model.named_modules():
+        for key, param in list(module._parameters.items()):
+            if param is None or not param.is_meta:
+                continue
+            full = f"{module_name}.{key}" if module_name else key
+            sources = tensor_map.get(full)
+            if sources is None or not all(source.has(p.name) for p in sources.parts):
+                if key == "bias":  # optional and absent: zeros (a textbook model without q/k/v biases)
+                    value = torch.zeros(param.shape)
+                else:
+                    raise CheckpointError(f"weights are missing tensor {full!r}")
+            else:
+                value = _read(source, sources)
+            dtype = torch.float32 if cpu_kernels else _plain_dtype(value, precision, device)
+            module._parameters[key] = nn.Parameter(_as_float(value, dtype).to(device).contiguous(),
+                                                   requires_grad=not cpu_kernels)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, module)
+
+
+def _return_freed_memory() -> None:
+    from .cpu_linear import _return_freed_memory as trim
+
+    trim()
+
+
+def _has_native_layers(model: nn.Module) -> bool:
+    from .native_linear import NativeLinear
+
+    return any(isinstance(m, NativeLinear) for m in model.modules())
