@@ -5,7 +5,10 @@ what can go wrong before the first byte of text: a prompt too long (drop the old
 once), 429/5xx with Retry-After (wait once, cancellably), a refused field or a missing chat
 template (the backend learns, the request is retried). Whatever else happens ends the reply with
 one `Finished` whose stop_reason is "error" and whose `error` is one line; text already shown is
-kept. Cancel is checked every POLL_S seconds, whether or not the server is sending.
+kept. Cancel is checked every POLL_S seconds, whether or not the server is sending, and so is the
+request's overall deadline (server_limits.reply_deadline_s): a server that drips its reply a byte
+at a time is stopped there. Tokens are counted here too, so a server that ignores max_tokens is
+stopped at it rather than trusted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..engine.stop import StopStringMatcher
 from .conversation import Conversation
 from .openai_stream import StreamFormatError, parse_chunk
 from .remote_http import StreamItem
+from .server_limits import MAX_CHARS_PER_TOKEN, reply_deadline_s
 from .token_estimate import estimate_tokens
 
 if TYPE_CHECKING:
@@ -42,6 +46,8 @@ class RemoteReply:
         self.first_token_at: float | None = None
         self.shown = ""
         self.new_tokens = 0  # chunks with text, replaced by the server's usage figure when sent
+        self.received_tokens = 0  # our own count of what this request sent (never the server's word)
+        self.received_chars = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.steps = 0
@@ -118,9 +124,16 @@ class RemoteReply:
     def read(self, stream, matcher: StopStringMatcher):
         """Yield the stream's events; return a Finished, or the StreamItem of an HTTP error."""
         finish_reason = matched_stop = None
+        max_tokens = self.settings.max_new_tokens
+        limit_s = reply_deadline_s(self.b.client.read_timeout, max_tokens)
+        deadline = time.monotonic() + limit_s
+        self.received_tokens = self.received_chars = 0
         while True:
             if self.cancel.is_set():
                 return self.finish("cancelled")
+            if time.monotonic() > deadline:
+                return self.finish("error", f"the server took more than {limit_s:g} s over a reply of at most "
+                                            f"{max_tokens} tokens; chatterm stopped waiting (the text so far is kept)")
             item: StreamItem | None = stream.get(POLL_S)
             if item is None:
                 continue
@@ -158,6 +171,13 @@ class RemoteReply:
                 yield TokenStep(self.steps, token.token_id, token.text, token.prob, token.candidates)
                 self.steps += 1
             if chunk.text:
+                self.received_tokens += max(1, len(chunk.tokens))
+                room = max_tokens * MAX_CHARS_PER_TOKEN - self.received_chars
+                self.received_chars += len(chunk.text)
+                if self.received_tokens > max_tokens:  # a token past the limit: none of this chunk is shown
+                    return (yield from self.past_max_tokens(matcher, "", max_tokens))
+                if room < len(chunk.text):  # within the count, but longer than any max_tokens tokens can be
+                    return (yield from self.past_max_tokens(matcher, chunk.text[:max(0, room)], max_tokens))
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
                 if chunk.completion_tokens is None:
@@ -170,6 +190,19 @@ class RemoteReply:
                     return self.finish("stop")
             finish_reason = chunk.finish_reason or finish_reason
             matched_stop = chunk.matched_stop or matched_stop
+
+    def past_max_tokens(self, matcher: StopStringMatcher, allowed: str, max_tokens: int):
+        """The server sent more than max_tokens: keep what fits (`allowed`: the part of a long
+        chunk within the character cap), then end with one line."""
+        safe, stopped = matcher.feed(allowed) if allowed else ("", False)
+        safe += "" if stopped else matcher.flush()
+        if safe:
+            self.shown += safe
+            yield TextDelta(safe)
+        if stopped:
+            return self.finish("stop")
+        return self.finish("error", f"the server sent more than the {max_tokens} tokens asked for (max_tokens); "
+                                    "chatterm stopped the reply there")
 
     def finish(self, reason: str, error: str | None = None) -> Finished:
         now = time.monotonic()
