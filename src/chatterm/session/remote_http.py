@@ -309,7 +309,7 @@ class EventStream:
             return
         content_type = response.headers.get("content-type", "")
         if expect_json or content_type.startswith("application/json"):  # a server that does not stream:
-            data = read_capped(response, MAX_JSON_BYTES, what="answer")  # the whole reply as one chunk
+            data = read_capped(response, MAX_JSON_BYTES, what=f"answer at {self.url}")  # the whole reply as one chunk
             try:
                 self._put(StreamItem("data", data=decode_json(data)))
             except (ValueError, RecursionError):

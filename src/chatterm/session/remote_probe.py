@@ -52,13 +52,22 @@ class ServerFacts:
 
 
 def resolve_api_key(api_key: str | None, api_key_env: str | None) -> str | None:
-    """--api-key-env VAR, then OPENAI_API_KEY, then the config's key."""
+    """--api-key-env VAR, then OPENAI_API_KEY, then the config's key. A key that an HTTP header
+    cannot carry is refused here, in one line that never shows it (httpx would fail on it at the
+    first request, with the key in the message or a traceback)."""
     if api_key_env:
-        value = os.environ.get(api_key_env)
+        value, source = os.environ.get(api_key_env), api_key_env
         if not value:
             raise BackendError(f"--api-key-env {api_key_env}: that environment variable is not set")
-        return value.strip()
-    return (os.environ.get("OPENAI_API_KEY") or api_key or "").strip() or None
+    elif os.environ.get("OPENAI_API_KEY"):
+        value, source = os.environ["OPENAI_API_KEY"], "OPENAI_API_KEY"
+    else:
+        value, source = api_key or "", "the api_key setting"
+    key = value.strip() or None
+    if key is not None and not all(" " <= c <= "~" for c in key):
+        raise BackendError(f"the API key in {source} has a character an HTTP header cannot carry (a control "
+                           "character or a non-ASCII letter); check the variable")
+    return key
 
 
 def probe(client: ServerClient, model: str | None, context_window: int | None = None) -> ServerFacts:
