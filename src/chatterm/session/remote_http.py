@@ -296,6 +296,8 @@ class EventStream:
         except OSError as e:  # a socket shut down under a read
             if not self._closed.is_set():
                 self._put(StreamItem("fail", message=client.scrub(f"the stream from the server broke: {e}")))
+        except Exception as e:  # a bug (ours or httpx's): still one line, and the caller is never left waiting
+            self._put(StreamItem("fail", message=client.scrub(f"reading the server's answer failed: {e!r}")))
         finally:
             response.close()
             self._done.set()

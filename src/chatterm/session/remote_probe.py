@@ -62,11 +62,12 @@ def resolve_api_key(api_key: str | None, api_key_env: str | None) -> str | None:
     elif os.environ.get("OPENAI_API_KEY"):
         value, source = os.environ["OPENAI_API_KEY"], "OPENAI_API_KEY"
     else:
-        value, source = api_key or "", "the api_key setting"
+        value, source = api_key or "", None
     key = value.strip() or None
     if key is not None and not all(" " <= c <= "~" for c in key):
-        raise BackendError(f"the API key in {source} has a character an HTTP header cannot carry (a control "
-                           "character or a non-ASCII letter); check the variable")
+        where = f"the API key in {source}" if source else "the API key"
+        raise BackendError(f"{where} has a character an HTTP header cannot carry (a control character or a "
+                           f"non-ASCII letter); check the {'variable' if source else 'key'}")
     return key
 
 

@@ -46,8 +46,6 @@ class RemoteReply:
         self.first_token_at: float | None = None
         self.shown = ""
         self.new_tokens = 0  # chunks with text, replaced by the server's usage figure when sent
-        self.received_tokens = 0  # our own count of what this request sent (never the server's word)
-        self.received_chars = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.steps = 0
@@ -127,7 +125,7 @@ class RemoteReply:
         max_tokens = self.settings.max_new_tokens
         limit_s = reply_deadline_s(self.b.client.read_timeout, max_tokens)
         deadline = time.monotonic() + limit_s
-        self.received_tokens = self.received_chars = 0
+        received_tokens = received_chars = 0  # our own count of this request's reply, not the server's word
         while True:
             if self.cancel.is_set():
                 return self.finish("cancelled")
@@ -165,19 +163,20 @@ class RemoteReply:
                 self.cached_tokens = chunk.cached_tokens or 0
             if chunk.completion_tokens is not None:
                 self.new_tokens = chunk.completion_tokens
+            if chunk.text:
+                received_tokens += max(1, len(chunk.tokens))
+                room = max_tokens * MAX_CHARS_PER_TOKEN - received_chars
+                received_chars += len(chunk.text)
+                if received_tokens > max_tokens:  # a token past the limit: none of this chunk is shown
+                    return (yield from self.past_max_tokens(matcher, "", max_tokens))
+                if room < len(chunk.text):  # within the count, but longer than any max_tokens tokens can be
+                    return (yield from self.past_max_tokens(matcher, chunk.text[:room], max_tokens))
             if self.inspect and chunk.text and not chunk.tokens and self.b.inspector_note is None and self.steps == 0:
                 self.b.inspector_note = "the server gives no token probabilities"
             for token in chunk.tokens:
                 yield TokenStep(self.steps, token.token_id, token.text, token.prob, token.candidates)
                 self.steps += 1
             if chunk.text:
-                self.received_tokens += max(1, len(chunk.tokens))
-                room = max_tokens * MAX_CHARS_PER_TOKEN - self.received_chars
-                self.received_chars += len(chunk.text)
-                if self.received_tokens > max_tokens:  # a token past the limit: none of this chunk is shown
-                    return (yield from self.past_max_tokens(matcher, "", max_tokens))
-                if room < len(chunk.text):  # within the count, but longer than any max_tokens tokens can be
-                    return (yield from self.past_max_tokens(matcher, chunk.text[:max(0, room)], max_tokens))
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
                 if chunk.completion_tokens is None:
