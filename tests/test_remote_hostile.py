@@ -236,6 +236,16 @@ def test_the_api_key_is_never_shown_in_any_spelling(key, response, monkeypatch):
     assert done.stop_reason == "error" and "***" in done.error and shows_no_key(done.error), done.error
 
 
+def test_a_key_echoed_in_the_reply_is_replaced_even_when_split_over_chunks(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", QUOTES_KEY)
+    half = len(QUOTES_KEY) // 2
+    body = sse(chat_chunk("your key: " + QUOTES_KEY[:half]), chat_chunk(QUOTES_KEY[half:] + ", and s"),
+               chat_chunk(None, "stop"))
+    with ScriptedServer([Scripted(body=body)]) as server:
+        done = run(RemoteBackend.open(server.url, mode="chat"))
+    assert done.text == "your key: ***, and s" and done.error is None  # a tail like the key's start is kept
+
+
 def test_a_key_no_http_header_can_carry_is_one_line(monkeypatch):
     for key in ("sk-line\nbreak-Zq9XwV", "sk-ünïcode-Zq9XwV"):
         monkeypatch.setenv("MY_KEY", key)
@@ -250,13 +260,13 @@ def test_the_key_is_in_no_error_output_or_saved_chat_of_the_command_line(tmp_pat
         return subprocess.run([sys.executable, "-m", "chatterm", *args], input=stdin, capture_output=True,
                               text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": QUOTES_KEY})
 
-    echo = Scripted(body=sse(chat_chunk("par"), f"{{not json, key={QUOTES_KEY}}}"))
+    echo = Scripted(body=sse(chat_chunk(f"par {QUOTES_KEY}"), f"{{not json, key={QUOTES_KEY}}}"))
     with ScriptedServer([echo]) as server:
         r = chatterm("generate", server.url, "--prompt", "hi")
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
         assert r.stderr.startswith("chatterm: error: malformed event from the server:") and "***" in r.stderr
-        assert shows_no_key(r.stdout + r.stderr) and r.stdout.startswith("par")
+        assert shows_no_key(r.stdout + r.stderr) and r.stdout.startswith("par ***")
         r = chatterm(server.url, "--plain", stdin="hi\n")
     saved = list((tmp_path / "data" / "conversations").glob("*.json"))
-    assert len(saved) == 1 and "malformed event" in saved[0].read_text()
+    assert len(saved) == 1 and "malformed event" in saved[0].read_text() and "par ***" in saved[0].read_text()
     assert shows_no_key(saved[0].read_text()) and shows_no_key(r.stdout + r.stderr)

@@ -3,8 +3,8 @@ requests that can be abandoned at once.
 
 - `ServerClient` wraps an `httpx.Client` with the server's base address and API key. The key is
   only ever put in the Authorization header; `scrub` removes it, in every form a server or an
-  error can spell it (escaped, JSON-encoded, URL-encoded, whitespace-folded), from any text
-  before that text can reach a message, a log or a saved conversation.
+  error can spell it (api_key_scrub.py), from any text before that text can reach a message, a
+  log or a saved conversation, and only then cuts the text, so a cut never leaves part of it.
 - `EventStream` runs one request on a reader thread and hands what it reads to the caller through
   a queue: the caller polls with a short timeout, so it can stop waiting the moment the user
   cancels or a deadline passes, even when the server sends nothing at all, or sends its headers
@@ -18,17 +18,15 @@ requests that can be abandoned at once.
 
 from __future__ import annotations
 
-import html
-import json
 import queue
-import re
 import socket
 import threading
 from dataclasses import dataclass, field
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
+from .api_key_scrub import KeyScrubber
 from .openai_stream import error_text
 from .sanitize import decode_json
 from .server_limits import (ACCEPT_ENCODING, MAX_ERROR_BODY_BYTES, MAX_JSON_BYTES, BodyRefused, iter_sse_data,
@@ -96,7 +94,7 @@ class ServerClient:
     def __init__(self, address: ServerAddress, api_key: str | None, *, timeout: float = 120.0) -> None:
         self.address = address
         self._key = api_key or None
-        self._key_pattern = _secret_pattern(api_key) if api_key else None
+        self.keys = KeyScrubber(api_key)  # also for the reply's text (remote_reply.py)
         headers = {"Accept-Encoding": ACCEPT_ENCODING}  # only what server_limits can inflate in bounded pieces
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -111,9 +109,7 @@ class ServerClient:
     def scrub(self, text: str) -> str:
         """`text` on one line, without the API key in any form, cut to a readable length (after
         the key is gone, so a cut never leaves part of it)."""
-        text = " ".join(str(text).split())
-        if self._key_pattern is not None:
-            text = self._key_pattern.sub("***", text)
+        text = self.keys.text(" ".join(str(text).split()))
         return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
     def get_json(self, path: str, *, root: bool = False, timeout: float | None = None) -> object:
@@ -192,20 +188,6 @@ class ServerClient:
         if status >= 500:
             return f"server error ({status}): {message}"
         return f"the server refused the request ({status}): {message}"
-
-
-def _secret_pattern(secret: str) -> re.Pattern:
-    """Every form in which `secret` can reach a message: as typed; escaped by repr (either quote),
-    by JSON or by HTML; URL-encoded; as bytes; and each of those with its runs of whitespace
-    folded to one space (scrub folds the text first). Longest first, so no form leaves a tail."""
-    backslashed = secret.replace("\\", "\\\\")
-    forms = {secret, repr(secret)[1:-1], repr(secret.encode("utf-8", "replace"))[2:-1], json.dumps(secret)[1:-1],
-             json.dumps(secret, ensure_ascii=False)[1:-1], backslashed.replace("'", "\\'"),
-             backslashed.replace('"', '\\"'), backslashed.replace("'", "\\'").replace('"', '\\"'),
-             html.escape(secret), html.escape(secret, quote=False), quote(secret, safe=""), quote_plus(secret)}
-    forms |= {" ".join(form.split()) for form in forms}
-    ordered = sorted((form for form in forms if form.strip()), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, ordered)))
 
 
 def _body_message(body: bytes) -> str:
