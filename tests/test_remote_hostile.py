@@ -252,6 +252,11 @@ def test_a_key_no_http_header_can_carry_is_one_line(monkeypatch):
         message = raises_backend_error(lambda: RemoteBackend.open("http://127.0.0.1:9/v1", api_key_env="MY_KEY"))
         assert message == ("the API key in MY_KEY has a character an HTTP header cannot carry (a control "
                            "character or a non-ASCII letter); check the variable")
+    r = subprocess.run([sys.executable, "-m", "chatterm", "generate", "http://127.0.0.1:9/v1", "--prompt", "x",
+                        "--api-key-env", "MY_KEY"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MY_KEY": "sk-line\nbreak-Zq9XwV"})
+    assert r.returncode == 2 and r.stderr.startswith("chatterm: error: the API key in MY_KEY has a character")
+    assert len(r.stderr.splitlines()) == 1 and shows_no_key(r.stderr)
 
 
 def test_the_key_is_in_no_error_output_or_saved_chat_of_the_command_line(tmp_path):
