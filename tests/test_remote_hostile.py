@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import zlib
 from urllib.parse import quote
 
 import pytest
@@ -87,6 +88,20 @@ def test_a_compressed_stream_is_read_and_an_unasked_encoding_is_one_line():
     with ScriptedServer([Scripted(body=[b"\x8b\x00junk"], headers={"Content-Encoding": "br"})]) as server:
         done = run(RemoteBackend.open(server.url, mode="chat"))
     assert done.error == "the server answered in an encoding chatterm did not ask for (br)"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+def test_a_long_compressed_stream_is_read_whole(encoding):
+    """Many events, inflated 64 KB at a time across network reads of any size."""
+    words = [f" w{i}" for i in range(20_000)]
+    events = b"".join(sse(*[chat_chunk(w) for w in words], chat_chunk(None, "stop")))
+    wbits = {"gzip": 31, "deflate": 15, "raw deflate": -15}[encoding]
+    z = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    body = z.compress(events) + z.flush()
+    header = {"Content-Encoding": encoding.split()[-1]}
+    with ScriptedServer([Scripted(body=[body[i:i + 1000] for i in range(0, len(body), 1000)], headers=header)]) as server:
+        done = run(RemoteBackend.open(server.url, mode="chat"), SamplingSettings(max_new_tokens=len(words)))
+    assert done.text == "".join(words) and done.error is None
 
 
 def test_an_endless_error_body_is_read_only_to_its_cap():

@@ -63,12 +63,14 @@ class _Inflater:
 
     def __init__(self, encoding: str) -> None:
         encoding = encoding.strip().lower()
+        self._raw_deflate_next = False  # "deflate" is meant to be zlib-wrapped; some servers send it bare
         if encoding in ("", "identity"):
             self._z = None
         elif encoding in ("gzip", "x-gzip"):
             self._z = zlib.decompressobj(zlib.MAX_WBITS | 16)
         elif encoding == "deflate":
-            self._z = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib-wrapped (the standard) or gzip
+            self._z = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a zlib or gzip header
+            self._raw_deflate_next = True
         else:  # we asked for ACCEPT_ENCODING only; anything else is unreadable by design
             raise BodyRefused(f"the server answered in an encoding chatterm did not ask for ({encoding[:40]})")
 
@@ -76,14 +78,20 @@ class _Inflater:
         if self._z is None:
             yield data
             return
-        while data and not self._z.eof:
+        while not self._z.eof:
             try:
                 piece = self._z.decompress(data, INFLATE_PIECE_BYTES)
             except zlib.error:
-                raise BodyRefused("the server's compressed body is corrupt") from None
+                if not self._raw_deflate_next:
+                    raise BodyRefused("the server's compressed body is corrupt") from None
+                self._z, self._raw_deflate_next = zlib.decompressobj(-zlib.MAX_WBITS), False
+                continue
+            self._raw_deflate_next = False
             if piece:
                 yield piece
             data = self._z.unconsumed_tail
+            if not data and len(piece) < INFLATE_PIECE_BYTES:
+                return  # a full piece may leave output inside zlib: only a short one says it is all out
 
 
 def iter_body(response: httpx.Response) -> Iterator[bytes]:
