@@ -261,6 +261,16 @@ def test_a_key_echoed_in_the_reply_is_replaced_even_when_split_over_chunks(monke
     assert done.text == "your key: ***, and s" and done.error is None  # a tail like the key's start is kept
 
 
+def test_a_key_in_the_servers_model_ids_is_never_shown(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SPACES_KEY)
+    with ScriptedServer([], models={"data": [{"id": f"echo {SPACES_KEY}"}, {"id": "b"}]}) as server:
+        message = raises_backend_error(lambda: RemoteBackend.open(server.url))
+        assert message.endswith("pick one with --remote-model NAME: echo ***, b") and shows_no_key(message)
+        assert RemoteBackend.open(server.url, model="b").info.name == "b"
+    with ScriptedServer([], models={"data": [{"id": SPACES_KEY}]}) as server:
+        assert RemoteBackend.open(server.url).info.name == "***"  # the name shown, and saved with a chat
+
+
 def test_a_key_no_http_header_can_carry_is_one_line(monkeypatch):
     for key in ("sk-line\nbreak-Zq9XwV", "sk-ünïcode-Zq9XwV"):
         monkeypatch.setenv("MY_KEY", key)

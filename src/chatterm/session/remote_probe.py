@@ -77,7 +77,10 @@ def probe(client: ServerClient, model: str | None, context_window: int | None = 
     if not isinstance(entries, list):
         raise BackendError(f"{client.address.api_base}/models did not list models; is this an OpenAI-compatible server?")
     entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
-    entry = _pick_model(entries, model, client.address.root)
+    try:
+        entry = _pick_model(entries, model, client.address.root)
+    except BackendError as e:  # the list shows model ids, which the server wrote
+        raise BackendError(client.scrub(str(e))) from None
     name = entry["id"] if entry else str(model)
 
     props = client.try_get_json("/props", root=True)
