@@ -54,7 +54,7 @@ def reply_deadline_s(read_timeout: float, max_tokens: int) -> float:
     return read_timeout + max_tokens * SECONDS_PER_TOKEN
 
 
-def size_text(n: int) -> str:
+def _size_text(n: int) -> str:
     return f"{n // (1024 * 1024)} MB" if n >= 1024 * 1024 else f"{n // 1024} KB"
 
 
@@ -110,7 +110,7 @@ def read_capped(response: httpx.Response, limit: int, *, what: str, cut: bool = 
         if len(body) > limit:
             if cut:
                 return bytes(body[:limit])
-            raise BodyRefused(f"the server's {what} is larger than {size_text(limit)}; chatterm stopped reading it")
+            raise BodyRefused(f"the server's {what} is larger than {_size_text(limit)}; chatterm stopped reading it")
     return bytes(body)
 
 
@@ -142,9 +142,9 @@ def iter_sse_data(response: httpx.Response, limit: int = MAX_SSE_EVENT_BYTES) ->
                 value = value[1:] if value.startswith(b" ") else value
                 size += len(value) + 1
                 if size > limit:
-                    raise BodyRefused(f"an event from the server is larger than {size_text(limit)}; "
+                    raise BodyRefused(f"an event from the server is larger than {_size_text(limit)}; "
                                        "chatterm stopped reading")
                 data.append(value)
         del pending[:start]
         if len(pending) > limit:
-            raise BodyRefused(f"a line from the server is longer than {size_text(limit)}; chatterm stopped reading")
+            raise BodyRefused(f"a line from the server is longer than {_size_text(limit)}; chatterm stopped reading")
