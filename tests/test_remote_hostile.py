@@ -199,6 +199,11 @@ def test_a_model_list_dripped_a_byte_at_a_time_is_given_up_on():
 
 def test_headers_dripped_a_byte_at_a_time_are_given_up_on_and_the_reader_ends():
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Padding: " + b"p" * 200 + b"\r\n\r\n"
+    before = set(threading.enumerate())
+
+    def readers():  # this test's own reader threads still running
+        return [t for t in threading.enumerate() if t.name == "chatterm-remote-stream" and t not in before]
+
     with ScriptedServer([Scripted(body=drip(head, 0.05), raw=True)]) as server:
         backend = RemoteBackend.open(server.url, mode="chat", timeout=0.5)
         cancel = threading.Event()
@@ -209,9 +214,9 @@ def test_headers_dripped_a_byte_at_a_time_are_given_up_on_and_the_reader_ends():
         # closing shut the socket the headers were coming on: the reader thread ends now, not
         # when the server has dripped its last byte (about 12 s)
         deadline = time.monotonic() + 2
-        while any(t.name == "chatterm-remote-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        while readers() and time.monotonic() < deadline:
             time.sleep(0.01)  # polling for the thread to end
-        assert not any(t.name == "chatterm-remote-stream" for t in threading.enumerate())
+        assert not readers()
 
 
 # -- the API key, in every spelling -------------------------------------------------------------------
