@@ -212,7 +212,8 @@ MODELS = {"object": "list", "data": [{"id": "scripted", "object": "model", "owne
 
 class ScriptedServer:
     """GET /v1/models lists one model (or answers `models` itself when it is a Scripted); every
-    other POST gets the next Scripted response (the last one repeats). Records the requests' paths, JSON bodies and headers."""
+    other POST gets the next Scripted response (the last one repeats). Records the requests'
+    paths, JSON bodies and headers."""
 
     def __init__(self, responses, models=MODELS, routes=None) -> None:
         self.responses = list(responses)
