@@ -9,7 +9,9 @@ milliseconds, that `transformers serve` can serve.
 `TransformersServer` runs `transformers serve FOLDER` as a child process (killed at exit).
 
 `ScriptedServer` is a small http.server in a thread for the faults no real server produces on
-demand: it answers each request with the next of a list of scripted responses.
+demand: it answers each request with the next of a list of scripted responses. `endless`,
+`gzip_bomb` and `drip` make hostile bodies (far past chatterm's caps, or a byte at a time) that
+still end by themselves, so a test that fails does not hang or fill the machine.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -157,9 +160,11 @@ class TransformersServer:
 
 class Scripted:
     """One scripted response: a status, headers, and a body sent as given (bytes pieces; a float
-    in `body` pauses that many seconds; `stall=True` then hangs until the server stops)."""
+    in `body` pauses that many seconds; `stall=True` then hangs until the server stops). With
+    `raw=True` the body is the whole response, status line and headers included."""
 
-    def __init__(self, status=200, body=(), headers=None, stall=False, json_body=None):
+    def __init__(self, status=200, body=(), headers=None, stall=False, json_body=None, raw=False):
+        self.raw = raw
         self.status = status
         self.headers = dict(headers or {})
         if json_body is not None:
@@ -181,12 +186,34 @@ def chat_chunk(text=None, finish=None, **extra) -> dict:
     return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra}]}
 
 
+def endless(piece: bytes, total: int) -> list[bytes]:
+    """`piece` again and again up to `total` bytes: a body far past any cap that still ends."""
+    return [piece] * max(1, total // len(piece))
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """A gzip body of `inflated` zero bytes (about a thousandth of that on the wire)."""
+    z = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    block = bytes(1024 * 1024)
+    out = [z.compress(block) for _ in range(inflated // len(block))]
+    return b"".join(out) + z.flush()
+
+
+def drip(data: bytes, every: float) -> list:
+    """`data` a byte at a time, `every` seconds apart: never silent long enough for a read timeout."""
+    out = []
+    for i in range(len(data)):
+        out += [data[i:i + 1], every]
+    return out
+
+
 MODELS = {"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "test"}]}
 
 
 class ScriptedServer:
-    """GET /v1/models lists one model; every other POST gets the next Scripted response (the last
-    one repeats). Records the requests' paths, JSON bodies and headers."""
+    """GET /v1/models lists one model (or answers `models` itself when it is a Scripted); every
+    other POST gets the next Scripted response (the last one repeats). Records the requests'
+    paths, JSON bodies and headers."""
 
     def __init__(self, responses, models=MODELS, routes=None) -> None:
         self.responses = list(responses)
@@ -207,7 +234,9 @@ class ScriptedServer:
             def do_GET(self):
                 self.headers_seen()
                 doc = server.models if self.path == "/v1/models" else server.routes.get(self.path)
-                if doc is None:
+                if isinstance(doc, Scripted):
+                    self._send(doc)
+                elif doc is None:
                     self._send(Scripted(404, json_body={"error": {"message": "no such route"}}))
                 else:
                     self._send(Scripted(200, json_body=doc))
@@ -228,11 +257,12 @@ class ScriptedServer:
                 server.headers.append(dict(self.headers))
 
             def _send(self, r: Scripted):
-                self.send_response(r.status)
-                for k, v in r.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Connection", "close")
-                self.end_headers()
+                if not r.raw:
+                    self.send_response(r.status)
+                    for k, v in r.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
                 try:
                     for piece in r.body:
                         if isinstance(piece, float):

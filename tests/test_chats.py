@@ -128,6 +128,45 @@ def test_a_chat_open_in_another_chatterm_is_neither_deleted_nor_renamed(tmp_path
     assert not (folder / f"{held.id}.json").exists()
 
 
+def test_a_locks_folder_symlinked_elsewhere_never_loses_another_programs_lock_files(tmp_path):
+    """`conversations/.locks` pointing at another program's folder: its `*.lock` files used to be
+    taken for unused locks of ours and deleted."""
+    theirs = tmp_path / "other-program"
+    theirs.mkdir()
+    for name, content in (("db.lock", "4242"), ("0123456789abcdef.lock", "")):
+        (theirs / name).write_text(content)
+    folder = tmp_path / "conversations"
+    folder.mkdir()
+    (folder / ".locks").symlink_to(theirs)
+    store = ConversationStore(folder)  # cleans unused locks at start
+    chat = saved_chat(store, "hello")
+    store.close()
+    ConversationStore(folder).close()  # and again, now that chatterm has locked and released one
+    assert sorted(p.name for p in theirs.iterdir()) == ["0123456789abcdef.lock", "db.lock"]
+    assert (theirs / "db.lock").read_text() == "4242"
+    assert (folder / ".locks").is_dir() and not (folder / ".locks").is_symlink()  # our own folder now
+    assert [c.id for c in ConversationStore(folder).list_chats()] == [chat.id]
+
+
+def test_a_lock_file_symlinked_elsewhere_is_replaced_not_written_through(tmp_path):
+    from chatterm.session.conversation_lock import ConversationLock
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("not chatterm's")
+    locks = tmp_path / "conversations" / ".locks"
+    locks.mkdir(parents=True)
+    (locks / "abc.lock").symlink_to(outside)
+    lock = ConversationLock(locks)
+    assert lock.acquire("abc") is None
+    held = locks / "abc.lock"
+    assert not held.is_symlink() and held.read_text() == str(os.getpid())
+    assert outside.read_text() == "not chatterm's"  # never truncated nor given our pid
+    lock.release()
+    (locks / "stale.lock").symlink_to(outside)
+    lock.remove_unused()  # the link goes (it is in our folder), its target stays
+    assert list(locks.iterdir()) == [] and outside.read_text() == "not chatterm's"
+
+
 def test_the_open_chat_is_renamed_through_the_session_and_not_deleted(tmp_path):
     store = ConversationStore(tmp_path / "conversations")
     chat = saved_chat(store, "the open one")

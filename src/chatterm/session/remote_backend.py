@@ -66,7 +66,8 @@ class RemoteBackend:
         self.chat_works = False  # a chat reply has succeeded: chat-route failures are not about templates
         self.counter = TokenCounter(client if facts.can_tokenize else None, f"remote:{facts.address.root}/{facts.model}")
         self.prompts = PromptBuilder(self.counter, self.template, facts.context_window)
-        self.info = BackendInfo(name=_display_name(facts.model), device=facts.kind, dtype="remote",
+        shown_name = client.keys.text(_display_name(facts.model))  # shown and saved: no place for the key either
+        self.info = BackendInfo(name=shown_name, device=facts.kind, dtype="remote",
                                 context_window=facts.context_window, source=facts.address.root)
 
     @classmethod

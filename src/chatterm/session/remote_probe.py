@@ -52,13 +52,23 @@ class ServerFacts:
 
 
 def resolve_api_key(api_key: str | None, api_key_env: str | None) -> str | None:
-    """--api-key-env VAR, then OPENAI_API_KEY, then the config's key."""
+    """--api-key-env VAR, then OPENAI_API_KEY, then the config's key. A key that an HTTP header
+    cannot carry is refused here, in one line that never shows it (httpx would fail on it at the
+    first request, with the key in the message or a traceback)."""
     if api_key_env:
-        value = os.environ.get(api_key_env)
+        value, source = os.environ.get(api_key_env), api_key_env
         if not value:
             raise BackendError(f"--api-key-env {api_key_env}: that environment variable is not set")
-        return value.strip()
-    return (os.environ.get("OPENAI_API_KEY") or api_key or "").strip() or None
+    elif os.environ.get("OPENAI_API_KEY"):
+        value, source = os.environ["OPENAI_API_KEY"], "OPENAI_API_KEY"
+    else:
+        value, source = api_key or "", None
+    key = value.strip() or None
+    if key is not None and not all(" " <= c <= "~" for c in key):
+        where = f"the API key in {source}" if source else "the API key"
+        raise BackendError(f"{where} has a character an HTTP header cannot carry (a control character or a "
+                           f"non-ASCII letter); check the {'variable' if source else 'key'}")
+    return key
 
 
 def probe(client: ServerClient, model: str | None, context_window: int | None = None) -> ServerFacts:
@@ -67,7 +77,10 @@ def probe(client: ServerClient, model: str | None, context_window: int | None = 
     if not isinstance(entries, list):
         raise BackendError(f"{client.address.api_base}/models did not list models; is this an OpenAI-compatible server?")
     entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
-    entry = _pick_model(entries, model, client.address.root)
+    try:
+        entry = _pick_model(entries, model, client.address.root)
+    except BackendError as e:  # the list shows model ids, which the server wrote
+        raise BackendError(client.scrub(str(e))) from None
     name = entry["id"] if entry else str(model)
 
     props = client.try_get_json("/props", root=True)

@@ -5,7 +5,10 @@ what can go wrong before the first byte of text: a prompt too long (drop the old
 once), 429/5xx with Retry-After (wait once, cancellably), a refused field or a missing chat
 template (the backend learns, the request is retried). Whatever else happens ends the reply with
 one `Finished` whose stop_reason is "error" and whose `error` is one line; text already shown is
-kept. Cancel is checked every POLL_S seconds, whether or not the server is sending.
+kept. Cancel is checked every POLL_S seconds, whether or not the server is sending, and so is the
+request's overall deadline (server_limits.reply_deadline_s): a server that drips its reply a byte
+at a time is stopped there. Tokens are counted here too, so a server that ignores max_tokens is
+stopped at it rather than trusted.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import TYPE_CHECKING, Iterator
 from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, TokenStep
 from ..engine.settings import SamplingSettings
 from ..engine.stop import StopStringMatcher
+from .api_key_scrub import StreamScrubber
 from .conversation import Conversation
 from .openai_stream import StreamFormatError, parse_chunk
 from .remote_http import StreamItem
+from .server_limits import MAX_CHARS_PER_TOKEN, reply_deadline_s
 from .token_estimate import estimate_tokens
 
 if TYPE_CHECKING:
@@ -118,9 +123,17 @@ class RemoteReply:
     def read(self, stream, matcher: StopStringMatcher):
         """Yield the stream's events; return a Finished, or the StreamItem of an HTTP error."""
         finish_reason = matched_stop = None
+        max_tokens = self.settings.max_new_tokens
+        limit_s = reply_deadline_s(self.b.client.read_timeout, max_tokens)
+        deadline = time.monotonic() + limit_s
+        received_tokens = received_chars = 0  # our own count of this request's reply, not the server's word
+        keys = self.b.client.keys.stream()  # a server echoing the API key: never shown, never saved
         while True:
             if self.cancel.is_set():
                 return self.finish("cancelled")
+            if time.monotonic() > deadline:
+                return self.finish("error", f"the server took more than {limit_s:g} s over a reply of at most "
+                                            f"{max_tokens} tokens; chatterm stopped waiting (the text so far is kept)")
             item: StreamItem | None = stream.get(POLL_S)
             if item is None:
                 continue
@@ -133,10 +146,8 @@ class RemoteReply:
             if item.kind == "end":
                 if finish_reason is None and item.data != "done":
                     return self.finish("error", "the server's stream ended before the reply was finished")
-                tail = matcher.flush()  # the server ended here: a held-back tail was no stop after all
-                if tail:
-                    self.shown += tail
-                    yield TextDelta(tail)
+                # the server ended here: a held-back tail was no stop after all
+                yield from self.show(keys, matcher.flush(), final=True)
                 if finish_reason == "length":
                     return self.finish("length")
                 # "stop" from the server is a stop string or end of text; only vLLM says which.
@@ -152,6 +163,14 @@ class RemoteReply:
                 self.cached_tokens = chunk.cached_tokens or 0
             if chunk.completion_tokens is not None:
                 self.new_tokens = chunk.completion_tokens
+            if chunk.text:
+                received_tokens += max(1, len(chunk.tokens))
+                room = max_tokens * MAX_CHARS_PER_TOKEN - received_chars
+                received_chars += len(chunk.text)
+                if received_tokens > max_tokens:  # a token past the limit: none of this chunk is shown
+                    return (yield from self.past_max_tokens(keys, matcher, "", max_tokens))
+                if room < len(chunk.text):  # within the count, but longer than any max_tokens tokens can be
+                    return (yield from self.past_max_tokens(keys, matcher, chunk.text[:room], max_tokens))
             if self.inspect and chunk.text and not chunk.tokens and self.b.inspector_note is None and self.steps == 0:
                 self.b.inspector_note = "the server gives no token probabilities"
             for token in chunk.tokens:
@@ -163,13 +182,29 @@ class RemoteReply:
                 if chunk.completion_tokens is None:
                     self.new_tokens += max(1, len(chunk.tokens))
                 safe, stopped = matcher.feed(chunk.text)
-                if safe:
-                    self.shown += safe
-                    yield TextDelta(safe)
+                yield from self.show(keys, safe, final=stopped)
                 if stopped:
                     return self.finish("stop")
             finish_reason = chunk.finish_reason or finish_reason
             matched_stop = chunk.matched_stop or matched_stop
+
+    def show(self, keys: StreamScrubber, text: str, *, final: bool = False):
+        """Release text that passed the stop strings, without the API key; `final`: the reply
+        ends here, so the key scrubber's held-back tail goes too."""
+        text = keys.feed(text) + (keys.flush() if final else "")
+        if text:
+            self.shown += text
+            yield TextDelta(text)
+
+    def past_max_tokens(self, keys: StreamScrubber, matcher: StopStringMatcher, allowed: str, max_tokens: int):
+        """The server sent more than max_tokens: keep what fits (`allowed`: the part of a long
+        chunk within the character cap), then end with one line."""
+        safe, stopped = matcher.feed(allowed) if allowed else ("", False)
+        yield from self.show(keys, safe + ("" if stopped else matcher.flush()), final=True)
+        if stopped:
+            return self.finish("stop")
+        return self.finish("error", f"the server sent more than the {max_tokens} tokens asked for (max_tokens); "
+                                    "chatterm stopped the reply there")
 
     def finish(self, reason: str, error: str | None = None) -> Finished:
         now = time.monotonic()
