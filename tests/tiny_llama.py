@@ -113,9 +113,11 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", template: str = CHATML,
-               metadata: dict | None = None) -> Path:
-    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`;
-    `metadata` ({key: (value, GGUFValueType name)}) replaces or adds values, types and all."""
+               metadata: dict | None = None, per_tensor: dict | None = None) -> Path:
+    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`
+    (`per_tensor`: {"attn_v": "Q8_0"} gives the tensors of that name another type, as llama.cpp's
+    mixed files do); `metadata` ({key: (value, GGUFValueType name)}) replaces or adds values,
+    types and all."""
     import gguf
 
     cfg = model.config
@@ -164,8 +166,9 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
         data = value.detach().float().numpy()
         if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
             data = llama_cpp_permute(data, heads if ".attn_q." in name else kv_heads)
-        if data.ndim == 2 and qtype != "F32":
-            q = gguf.GGMLQuantizationType[qtype]
+        tensor_type = next((t for part, t in (per_tensor or {}).items() if f".{part}." in name), qtype)
+        if data.ndim == 2 and tensor_type != "F32":
+            q = gguf.GGMLQuantizationType[tensor_type]
             w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             w.add_tensor(name, np.ascontiguousarray(data))

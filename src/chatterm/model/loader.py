@@ -158,15 +158,32 @@ def _read(source, sources: Sources):
         if part.unpermute_heads:
             value = _unpermute(value, part.unpermute_heads)
         parts.append(value)
+    groups = [[parts[0]]]  # runs of parts of one kind, stacked together
+    for part in parts[1:]:
+        if _kind(part) == _kind(groups[-1][-1]):
+            groups[-1].append(part)
+        else:
+            groups.append([part])
+    stacked = [_stack(g) for g in groups]
+    if len(stacked) == 1:
+        return stacked[0]
+    if all(isinstance(p, torch.Tensor) for p in stacked):  # float parts of different dtypes
+        return torch.cat([p.float() for p in stacked])
+    return stacked
+
+
+def _kind(value) -> str:
+    return value.type_name if isinstance(value, StoredTensor) else str(value.dtype)
+
+
+def _stack(parts: list):
+    """Parts of one kind, rows stacked: float tensors, or rows of blocks of one type."""
     if len(parts) == 1:
         return parts[0]
-    if all(isinstance(p, torch.Tensor) for p in parts):
-        dtype = parts[0].dtype if all(p.dtype == parts[0].dtype for p in parts) else torch.float32
-        return torch.cat([p.to(dtype) for p in parts])
-    if all(isinstance(p, StoredTensor) and p.type_name == parts[0].type_name for p in parts):
-        rows = sum(p.shape[0] for p in parts)
-        return StoredTensor(parts[0].type_name, (rows, *parts[0].shape[1:]), np.concatenate([p.raw for p in parts]))
-    return parts
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    rows = sum(p.shape[0] for p in parts)
+    return StoredTensor(parts[0].type_name, (rows, *parts[0].shape[1:]), np.concatenate([p.raw for p in parts]))
 
 
 def _unpermute(value, n_head: int):
