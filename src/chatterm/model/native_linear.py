@@ -1,14 +1,18 @@
-"""Linear layers on chatterm's own CPU kernels (model/native): bf16, 8-bit and 4-bit weights.
+"""Linear layers on chatterm's own CPU kernels (model/native): 16-bit, 8-bit, 4-bit and K-quant weights.
 
-- `Bf16Linear`: the weight as bfloat16, activations and results fp32.
+- `Bf16Linear` / `F16Linear`: the weight as bfloat16 / float16, activations and results fp32.
 - `Q8Linear`: GGUF's Q8_0 layout: blocks of 32 int8 values along the input, one fp16 scale per
   block (`w = q * d`, q in -127..127).
 - `Q4Linear`: GGUF's Q4_1 layout: blocks of 32 4-bit values with an fp16 scale and offset per
   block (`w = q * d + m`, q in 0..15); Q4_0 is the case m = -8 d. The grid per block is the
   better of the two (`quantized_linear.quantize_int4`), so weights read from a Q4_0/Q4_1 file go
   back on their own grid.
+- `Q4KLinear`, `Q5KLinear`, `Q6KLinear`, `Q2KLinear`, `Q3KLinear`: GGUF's K-quant super-blocks
+  of 256 values, kept as stored (layouts in native/kquants.c); activations quantized per 256.
 The quantized layers multiply by activations quantized the same way per block of 32 (as
 llama.cpp's CPU path does), in integers; measured held-back log-likelihood in BENCHMARKS.md.
+`stored_layer(type_name, raw, shape, bias)` builds the layer for a GGUF tensor from its stored
+bytes, computing with exactly the stored values.
 
 Every layer keeps its tensors in integer dtypes, so converting the rest of the model between
 float types (`model.float()`) leaves them alone, and offers `rows(ids)` (dequantized rows: a tied
@@ -18,6 +22,7 @@ fp32 weight it computes with, for checks). Each needs `in_features % 32 == 0` (`
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -25,6 +30,7 @@ from . import native
 from .quantized_linear import quantize_int4
 
 BLOCK = 32
+SUPER_BLOCK = 256  # the K-quants' super-block
 # Up to this many rows (tokens) at once the kernels' matrix-vector loops run; above it (a
 # prompt) the weight is unpacked to fp32 for one float GEMM. Measured on the 2-core EPYC,
 # 3072x768 at 16 rows: q8 loop 1.5 ms, unpack + GEMM ~3 ms; at 64 rows 9.8 ms against ~7 ms.
@@ -78,27 +84,36 @@ class NativeLinear(nn.Module):
 
 
 class Bf16Linear(NativeLinear):
+    DTYPE, NAME = torch.bfloat16, "bf16"  # the 16-bit float the weight is kept in, and its kernels' suffix
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(weight.shape, bias)
-        self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous().view(torch.int16), persistent=False)
+        self.register_buffer("weight", weight.detach().to(self.DTYPE).contiguous().view(torch.int16), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Bf16Linear":
         return cls(linear.weight, linear.bias)
 
     def _matvec(self, x, bias, y, m, threads) -> int:
-        self._lib.ct_linear_bf16(x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(),
-                                 m, self.out_features, self.in_features, threads)
+        getattr(self._lib, f"ct_linear_{self.NAME}")(x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(),
+                                                     m, self.out_features, self.in_features, threads)
         return 0
 
     def _dequantize(self, out, threads) -> None:
-        self._lib.ct_dequant_bf16(self.weight.data_ptr(), out.data_ptr(), self.out_features, self.in_features, threads)
+        getattr(self._lib, f"ct_dequant_{self.NAME}")(self.weight.data_ptr(), out.data_ptr(), self.out_features,
+                                                      self.in_features, threads)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids].view(torch.bfloat16).float()
+        return self.weight[ids].view(self.DTYPE).float()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", bf16"
+        return super().extra_repr() + f", {self.NAME}"
+
+
+class F16Linear(Bf16Linear):
+    """GGUF's F16 weights as stored: bf16's loop, widened with F16C where the CPU has it."""
+
+    DTYPE, NAME = torch.float16, "f16"
 
 
 def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +130,10 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class Q8Linear(NativeLinear):
     def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q.shape, bias)
-        # -128 has no positive counterpart for the kernel's sign trick; a quantizer never makes it.
-        self.register_buffer("weight", q.to(torch.int8).clamp(-127, 127).contiguous(), persistent=False)
+        # -128 has no positive counterpart for the kernel's sign trick; a quantizer never makes it
+        # (ggml's and ours round w / (max|w| / 127)). Clamped only if present: no second copy of q.
+        q = q.to(torch.int8).contiguous()
+        self.register_buffer("weight", q.clamp(-127, 127) if bool((q == -128).any()) else q, persistent=False)
         self.register_buffer("scale", d.to(torch.float16).contiguous().view(torch.int16), persistent=False)
 
     @classmethod
@@ -141,20 +158,21 @@ class Q8Linear(NativeLinear):
 
 
 class Q4Linear(NativeLinear):
-    def __init__(self, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """q (N, K) in 0..15; d, m (N, K/32): w = q * d + m."""
-        super().__init__(q.shape, bias)
-        n, k = q.shape
-        blocks = q.to(torch.uint8).view(n, k // BLOCK, 2, BLOCK // 2)
-        packed = blocks[:, :, 0] | (blocks[:, :, 1] << 4)  # byte j: value j (low), value j + 16 (high)
-        self.register_buffer("weight", packed.reshape(n, k // 2).contiguous(), persistent=False)
+    def __init__(self, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """packed uint8 (N, K/2): block b's byte j holds value j (low nibble) and j + 16 (high), 0..15
+        (GGUF's own order); d, m (N, K/32): w = q * d + m."""
+        super().__init__((packed.size(0), 2 * packed.size(1)), bias)
+        self.register_buffer("weight", packed.to(torch.uint8).contiguous(), persistent=False)
         self.register_buffer("scale", d.to(torch.float16).contiguous().view(torch.int16), persistent=False)
         self.register_buffer("offset", m.to(torch.float16).contiguous().view(torch.int16), persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Q4Linear":
         q, scale, zero = quantize_int4(linear.weight, BLOCK)  # w = (q - 8) * scale + zero
-        return cls(q, scale, zero - 8 * scale, linear.bias)
+        n, k = q.shape
+        blocks = q.to(torch.uint8).view(n, k // BLOCK, 2, BLOCK // 2)
+        packed = blocks[:, :, 0] | (blocks[:, :, 1] << 4)
+        return cls(packed.reshape(n, k // 2), scale, zero - 8 * scale, linear.bias)
 
     def _dequantize(self, out, threads) -> None:
         self._lib.ct_dequant_q4(self.weight.data_ptr(), self.scale.data_ptr(), self.offset.data_ptr(), out.data_ptr(),
@@ -175,3 +193,138 @@ class Q4Linear(NativeLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", q4 (blocks of 32)"
+
+
+class KQuantLinear(NativeLinear):
+    """A K-quant weight as GGUF stores it: each row K / 256 super-blocks of BLOCK_BYTES bytes."""
+
+    TYPE = -1  # kquants.c's CT_Q4_K .. CT_Q3_K
+    BLOCK_BYTES = 0
+
+    def __init__(self, blocks: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None) -> None:
+        """blocks: uint8 (N, K / 256 * BLOCK_BYTES), the stored bytes (kept, not copied)."""
+        super().__init__(shape, bias)
+        n, k = shape
+        if k % SUPER_BLOCK or tuple(blocks.shape) != (n, k // SUPER_BLOCK * self.BLOCK_BYTES):
+            raise ValueError(f"{type(self).__name__}: {tuple(blocks.shape)} bytes do not hold a {n}x{k} weight")
+        self.register_buffer("weight", blocks.to(torch.uint8).contiguous(), persistent=False)
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        return linear.in_features % SUPER_BLOCK == 0
+
+    def _matvec(self, x, bias, y, m, threads) -> int:
+        return self._lib.ct_linear_kq(self.TYPE, x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(), m,
+                                      self.out_features, self.in_features, threads)
+
+    def _dequantize(self, out, threads) -> None:
+        self._lib.ct_dequant_kq(self.TYPE, self.weight.data_ptr(), out.data_ptr(), self.out_features,
+                                self.in_features, threads)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        picked = self.weight[ids.reshape(-1)].contiguous()
+        out = torch.empty(picked.size(0), self.in_features)
+        self._lib.ct_dequant_kq(self.TYPE, picked.data_ptr(), out.data_ptr(), out.size(0), self.in_features, 1)
+        return out.view(*ids.shape, self.in_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", {type(self).__name__[:-6]} (super-blocks of 256)"
+
+
+class Q4KLinear(KQuantLinear):
+    TYPE, BLOCK_BYTES = 0, 144
+
+
+class Q5KLinear(KQuantLinear):
+    TYPE, BLOCK_BYTES = 1, 176
+
+
+class Q6KLinear(KQuantLinear):
+    TYPE, BLOCK_BYTES = 2, 210
+
+
+class Q2KLinear(KQuantLinear):
+    TYPE, BLOCK_BYTES = 3, 84
+
+
+class Q3KLinear(KQuantLinear):
+    TYPE, BLOCK_BYTES = 4, 110
+
+
+# ---- GGUF tensors as stored -> layers -----------------------------------------------------
+
+_CHUNK_ROWS = 1024  # a split or repack goes this many rows at a time: no full-size temporaries
+
+
+def _copied(raw: np.ndarray, start: int, fields: list[tuple[int, int, type]], block: int) -> list[np.ndarray]:
+    """Rows start.. of `raw` cut into blocks of `block` bytes, each field (offset, size, dtype) of
+    every block copied out into its own array (rows, blocks * size / itemsize)."""
+    rows = np.asarray(raw[start:start + _CHUNK_ROWS])
+    blocks = rows.reshape(rows.shape[0], -1, block)
+    return [np.ascontiguousarray(blocks[:, :, at:at + size]).view(dtype).reshape(rows.shape[0], -1)
+            for at, size, dtype in fields]
+
+
+def _split(raw: np.ndarray, n: int, fields: list[tuple[int, int, type]], block: int, widths: list[int],
+           dtypes: list[torch.dtype]) -> list[torch.Tensor]:
+    """`raw`'s blocks split into one tensor per field, row chunk by row chunk."""
+    out = [torch.empty(n, width, dtype=dtype) for width, dtype in zip(widths, dtypes)]
+    for start in range(0, n, _CHUNK_ROWS):
+        for tensor, part in zip(out, _copied(raw, start, fields, block)):
+            tensor[start:start + part.shape[0]] = torch.from_numpy(part)
+    return out
+
+
+def _q8_0(raw, n, k, bias):
+    q, d = _split(raw, n, [(2, 32, np.int8), (0, 2, np.float16)], 34, [k, k // BLOCK], [torch.int8, torch.float16])
+    return Q8Linear(q, d, bias)
+
+
+def _q4_0(raw, n, k, bias):  # w = d q - 8 d: Q4_1's form with m = -8 d (exact in fp16)
+    packed, d = _split(raw, n, [(2, 16, np.uint8), (0, 2, np.float16)], 18, [k // 2, k // BLOCK],
+                       [torch.uint8, torch.float16])
+    return Q4Linear(packed, d, -8 * d, bias)
+
+
+def _q4_1(raw, n, k, bias):
+    packed, d, m = _split(raw, n, [(4, 16, np.uint8), (0, 2, np.float16), (2, 2, np.float16)], 20,
+                          [k // 2, k // BLOCK, k // BLOCK], [torch.uint8, torch.float16, torch.float16])
+    return Q4Linear(packed, d, m, bias)
+
+
+def _half(kind):
+    def make(raw, n, k, bias):
+        (w,) = _split(raw, n, [(0, 2, np.int16)], 2, [k], [torch.int16])
+        return kind(w.view(kind.DTYPE), bias)  # the same dtype: kept, not converted
+    return make
+
+
+def _kquant(kind):
+    def make(raw, n, k, bias):
+        (blocks,) = _split(raw, n, [(0, kind.BLOCK_BYTES, np.uint8)], kind.BLOCK_BYTES,
+                           [k // SUPER_BLOCK * kind.BLOCK_BYTES], [torch.uint8])
+        return kind(blocks, (n, k), bias)
+    return make
+
+
+# type name -> (values per block, bytes per block, maker): GGUF's block sizes (gguf.GGML_QUANT_SIZES)
+_STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q4_1),
+           "BF16": (1, 2, _half(Bf16Linear)), "F16": (1, 2, _half(F16Linear)),
+           **{name: (SUPER_BLOCK, kind.BLOCK_BYTES, _kquant(kind)) for name, kind in (
+               ("Q4_K", Q4KLinear), ("Q5_K", Q5KLinear), ("Q6_K", Q6KLinear), ("Q2_K", Q2KLinear), ("Q3_K", Q3KLinear))}}
+
+
+def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int], bias: torch.Tensor | None) -> nn.Module | None:
+    """The layer computing with a GGUF tensor's stored values: raw uint8 (N, bytes per row) in
+    GGML type `type_name` ("Q4_K", "F16", ...), shape (N, K). None where no kernel takes it
+    (F32, the loader keeps a float linear; a type without a kernel, the loader dequantizes it;
+    no compiled library). `raw` may be a read-only view of a memory-mapped file: the layer
+    copies out of it, row chunk by row chunk, and keeps no reference to it."""
+    if type_name not in _STORED or native.library() is None:
+        return None
+    values, size, make = _STORED[type_name]
+    n, k = shape
+    if k % values or raw.shape != (n, k // values * size) or raw.dtype != np.uint8:
+        raise ValueError(f"a {type_name} tensor of shape {n}x{k} needs {n}x{k // values * size} bytes, "
+                         f"got {'x'.join(map(str, raw.shape))} of {raw.dtype}")
+    return make(raw, n, k, bias)

@@ -15,68 +15,7 @@
  * share one OpenMP thread pool. Every function has a portable scalar path for CPUs without AVX2.
  * K must be a multiple of 32 (the Python side checks). Rows are split across threads.
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define CT_AVX2 1
-#endif
-/* AVX-512 with VNNI (Intel since Cascade Lake, AMD since Zen 4): the same loops twice as wide,
- * and one dpbusd for AVX2's maddubs + madd. Measured on a 2-core Xeon whose 300 MiB L3 holds
- * GPT-2 small's int8 weights, where the loops are compute-bound: BENCHMARKS.md. */
-#if defined(CT_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define CT_AVX512 1
-#endif
-
-#define BLOCK 32
-/* How far ahead of the weight stream the kernels ask for cache lines: the hardware prefetcher
- * alone left a decode step latency-bound (measured: q8 over GPT-2 small's 48 block matrices,
- * one thread, 11.5 ms without, 8.9 ms at 2048 bytes ahead). */
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 2048
-#endif
-
-static inline float fp16_to_fp32(uint16_t h) {
-#ifdef CT_AVX2
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400)) { mant <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000 | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
-
-static inline float bf16_to_fp32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-#ifdef CT_AVX2
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
+#include "common.h"
 
 #ifdef CT_AVX512
 /* The blocked loops below take two blocks (64 values) a step: one dpbusd gives 16 sums of 4
@@ -174,6 +113,46 @@ void ct_linear_bf16(const float *x, const uint16_t *w, const float *bias, float 
         const uint16_t *row = w + n * K;
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_bf16(row, x + m * K, K) + b;
+    }
+}
+
+/* ---- f16 weights (GGUF's F16 as stored), fp32 activations: bf16's loop with F16C's
+ *      conversion in place of the shift ------------------------------------------------------- */
+
+static float dot_f16(const uint16_t *w, const float *x, int64_t K) {
+    int64_t k = 0;
+    float sum = 0.0f;
+#if defined(CT_AVX512)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + k))), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + k + 16))),
+                             _mm512_loadu_ps(x + k + 16), a1);
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif defined(CT_AVX2)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 8))), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 16))), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 24))), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+    for (; k < K; k++) sum += fp16_to_fp32(w[k]) * x[k];
+    return sum;
+}
+
+void ct_linear_f16(const float *x, const uint16_t *w, const float *bias, float *y,
+                   int64_t M, int64_t N, int64_t K, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+    for (int64_t n = 0; n < N; n++) {
+        const uint16_t *row = w + n * K;
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_f16(row, x + m * K, K) + b;
     }
 }
 
@@ -425,6 +404,12 @@ void ct_dequant_bf16(const uint16_t *w, float *out, int64_t N, int64_t K, int nt
         for (int64_t k = 0; k < K; k++) out[n * K + k] = bf16_to_fp32(w[n * K + k]);
 }
 
+void ct_dequant_f16(const uint16_t *w, float *out, int64_t N, int64_t K, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) out[n * K + k] = fp16_to_fp32(w[n * K + k]);
+}
+
 void ct_dequant_q8(const int8_t *w, const uint16_t *wd, float *out, int64_t N, int64_t K, int nthreads) {
     int64_t nb = K / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
@@ -566,7 +551,7 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
 
 typedef struct {
-    int64_t kind; /* 0: bf16, 1: q8, 2: q4 */
+    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_Q3_K: a K-quant (w: its super-blocks) */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
@@ -582,6 +567,12 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
         return ct_linear_q8(x, (const int8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
     case 2:
         return ct_linear_q4(x, (const uint8_t *)L->w, L->scale, L->offset, L->bias, y, 1, L->N, L->K, nthreads);
+    case 3:
+        ct_linear_f16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
+        return 0;
+    default:
+        if (L->kind >= 4 && L->kind <= 4 + CT_Q3_K)
+            return ct_linear_kq((int)(L->kind - 4), x, (const uint8_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
     }
     return -1;
 }

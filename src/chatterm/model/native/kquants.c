@@ -1,0 +1,335 @@
+/* GGUF's K-quants as stored, times activations: y[M,N] = x[M,K] W^T (+ bias), W in super-blocks
+ * of 256 values along K (ggml's layouts, read byte for byte):
+ *   Q4_K (144 bytes): fp16 d, dmin; 12 bytes of 6-bit scales and mins for 8 sub-blocks of 32;
+ *                     128 bytes of nibbles (chunk c of 64 values: byte l holds value l of
+ *                     sub-block 2c low, of sub-block 2c+1 high). w = d sc q - dmin m, q 0..15.
+ *   Q5_K (176 bytes): Q4_K's header, 32 bytes of fifth bits (byte l, bit j: value l of
+ *                     sub-block j), then Q4_K's nibbles. q 0..31.
+ *   Q6_K (210 bytes): 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales (one per 16
+ *                     values), fp16 d. w = d sc (q - 32), q 0..63.
+ *   Q2_K (84 bytes):  16 bytes of 4-bit scale and min per 16 values, 64 bytes of 2-bit q, fp16 d,
+ *                     dmin. w = d sc q - dmin m.
+ *   Q3_K (110 bytes): 32 bytes of high bits, 64 of 2-bit q, 12 of 6-bit scales (minus 32), fp16
+ *                     d. w = d sc q, q -4..3 (the high bit set means no -4).
+ * Activations are quantized per 256 to int8 with one float scale and the sum of each 16 (ggml's
+ * q8_K): a sub-block's offset then costs one multiply by that sum, not a pass over its values.
+ *
+ * Why these: Q4_K_M / Q5_K_M / Q6_K files, the ones people download, are made of them; reading
+ * them as stored keeps a 4.5-bit model at 4.5 bits in memory. Q4_K, Q5_K and Q6_K have AVX-512
+ * VNNI and AVX2 loops (unsigned q times signed x with maddubs, then the sub-block's scale with
+ * a 16-bit madd, or dpwssd on AVX-512, summed in integers per super-block); every type has the
+ * portable path, which unpacks a super-block to 256 int8 values and 16 scales and offsets (the
+ * same unpacking gives the fp32 weights, so `dequantized()` and the kernels read one thing).
+ */
+#include "common.h"
+
+#define QK 256
+
+static const int64_t block_bytes[] = {144, 176, 210, 84, 110}; /* by CT_Q4_K .. CT_Q3_K */
+
+static inline float half_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return fp16_to_fp32(h);
+}
+
+/* Q4_K and Q5_K's 12 bytes -> 8 scales and 8 mins of 6 bits. */
+static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0f) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+/* One super-block -> q (256 int8), scale and offset per 16 values: w[i] = scale[i/16] q[i] - offset[i/16]. */
+static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *offset) {
+    switch (type) {
+    case CT_Q4_K:
+    case CT_Q5_K: {
+        float d = half_at(b), dmin = half_at(b + 2);
+        uint8_t sc[8], mn[8];
+        scales_k4(b + 4, sc, mn);
+        const uint8_t *hi = b + 16, *qs = type == CT_Q5_K ? b + 48 : b + 16;
+        for (int j = 0; j < 8; j++) {
+            scale[2 * j] = scale[2 * j + 1] = d * (float)sc[j];
+            offset[2 * j] = offset[2 * j + 1] = dmin * (float)mn[j];
+            for (int l = 0; l < 32; l++) {
+                int v = (qs[(j / 2) * 32 + l] >> (4 * (j & 1))) & 15;
+                if (type == CT_Q5_K) v |= ((hi[l] >> j) & 1) << 4;
+                q[j * 32 + l] = (int8_t)v;
+            }
+        }
+        break;
+    }
+    case CT_Q6_K: {
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        float d = half_at(b + 208);
+        for (int g = 0; g < 16; g++) {
+            scale[g] = d * (float)sc[g];
+            offset[g] = 0.0f;
+        }
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *L = ql + 64 * h, H = qh[32 * h + l];
+                int8_t *o = q + 128 * h;
+                o[l] = (int8_t)(((L[l] & 15) | ((H & 3) << 4)) - 32);
+                o[l + 32] = (int8_t)(((L[l + 32] & 15) | (((H >> 2) & 3) << 4)) - 32);
+                o[l + 64] = (int8_t)(((L[l] >> 4) | (((H >> 4) & 3) << 4)) - 32);
+                o[l + 96] = (int8_t)(((L[l + 32] >> 4) | (((H >> 6) & 3) << 4)) - 32);
+            }
+        break;
+    }
+    case CT_Q2_K: {
+        const uint8_t *sc = b, *qs = b + 16;
+        float d = half_at(b + 80), dmin = half_at(b + 82);
+        for (int g = 0; g < 16; g++) {
+            scale[g] = d * (float)(sc[g] & 15);
+            offset[g] = dmin * (float)(sc[g] >> 4);
+        }
+        /* half h, shift s, l: value 128 h + 32 s + l = (qs[32 h + l] >> 2 s) & 3 */
+        for (int i = 0; i < QK; i++) q[i] = (int8_t)((qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3);
+        break;
+    }
+    case CT_Q3_K: {
+        const uint8_t *hmask = b, *qs = b + 32, *s = b + 96;
+        float d = half_at(b + 108);
+        for (int g = 0; g < 16; g++) {
+            int low = (s[g % 8] >> (4 * (g / 8))) & 15, high = (s[8 + g % 4] >> (2 * (g / 4))) & 3;
+            scale[g] = d * (float)((low | (high << 4)) - 32);
+            offset[g] = 0.0f;
+        }
+        for (int i = 0; i < QK; i++) {
+            int low = (qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
+            q[i] = (int8_t)(low - (((hmask[i % 32] >> (i / 32)) & 1) ? 0 : 4));
+        }
+        break;
+    }
+    }
+}
+
+/* ---- activations: per 256, int8 values, one scale, the sum of each 16 (q8_K) ------------- */
+
+typedef struct {
+    int8_t *q;
+    float *d;
+    int16_t *sums;
+} kacts;
+
+static void quantize_row_k(const float *x, int8_t *q, float *d, int16_t *sums, int64_t K) {
+    for (int64_t b = 0; b < K / QK; b++) {
+        const float *v = x + b * QK;
+        float amax = 0.0f, nonfinite = 0.0f;
+        for (int i = 0; i < QK; i++) {
+            amax = fmaxf(amax, fabsf(v[i]));
+            nonfinite += v[i] - v[i]; /* NaN for NaN or inf: carried into the scale (kernels.c's quantize_row) */
+        }
+        float s = amax / 127.0f + nonfinite, inv = s > 0.0f ? 1.0f / s : 0.0f;
+        for (int g = 0; g < QK / 16; g++) {
+            int sum = 0;
+            for (int i = g * 16; i < g * 16 + 16; i++) {
+                int v8 = (int)lrintf(v[i] * inv);
+                v8 = v8 > 127 ? 127 : (v8 < -127 ? -127 : v8);
+                q[b * QK + i] = (int8_t)v8;
+                sum += v8;
+            }
+            sums[b * 16 + g] = (int16_t)sum;
+        }
+        d[b] = s;
+    }
+}
+
+static int quantize_acts_k(const float *x, int64_t M, int64_t K, kacts *a) {
+    int64_t nb = K / QK;
+    a->q = (int8_t *)malloc((size_t)(M * K));
+    a->d = (float *)malloc(sizeof(float) * (size_t)(M * nb));
+    a->sums = (int16_t *)malloc(sizeof(int16_t) * (size_t)(M * nb * 16));
+    if (!a->q || !a->d || !a->sums) {
+        free(a->q); free(a->d); free(a->sums);
+        return -1;
+    }
+    for (int64_t m = 0; m < M; m++) quantize_row_k(x + m * K, a->q + m * K, a->d + m * nb, a->sums + m * nb * 16, K);
+    return 0;
+}
+
+static void free_acts_k(kacts *a) { free(a->q); free(a->d); free(a->sums); }
+
+/* ---- one super-block times one of x ------------------------------------------------------
+ * Each returns sum_i w_i xq_i for one super-block; the caller multiplies by x's scale. */
+
+static float block_portable(int type, const uint8_t *b, const int8_t *x, const int16_t *sums) {
+    int8_t q[QK];
+    float scale[16], offset[16], sum = 0.0f;
+    unpack(type, b, q, scale, offset);
+    for (int g = 0; g < 16; g++) {
+        int dot = 0;
+        for (int i = g * 16; i < g * 16 + 16; i++) dot += (int)q[i] * (int)x[i];
+        sum += scale[g] * (float)dot - offset[g] * (float)sums[g];
+    }
+    return sum;
+}
+
+#if defined(CT_AVX2)
+/* sum_g a[g] b[g] over 16 int16 pairs (the offsets: per-16 mins or scales times x's sums). */
+static inline int dot16_epi16(__m256i a, __m256i b) {
+    __m256i p = _mm256_madd_epi16(a, b);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* Q4_K / Q5_K: d * sum_j sc_j (q . x)_j - dmin * sum_j m_j (x's sum over sub-block j). */
+static float block_k4(int type, const uint8_t *b, const int8_t *x, const int16_t *sums) {
+    const uint8_t *qs = type == CT_Q5_K ? b + 48 : b + 16;
+    uint8_t sc[8], mn[8];
+    scales_k4(b + 4, sc, mn);
+    __m128i m8 = _mm_loadl_epi64((const __m128i *)mn);
+    int mins = dot16_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), _mm256_loadu_si256((const __m256i *)sums));
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+#if defined(CT_AVX512)
+    /* 64 values a step: the two sub-blocks of a chunk side by side, each sum of two products
+     * multiplied by its sub-block's scale and accumulated by one dpwssd. */
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+    __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
+    __m512i acc = _mm512_setzero_si512();
+    for (int c = 0; c < 4; c++) {
+        __m256i r = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(r, 4), low4), 1);
+        if (type == CT_Q5_K) {
+            __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))), _mm256_set1_epi8((char)(2 << (2 * c))), 1);
+            q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hbits, bit), q, sixteen);
+        }
+        __m512i pairs = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(x + 64 * c)));
+        __m512i which = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)), _mm256_set1_epi16((short)(2 * c + 1)), 1);
+        acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
+    }
+    int dots = _mm512_reduce_add_epi32(acc);
+#else
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16)), acc = _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i r = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(r, low4), hi = _mm256_and_si256(_mm256_srli_epi16(r, 4), low4);
+        if (type == CT_Q5_K) {
+            __m256i b0 = _mm256_set1_epi8((char)(1 << (2 * c))), b1 = _mm256_set1_epi8((char)(2 << (2 * c)));
+            lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, b0), b0), sixteen));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, b1), b1), sixteen));
+        }
+        __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * c)));
+        __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    int dots = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1))));
+#endif
+    return half_at(b) * (float)dots - half_at(b + 2) * (float)mins;
+}
+
+/* Q6_K: d * (sum_g sc_g (q . x)_g - 32 sum_g sc_g (x's sum over g)), q taken unsigned 0..63. */
+static float block_q6k(const uint8_t *b, const int8_t *x, const int16_t *sums) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), m4 = _mm256_set1_epi8(0x0c);
+    const __m256i m6 = _mm256_set1_epi8(0x30), m8 = _mm256_set1_epi8((char)0xc0);
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)(b + 192));
+    __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+    int offsets = 32 * dot16_epi16(sc16, _mm256_loadu_si256((const __m256i *)sums));
+#if defined(CT_AVX512)
+    static const int16_t lane_eighths[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+    const __m512i eighths = _mm512_loadu_si512((const void *)lane_eighths); /* int16 lane i -> i / 8 */
+    __m512i scales = _mm512_castsi256_si512(sc16), acc = _mm512_setzero_si512();
+#else
+    __m256i acc = _mm256_setzero_si256();
+#endif
+    for (int h = 0; h < 2; h++) {
+        __m256i L0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h));
+        __m256i L1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32));
+        __m256i H = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+        __m256i q[4] = {
+            _mm256_or_si256(_mm256_and_si256(L0, low4), _mm256_slli_epi16(_mm256_and_si256(H, m2), 4)),
+            _mm256_or_si256(_mm256_and_si256(L1, low4), _mm256_slli_epi16(_mm256_and_si256(H, m4), 2)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), low4), _mm256_and_si256(H, m6)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), low4), _mm256_srli_epi16(_mm256_and_si256(H, m8), 2)),
+        };
+        const int8_t *xh = x + 128 * h;
+#if defined(CT_AVX512)
+        for (int p = 0; p < 2; p++) { /* values 64 p .. 64 p + 63 of this half: scales 8h + 4p .. + 3, 16 values each */
+            __m512i qq = _mm512_inserti64x4(_mm512_castsi256_si512(q[2 * p]), q[2 * p + 1], 1);
+            __m512i pairs = _mm512_maddubs_epi16(qq, _mm512_loadu_si512((const void *)(xh + 64 * p)));
+            int first = 8 * h + 4 * p;
+            __m512i which = _mm512_add_epi16(_mm512_set1_epi16((short)first), eighths);
+            acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
+        }
+#else
+        for (int s = 0; s < 4; s++) {
+            __m256i pairs = _mm256_maddubs_epi16(q[s], _mm256_loadu_si256((const __m256i *)(xh + 32 * s)));
+            const int8_t *sc = (const int8_t *)(b + 192 + 8 * h + 2 * s);
+            __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+        }
+#endif
+    }
+#if defined(CT_AVX512)
+    int dots = _mm512_reduce_add_epi32(acc);
+#else
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+    int dots = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1))));
+#endif
+    return half_at(b + 208) * (float)(dots - offsets);
+}
+#endif
+
+static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *sums, int64_t nb) {
+    int64_t bytes = block_bytes[type];
+    float sum = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = w + i * bytes;
+        float part;
+        __builtin_prefetch((const char *)b + PREFETCH_BYTES);
+#if defined(CT_AVX2)
+        if (type == CT_Q4_K || type == CT_Q5_K)
+            part = block_k4(type, b, xq + i * QK, sums + i * 16);
+        else if (type == CT_Q6_K)
+            part = block_q6k(b, xq + i * QK, sums + i * 16);
+        else
+#endif
+            part = block_portable(type, b, xq + i * QK, sums + i * 16);
+        sum += xd[i] * part;
+    }
+    return sum;
+}
+
+int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
+                 int64_t K, int nthreads) {
+    kacts a;
+    if (type < CT_Q4_K || type > CT_Q3_K || quantize_acts_k(x, M, K, &a)) return -1;
+    int64_t nb = K / QK, row = nb * block_bytes[type];
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+    for (int64_t n = 0; n < N; n++) {
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = dot_kq(type, w + n * row, a.q + m * K, a.d + m * nb, a.sums + m * nb * 16, nb) + b;
+    }
+    free_acts_k(&a);
+    return 0;
+}
+
+/* W (N rows of super-blocks) -> fp32 (N, K): the values the kernels compute with. */
+void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K, int nthreads) {
+    int64_t nb = K / QK, row = nb * block_bytes[type];
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t i = 0; i < nb; i++) {
+            int8_t q[QK];
+            float scale[16], offset[16], *o = out + n * K + i * QK;
+            unpack(type, w + n * row + i * block_bytes[type], q, scale, offset);
+            for (int j = 0; j < QK; j++) o[j] = scale[j / 16] * (float)q[j] - offset[j / 16];
+        }
+}
