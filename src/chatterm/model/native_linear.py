@@ -261,7 +261,7 @@ def _copied(raw: np.ndarray, start: int, fields: list[tuple[int, int, type]], bl
     every block copied out into its own array (rows, blocks * size / itemsize)."""
     rows = np.asarray(raw[start:start + _CHUNK_ROWS])
     blocks = rows.reshape(rows.shape[0], -1, block)
-    return [np.ascontiguousarray(blocks[:, :, at:at + size]).view(dtype).reshape(rows.shape[0], -1)
+    return [np.array(blocks[:, :, at:at + size], copy=True).view(dtype).reshape(rows.shape[0], -1)
             for at, size, dtype in fields]
 
 
