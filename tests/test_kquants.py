@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from chatterm.model import native
-from chatterm.model.native_linear import GEMV_ROWS, NativeLinear, stored_layer
+from chatterm.model.native_linear import NativeLinear, stored_layer
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
@@ -61,14 +61,15 @@ def activation_block(type_name: str) -> int:
     return 256 if type_name in K_LAYOUT else 32 if type_name in QUANTIZED_BY_GGUF else 0
 
 
-def quantization_bound(type_name: str, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def quantization_bound(type_name: str, w: torch.Tensor, x: torch.Tensor, on_kernel: bool) -> torch.Tensor:
     """(M, N): how far the kernel's result may be from w @ x exactly. Each activation rounded to
     its block's grid (step max|x| / 127) moves by at most half a step, so output n moves by at
-    most sum_k |w_nk| * max|x in k's block| / 254; plus fp32 summation (1e-5 of sum |w x|)."""
+    most sum_k |w_nk| * max|x in k's block| / 254; plus fp32 summation (1e-5 of sum |w x|).
+    Not `on_kernel` (more rows than the layer's GEMM_ABOVE): a float GEMM, no activation rounding."""
     wa, xa = w.double().abs(), x.double().abs()
     bound = 1e-5 * xa @ wa.T
     block = activation_block(type_name)
-    if block and x.size(0) <= GEMV_ROWS:  # more rows: a float GEMM on the dequantized weight
+    if block and on_kernel:
         amax = xa.view(x.size(0), -1, block).amax(-1)  # (M, K / block)
         bound += (amax / 254) @ wa.view(w.size(0), -1, block).sum(-1).T
     return bound
@@ -98,8 +99,9 @@ def test_stored_layer_computes_with_the_stored_values(type_name, k):
         with torch.inference_mode():
             got = layer(x).double()
         exact = x.double() @ w.double().T + bias.double()
-        assert bool(((got - exact).abs() <= quantization_bound(type_name, w, x)).all()), (type_name, rows)
-        if activation_block(type_name) and rows <= GEMV_ROWS:  # and it is that arithmetic, to fp32 rounding
+        on_kernel = rows <= layer.GEMM_ABOVE
+        assert bool(((got - exact).abs() <= quantization_bound(type_name, w, x, on_kernel)).all()), (type_name, rows)
+        if activation_block(type_name) and on_kernel:  # and it is that arithmetic, to fp32 rounding
             same = quantized_activations(type_name, x) @ w.double().T + bias.double()
             assert float((got - same).abs().max()) < 1e-5 * float(same.abs().max()), (type_name, rows)
 
@@ -121,7 +123,7 @@ def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
         w = reference(type_name, wrong, n, k)
         finite = torch.isfinite(w).all()
         exact = x.double() @ w.double().T
-        assert not finite or bool(((got - exact).abs() > quantization_bound(type_name, w, x)).any())
+        assert not finite or bool(((got - exact).abs() > quantization_bound(type_name, w, x, True)).any())
 
 
 def test_stored_layer_declines_what_it_has_no_kernel_for_and_reports_bad_sizes():
@@ -210,3 +212,19 @@ def test_fused_step_decodes_a_kquant_llama_as_pytorch_does(monkeypatch):
     # weights this large one such step moves the logits by ~1% (measured at other weight scales);
     # at this one none happens (measured 2e-7).
     assert float((fused_logits - plain_logits).abs().max()) < 5e-3 * float(plain_logits.abs().max())
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q8_0", "BF16"])
+def test_prompts_unpack_the_weight_slice_by_slice(type_name):
+    """Above GEMM_ABOVE rows the product is float GEMMs over slices of rows of the unpacked
+    weight (3 slices of 16, 16 and 5 rows here), with each slice's part of the bias."""
+    from chatterm.model.native_linear import chunked_gemm
+
+    n, k = 37, 768
+    layer = stored_layer(type_name, stored(type_name, n, k), (n, k), torch.randn(n))
+    x = torch.randn(layer.GEMM_ABOVE + 1, k, generator=torch.Generator().manual_seed(3))
+    want = torch.nn.functional.linear(x, layer.dequantized(), layer.bias)
+    assert torch.allclose(chunked_gemm(layer, x, chunk_bytes=16 * 4 * k), want, atol=1e-5)
+    assert torch.equal(layer.dequantized(16, 32), layer.dequantized()[16:32])
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), want, atol=1e-5)

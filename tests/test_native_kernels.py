@@ -101,7 +101,7 @@ def test_bf16_kernel_computes_the_bf16_weight_matmul(n_in, rows):
 @pytest.mark.parametrize("kind", [Q8Linear, Q4Linear])
 def test_prompt_rows_take_the_float_gemm_with_the_same_weight(kind):
     layer = kind.from_linear(linear(128, 64))
-    x = torch.randn(GEMV_ROWS + 8, 128, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(kind.GEMM_ABOVE + 8, 128, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         many = layer(x)  # one GEMM on the unpacked weight
         one_by_one = torch.cat([layer(row[None]) for row in x])  # the integer kernel, row by row

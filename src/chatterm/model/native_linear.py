@@ -32,13 +32,27 @@ from .quantized_linear import quantize_int4
 BLOCK = 32
 SUPER_BLOCK = 256  # the K-quants' super-block
 # Up to this many rows (tokens) at once the kernels' matrix-vector loops run; above it (a
-# prompt) the weight is unpacked to fp32 for one float GEMM. Measured on the 2-core EPYC,
-# 3072x768 at 16 rows: q8 loop 1.5 ms, unpack + GEMM ~3 ms; at 64 rows 9.8 ms against ~7 ms.
+# prompt) the weight is unpacked to fp32 slice by slice for float GEMMs (`chunked_gemm`). Each
+# layer class has its own `GEMM_ABOVE`, where its loop stops winning. Measured on the 2-core
+# EPYC, 3072x768 at 16 rows: q8 loop 1.5 ms, unpack + GEMM ~3 ms; at 64 rows 9.8 ms against ~7 ms.
+# On the AVX-512 Xeon, one thread (CPU time, 2048x2048, `python scripts/kernel_speed.py` and
+# its --rows), loop / unpack + GEMM in ms:
+#   rows   Q8_0       Q4_0       Q4_K       Q5_K       Q6_K       BF16       F16        Q3_K (portable)
+#   16     1.8/3.3    2.0/4.1    2.6/3.9    3.8/4.2    2.5/3.5    2.8/3.1    2.4/3.5    94/8.9
+#   32     3.5/4.0    3.9/5.3    5.2/5.1    7.5/4.9    4.9/4.5    6.0/3.9    4.9/4.8    193/10
+#   64     6.8/5.8    7.9/6.7    10.7/6.8   14.7/6.7   9.9/6.1    12.7/5.5   10.6/6.5   381/11
+#   512    64/28      -          85/27      -          -          314/27     -          -
+# The loops do every row's work again (their cost grows with the rows), while the fp32 GEMM
+# runs near this CPU's peak (~160 GFLOP/s a core): an int8 loop with a scale per 32 values on
+# both sides does no fewer operations per multiply-add than the float GEMM does, so prompts
+# keep the GEMM, on slices of the weight.
 GEMV_ROWS = 16
 
 
 class NativeLinear(nn.Module):
     """`y = x W^T + b` through one kernels.c function; subclasses hold W."""
+
+    GEMM_ABOVE = GEMV_ROWS  # more rows than this at once: widen W to fp32 for one float GEMM
 
     def __init__(self, linear_or_shape, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -58,29 +72,52 @@ class NativeLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        if flat.size(0) > GEMV_ROWS:  # a prompt: a float GEMM on the unpacked weight is faster
-            y = torch.nn.functional.linear(flat, self.dequantized(), self.bias)
+        if flat.size(0) > self.GEMM_ABOVE:  # a prompt: float GEMMs on slices of the unpacked weight are faster
+            y = chunked_gemm(self, flat)
         else:
-            y = torch.empty(flat.size(0), self.out_features)
-            bias = self.bias.data_ptr() if self.bias is not None else None
-            if self._matvec(flat, bias, y, flat.size(0), torch.get_num_threads()):
-                raise MemoryError("the CPU kernel could not allocate its activation buffer")
+            y = prompt_product(self, flat)
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
 
-    def dequantized(self) -> torch.Tensor:
-        """The fp32 weight (N, K) this layer computes with."""
-        out = torch.empty(self.out_features, self.in_features)
-        self._dequantize(out, torch.get_num_threads())
+    def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The fp32 weight (N, K) this layer computes with (rows start..stop: a slice of it)."""
+        stop = self.out_features if stop is None else stop
+        out = torch.empty(stop - start, self.in_features)
+        self._dequantize(out, torch.get_num_threads(), slice(start, stop))
         return out
 
     def _matvec(self, x, bias, y, m, threads) -> int:
         raise NotImplementedError
 
-    def _dequantize(self, out, threads) -> None:
+    def _dequantize(self, out, threads, rows: slice) -> None:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 4 << 20) -> torch.Tensor:
+    """x (M, K) times the weight, unpacked to fp32 one slice of rows at a time (about
+    `chunk_bytes` of it) for a float GEMM each: a prompt never widens the whole weight (2 GB for
+    a 128k-word output layer), and a slice stays in the cache while the GEMM reads it. Measured
+    at 512 rows, one thread (CPU time), Q8_0: 2048x2048 28 ms in 4 MB slices, 32 ms in 1 MB ones,
+    28 ms whole; 8192x2048 114 ms, 123 ms, 135 ms whole."""
+    n, k = layer.out_features, layer.in_features
+    step = max(16, chunk_bytes // (4 * k))
+    y = torch.empty(x.size(0), n)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        bias = layer.bias[start:stop] if layer.bias is not None else None
+        y[:, start:stop] = torch.nn.functional.linear(x, layer.dequantized(start, stop), bias)
+    return y
+
+
+def prompt_product(layer: NativeLinear, x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) fp32 contiguous times the layer's weight on its own kernel, whatever M."""
+    y = torch.empty(x.size(0), layer.out_features)
+    bias = layer.bias.data_ptr() if layer.bias is not None else None
+    if layer._matvec(x, bias, y, x.size(0), torch.get_num_threads()):
+        raise MemoryError("the CPU kernel could not allocate its activation buffer")
+    return y
 
 
 class Bf16Linear(NativeLinear):
@@ -99,8 +136,8 @@ class Bf16Linear(NativeLinear):
                                                      m, self.out_features, self.in_features, threads)
         return 0
 
-    def _dequantize(self, out, threads) -> None:
-        getattr(self._lib, f"ct_dequant_{self.NAME}")(self.weight.data_ptr(), out.data_ptr(), self.out_features,
+    def _dequantize(self, out, threads, rows: slice) -> None:
+        getattr(self._lib, f"ct_dequant_{self.NAME}")(self.weight[rows].data_ptr(), out.data_ptr(), out.size(0),
                                                       self.in_features, threads)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -114,6 +151,7 @@ class F16Linear(Bf16Linear):
     """GGUF's F16 weights as stored: bf16's loop, widened with F16C where the CPU has it."""
 
     DTYPE, NAME = torch.float16, "f16"
+    GEMM_ABOVE = 24
 
 
 def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +166,7 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Q8Linear(NativeLinear):
+    GEMM_ABOVE = 32  # see GEMV_ROWS
     def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q.shape, bias)
         # -128 has no positive counterpart for the kernel's sign trick; a quantizer never makes it
@@ -144,9 +183,9 @@ class Q8Linear(NativeLinear):
         return self._lib.ct_linear_q8(x.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(), bias,
                                       y.data_ptr(), m, self.out_features, self.in_features, threads)
 
-    def _dequantize(self, out, threads) -> None:
-        self._lib.ct_dequant_q8(self.weight.data_ptr(), self.scale.data_ptr(), out.data_ptr(),
-                                self.out_features, self.in_features, threads)
+    def _dequantize(self, out, threads, rows: slice) -> None:
+        self._lib.ct_dequant_q8(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), out.data_ptr(),
+                                out.size(0), self.in_features, threads)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         q = self.weight[ids].float()
@@ -158,6 +197,7 @@ class Q8Linear(NativeLinear):
 
 
 class Q4Linear(NativeLinear):
+    GEMM_ABOVE = 32
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2): block b's byte j holds value j (low nibble) and j + 16 (high), 0..15
         (GGUF's own order); d, m (N, K/32): w = q * d + m."""
@@ -174,9 +214,9 @@ class Q4Linear(NativeLinear):
         packed = blocks[:, :, 0] | (blocks[:, :, 1] << 4)
         return cls(packed.reshape(n, k // 2), scale, zero - 8 * scale, linear.bias)
 
-    def _dequantize(self, out, threads) -> None:
-        self._lib.ct_dequant_q4(self.weight.data_ptr(), self.scale.data_ptr(), self.offset.data_ptr(), out.data_ptr(),
-                                self.out_features, self.in_features, threads)
+    def _dequantize(self, out, threads, rows: slice) -> None:
+        self._lib.ct_dequant_q4(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), self.offset[rows].data_ptr(),
+                                out.data_ptr(), out.size(0), self.in_features, threads)
 
     def _matvec(self, x, bias, y, m, threads) -> int:
         return self._lib.ct_linear_q4(x.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(),
@@ -217,14 +257,16 @@ class KQuantLinear(NativeLinear):
         return self._lib.ct_linear_kq(self.TYPE, x.data_ptr(), self.weight.data_ptr(), bias, y.data_ptr(), m,
                                       self.out_features, self.in_features, threads)
 
-    def _dequantize(self, out, threads) -> None:
-        self._lib.ct_dequant_kq(self.TYPE, self.weight.data_ptr(), out.data_ptr(), self.out_features,
-                                self.in_features, threads)
+    def _dequantize(self, out, threads, rows: slice) -> None:
+        self._dequantize_blocks(self.weight[rows], out, threads)
+
+    def _dequantize_blocks(self, blocks: torch.Tensor, out: torch.Tensor, threads: int) -> None:
+        self._lib.ct_dequant_kq(self.TYPE, blocks.data_ptr(), out.data_ptr(), out.size(0), self.in_features, threads)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         picked = self.weight[ids.reshape(-1)].contiguous()
         out = torch.empty(picked.size(0), self.in_features)
-        self._lib.ct_dequant_kq(self.TYPE, picked.data_ptr(), out.data_ptr(), out.size(0), self.in_features, 1)
+        self._dequantize_blocks(picked, out, 1)
         return out.view(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
@@ -232,23 +274,23 @@ class KQuantLinear(NativeLinear):
 
 
 class Q4KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES = 0, 144
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 0, 144, 24  # GEMM_ABOVE: see GEMV_ROWS
 
 
 class Q5KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES = 1, 176
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 1, 176, 16
 
 
 class Q6KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES = 2, 210
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 2, 210, 24
 
 
-class Q2KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES = 3, 84
+class Q2KLinear(KQuantLinear):  # portable loops only: GEMM_ABOVE from the measurements in kquants.c
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 3, 84, 1
 
 
 class Q3KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES = 4, 110
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 4, 110, 1
 
 
 # ---- GGUF tensors as stored -> layers -----------------------------------------------------

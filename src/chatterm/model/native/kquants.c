@@ -172,28 +172,47 @@ static float block_portable(int type, const uint8_t *b, const int8_t *x, const i
 }
 
 #if defined(CT_AVX2)
-/* sum_g a[g] b[g] over 16 int16 pairs (the offsets: per-16 mins or scales times x's sums). */
-static inline int dot16_epi16(__m256i a, __m256i b) {
-    __m256i p = _mm256_madd_epi16(a, b);
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(s);
+/* A super-block's integer sums stay in a vector (ivec) that is converted and scaled into a
+ * float accumulator (fvec): one horizontal sum per row, not per super-block. */
+#if defined(CT_AVX512)
+typedef __m512i ivec;
+typedef __m512 fvec;
+#define FV_ZERO _mm512_setzero_ps()
+#define FV_FMA(i, s, acc) _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(s), acc)
+#define FV_SUM(v) _mm512_reduce_add_ps(v)
+#else
+typedef __m256i ivec;
+typedef __m256 fvec;
+#define FV_ZERO _mm256_setzero_ps()
+#define FV_FMA(i, s, acc) _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(s), acc)
+#define FV_SUM(v) hsum(v)
+#endif
+
+/* Q4_K / Q5_K: sum_j sc_j (q . x)_j as an ivec to scale by d; *offsets: 8 int32 summing to
+ * sum_j m_j (x's sum over sub-block j), to scale by dmin. */
+/* scales_k4 on words (x86 is little-endian): the 8 scales and the 8 mins as bytes of one
+ * 64-bit value each. Byte-by-byte unpacking cost as much as a super-block's products. */
+static inline void scales_k4_words(const uint8_t *s, uint64_t *sc, uint64_t *mn) {
+    uint32_t a, b, c;
+    memcpy(&a, s, 4);
+    memcpy(&b, s + 4, 4);
+    memcpy(&c, s + 8, 4);
+    *sc = (a & 0x3f3f3f3fu) | (uint64_t)((c & 0x0f0f0f0fu) | ((a >> 2) & 0x30303030u)) << 32;
+    *mn = (b & 0x3f3f3f3fu) | (uint64_t)(((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u)) << 32;
 }
 
-/* Q4_K / Q5_K: d * sum_j sc_j (q . x)_j - dmin * sum_j m_j (x's sum over sub-block j). */
-static float block_k4(int type, const uint8_t *b, const int8_t *x, const int16_t *sums) {
+static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const int16_t *sums, __m256i *offsets) {
     const uint8_t *qs = type == CT_Q5_K ? b + 48 : b + 16;
-    uint8_t sc[8], mn[8];
-    scales_k4(b + 4, sc, mn);
-    __m128i m8 = _mm_loadl_epi64((const __m128i *)mn);
-    int mins = dot16_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), _mm256_loadu_si256((const __m256i *)sums));
+    uint64_t sc64, mn64;
+    scales_k4_words(b + 4, &sc64, &mn64);
+    __m128i m8 = _mm_cvtsi64_si128((long long)mn64);
+    *offsets = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), _mm256_loadu_si256((const __m256i *)sums));
     const __m256i low4 = _mm256_set1_epi8(0x0f);
 #if defined(CT_AVX512)
     /* 64 values a step: the two sub-blocks of a chunk side by side, each sum of two products
      * multiplied by its sub-block's scale and accumulated by one dpwssd. */
     const __m512i sixteen = _mm512_set1_epi8(16);
-    __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
+    __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc64)));
     __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
     __m512i acc = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++) {
@@ -208,7 +227,6 @@ static float block_k4(int type, const uint8_t *b, const int8_t *x, const int16_t
         __m512i which = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)), _mm256_set1_epi16((short)(2 * c + 1)), 1);
         acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
     }
-    int dots = _mm512_reduce_add_epi32(acc);
 #else
     const __m256i sixteen = _mm256_set1_epi8(16);
     __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16)), acc = _mm256_setzero_si256();
@@ -222,23 +240,21 @@ static float block_k4(int type, const uint8_t *b, const int8_t *x, const int16_t
         }
         __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * c)));
         __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_set1_epi16(sc[2 * c])));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16(sc[2 * c + 1])));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_set1_epi16((short)((sc64 >> (16 * c)) & 0xff))));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16((short)((sc64 >> (16 * c + 8)) & 0xff))));
     }
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    int dots = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1))));
 #endif
-    return half_at(b) * (float)dots - half_at(b + 2) * (float)mins;
+    return acc;
 }
 
-/* Q6_K: d * (sum_g sc_g (q . x)_g - 32 sum_g sc_g (x's sum over g)), q taken unsigned 0..63. */
-static float block_q6k(const uint8_t *b, const int8_t *x, const int16_t *sums) {
+/* Q6_K: d * (sum_g sc_g (q . x)_g - 32 sum_g sc_g (x's sum over g)), q taken unsigned 0..63:
+ * the first sum as an ivec, the second in *offsets (8 int32), both to scale by d. */
+static inline ivec block_q6k(const uint8_t *b, const int8_t *x, const int16_t *sums, __m256i *offsets) {
     const __m256i low4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), m4 = _mm256_set1_epi8(0x0c);
     const __m256i m6 = _mm256_set1_epi8(0x30), m8 = _mm256_set1_epi8((char)0xc0);
     __m128i sc8 = _mm_loadu_si128((const __m128i *)(b + 192));
     __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-    int offsets = 32 * dot16_epi16(sc16, _mm256_loadu_si256((const __m256i *)sums));
+    *offsets = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)sums));
 #if defined(CT_AVX512)
     static const int16_t lane_eighths[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                              2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
@@ -275,33 +291,43 @@ static float block_q6k(const uint8_t *b, const int8_t *x, const int16_t *sums) {
         }
 #endif
     }
-#if defined(CT_AVX512)
-    int dots = _mm512_reduce_add_epi32(acc);
-#else
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-    int dots = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1))));
-#endif
-    return half_at(b + 208) * (float)(dots - offsets);
+    return acc;
 }
 #endif
 
 static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *sums, int64_t nb) {
     int64_t bytes = block_bytes[type];
+#if defined(CT_AVX2)
+    if (type == CT_Q4_K || type == CT_Q5_K || type == CT_Q6_K) {
+        fvec acc = FV_ZERO;
+        __m256 off = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t *b = w + i * bytes;
+            __m256i o;
+            __builtin_prefetch((const char *)b + PREFETCH_BYTES);
+            __builtin_prefetch((const char *)b + PREFETCH_BYTES + 64);
+            float d, dmin;
+            ivec dots;
+            if (type == CT_Q6_K) {
+                dots = block_q6k(b, xq + i * QK, sums + i * 16, &o);
+                d = half_at(b + 208) * xd[i];
+                dmin = 32.0f * d;
+            } else {
+                dots = block_k4(type, b, xq + i * QK, sums + i * 16, &o);
+                d = half_at(b) * xd[i];
+                dmin = half_at(b + 2) * xd[i];
+            }
+            acc = FV_FMA(dots, d, acc);
+            off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(dmin), off);
+        }
+        return FV_SUM(acc) - hsum(off);
+    }
+#endif
     float sum = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = w + i * bytes;
-        float part;
         __builtin_prefetch((const char *)b + PREFETCH_BYTES);
-#if defined(CT_AVX2)
-        if (type == CT_Q4_K || type == CT_Q5_K)
-            part = block_k4(type, b, xq + i * QK, sums + i * 16);
-        else if (type == CT_Q6_K)
-            part = block_q6k(b, xq + i * QK, sums + i * 16);
-        else
-#endif
-            part = block_portable(type, b, xq + i * QK, sums + i * 16);
-        sum += xd[i] * part;
+        sum += xd[i] * block_portable(type, b, xq + i * QK, sums + i * 16);
     }
     return sum;
 }
