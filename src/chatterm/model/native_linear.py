@@ -37,10 +37,10 @@ SUPER_BLOCK = 256  # the K-quants' super-block
 # EPYC, 3072x768 at 16 rows: q8 loop 1.5 ms, unpack + GEMM ~3 ms; at 64 rows 9.8 ms against ~7 ms.
 # On the AVX-512 Xeon, one thread (CPU time, 2048x2048, `python scripts/kernel_speed.py` and
 # its --rows), loop / unpack + GEMM in ms:
-#   rows   Q8_0       Q4_0       Q4_K       Q5_K       Q6_K       BF16       F16        Q3_K (portable)
-#   16     1.8/3.3    2.0/4.1    2.6/3.9    3.8/4.2    2.5/3.5    2.8/3.1    2.4/3.5    94/8.9
-#   32     3.5/4.0    3.9/5.3    5.2/5.1    7.5/4.9    4.9/4.5    6.0/3.9    4.9/4.8    193/10
-#   64     6.8/5.8    7.9/6.7    10.7/6.8   14.7/6.7   9.9/6.1    12.7/5.5   10.6/6.5   381/11
+#   rows   Q8_0       Q4_0       Q4_K       Q5_K       Q6_K       BF16       F16        Q2_K       Q3_K
+#   16     1.8/3.3    2.0/4.1    2.6/3.9    3.8/4.2    2.5/3.5    2.8/3.1    2.4/3.5    2.1/4.0    3.0/3.8
+#   32     3.5/4.0    3.9/5.3    5.2/5.1    7.5/4.9    4.9/4.5    6.0/3.9    4.9/4.8    4.4/4.8    6.1/4.7
+#   64     6.8/5.8    7.9/6.7    10.7/6.8   14.7/6.7   9.9/6.1    12.7/5.5   10.6/6.5   8.7/6.2    12.2/6.1
 #   512    64/28      -          85/27      -          -          314/27     -          -
 # The loops do every row's work again (their cost grows with the rows), while the fp32 GEMM
 # runs near this CPU's peak (~160 GFLOP/s a core): an int8 loop with a scale per 32 values on
@@ -285,12 +285,12 @@ class Q6KLinear(KQuantLinear):
     TYPE, BLOCK_BYTES, GEMM_ABOVE = 2, 210, 24
 
 
-class Q2KLinear(KQuantLinear):  # portable loops only: GEMM_ABOVE from the measurements in kquants.c
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 3, 84, 1
+class Q2KLinear(KQuantLinear):
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 3, 84, 24
 
 
 class Q3KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 4, 110, 1
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 4, 110, 16
 
 
 # ---- GGUF tensors as stored -> layers -----------------------------------------------------

@@ -14,12 +14,15 @@
  * Activations are quantized per 256 to int8 with one float scale and the sum of each 16 (ggml's
  * q8_K): a sub-block's offset then costs one multiply by that sum, not a pass over its values.
  *
- * Why these: Q4_K_M / Q5_K_M / Q6_K files, the ones people download, are made of them; reading
- * them as stored keeps a 4.5-bit model at 4.5 bits in memory. Q4_K, Q5_K and Q6_K have AVX-512
- * VNNI and AVX2 loops (unsigned q times signed x with maddubs, then the sub-block's scale with
- * a 16-bit madd, or dpwssd on AVX-512, summed in integers per super-block); every type has the
- * portable path, which unpacks a super-block to 256 int8 values and 16 scales and offsets (the
- * same unpacking gives the fp32 weights, so `dequantized()` and the kernels read one thing).
+ * Why these: Q4_K_M / Q5_K_M / Q6_K files, the ones people download, are made of them (and
+ * Q3_K_M / Q2_K of Q3_K and Q2_K); reading them as stored keeps a 4.5-bit model at 4.5 bits in
+ * memory. Every type has AVX-512 VNNI and AVX2 loops (unsigned q times signed x with maddubs,
+ * then the sub-block's scale with a 16-bit madd, or dpwssd on AVX-512, summed in integers per
+ * super-block, scaled into floats once per super-block); the portable path unpacks a
+ * super-block to 256 int8 values and 16 scales and offsets (the same unpacking gives the fp32
+ * weights, so `dequantized()` and the kernels read one thing). Measured, one thread of the
+ * AVX-512 Xeon, 2048x8192 (scripts/kernel_speed.py --threads 1 --cpu-time): Q4_K 0.64 ms,
+ * Q5_K 0.98, Q6_K 0.68, Q3_K 0.81, Q2_K 0.54; Q8_0 0.68, Q4_0 0.52 (kernels.c).
  */
 #include "common.h"
 
@@ -90,10 +93,12 @@ static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *o
             offset[g] = dmin * (float)(sc[g] >> 4);
         }
         /* half h, shift s, l: value 128 h + 32 s + l = (qs[32 h + l] >> 2 s) & 3 */
-        for (int i = 0; i < QK; i++) q[i] = (int8_t)((qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3);
+        for (int h = 0; h < 2; h++)
+            for (int s = 0; s < 4; s++)
+                for (int l = 0; l < 32; l++) q[128 * h + 32 * s + l] = (int8_t)((qs[32 * h + l] >> (2 * s)) & 3);
         break;
     }
-    case CT_Q3_K: {
+    default: { /* CT_Q3_K */
         const uint8_t *hmask = b, *qs = b + 32, *s = b + 96;
         float d = half_at(b + 108);
         for (int g = 0; g < 16; g++) {
@@ -101,10 +106,13 @@ static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *o
             scale[g] = d * (float)((low | (high << 4)) - 32);
             offset[g] = 0.0f;
         }
-        for (int i = 0; i < QK; i++) {
-            int low = (qs[32 * (i / 128) + i % 32] >> (2 * ((i / 32) % 4))) & 3;
-            q[i] = (int8_t)(low - (((hmask[i % 32] >> (i / 32)) & 1) ? 0 : 4));
-        }
+        /* as Q2_K's values, less 4 where bit (value / 32) of hmask[value % 32] is clear */
+        for (int h = 0; h < 2; h++)
+            for (int s = 0; s < 4; s++)
+                for (int l = 0; l < 32; l++) {
+                    int high = (hmask[l] >> (4 * h + s)) & 1;
+                    q[128 * h + 32 * s + l] = (int8_t)(((qs[32 * h + l] >> (2 * s)) & 3) - 4 + 4 * high);
+                }
         break;
     }
     }
@@ -159,6 +167,7 @@ static void free_acts_k(kacts *a) { free(a->q); free(a->d); free(a->sums); }
 /* ---- one super-block times one of x ------------------------------------------------------
  * Each returns sum_i w_i xq_i for one super-block; the caller multiplies by x's scale. */
 
+#ifndef CT_AVX2
 static float block_portable(int type, const uint8_t *b, const int8_t *x, const int16_t *sums) {
     int8_t q[QK];
     float scale[16], offset[16], sum = 0.0f;
@@ -170,6 +179,7 @@ static float block_portable(int type, const uint8_t *b, const int8_t *x, const i
     }
     return sum;
 }
+#endif
 
 #if defined(CT_AVX2)
 /* A super-block's integer sums stay in a vector (ivec) that is converted and scaled into a
@@ -247,47 +257,77 @@ static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const i
     return acc;
 }
 
-/* Q6_K: d * (sum_g sc_g (q . x)_g - 32 sum_g sc_g (x's sum over g)), q taken unsigned 0..63:
- * the first sum as an ivec, the second in *offsets (8 int32), both to scale by d. */
-static inline ivec block_q6k(const uint8_t *b, const int8_t *x, const int16_t *sums, __m256i *offsets) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), m4 = _mm256_set1_epi8(0x0c);
-    const __m256i m6 = _mm256_set1_epi8(0x30), m8 = _mm256_set1_epi8((char)0xc0);
-    __m128i sc8 = _mm_loadu_si128((const __m128i *)(b + 192));
-    __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-    *offsets = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)sums));
+/* The types with a scale per 16 values (Q6_K, Q2_K, Q3_K), q taken unsigned:
+ *   Q6_K: q 0..63,  w = d sc (q - 32):  d * (sum_g sc_g (q . x)_g) - 32 d * sum_g sc_g (x's sum over g)
+ *   Q3_K: q 0..7,   w = d sc (q - 4):   the same with 4 for 32 (sc 6-bit, less 32)
+ *   Q2_K: q 0..3,   w = d sc q - dmin m: the offsets are the 4-bit mins m, scaled by dmin
+ * The first sum is returned as an ivec (to scale by d), the second in *offsets (8 int32). A half
+ * (128 values) is 4 vectors of 32 values, values 32 s .. 32 s + 31 in q[s], in all three. */
+static inline ivec block_g16(int type, const uint8_t *b, const int8_t *x, const int16_t *sums, __m256i *offsets) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1);
+    __m256i sc16, by16;
+    if (type == CT_Q6_K) {
+        sc16 = by16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+    } else if (type == CT_Q2_K) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)b);
+        sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0x0f)));
+        by16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f)));
+    } else { /* Q3_K's 12 bytes on words (unpack's loop, 16 scales at once): low nibbles of bytes 0..7
+              * for scales 0..7, high ones for 8..15; two bits each from bytes 8..11 on top */
+        uint64_t a, lo, hi;
+        uint32_t c;
+        memcpy(&a, b + 96, 8);
+        memcpy(&c, b + 104, 4);
+        lo = (a & 0x0f0f0f0f0f0f0f0fULL) | ((uint64_t)(c & 0x03030303u) | (uint64_t)((c >> 2) & 0x03030303u) << 32) << 4;
+        hi = ((a >> 4) & 0x0f0f0f0f0f0f0f0fULL) |
+             ((uint64_t)((c >> 4) & 0x03030303u) | (uint64_t)((c >> 6) & 0x03030303u) << 32) << 4;
+        sc16 = by16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_set_epi64x((long long)hi, (long long)lo)), _mm256_set1_epi16(32));
+    }
+    *offsets = _mm256_madd_epi16(by16, _mm256_loadu_si256((const __m256i *)sums));
 #if defined(CT_AVX512)
     static const int16_t lane_eighths[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                              2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
     const __m512i eighths = _mm512_loadu_si512((const void *)lane_eighths); /* int16 lane i -> i / 8 */
     __m512i scales = _mm512_castsi256_si512(sc16), acc = _mm512_setzero_si512();
 #else
+    int16_t sc[16];
+    _mm256_storeu_si256((__m256i *)sc, sc16);
     __m256i acc = _mm256_setzero_si256();
 #endif
     for (int h = 0; h < 2; h++) {
-        __m256i L0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h));
-        __m256i L1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32));
-        __m256i H = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
-        __m256i q[4] = {
-            _mm256_or_si256(_mm256_and_si256(L0, low4), _mm256_slli_epi16(_mm256_and_si256(H, m2), 4)),
-            _mm256_or_si256(_mm256_and_si256(L1, low4), _mm256_slli_epi16(_mm256_and_si256(H, m4), 2)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), low4), _mm256_and_si256(H, m6)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), low4), _mm256_srli_epi16(_mm256_and_si256(H, m8), 2)),
-        };
+        __m256i q[4];
+        if (type == CT_Q6_K) {
+            __m256i L0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h));
+            __m256i L1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32));
+            __m256i H = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+            q[0] = _mm256_or_si256(_mm256_and_si256(L0, low4), _mm256_slli_epi16(_mm256_and_si256(H, low2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(L1, low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(H, _mm256_set1_epi8(0x0c)), 2));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L0, 4), low4), _mm256_and_si256(H, _mm256_set1_epi8(0x30)));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(L1, 4), low4),
+                                   _mm256_srli_epi16(_mm256_and_si256(H, _mm256_set1_epi8((char)0xc0)), 2));
+        } else {
+            __m256i Q = _mm256_loadu_si256((const __m256i *)(b + (type == CT_Q2_K ? 16 : 32) + 32 * h));
+            for (int s = 0; s < 4; s++) q[s] = _mm256_and_si256(_mm256_srli_epi16(Q, 2 * s), low2);
+            if (type == CT_Q3_K) { /* the high bit: bit 4h + s of hmask[l] */
+                __m256i H = _mm256_loadu_si256((const __m256i *)b);
+                for (int s = 0; s < 4; s++)
+                    q[s] = _mm256_or_si256(q[s], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 4 * h + s), one), 2));
+            }
+        }
         const int8_t *xh = x + 128 * h;
 #if defined(CT_AVX512)
         for (int p = 0; p < 2; p++) { /* values 64 p .. 64 p + 63 of this half: scales 8h + 4p .. + 3, 16 values each */
             __m512i qq = _mm512_inserti64x4(_mm512_castsi256_si512(q[2 * p]), q[2 * p + 1], 1);
             __m512i pairs = _mm512_maddubs_epi16(qq, _mm512_loadu_si512((const void *)(xh + 64 * p)));
-            int first = 8 * h + 4 * p;
-            __m512i which = _mm512_add_epi16(_mm512_set1_epi16((short)first), eighths);
+            __m512i which = _mm512_add_epi16(_mm512_set1_epi16((short)(8 * h + 4 * p)), eighths);
             acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
         }
 #else
         for (int s = 0; s < 4; s++) {
             __m256i pairs = _mm256_maddubs_epi16(q[s], _mm256_loadu_si256((const __m256i *)(xh + 32 * s)));
-            const int8_t *sc = (const int8_t *)(b + 192 + 8 * h + 2 * s);
-            __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[1]), _mm_set1_epi16(sc[0]));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+            int g = 8 * h + 2 * s;
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]))));
         }
 #endif
     }
@@ -298,31 +338,33 @@ static inline ivec block_q6k(const uint8_t *b, const int8_t *x, const int16_t *s
 static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *sums, int64_t nb) {
     int64_t bytes = block_bytes[type];
 #if defined(CT_AVX2)
-    if (type == CT_Q4_K || type == CT_Q5_K || type == CT_Q6_K) {
-        fvec acc = FV_ZERO;
-        __m256 off = _mm256_setzero_ps();
-        for (int64_t i = 0; i < nb; i++) {
-            const uint8_t *b = w + i * bytes;
-            __m256i o;
-            __builtin_prefetch((const char *)b + PREFETCH_BYTES);
-            __builtin_prefetch((const char *)b + PREFETCH_BYTES + 64);
-            float d, dmin;
-            ivec dots;
-            if (type == CT_Q6_K) {
-                dots = block_q6k(b, xq + i * QK, sums + i * 16, &o);
-                d = half_at(b + 208) * xd[i];
-                dmin = 32.0f * d;
-            } else {
-                dots = block_k4(type, b, xq + i * QK, sums + i * 16, &o);
-                d = half_at(b) * xd[i];
-                dmin = half_at(b + 2) * xd[i];
-            }
-            acc = FV_FMA(dots, d, acc);
-            off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(dmin), off);
+    fvec acc = FV_ZERO;
+    __m256 off = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = w + i * bytes;
+        __m256i o;
+        __builtin_prefetch((const char *)b + PREFETCH_BYTES);
+        __builtin_prefetch((const char *)b + PREFETCH_BYTES + 64);
+        float d, dmin;
+        ivec dots;
+        if (type == CT_Q6_K || type == CT_Q3_K) {
+            dots = block_g16(type, b, xq + i * QK, sums + i * 16, &o);
+            d = half_at(b + (type == CT_Q6_K ? 208 : 108)) * xd[i];
+            dmin = (type == CT_Q6_K ? 32.0f : 4.0f) * d;
+        } else if (type == CT_Q2_K) {
+            dots = block_g16(type, b, xq + i * QK, sums + i * 16, &o);
+            d = half_at(b + 80) * xd[i];
+            dmin = half_at(b + 82) * xd[i];
+        } else {
+            dots = block_k4(type, b, xq + i * QK, sums + i * 16, &o);
+            d = half_at(b) * xd[i];
+            dmin = half_at(b + 2) * xd[i];
         }
-        return FV_SUM(acc) - hsum(off);
+        acc = FV_FMA(dots, d, acc);
+        off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(dmin), off);
     }
-#endif
+    return FV_SUM(acc) - hsum(off);
+#else
     float sum = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = w + i * bytes;
@@ -330,6 +372,7 @@ static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *x
         sum += xd[i] * block_portable(type, b, xq + i * QK, sums + i * 16);
     }
     return sum;
+#endif
 }
 
 int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
