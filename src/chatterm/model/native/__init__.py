@@ -96,6 +96,15 @@ def _build_key(compiler: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def cpu_has(flag: str) -> bool:
+    """Whether this CPU lists `flag` (e.g. "amx_bf16") among its features in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
