@@ -1,8 +1,9 @@
 """Speed of chatterm's CPU kernels on GGUF tensors as stored (native_linear.stored_layer).
 
 For each type: a decode step's product (M = 1) as GB/s of stored weight bytes read, and a
-prompt's (M rows at once) as the time per call and rows per second, for both ways a prompt can
-run: the quantized kernel (`prompt_kernel`) and the weight widened to fp32 for one float GEMM.
+prompt's (M rows at once) as the time per call and rows (tokens) per second, as the layer runs it
+(GEMMs on slices of the weight, in bf16 on AMX CPUs), as it ran before (the whole weight widened
+to fp32 for one GEMM) and, with --loops, on the decode loops.
 
     python scripts/kernel_speed.py                       # 2048x8192 at M = 1, 2048x2048 and 8192x2048 at M = 512
     python scripts/kernel_speed.py --threads 2 --types Q4_K Q8_0 --shape 4096 4096
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--prompt-shapes", nargs="*", default=["2048x2048", "8192x2048"])
     parser.add_argument("--rows", type=int, default=512, help="M of the prompt products")
     parser.add_argument("--seconds", type=float, default=1.0, help="time spent on each measurement")
+    parser.add_argument("--loops", action="store_true", help="also time the decode loops on the prompt's rows")
     parser.add_argument("--cpu-time", action="store_true",
                         help="with --threads 1: time on this thread's CPU clock (steady on a busy shared machine)")
     args = parser.parse_args()
@@ -75,12 +77,12 @@ def main() -> None:
             layer = stored_layer(type_name, stored(type_name, n, k), (n, k), None)
             x = torch.randn(args.rows, k)
             with torch.inference_mode():
-                kernel = timed(lambda: native_linear.prompt_product(layer, x), args.seconds)
-                gemm = timed(lambda: torch.nn.functional.linear(x, layer.dequantized()), args.seconds)
-                chunked = {c: timed(lambda: native_linear.chunked_gemm(layer, x, c << 20), args.seconds) for c in (1, 4)}
-            line += (f" | {shape} M={args.rows}: kernel {kernel * 1e3:6.1f} ms ({args.rows / kernel:5.0f} rows/s),"
-                     f" fp32 GEMM {gemm * 1e3:6.1f} ms ({args.rows / gemm:5.0f} rows/s)"
-                     + "".join(f", chunks of {c} MB {t * 1e3:6.1f} ms" for c, t in chunked.items()))
+                ours = timed(lambda: layer(x), args.seconds)  # slices of the weight, GEMMs in PROMPT_DTYPE
+                whole = timed(lambda: torch.nn.functional.linear(x, layer.dequantized()), args.seconds)  # before
+                loop = timed(lambda: native_linear.prompt_product(layer, x), args.seconds) if args.loops else None
+            line += (f" | {shape} M={args.rows}: {ours * 1e3:6.1f} ms ({args.rows / ours:5.0f} tok/s),"
+                     f" whole fp32 {whole * 1e3:6.1f} ms ({args.rows / whole:5.0f} tok/s)"
+                     + (f", loops {loop * 1e3:6.1f} ms" if loop else ""))
         print(line, flush=True)
 
 

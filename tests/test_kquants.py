@@ -1,6 +1,6 @@
 """GGUF tensors as stored on chatterm's CPU kernels (native_linear.stored_layer, native/kquants.c).
 
-Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K) is checked
+Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_XS) is checked
 against gguf's own reference dequantization: `rows()` and `dequantized()` equal it exactly, and a
 product equals it times the activations within what quantizing the activations may cost. The
 K-quants have no quantizer in the gguf package, so their tensors are random stored bytes (every
@@ -20,12 +20,12 @@ gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
 
 QUANTIZED_BY_GGUF = ["Q8_0", "Q4_0", "Q4_1"]
-K_QUANTS = ["Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K"]
+K_QUANTS = ["Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_XS"]  # IQ4_XS: read by the same loops
 ALL_TYPES = ["F16", "BF16", *QUANTIZED_BY_GGUF, *K_QUANTS]
 # where a super-block keeps its fp16 d (and dmin), and the largest |sc q| (and the dmin / d that
 # centres the weights near 0): random weights of a chosen size come from random bytes
 K_LAYOUT = {"Q4_K": (144, 0, 2, 15 * 63, 7.5), "Q5_K": (176, 0, 2, 31 * 63, 15.5), "Q6_K": (210, 208, None, 32 * 127, 0),
-            "Q2_K": (84, 80, 82, 3 * 15, 1.5), "Q3_K": (110, 108, None, 4 * 32, 0)}
+            "Q2_K": (84, 80, 82, 3 * 15, 1.5), "Q3_K": (110, 108, None, 4 * 32, 0), "IQ4_XS": (136, 0, None, 127 * 32, 0)}
 
 
 def random_kquant(type_name: str, n: int, k: int, seed: int, largest: float = 1.0) -> np.ndarray:
@@ -109,7 +109,7 @@ def test_stored_layer_computes_with_the_stored_values(type_name, k):
             assert float((got - same).abs().max()) < 1e-5 * float(same.abs().max()), (type_name, rows)
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K", "Q4_0"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ4_XS"])
 def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
     """The checks above are tight enough: a reference with the nibbles of each byte swapped, or
     one super-block's scale doubled, is far outside the tolerance the kernel meets."""
@@ -132,7 +132,7 @@ def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
 def test_stored_layer_declines_what_it_has_no_kernel_for_and_reports_bad_sizes():
     raw = np.zeros((4, 256 * 4), dtype=np.uint8)
     assert stored_layer("F32", raw, (4, 256), None) is None  # the loader keeps a float linear
-    assert stored_layer("IQ4_XS", raw, (4, 256), None) is None  # the loader dequantizes it
+    assert stored_layer("IQ2_XXS", raw, (4, 256), None) is None  # the loader dequantizes it
     with pytest.raises(ValueError, match="a Q4_K tensor of shape 4x256 needs 4x144 bytes, got 4x1024 of uint8"):
         stored_layer("Q4_K", raw, (4, 256), None)
     with pytest.raises(ValueError, match="Q8_0"):
@@ -188,7 +188,7 @@ def _kquant_llama():
     config = llama.LlamaConfig(block_size=96, vocab_size=300, n_layer=3, n_head=4, n_kv_head=2, n_embd=256,
                                intermediate_size=256, tie_embeddings=False)
     model = llama.Llama(config).init_weights(7).eval()
-    plan = [("Q4_K", "Q6_K", "Q5_K", "Q6_K"), ("Q6_K", "Q3_K", "Q2_K", "Q5_K"), ("F16", "Q4_K", "Q8_0", "Q4_K")]
+    plan = [("Q4_K", "Q6_K", "Q5_K", "Q6_K"), ("Q6_K", "Q3_K", "Q2_K", "Q5_K"), ("F16", "IQ4_XS", "Q8_0", "Q4_K")]
     for seed, (block, types) in enumerate(zip(model.layers, plan)):
         for name, type_name, owner in zip(("qkv", "out", "gate_up", "down"), types,
                                           (block.attn, block.attn, block.mlp, block.mlp)):

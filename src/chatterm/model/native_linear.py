@@ -7,8 +7,9 @@
   block (`w = q * d + m`, q in 0..15); Q4_0 is the case m = -8 d. The grid per block is the
   better of the two (`quantized_linear.quantize_int4`), so weights read from a Q4_0/Q4_1 file go
   back on their own grid.
-- `Q4KLinear`, `Q5KLinear`, `Q6KLinear`, `Q2KLinear`, `Q3KLinear`: GGUF's K-quant super-blocks
-  of 256 values, kept as stored (layouts in native/kquants.c); activations quantized per 256.
+- `Q4KLinear`, `Q5KLinear`, `Q6KLinear`, `Q2KLinear`, `Q3KLinear`, `IQ4XSLinear`: GGUF's
+  super-blocks of 256 values, kept as stored (layouts in native/kquants.c); activations
+  quantized per 256.
 The quantized layers multiply by activations quantized the same way per block of 32 (as
 llama.cpp's CPU path does), in integers; measured held-back log-likelihood in BENCHMARKS.md.
 `stored_layer(type_name, raw, shape, bias)` builds the layer for a GGUF tensor from its stored
@@ -304,6 +305,13 @@ class Q3KLinear(KQuantLinear):
     TYPE, BLOCK_BYTES, GEMM_ABOVE = 4, 110, 16
 
 
+class IQ4XSLinear(KQuantLinear):
+    """IQ4_XS: super-blocks of 256 whose 8 sub-blocks have a 6-bit scale and 4-bit indexes into
+    a fixed non-uniform grid of 16 levels (not a K-quant, but read by the same loops)."""
+
+    TYPE, BLOCK_BYTES, GEMM_ABOVE = 5, 136, 16
+
+
 # ---- GGUF tensors as stored -> layers -----------------------------------------------------
 
 _CHUNK_ROWS = 1024  # a split or repack goes this many rows at a time: no full-size temporaries
@@ -364,7 +372,8 @@ def _kquant(kind):
 _STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q4_1),
            "BF16": (1, 2, _half(Bf16Linear)), "F16": (1, 2, _half(F16Linear)),
            **{name: (SUPER_BLOCK, kind.BLOCK_BYTES, _kquant(kind)) for name, kind in (
-               ("Q4_K", Q4KLinear), ("Q5_K", Q5KLinear), ("Q6_K", Q6KLinear), ("Q2_K", Q2KLinear), ("Q3_K", Q3KLinear))}}
+               ("Q4_K", Q4KLinear), ("Q5_K", Q5KLinear), ("Q6_K", Q6KLinear), ("Q2_K", Q2KLinear), ("Q3_K", Q3KLinear),
+               ("IQ4_XS", IQ4XSLinear))}}
 
 
 def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int], bias: torch.Tensor | None) -> nn.Module | None:

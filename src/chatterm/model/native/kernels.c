@@ -551,7 +551,7 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
 
 typedef struct {
-    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_Q3_K: a K-quant (w: its super-blocks) */
+    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks) */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
@@ -571,7 +571,7 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
         ct_linear_f16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
         return 0;
     default:
-        if (L->kind >= 4 && L->kind <= 4 + CT_Q3_K)
+        if (L->kind >= 4 && L->kind <= 4 + CT_KQ_LAST)
             return ct_linear_kq((int)(L->kind - 4), x, (const uint8_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
     }
     return -1;

@@ -28,7 +28,9 @@
 
 #define QK 256
 
-static const int64_t block_bytes[] = {144, 176, 210, 84, 110}; /* by CT_Q4_K .. CT_Q3_K */
+static const int64_t block_bytes[] = {144, 176, 210, 84, 110, 136}; /* by CT_Q4_K .. CT_IQ4_XS */
+/* IQ4_XS's 16 levels (ggml's kvalues_iq4nl: a non-uniform grid, denser near 0) */
+static const int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 static inline float half_at(const uint8_t *p) {
     uint16_t h;
@@ -96,6 +98,21 @@ static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *o
         for (int h = 0; h < 2; h++)
             for (int s = 0; s < 4; s++)
                 for (int l = 0; l < 32; l++) q[128 * h + 32 * s + l] = (int8_t)((qs[32 * h + l] >> (2 * s)) & 3);
+        break;
+    }
+    case CT_IQ4_XS: {
+        float d = half_at(b);
+        uint16_t high;
+        memcpy(&high, b + 2, 2);
+        for (int j = 0; j < 8; j++) {
+            int ls = ((b[4 + j / 2] >> (4 * (j % 2))) & 15) | (((high >> (2 * j)) & 3) << 4);
+            scale[2 * j] = scale[2 * j + 1] = d * (float)(ls - 32);
+            offset[2 * j] = offset[2 * j + 1] = 0.0f;
+            for (int l = 0; l < 16; l++) {
+                q[32 * j + l] = iq4_levels[b[8 + 16 * j + l] & 15];
+                q[32 * j + l + 16] = iq4_levels[b[8 + 16 * j + l] >> 4];
+            }
+        }
         break;
     }
     default: { /* CT_Q3_K */
@@ -333,6 +350,43 @@ static inline ivec block_g16(int type, const uint8_t *b, const int8_t *x, const 
     }
     return acc;
 }
+/* IQ4_XS: sum_j ls_j (level(q) . x)_j, levels signed: |x| times the level with x's sign
+ * (maddubs wants one unsigned operand), then the sub-block's scale ls - 32. Sub-block j's 16
+ * bytes hold its values l (low nibble) and l + 16 (high), as Q4_0's do. */
+static inline ivec block_iq4xs(const uint8_t *b, const int8_t *x) {
+    uint16_t high;
+    memcpy(&high, b + 2, 2);
+    int16_t ls[8];
+    for (int j = 0; j < 8; j++) ls[j] = (int16_t)((((b[4 + j / 2] >> (4 * (j % 2))) & 15) | (((high >> (2 * j)) & 3) << 4)) - 32);
+    const __m128i levels = _mm_loadu_si128((const __m128i *)iq4_levels);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+#if defined(CT_AVX512)
+    const __m512i table = _mm512_broadcast_i32x4(levels), zero = _mm512_setzero_si512();
+    __m512i scales = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)ls)), acc = zero;
+    for (int j = 0; j < 8; j += 2) { /* sub-blocks j, j + 1: 64 values */
+        __m256i r = _mm256_loadu_si256((const __m256i *)(b + 8 + 16 * j));
+        __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(r, 4), low4), 1);
+        q = _mm512_shuffle_epi8(table, _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0)));
+        __m512i xv = _mm512_loadu_si512((const void *)(x + 32 * j));
+        __m512i signed_q = _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(xv), zero, q);
+        __m512i pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(xv), signed_q);
+        __m512i which = _mm512_inserti64x4(_mm512_set1_epi16((short)j), _mm256_set1_epi16((short)(j + 1)), 1);
+        acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
+    }
+#else
+    const __m256i table = _mm256_broadcastsi128_si256(levels);
+    __m256i acc = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++) {
+        __m128i r = _mm_loadu_si128((const __m128i *)(b + 8 + 16 * j));
+        __m256i q = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r, 4), r), low4));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
+        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(q, xv));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls[j])));
+    }
+#endif
+    return acc;
+}
 #endif
 
 static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *sums, int64_t nb) {
@@ -355,6 +409,11 @@ static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *x
             dots = block_g16(type, b, xq + i * QK, sums + i * 16, &o);
             d = half_at(b + 80) * xd[i];
             dmin = half_at(b + 82) * xd[i];
+        } else if (type == CT_IQ4_XS) {
+            dots = block_iq4xs(b, xq + i * QK);
+            o = _mm256_setzero_si256();
+            d = half_at(b) * xd[i];
+            dmin = 0.0f;
         } else {
             dots = block_k4(type, b, xq + i * QK, sums + i * 16, &o);
             d = half_at(b) * xd[i];
@@ -378,7 +437,7 @@ static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *x
 int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
                  int64_t K, int nthreads) {
     kacts a;
-    if (type < CT_Q4_K || type > CT_Q3_K || quantize_acts_k(x, M, K, &a)) return -1;
+    if (type < CT_Q4_K || type > CT_KQ_LAST || quantize_acts_k(x, M, K, &a)) return -1;
     int64_t nb = K / QK, row = nb * block_bytes[type];
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
     for (int64_t n = 0; n < N; n++) {
