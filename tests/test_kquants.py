@@ -1,10 +1,10 @@
 """GGUF tensors as stored on chatterm's CPU kernels (native_linear.stored_layer, native/kquants.c).
 
-Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_XS) is checked
+Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_XS) is checked
 against gguf's own reference dequantization: `rows()` and `dequantized()` equal it exactly, and a
 product equals it times the activations within what quantizing the activations may cost. The
-K-quants have no quantizer in the gguf package, so their tensors are random stored bytes (every
-bit pattern of a super-block is a valid one) with finite fp16 scales of a chosen size.
+K-quants and IQ4 types have no quantizer in the gguf package, so their tensors are random stored
+bytes (every bit pattern of a block is a valid one) with finite fp16 scales of a chosen size.
 """
 
 import ctypes
@@ -21,19 +21,22 @@ pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native ker
 
 QUANTIZED_BY_GGUF = ["Q8_0", "Q4_0", "Q4_1"]
 K_QUANTS = ["Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_XS"]  # IQ4_XS: read by the same loops
-ALL_TYPES = ["F16", "BF16", *QUANTIZED_BY_GGUF, *K_QUANTS]
-# where a super-block keeps its fp16 d (and dmin), and the largest |sc q| (and the dmin / d that
-# centres the weights near 0): random weights of a chosen size come from random bytes
-K_LAYOUT = {"Q4_K": (144, 0, 2, 15 * 63, 7.5), "Q5_K": (176, 0, 2, 31 * 63, 15.5), "Q6_K": (210, 208, None, 32 * 127, 0),
-            "Q2_K": (84, 80, 82, 3 * 15, 1.5), "Q3_K": (110, 108, None, 4 * 32, 0), "IQ4_XS": (136, 0, None, 127 * 32, 0)}
+ALL_TYPES = ["F16", "BF16", *QUANTIZED_BY_GGUF, "IQ4_NL", *K_QUANTS]
+# the types gguf cannot quantize: values and bytes per block, where a block keeps its fp16 d
+# (and dmin), the largest |sc q| (and the dmin / d that centres the weights near 0); random
+# weights of a chosen size come from random bytes
+RANDOM_LAYOUT = {"Q4_K": (256, 144, 0, 2, 15 * 63, 7.5), "Q5_K": (256, 176, 0, 2, 31 * 63, 15.5),
+                 "Q6_K": (256, 210, 208, None, 32 * 127, 0), "Q2_K": (256, 84, 80, 82, 3 * 15, 1.5),
+                 "Q3_K": (256, 110, 108, None, 4 * 32, 0), "IQ4_XS": (256, 136, 0, None, 127 * 32, 0),
+                 "IQ4_NL": (32, 18, 0, None, 127, 0)}
 
 
-def random_kquant(type_name: str, n: int, k: int, seed: int, largest: float = 1.0) -> np.ndarray:
-    """Random stored bytes (n, k / 256 * block bytes) of a K-quant whose weights stay below ~`largest`."""
-    size, d_at, dmin_at, most, centre = K_LAYOUT[type_name]
+def random_blocks(type_name: str, n: int, k: int, seed: int, largest: float = 1.0) -> np.ndarray:
+    """Random stored bytes (n, k / block values * block bytes) whose weights stay below ~`largest`."""
+    values, size, d_at, dmin_at, most, centre = RANDOM_LAYOUT[type_name]
     rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (n, k // 256, size), dtype=np.uint8)
-    d = rng.uniform(0.5, 1.0, (n, k // 256)) * largest / most
+    blocks = rng.integers(0, 256, (n, k // values, size), dtype=np.uint8)
+    d = rng.uniform(0.5, 1.0, (n, k // values)) * largest / most
     blocks[..., d_at:d_at + 2] = d.astype(np.float16)[..., None].view(np.uint8)
     if dmin_at is not None:
         blocks[..., dmin_at:dmin_at + 2] = (d * centre).astype(np.float16)[..., None].view(np.uint8)
@@ -42,8 +45,8 @@ def random_kquant(type_name: str, n: int, k: int, seed: int, largest: float = 1.
 
 def stored(type_name: str, n: int, k: int, seed: int = 0, largest: float = 1.0) -> np.ndarray:
     """A tensor's stored bytes, uint8 (n, bytes per row), as a GGUF file holds it."""
-    if type_name in K_LAYOUT:
-        return random_kquant(type_name, n, k, seed, largest)
+    if type_name in RANDOM_LAYOUT:
+        return random_blocks(type_name, n, k, seed, largest)
     w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32) * largest / 3
     raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType[type_name])
     return np.ascontiguousarray(raw).view(np.uint8).reshape(n, -1)
@@ -57,8 +60,8 @@ def reference(type_name: str, raw: np.ndarray, n: int, k: int) -> torch.Tensor:
 
 def activation_block(type_name: str) -> int:
     """How many inputs share one activation scale: 256 for the K-quants (ggml's q8_K), 32 for
-    Q8_0/Q4_0/Q4_1, none (fp32 activations) for F16/BF16."""
-    return 256 if type_name in K_LAYOUT else 32 if type_name in QUANTIZED_BY_GGUF else 0
+    Q8_0/Q4_0/Q4_1/IQ4_NL, none (fp32 activations) for F16/BF16."""
+    return 256 if type_name in K_QUANTS else 32 if type_name in (*QUANTIZED_BY_GGUF, "IQ4_NL") else 0
 
 
 def quantization_bound(type_name: str, w: torch.Tensor, x: torch.Tensor, on_kernel: bool) -> torch.Tensor:
@@ -109,7 +112,7 @@ def test_stored_layer_computes_with_the_stored_values(type_name, k):
             assert float((got - same).abs().max()) < 1e-5 * float(same.abs().max()), (type_name, rows)
 
 
-@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ4_XS"])
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K", "Q4_0", "IQ4_XS", "IQ4_NL"])
 def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
     """The checks above are tight enough: a reference with the nibbles of each byte swapped, or
     one super-block's scale doubled, is far outside the tolerance the kernel meets."""
@@ -120,7 +123,7 @@ def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
     got = layer(x).double()
     swapped = ((raw >> 4) | (raw << 4)).astype(np.uint8)  # every byte's nibbles swapped, scales included
     scaled = raw.copy()
-    d_at = K_LAYOUT[type_name][1] if type_name in K_LAYOUT else 0
+    d_at = RANDOM_LAYOUT[type_name][2] if type_name in RANDOM_LAYOUT else 0
     scaled[:, d_at:d_at + 2] = (scaled[:, d_at:d_at + 2].view(np.float16) * 2).view(np.uint8)
     for wrong in (swapped, scaled):
         w = reference(type_name, wrong, n, k)
@@ -168,7 +171,7 @@ def test_avx2_and_portable_builds_agree_with_this_cpus_build(tmp_path):
     builds = {"portable": _build(tmp_path, "portable", []), "avx2": _build(tmp_path, "avx2", ["-march=haswell"])}
     assert builds["portable"].ct_has_avx2() == 0 and builds["avx2"].ct_has_avx2() == 1
     x = torch.randn(3, 768, generator=torch.Generator().manual_seed(4))
-    for type_name in ["F16", *K_QUANTS]:
+    for type_name in ["F16", "IQ4_NL", *K_QUANTS]:
         layer = stored_layer(type_name, stored(type_name, 37, 768), (37, 768), None)
         with torch.inference_mode():
             here, weight = layer(x), layer.dequantized()
@@ -188,7 +191,7 @@ def _kquant_llama():
     config = llama.LlamaConfig(block_size=96, vocab_size=300, n_layer=3, n_head=4, n_kv_head=2, n_embd=256,
                                intermediate_size=256, tie_embeddings=False)
     model = llama.Llama(config).init_weights(7).eval()
-    plan = [("Q4_K", "Q6_K", "Q5_K", "Q6_K"), ("Q6_K", "Q3_K", "Q2_K", "Q5_K"), ("F16", "IQ4_XS", "Q8_0", "Q4_K")]
+    plan = [("Q4_K", "Q6_K", "Q5_K", "Q6_K"), ("Q6_K", "Q3_K", "Q2_K", "IQ4_NL"), ("F16", "IQ4_XS", "Q8_0", "Q4_K")]
     for seed, (block, types) in enumerate(zip(model.layers, plan)):
         for name, type_name, owner in zip(("qkv", "out", "gate_up", "down"), types,
                                           (block.attn, block.attn, block.mlp, block.mlp)):

@@ -7,6 +7,7 @@
   block (`w = q * d + m`, q in 0..15); Q4_0 is the case m = -8 d. The grid per block is the
   better of the two (`quantized_linear.quantize_int4`), so weights read from a Q4_0/Q4_1 file go
   back on their own grid.
+- `IQ4NLLinear`: GGUF's IQ4_NL, Q4_0's layout with the nibbles indexing a fixed grid of 16 levels.
 - `Q4KLinear`, `Q5KLinear`, `Q6KLinear`, `Q2KLinear`, `Q3KLinear`, `IQ4XSLinear`: GGUF's
   super-blocks of 256 values, kept as stored (layouts in native/kquants.c); activations
   quantized per 256.
@@ -247,6 +248,37 @@ class Q4Linear(NativeLinear):
         return super().extra_repr() + ", q4 (blocks of 32)"
 
 
+class IQ4NLLinear(NativeLinear):
+    """GGUF's IQ4_NL: Q4_0's blocks of 32 nibbles and an fp16 scale, each nibble an index into
+    a fixed grid of 16 levels (w = d * level[q])."""
+
+    GEMM_ABOVE = 32
+    LEVELS = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.float32)
+
+    def __init__(self, packed: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """packed uint8 (N, K/2) in Q4Linear's (and GGUF's) nibble order; d (N, K/32)."""
+        super().__init__((packed.size(0), 2 * packed.size(1)), bias)
+        self.register_buffer("weight", packed.to(torch.uint8).contiguous(), persistent=False)
+        self.register_buffer("scale", d.to(torch.float16).contiguous().view(torch.int16), persistent=False)
+
+    def _matvec(self, x, bias, y, m, threads) -> int:
+        return self._lib.ct_linear_iq4nl(x.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(), bias,
+                                         y.data_ptr(), m, self.out_features, self.in_features, threads)
+
+    def _dequantize(self, out, threads, rows: slice) -> None:
+        self._lib.ct_dequant_iq4nl(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), out.data_ptr(),
+                                   out.size(0), self.in_features, threads)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        packed = self.weight[ids].long()
+        low, high = (packed & 15).unflatten(-1, (-1, BLOCK // 2)), (packed >> 4).unflatten(-1, (-1, BLOCK // 2))
+        levels = self.LEVELS[torch.cat((low, high), dim=-1)]  # (..., K/32, 32)
+        return (levels * self.scale[ids].view(torch.float16).float()[..., None]).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", iq4_nl (blocks of 32)"
+
+
 class KQuantLinear(NativeLinear):
     """A K-quant weight as GGUF stores it: each row K / 256 super-blocks of BLOCK_BYTES bytes."""
 
@@ -347,6 +379,12 @@ def _q4_0(raw, n, k, bias):  # w = d q - 8 d: Q4_1's form with m = -8 d (exact i
     return Q4Linear(packed, d, -8 * d, bias)
 
 
+def _iq4_nl(raw, n, k, bias):
+    packed, d = _split(raw, n, [(2, 16, np.uint8), (0, 2, np.float16)], 18, [k // 2, k // BLOCK],
+                       [torch.uint8, torch.float16])
+    return IQ4NLLinear(packed, d, bias)
+
+
 def _q4_1(raw, n, k, bias):
     packed, d, m = _split(raw, n, [(4, 16, np.uint8), (0, 2, np.float16), (2, 2, np.float16)], 20,
                           [k // 2, k // BLOCK, k // BLOCK], [torch.uint8, torch.float16, torch.float16])
@@ -369,7 +407,7 @@ def _kquant(kind):
 
 
 # type name -> (values per block, bytes per block, maker): GGUF's block sizes (gguf.GGML_QUANT_SIZES)
-_STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q4_1),
+_STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q4_1), "IQ4_NL": (32, 18, _iq4_nl),
            "BF16": (1, 2, _half(Bf16Linear)), "F16": (1, 2, _half(F16Linear)),
            **{name: (SUPER_BLOCK, kind.BLOCK_BYTES, _kquant(kind)) for name, kind in (
                ("Q4_K", Q4KLinear), ("Q5_K", Q5KLinear), ("Q6_K", Q6KLinear), ("Q2_K", Q2KLinear), ("Q3_K", Q3KLinear),

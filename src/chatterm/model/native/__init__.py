@@ -153,9 +153,12 @@ def declare(lib):
     lib.ct_linear_f16.restype = None
     lib.ct_linear_kq.argtypes = [i32, p, p, p, p, i64, i64, i64, i32]
     lib.ct_linear_kq.restype = i32
+    lib.ct_linear_iq4nl.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
+    lib.ct_linear_iq4nl.restype = i32
     lib.ct_dequant_bf16.argtypes = [p, p, i64, i64, i32]
     lib.ct_dequant_f16.argtypes = [p, p, i64, i64, i32]
     lib.ct_dequant_kq.argtypes = [i32, p, p, i64, i64, i32]
+    lib.ct_dequant_iq4nl.argtypes = [p, p, p, i64, i64, i32]
     lib.ct_dequant_q8.argtypes = [p, p, p, i64, i64, i32]
     lib.ct_dequant_q4.argtypes = [p, p, p, p, i64, i64, i32]
     lib.ct_attend_one.argtypes = [p, i64, p, p, i64, i64, p, i64, i64, i64, i64, ctypes.c_float, i32, i32]
@@ -165,6 +168,6 @@ def declare(lib):
     lib.ct_gpt2_layers_step.restype = i32
     lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, i32]
     lib.ct_llama_layers_step.restype = i32
-    for name in ("ct_dequant_bf16", "ct_dequant_f16", "ct_dequant_q8", "ct_dequant_q4", "ct_dequant_kq"):
+    for name in ("ct_dequant_bf16", "ct_dequant_f16", "ct_dequant_q8", "ct_dequant_q4", "ct_dequant_kq", "ct_dequant_iq4nl"):
         getattr(lib, name).restype = None
     return lib

@@ -67,6 +67,9 @@ static inline float hsum(__m256 v) {
 }
 #endif
 
+/* IQ4_NL's and IQ4_XS's 16 levels (ggml's kvalues_iq4nl): a non-uniform grid, denser near 0. */
+static const int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
 /* K-quant (and IQ4_XS) weights (kquants.c): the `type` codes of ct_linear_kq / ct_dequant_kq. */
 enum { CT_Q4_K = 0, CT_Q5_K = 1, CT_Q6_K = 2, CT_Q2_K = 3, CT_Q3_K = 4, CT_IQ4_XS = 5, CT_KQ_LAST = CT_IQ4_XS };
 int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,

@@ -3,7 +3,10 @@
  *   q8    : W in blocks of 32 int8 values with one fp16 scale each (GGUF's Q8_0), activations
  *           quantized the same way at call time, dot products in integers;
  *   q4    : W in blocks of 32 4-bit values q (0..15) with an fp16 scale d and an fp16 offset m,
- *           w = q * d + m (GGUF's Q4_1; Q4_0 is m = -8 d), activations as for q8.
+ *           w = q * d + m (GGUF's Q4_1; Q4_0 is m = -8 d), activations as for q8;
+ *   iq4nl : GGUF's IQ4_NL, Q4_0's nibbles as indexes into a fixed grid of 16 levels;
+ *   f16   : GGUF's F16 as stored, bf16's loop with F16C's conversion.
+ * (kquants.c has the super-block types: the K-quants and IQ4_XS.)
  *
  * Why: a decode step is one matrix-vector product per layer, so its speed is the bytes of W it
  * reads. PyTorch's CPU weight-only kernels widen int8/int4 to floats inside the loop, which
@@ -396,6 +399,75 @@ int ct_linear_q4(const float *x, const uint8_t *w, const uint16_t *wd, const uin
     return 0;
 }
 
+/* ---- iq4nl: GGUF's IQ4_NL, Q4_0's nibbles (N, K/2) and fp16 scales (N, K/32), each nibble an
+ *      index into a fixed grid of 16 levels: w = d * level[q] ------------------------------ */
+
+static float dot_iq4nl(const uint8_t *w, const uint16_t *wd, const int8_t *xq, const float *xd, int64_t nb) {
+    int64_t b = 0;
+    float sum = 0.0f;
+#if defined(CT_AVX2)
+    const __m128i levels = _mm_loadu_si128((const __m128i *)iq4_levels);
+#endif
+#if defined(CT_AVX512)
+    /* two blocks a step as q4_pair, the nibbles looked up; levels are signed: |x| times the
+     * level with x's sign */
+    const __m512i table = _mm512_broadcast_i32x4(levels), zero = _mm512_setzero_si512();
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), lo, hi;
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
+        four_scales(wd + b, xd + b, &lo, &hi);
+        for (int half = 0; half < 2; half++) {
+            __m256i r = _mm256_loadu_si256((const __m256i *)(w + (b + 2 * half) * BLOCK / 2));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
+                                           _mm256_and_si256(_mm256_srli_epi16(r, 4), low4), 1);
+            q = _mm512_shuffle_epi8(table, _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0)));
+            __m512i xv = _mm512_loadu_si512((const void *)(xq + (b + 2 * half) * BLOCK));
+            __m512i dots = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(xv), _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(xv), zero, q));
+            if (half) acc1 = _mm512_fmadd_ps(hi, _mm512_cvtepi32_ps(dots), acc1);
+            else acc0 = _mm512_fmadd_ps(lo, _mm512_cvtepi32_ps(dots), acc0);
+        }
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(CT_AVX2)
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f), table = _mm256_broadcastsi128_si256(levels);
+    __m256 acc = _mm256_setzero_ps();
+    for (; b < nb; b++) {
+        _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
+        __m128i r = _mm_loadu_si128((const __m128i *)(w + b * BLOCK / 2));
+        __m256i q = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r, 4), r), low4));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(q, xv)), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(wd[b]) * xd[b]), _mm256_cvtepi32_ps(p), acc);
+    }
+    sum = hsum(acc);
+#endif
+    for (; b < nb; b++) {
+        const uint8_t *r = w + b * BLOCK / 2;
+        const int8_t *v = xq + b * BLOCK;
+        int isum = 0;
+        for (int j = 0; j < BLOCK / 2; j++)
+            isum += iq4_levels[r[j] & 0x0f] * v[j] + iq4_levels[r[j] >> 4] * v[j + BLOCK / 2];
+        sum += fp16_to_fp32(wd[b]) * xd[b] * (float)isum;
+    }
+    return sum;
+}
+
+int ct_linear_iq4nl(const float *x, const uint8_t *w, const uint16_t *wd, const float *bias, float *y, int64_t M,
+                    int64_t N, int64_t K, int nthreads) {
+    qacts a;
+    if (quantize_acts(x, M, K, &a)) return -1;
+    int64_t nb = K / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+    for (int64_t n = 0; n < N; n++) {
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = dot_iq4nl(w + n * K / 2, wd + n * nb, a.q + m * K, a.d + m * nb, nb) + b;
+    }
+    free_acts(&a);
+    return 0;
+}
+
 /* ---- whole matrices back to fp32 (prefill: many rows at once go through a float GEMM) ---- */
 
 void ct_dequant_bf16(const uint16_t *w, float *out, int64_t N, int64_t K, int nthreads) {
@@ -417,6 +489,21 @@ void ct_dequant_q8(const int8_t *w, const uint16_t *wd, float *out, int64_t N, i
         for (int64_t b = 0; b < nb; b++) {
             float d = fp16_to_fp32(wd[n * nb + b]);
             for (int i = 0; i < BLOCK; i++) out[n * K + b * BLOCK + i] = d * (float)w[n * K + b * BLOCK + i];
+        }
+}
+
+void ct_dequant_iq4nl(const uint8_t *w, const uint16_t *wd, float *out, int64_t N, int64_t K, int nthreads) {
+    int64_t nb = K / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t b = 0; b < nb; b++) {
+            float d = fp16_to_fp32(wd[n * nb + b]);
+            const uint8_t *r = w + n * K / 2 + b * BLOCK / 2;
+            float *o = out + n * K + b * BLOCK;
+            for (int j = 0; j < BLOCK / 2; j++) {
+                o[j] = d * (float)iq4_levels[r[j] & 0x0f];
+                o[j + BLOCK / 2] = d * (float)iq4_levels[r[j] >> 4];
+            }
         }
 }
 
@@ -551,7 +638,8 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
 
 typedef struct {
-    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks) */
+    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
+                   * 4 + CT_KQ_LAST + 1 (10): iq4nl */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
@@ -570,6 +658,8 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
     case 3:
         ct_linear_f16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
         return 0;
+    case 4 + CT_KQ_LAST + 1:
+        return ct_linear_iq4nl(x, (const uint8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
     default:
         if (L->kind >= 4 && L->kind <= 4 + CT_KQ_LAST)
             return ct_linear_kq((int)(L->kind - 4), x, (const uint8_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);

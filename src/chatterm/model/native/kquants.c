@@ -29,8 +29,6 @@
 #define QK 256
 
 static const int64_t block_bytes[] = {144, 176, 210, 84, 110, 136}; /* by CT_Q4_K .. CT_IQ4_XS */
-/* IQ4_XS's 16 levels (ggml's kvalues_iq4nl: a non-uniform grid, denser near 0) */
-static const int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 static inline float half_at(const uint8_t *p) {
     uint16_t h;
