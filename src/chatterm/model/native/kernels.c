@@ -333,18 +333,44 @@ int ct_linear_q8(const float *x, const int8_t *w, const uint16_t *wd, const floa
 /* ---- q4: W nibbles (N, K/2): block b's byte j holds value j (low) and j+16 (high);
  *          wd, wm fp16 (N, K/32) ------------------------------------------------------------ */
 
-static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const int8_t *xq, const float *xd,
-                    const float *xs, int64_t nb) {
+#ifdef CT_AVX512
+/* x's int8 values for the q4 loop: each group of 4 blocks as their values 0..15 (the low
+ * nibbles' partners), then their values 16..31 (the high ones'), so that 4 blocks of nibbles,
+ * masked and shifted in place, meet x without a shuffle. Blocks past the last group of 4 stay. */
+static void nibble_order(const int8_t *xq, int8_t *xp, int64_t K) {
+    int64_t k = 0;
+    for (; k + 4 * BLOCK <= K; k += 4 * BLOCK)
+        for (int j = 0; j < 4; j++) {
+            memcpy(xp + k + 16 * j, xq + k + BLOCK * j, 16);
+            memcpy(xp + k + 64 + 16 * j, xq + k + BLOCK * j + 16, 16);
+        }
+    memcpy(xp + k, xq + k, (size_t)(K - k));
+}
+#endif
+
+/* xp: xq in nibble_order (AVX-512; elsewhere xq itself) */
+static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const int8_t *xq, const int8_t *xp,
+                    const float *xd, const float *xs, int64_t nb) {
     int64_t b = 0;
     float sum = 0.0f, offsets = 0.0f;
+    (void)xp; /* read on AVX-512 only */
 #if defined(CT_AVX512)
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), lo, hi;
+    /* 4 blocks a step: 64 bytes of nibbles, the low and the high ones each one dpbusd against
+     * x in nibble order, summed in integers: int32 lanes 4j..4j+3 are block j's. */
+    const __m512i low4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
+    const __m512i quads = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m128 off = _mm_setzero_ps();
     for (; b + 4 <= nb; b += 4) {
         _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
-        four_scales(wd + b, xd + b, &lo, &hi);
-        acc0 = _mm512_fmadd_ps(lo, q4_pair(w + b * BLOCK / 2, xq + b * BLOCK), acc0);
-        acc1 = _mm512_fmadd_ps(hi, q4_pair(w + (b + 2) * BLOCK / 2, xq + (b + 2) * BLOCK), acc1);
+        __m512i r = _mm512_loadu_si512((const void *)(w + b * BLOCK / 2));
+        __m512i dots = _mm512_dpbusd_epi32(zero, _mm512_and_si512(r, low4), _mm512_loadu_si512((const void *)(xp + b * BLOCK)));
+        dots = _mm512_dpbusd_epi32(dots, _mm512_and_si512(_mm512_srli_epi16(r, 4), low4),
+                                   _mm512_loadu_si512((const void *)(xp + b * BLOCK + 64)));
+        __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wd + b))), _mm_loadu_ps(xd + b));
+        __m512 scales = _mm512_permutexvar_ps(quads, _mm512_castps128_ps512(s));
+        if (b & 4) acc1 = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(dots), acc1);
+        else acc0 = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(dots), acc0);
         off = _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + b))), _mm_loadu_ps(xs + b), off);
     }
     for (; b + 2 <= nb; b += 2) {
@@ -389,12 +415,23 @@ int ct_linear_q4(const float *x, const uint8_t *w, const uint16_t *wd, const uin
     qacts a;
     if (quantize_acts(x, M, K, &a)) return -1;
     int64_t nb = K / BLOCK;
+    int8_t *xp = a.q;
+#ifdef CT_AVX512
+    xp = (int8_t *)malloc((size_t)(M * K));
+    if (!xp) {
+        free_acts(&a);
+        return -1;
+    }
+    for (int64_t m = 0; m < M; m++) nibble_order(a.q + m * K, xp + m * K, K);
+#endif
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
     for (int64_t n = 0; n < N; n++) {
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_q4(w + n * K / 2, wd + n * nb, wm + n * nb, a.q + m * K, a.d + m * nb, a.s + m * nb, nb) + b;
+            y[m * N + n] = dot_q4(w + n * K / 2, wd + n * nb, wm + n * nb, a.q + m * K, xp + m * K, a.d + m * nb,
+                                  a.s + m * nb, nb) + b;
     }
+    if (xp != a.q) free(xp);
     free_acts(&a);
     return 0;
 }
