@@ -127,3 +127,21 @@ def test_stored_blocks_are_used_without_requantizing(tmp_path):
     layer = stored_layer("Q8_0", blocks, (8, 64), None)
     want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0)
     assert np.array_equal(layer.dequantized().numpy(), want)
+
+
+@needs_kernels
+def test_a_mixed_projection_runs_in_the_fused_step(reference, tmp_path, monkeypatch):
+    """The parts of a RowStack are chained in the fused decode step (kernels.c's ct_lin.next):
+    the same greedy tokens as the PyTorch path, with the plan applied."""
+    import chatterm.model.families.llama as llama
+    from chatterm.model.native_blocks import _Plan, _plans
+    from test_native_kernels import _decode
+
+    path = write_gguf(tmp_path / "m.gguf", hf_model("qwen2", seed=3), "qwen2", qtype="Q4_0", per_tensor={"attn_v": "Q8_0"})
+    model = load_checkpoint(path, inference=True).model  # Qwen2: the q/k/v biases split between the parts
+    fused_ids, fused_logits = _decode(model, [5, 77, 120, 33], 16)
+    assert isinstance(_plans.get(model), _Plan)
+    monkeypatch.setattr(llama, "llama_decode_step", lambda *args: None)
+    plain_ids, plain_logits = _decode(model, [5, 77, 120, 33], 16)
+    assert fused_ids == plain_ids and len(set(fused_ids[4:])) > 1
+    assert float((fused_logits - plain_logits).abs().max()) < 5e-3 * float(plain_logits.abs().max())

@@ -186,7 +186,7 @@ def test_avx2_and_portable_builds_agree_with_this_cpus_build(tmp_path):
 def _kquant_llama():
     """A 3-layer Llama whose linears are stored tensors of mixed types, as a Q4_K_M file mixes
     them (Q6_K attn_v / ffn_down in some layers, Q6_K or Q8_0 output), every type once or more."""
-    import chatterm.model.llama as llama
+    import chatterm.model.families.llama as llama
 
     config = llama.LlamaConfig(block_size=96, vocab_size=300, n_layer=3, n_head=4, n_kv_head=2, n_embd=256,
                                intermediate_size=256, tie_embeddings=False)

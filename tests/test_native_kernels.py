@@ -259,7 +259,7 @@ def _decode(model, prompt, steps):
 
 @pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
 def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
-    import chatterm.model.gpt as gpt
+    import chatterm.model.families.gpt2 as gpt
     from chatterm.model import GPT
     from chatterm.model.families.gpt2 import GPTConfig
 
@@ -281,7 +281,7 @@ def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype,bias,tied", [("bf16", False, True), ("int8", True, False), ("int4", False, False)])
 def test_fused_llama_block_step_is_the_block_in_pytorch(dtype, bias, tied, monkeypatch):
-    import chatterm.model.llama as llama
+    import chatterm.model.families.llama as llama
     from chatterm.model.native_blocks import _Plan, _plans
 
     config = llama.LlamaConfig(block_size=96, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,

@@ -82,8 +82,10 @@ def load_checkpoint(
     device = torch.device(device)
     _check_kind(path, folder_ok=True)
     with reading(path):
-        fmt, family, config, source, tensor_map, meta, strict = _open(path, n_head, context)
+        fmt, family, config, source, map_tensors, meta, strict = _open(path, n_head, context)
         try:
+            loader.check_config_matches(config, source, path)
+            tensor_map = map_tensors()
             build = dict(precision=precision, device=device, inference=inference)
             model = loader.empty_model(family, config)
             weights = loader.stored_bytes(model, source, tensor_map, precision, cpu=inference and device.type == "cpu")
@@ -129,8 +131,9 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict 
 
 
 def _open(path: Path, n_head: int | None, context: int | None):
-    """(format, family, config, tensor source, tensor map, meta, strict) for whatever is at
-    `path`; nothing but headers and configs is read yet, except for the small pickled formats."""
+    """(format, family, config, tensor source, its tensor map (a callable: made once the config
+    is known to match the file), meta, strict) for whatever is at `path`; nothing but headers
+    and configs is read yet, except for the small pickled formats."""
     from .formats.gguf import GGUFFile, is_gguf
     from .formats.hf_folder import folder_meta, hf_family_folder_shards, is_hf_family_folder
     from .formats.safetensors_files import SafetensorsFiles
@@ -148,7 +151,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
                 config = family.config_from_gguf(gguf, arch, context)
             except (KeyError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{path}: cannot read this GGUF file ({_first_line(e)})") from e
-            return "gguf", family, config, gguf, family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
+            return "gguf", family, config, gguf, lambda: family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
         except BaseException:
             gguf.close()
             raise
@@ -160,7 +163,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             raise CheckpointError(f"{path / 'config.json'}: bad model config ({_first_line(e)})") from e
         source = SafetensorsFiles(path, hf_family_folder_shards(path))
-        return "huggingface", family, config, source, family.hf_tensors(config), folder_meta(path), False
+        return "huggingface", family, config, source, lambda: family.hf_tensors(config), folder_meta(path), False
     if _is_our_safetensors(path):
         meta, weights = _our_meta(path)
         family = families().get((meta.get("model") or {}).get("architecture", "gpt2") if isinstance(meta.get("model"), dict) else "gpt2")
@@ -168,10 +171,10 @@ def _open(path: Path, n_head: int | None, context: int | None):
             raise CheckpointError(f"{path}: unknown model architecture in its metadata")
         config = _config_from(meta.get("model"), path, family)
         source = SafetensorsFiles(weights.parent, [weights.name])
-        return "chatterm", family, config, source, own_tensors(family, config), meta, False
+        return "chatterm", family, config, source, lambda: own_tensors(family, config), meta, False
     fmt, config, sd, meta = _read(path, n_head)
     family = families()["gpt2"]
-    return fmt, family, config, DictSource(sd), own_tensors(family, config), meta, True
+    return fmt, family, config, DictSource(sd), lambda: own_tensors(family, config), meta, True
 
 
 def own_tensors(family, config) -> dict:

@@ -31,6 +31,25 @@ FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 QUANTIZED_BITS = {"int8": 8, "int4": 4}
 
 
+def check_config_matches(config, source, where: Path) -> None:
+    """Refuse, before anything is built, a config that describes more weights than the file
+    holds: a config from a stranger (10^8 layers, a 10^5-token learned position table) must not
+    cost minutes building an empty module, and it is the config's fault, not the machine's."""
+    stored = 0
+    for name in source.names():
+        numel = 1
+        for d in source.shape(name):
+            numel *= int(d)
+        stored += numel
+    claimed = config.num_params()
+    if claimed > stored * 1.01 + 4096:
+        raise CheckpointError(
+            f"{where}: its config describes {claimed:,} parameters ({config.n_layer:,} layers, width "
+            f"{config.n_embd:,}), and the weights hold {stored:,}: the config does not match the weights "
+            "(a wrong or damaged config, or a truncated file)"
+        )
+
+
 def empty_model(family: Family, config) -> nn.Module:
     """The family's module on the meta device, its initialisers skipped: on meta they only
     cost time (nn.init.normal_ there goes through torch._refs and imports torch._dynamo,
@@ -213,8 +232,10 @@ def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernel
     """The CPU layer that computes with `weight` (see the module docstring)."""
     from .cpu_linear import RowStack, float_linear_layer, quantized_layer
 
-    if isinstance(weight, list) and precision is None:
-        return RowStack([_linear(w, None, precision, cpu_kernels, device) for w in weight], bias)
+    if isinstance(weight, list) and precision is None:  # each part its own layer, with its share of the bias
+        ends = np.cumsum([0, *(w.shape[0] for w in weight)])
+        return RowStack([_linear(w, None if bias is None else bias[a:b], precision, cpu_kernels, device)
+                         for w, a, b in zip(weight, ends[:-1], ends[1:])], None)
     if precision in QUANTIZED_BITS:
         return quantized_layer(_float_linear(_as_float(weight, torch.float32), bias), QUANTIZED_BITS[precision])
     if precision is None and native.library() is not None:
@@ -224,6 +245,11 @@ def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernel
         if isinstance(weight, StoredTensor):  # no kernel for this type: bf16, this tensor only
             return _stored_layer(_as_float(weight, torch.bfloat16), bias)
     dtype = FLOAT_DTYPES.get(precision, torch.float32)
+    if dtype != torch.float32:  # 16 bits asked for: chatterm's 16-bit kernel, activations in fp32
+        rounded = _as_float(weight, dtype)
+        layer = _stored_layer(rounded, bias) if native.library() is not None else None
+        # without it, fp32 layers computing with the rounded values: the arithmetic asked for
+        return layer if layer is not None else float_linear_layer(_float_linear(rounded.float(), bias))
     return float_linear_layer(_float_linear(_as_float(weight, dtype), bias))
 
 

@@ -674,16 +674,28 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * cache write at `pos`, attention over positions 0..pos, the output projection and residual,
  * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
 
-typedef struct {
+typedef struct ct_lin_s {
     int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
                    * 4 + CT_KQ_LAST + 1 (10): iq4nl */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
     const float *bias;
+    /* The next rows of the same projection, in another type (a file may store q and k in Q4_K and
+     * v in Q6_K; each part keeps its own blocks and kernel): its outputs follow ours in y. */
+    const struct ct_lin_s *next;
 } ct_lin;
 
+static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads);
+
 static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
+    for (; L; y += L->N, L = L->next)
+        if (lin_apply_one(L, x, y, nthreads))
+            return -1;
+    return 0;
+}
+
+static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads) {
     switch (L->kind) {
     case 0:
         ct_linear_bf16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
