@@ -35,7 +35,7 @@ from . import loader, native
 from .errors import CheckpointError, json_object, reading
 from .errors import first_line as _first_line
 from .families import families, family_for, family_for_gguf
-from .families.gpt2 import GPTConfig
+from .families.gpt2 import GPTConfig, normalize_config_keys
 from .formats import DictSource
 from .formats import state_dicts as sdmod
 from .formats.gguf import readable_types
@@ -89,7 +89,7 @@ def load_checkpoint(
             build = dict(precision=precision, device=device, inference=inference)
             model = loader.empty_model(family, config)
             weights = loader.stored_bytes(model, source, tensor_map, precision, cpu=inference and device.type == "cpu")
-            already = sum(t.numel() * t.element_size() for t in source.sd.values()) if strict else 0
+            already = sum(t.numel() * t.element_size() for t in source.sd.values()) if isinstance(source, DictSource) else 0
             check_fits(config, weights, _cache_element_size(precision, device, inference), device, path,
                        already_loaded=already, context=context)
             model = loader.assemble(family, model, source, tensor_map, path, strict=strict, progress=progress, **build)
@@ -132,7 +132,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict 
 
 def _open(path: Path, n_head: int | None, context: int | None):
     """(format, family, config, tensor source, its tensor map (a callable: made once the config
-    is known to match the file), meta, strict) for whatever is at `path`; nothing but headers
+    is known to match the file), meta, strict: every stored tensor must be one of ours, for the
+    formats written in our names) for whatever is at `path`; nothing but headers
     and configs is read yet, except for the small pickled formats."""
     from .formats.gguf import GGUFFile, is_gguf
     from .formats.hf_folder import folder_meta, hf_family_folder_shards, is_hf_family_folder
@@ -171,7 +172,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
             raise CheckpointError(f"{path}: unknown model architecture in its metadata")
         config = _config_from(meta.get("model"), path, family)
         source = SafetensorsFiles(weights.parent, [weights.name])
-        return "chatterm", family, config, source, lambda: own_tensors(family, config), meta, False
+        return "chatterm", family, config, source, lambda: own_tensors(family, config), meta, True
     fmt, config, sd, meta = _read(path, n_head)
     family = families()["gpt2"]
     return fmt, family, config, DictSource(sd), lambda: own_tensors(family, config), meta, True
@@ -264,7 +265,7 @@ def _read_hf(path: Path) -> tuple[str, GPTConfig, dict, dict]:
     raw = _read_json(path / "config.json")
     if raw.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r} is not GPT-2")
-    cfg = sdmod.normalize_config_keys(raw)
+    cfg = normalize_config_keys(raw)
     cfg.setdefault("bias", True)
     config = _config_from(cfg, path / "config.json")
     weights = _hf_weights(path)
@@ -283,7 +284,7 @@ def _hf_weights(path: Path) -> Path | None:
 def _sidecar_config(path: Path) -> dict:
     for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
         if candidate.exists():
-            return sdmod.normalize_config_keys(_read_json(candidate))
+            return normalize_config_keys(_read_json(candidate))
     return {}
 
 
@@ -294,7 +295,7 @@ def _config_from(raw, where: Path, family=None):
     try:
         if family is not None and family.name != "gpt2":
             return family.config_class.from_dict(raw)
-        return GPTConfig.from_dict(sdmod.normalize_config_keys(raw))
+        return GPTConfig.from_dict(normalize_config_keys(raw))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad model config ({_first_line(e)})") from e
 
