@@ -112,6 +112,15 @@ def assemble(family: Family, model: nn.Module, source, tensor_map: TensorMap, wh
              strict: bool = False, progress=None) -> nn.Module:
     """`model` (the family's `empty_model`) with every tensor read from `source` (see the
     module docstring). Names and shapes are checked before anything is read."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # loading is thousands of small copies: each would wake the OpenMP team
+    try:
+        return _assemble(family, model, source, tensor_map, where, precision, device, inference, strict, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assemble(family, model, source, tensor_map, where, precision, device, inference, strict, progress):
     config = model.config
     check_tensors(model, source, tensor_map, where, strict=strict)
     if config.tie_embeddings:  # the output projection is read from the embedding's rows
@@ -173,6 +182,9 @@ def _read(source, sources: Sources):
     """One of our tensors from its stored parts, rows stacked: a torch tensor, a StoredTensor
     (all parts quantized in one type), or a list of parts when their types differ (a Q4_K_M file
     keeps some layers' v projection in Q6_K beside Q4_K q and k)."""
+    stacked = _read_stacked(source, sources)
+    if stacked is not None:
+        return stacked
     parts = []
     for part in sources.parts:
         value = source.get(part.name)
@@ -191,6 +203,28 @@ def _read(source, sources: Sources):
     if all(isinstance(p, torch.Tensor) for p in stacked):  # float parts of different dtypes
         return torch.cat([p.float() for p in stacked])
     return stacked
+
+
+def _read_stacked(source, sources: Sources) -> StoredTensor | None:
+    """Parts quantized in one type, read by the source straight into one array (GGUF's
+    read_into): q, k and v, or gate and up, without a copy to stack them. None otherwise."""
+    infos = [getattr(source, "tensors", {}).get(p.name) for p in sources.parts]
+    if len(infos) < 2 or not hasattr(source, "read_into") or any(i is None for i in infos) \
+            or len({i.type_name for i in infos}) != 1 or infos[0].type_name in ("F32", "F16", "BF16"):
+        return None
+    row_bytes = {i.nbytes // i.shape[0] for i in infos}
+    if len(row_bytes) != 1 or any(len(i.shape) != 2 for i in infos):
+        return None
+    rows = sum(i.shape[0] for i in infos)
+    out = np.empty((rows, row_bytes.pop()), dtype=np.uint8)
+    start = 0
+    for part, info in zip(sources.parts, infos):
+        piece = out[start:start + info.shape[0]]
+        source.read_into(part.name, piece)
+        if part.unpermute_heads:
+            piece[:] = _unpermute(StoredTensor(info.type_name, info.shape, piece), part.unpermute_heads).raw
+        start += info.shape[0]
+    return StoredTensor(infos[0].type_name, (rows, infos[0].shape[1]), out)
 
 
 def _kind(value) -> str:
