@@ -56,9 +56,9 @@ class ChatSession:
         if self.editing is not None:
             return self.submit_edit(text, inspect=inspect) or iter(())
         text = clean_message(text)
-        self.conversation.add("user", text)
+        sent = self.conversation.add("user", text)
         self.save()
-        return self._reply(inspect)
+        return self._reply(inspect, sent)
 
     def regenerate(self, *, inspect: int = 0) -> Iterator[Event]:
         """A new version of the last reply; the old one stays as an alternative."""
@@ -88,23 +88,34 @@ class ChatSession:
             raise ValueError("no model is loaded yet")
         return self.backend
 
-    def _reply(self, inspect: int) -> Iterator[Event]:
+    def _reply(self, inspect: int, sent: Turn | None = None) -> Iterator[Event]:
         backend = self._check_backend()
         self.cancel.clear()
         conversation = self.conversation  # the reply belongs here even if /clear runs meanwhile
         events = backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect)
-        return self._relay(events, conversation, add_reply)
+        return self._relay(events, conversation, add_reply, sent)
 
     def _relay(self, events: Iterator[Event], conversation: Conversation,
-               record: Callable[[Conversation, Finished], Turn]) -> Iterator[Event]:
-        finished = False
+               record: Callable[[Conversation, Finished], Turn], sent: Turn | None = None) -> Iterator[Event]:
+        """Pass the events on, recording the turn they end with. When the prompt cannot even be
+        built for a message just sent (the model's template or tokenizer fails on it: a
+        ValueError before any event), the message is taken back out, so that it cannot fail
+        every later turn too, and the error says so."""
+        finished = started = False
         try:
             for event in events:
+                started = True
                 if isinstance(event, Finished):  # before it is passed on: consumers see the turn
                     record(conversation, event)
                     conversation.model = self.backend.info.name if self.backend else conversation.model
                     finished = True
                 yield event
+        except ValueError as e:
+            if started or sent is None or not conversation.turns or conversation.turns[-1] is not sent:
+                raise
+            conversation.turns.pop()
+            conversation.context_start = min(conversation.context_start, len(conversation.turns))
+            raise ValueError(f"{e}; the message was not added to the chat") from e
         finally:
             if not finished:  # the reply never came: a regenerated one's old version is shown again
                 conversation.cancel_branch()

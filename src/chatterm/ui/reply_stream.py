@@ -141,6 +141,9 @@ class ReplyStream:
         if done is None:
             if widget is not None:
                 await widget.finish("", f"error: {message.error}")
+            # A Rust panic in the tokenizer prints its message and backtrace on the terminal
+            # (stderr, which Textual draws on too): paint the whole screen again over it.
+            self.app.screen.refresh()
             return
         if widget is not None:
             await widget.finish((self._text_before + done.text).strip(), note or (done.error or ""))
