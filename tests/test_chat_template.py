@@ -1,6 +1,8 @@
 """Jinja chat templates: rendered as transformers renders them, user text never special, and
 the next turn's prompt extends the previous one so only new tokens are prefilled."""
 
+import time
+
 import pytest
 
 from chatterm.engine.events import Finished
@@ -9,9 +11,9 @@ from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, Conversation
 from chatterm.session.jinja_template import JinjaChatTemplate, JinjaPromptBuilder, TemplateError
 from chatterm.session.local_backend import LocalBackend
-from tiny_llama import CHATML, LLAMA3, SMOLLM2, ZEPHYR, byte_bpe, hf_model, hf_tokenizer, save_hf_folder
+from tiny_llama import CHATML, LLAMA3, QWEN25, SMOLLM2, ZEPHYR, byte_bpe, hf_model, hf_tokenizer, save_hf_folder
 
-TEMPLATES = {"chatml": CHATML, "smollm2": SMOLLM2, "llama3": LLAMA3, "zephyr": ZEPHYR}
+TEMPLATES = {"chatml": CHATML, "smollm2": SMOLLM2, "llama3": LLAMA3, "zephyr": ZEPHYR, "qwen2.5": QWEN25}
 CONVERSATIONS = [
     ("", [("user", "Hello there")]),
     ("You are terse.", [("user", "Hello there")]),
@@ -111,3 +113,72 @@ def test_a_reply_stops_at_the_end_of_turn_token(chatml_folder):
     stream = backend.generator.stream(tokenizer.encode("Hello"), SamplingSettings(temperature=0, max_new_tokens=50))
     done = [e for e in stream if isinstance(e, Finished)][-1]
     assert end not in done.token_ids
+
+
+# -- templates that fail, loop or grow: one line each, in bounded time (issue 24) -------------------
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("source, says", [
+    ("{{ 1/0 }}", "ZeroDivisionError"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    ("{{ range(10**9)|list }}", "OverflowError"),
+    ("{{ 'a' * 10**10 }}", "longer than 2,000,000"),
+    ("{{ 10 ** (10 ** 10) }}", "absurdly large number"),
+    ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "longer than"),
+    ("{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "longer than"),
+    ("{% for i in range(100000) %}{{ messages[0].content * 1000 }}{% endfor %}", "more than 2,000,000 characters"),
+    ("{{ messages[0].nonexistent.attribute }}", "UndefinedError"),
+    ("{{ raise_exception('\x1b]0;title\x07\x1b]52;c;aGk=\x07\x1b[2Jno\nthanks') }}", "refused this conversation: no thanks"),
+])
+def test_a_failing_template_is_one_printable_line(source, says):
+    with pytest.raises(TemplateError, match=says) as failure:
+        JinjaChatTemplate(source).render(HI, add_generation_prompt=True)
+    message = str(failure.value)
+    assert "\n" not in message and "\x1b" not in message and "\x07" not in message
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% set r = 'ab' * 50000 %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% for i in range(100000) %}{{ f(n) if i < 0 }}{% endfor %}{{ f(n + 1) if n < 50 }}{% endmacro %}{{ f(0) }}",
+])
+def test_a_template_that_loops_for_ever_is_stopped(monkeypatch, source):
+    from chatterm.session import template_sandbox
+
+    monkeypatch.setattr(template_sandbox, "MAX_RENDER_SECONDS", 0.3)
+    began = time.monotonic()
+    with pytest.raises(TemplateError, match="ran for more than 0.3 s"):
+        JinjaChatTemplate(source).render(HI, add_generation_prompt=True)
+    assert time.monotonic() - began < 2
+
+
+def test_a_64_mb_prompt_is_refused_before_the_tokenizer_sees_it():
+    tokenizer, _, _ = ours(CHATML)
+    template = JinjaChatTemplate("{{ messages[0].content * 64000000 }}")
+    builder = JinjaPromptBuilder(tokenizer, template, context_window=512)
+    began = time.monotonic()
+    with pytest.raises(TemplateError, match="longer than 2,000,000"):
+        builder.build(conversation("", [("user", "x")]), 16)
+    assert time.monotonic() - began < 1
+
+
+def test_a_tool_use_template_says_it_needs_tools():
+    source = "{% for tool in tools %}{{ tool.name }}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}"
+    hf = hf_tokenizer(source)
+    with pytest.raises(TypeError):  # transformers fails too: tools is None
+        hf.apply_chat_template(HI, tokenize=False)
+    with pytest.raises(TemplateError, match="only renders with a list of tools"):
+        JinjaChatTemplate(source).render(HI)
+
+
+def test_the_generation_tag_and_transformers_globals_render_as_in_transformers():
+    source = ("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+              "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}"
+              "{% endif %}{% endfor %}{{ dict(a=ns.n) | tojson }}{{ strftime_now('%Y') | length }}")
+    messages = [{"role": "user", "content": "é"}, {"role": "assistant", "content": "ok"}]
+    want = hf_tokenizer(source).apply_chat_template(messages, tokenize=False)
+    assert JinjaChatTemplate(source).render(messages) == want == 'éok{"a": 2}4'
+    with pytest.raises(TemplateError, match="SecurityError"):
+        JinjaChatTemplate("{% set ns = namespace(_x=1) %}").render(HI)
