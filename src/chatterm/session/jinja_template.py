@@ -58,15 +58,17 @@ class JinjaChatTemplate:
         try:
             return render(template, MAX_RENDERED_CHARS, **variables)
         except TemplateError as e:
-            if str(e).startswith("the chat template failed") and self._needs_tools(template, variables):
+            if str(e).startswith("the chat template failed") and self._needs_tools(template, variables, str(e)):
                 raise TemplateError("this chat template only renders with a list of tools (a function-calling "
                                     "variant), and chatterm's chats send none; use the model's plain chat template") from e
             raise
 
-    def _needs_tools(self, template, variables: dict) -> bool:
-        """Whether the template renders once given empty lists of tools."""
+    def _needs_tools(self, template, variables: dict, failure: str) -> bool:
+        """Whether the template failed on its tools being undefined, or renders given empty lists."""
         if not any(name in self.source for name in _TOOL_NAMES):
             return False
+        if any(f"'{name}' is undefined" in failure for name in _TOOL_NAMES):
+            return True
         try:
             render(template, MAX_RENDERED_CHARS, **dict(variables, **dict.fromkeys(_TOOL_NAMES, [])))
         except TemplateError:
