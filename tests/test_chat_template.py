@@ -155,11 +155,13 @@ def test_a_template_that_loops_for_ever_is_stopped(monkeypatch, source):
 
 
 def test_a_64_mb_prompt_is_refused_before_the_tokenizer_sees_it():
+    """(12.8 MB took 2.9 GB and 31 s in the tokenizer.)"""
     tokenizer, _, _ = ours(CHATML)
     template = JinjaChatTemplate("{{ messages[0].content * 64000000 }}")
     builder = JinjaPromptBuilder(tokenizer, template, context_window=512)
+    assert builder.max_chars == 200_000 + 16 * 512 + 65_536  # the newest message, the window's history, the template
     began = time.monotonic()
-    with pytest.raises(TemplateError, match="longer than 2,000,000"):
+    with pytest.raises(TemplateError, match="longer than 273,728"):
         builder.build(conversation("", [("user", "x")]), 16)
     assert time.monotonic() - began < 1
 
@@ -182,3 +184,13 @@ def test_the_generation_tag_and_transformers_globals_render_as_in_transformers()
     assert JinjaChatTemplate(source).render(messages) == want == 'éok{"a": 2}4'
     with pytest.raises(TemplateError, match="SecurityError"):
         JinjaChatTemplate("{% set ns = namespace(_x=1) %}").render(HI)
+
+
+def test_a_long_saved_chat_on_a_small_window_is_cut_before_it_is_rendered():
+    tokenizer, _, builder = ours(CHATML)  # window 512: renders up to 273,728 characters
+    turns = [(role, f"{i} " + "word " * 4000) for i in range(40) for role in ("user", "assistant")] + [("user", "last")]
+    conv = conversation("Be brief.", turns)  # 1.6 MB of messages, all in context as saved
+    prompt = builder.build(conv, 16)
+    assert conv.context_start > 0 and prompt.dropped_turns == conv.context_start
+    assert conv.turns[conv.context_start].role == "user"
+    assert tokenizer.decode(prompt.ids).endswith("<|im_start|>user\nlast<|im_end|>\n<|im_start|>assistant\n")

@@ -31,15 +31,19 @@ import hashlib
 import weakref
 from dataclasses import dataclass
 
+from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
 from .template_sandbox import TemplateError, compile_template, render
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or message contains them
-# The most a template may write: far more than any context window holds (about 500k tokens), and
-# well under what the tokenizer can take in a few seconds. A template that writes more (one
-# looping over its input, say) gets one line instead of exhausting memory in the tokenizer.
+# The most a template may write: a template that writes more (one looping over its input, say)
+# gets one line instead of exhausting memory in the tokenizer (tokenizers takes about 0.5 GB and
+# 4 s for 2 MB of text without spaces). A prompt builder lowers it to what its context window can
+# use: the newest message, the history the window holds at 16 characters a token (4 is usual),
+# and TEMPLATE_TEXT_CHARS of the template's own text (default system prompts run to 6,000).
 MAX_RENDERED_CHARS = 2_000_000
+TEMPLATE_TEXT_CHARS = 65_536
 _TOOL_NAMES = ("tools", "functions")
 
 
@@ -50,13 +54,15 @@ class JinjaChatTemplate:
     eos_token: str = ""
     stop: tuple[str, ...] = ()  # stop strings; end-of-turn tokens stop replies anyway
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The conversation as the model reads it; TemplateError (one line) when it fails."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               max_chars: int = MAX_RENDERED_CHARS) -> str:
+        """The conversation as the model reads it; TemplateError (one line) when it fails or
+        writes more than `max_chars` characters."""
         template = compile_template(self.source)
         variables = dict(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
                          documents=None, bos_token=self.bos_token, eos_token=self.eos_token)
         try:
-            return render(template, MAX_RENDERED_CHARS, **variables)
+            return render(template, max_chars, **variables)
         except TemplateError as e:
             if str(e).startswith("the chat template failed") and self._needs_tools(template, variables, str(e)):
                 raise TemplateError("this chat template only renders with a list of tools (a function-calling "
@@ -86,6 +92,7 @@ class JinjaPromptBuilder:
         self.tokenizer = tokenizer
         self.template = template
         self.window = context_window
+        self.max_chars = min(MAX_RENDERED_CHARS, MAX_MESSAGE_CHARS + 16 * context_window + TEMPLATE_TEXT_CHARS)
         source = f"{template.source}\0{template.bos_token}\0{template.eos_token}".encode("utf-8")
         self.key = f"{tokenizer.key}:{hashlib.sha256(source).hexdigest()[:16]}"  # content, as PromptBuilder's
         self._segment_ids: weakref.WeakKeyDictionary[Turn, list[int]] = weakref.WeakKeyDictionary()
@@ -111,7 +118,8 @@ class JinjaPromptBuilder:
         if not turns or turns[-1].role != "user":
             raise ValueError("the conversation must end with a user message")
         budget = self.window - self.reserve_for_reply(max_new_tokens)
-        start = first = min(conversation.context_start, len(turns) - 1)
+        first = min(conversation.context_start, len(turns) - 1)
+        start = self._within_render_limit(conversation, first)
         ids = self._ids(conversation, start)
         # Too long: drop whole oldest turns, to about half the window (see prompt.py), never
         # opening on a reply. The turns' lengths are estimates until the prompt is rendered again.
@@ -131,7 +139,7 @@ class JinjaPromptBuilder:
         new context, ending with the reply so far."""
         half = self.window // 2
         turns = conversation.turns
-        start = conversation.context_start
+        start = self._within_render_limit(conversation, conversation.context_start)
         while True:
             ids = self._ids(conversation, start) + list(reply_ids)
             if len(ids) <= half or start >= len(turns) - 1:
@@ -159,6 +167,17 @@ class JinjaPromptBuilder:
         texts = contents if contents is not None else ([conversation.system] if conversation.system else []) + [t.text for t in turns]
         return [{"role": r, "content": c} for r, c in zip(roles, texts)]
 
+    def _within_render_limit(self, conversation: Conversation, start: int) -> int:
+        """The first turn from `start` on whose messages fit `max_chars` with the template's own
+        text: a long saved chat opened on a model with a small window is cut before it is
+        rendered (the window would drop those turns anyway), never refused."""
+        turns = conversation.turns
+        size = len(conversation.system) + sum(len(t.text) for t in turns[start:])
+        while start < len(turns) - 1 and (size > self.max_chars - TEMPLATE_TEXT_CHARS or turns[start].role != "user"):
+            size -= len(turns[start].text)
+            start += 1
+        return start
+
     def _ids(self, conversation: Conversation, start: int) -> list[int]:
         """The prompt for the turns from `start` on, ending with the generation prompt."""
         return [i for segment in self._segments(conversation, start) for i in segment]
@@ -172,12 +191,12 @@ class JinjaPromptBuilder:
         render = self.template.render
         skeletons, previous = [], ""
         for k, turn in enumerate(turns):
-            current = render(marked[: system + k + 1], add_generation_prompt=turn.role == "user")
+            current = render(marked[: system + k + 1], turn.role == "user", self.max_chars)
             if not current.startswith(previous):
                 return [self._whole(real)]
             skeletons.append(current[len(previous) :])
             previous = current
-        full = render(real, add_generation_prompt=True)
+        full = render(real, True, self.max_chars)
         for texts in ([m["content"] for m in real], [m["content"].strip() for m in real]):  # `| trim`
             if "".join(_fill(s, texts) for s in skeletons) == full:
                 break
@@ -205,7 +224,7 @@ class JinjaPromptBuilder:
 
     def _whole(self, real: list[dict]) -> list[int]:
         """A template that is not prefix-stable: the whole prompt in one piece, contents plain."""
-        text = self.template.render(real, add_generation_prompt=True)
+        text = self.template.render(real, True, self.max_chars)
         spans, pos = [], 0
         for m in real:
             found = text.find(m["content"], pos) if m["content"] else -1
