@@ -82,7 +82,7 @@ def test_generate_chat_ends_a_template_failure_with_one_line(capsys, qwen_folder
     code, out, err = generate(capsys, with_template(qwen_folder, tmp_path, source), "a bad question")
     assert code == 2
     line = one_clean_line(err)
-    assert line.startswith("chatterm: error: ") and says in line
+    assert line.startswith("chatterm: error: ") and says in line and "not added" not in line  # no chat here
 
 
 def test_generate_chat_with_a_qwen25_template_replies(capsys, qwen_folder, tmp_path):

@@ -420,7 +420,7 @@ def _chat_failures_as_user_errors(events):
     try:
         yield from events
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(getattr(e, "reason", str(e))) from None  # MessageNotSent: there is no chat here
 
 
 def _with_model_recommendation(layers, backend):

@@ -30,6 +30,14 @@ from .persistence import ConversationStore
 MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
 
 
+class MessageNotSent(ValueError):
+    """The prompt for a message could not be built, and the message was taken back out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; the message was not added to the chat")
+        self.reason = reason  # the failure itself, for a front end with no chat to speak of
+
+
 class ChatSession:
     def __init__(
         self,
@@ -115,7 +123,7 @@ class ChatSession:
                 raise
             conversation.turns.pop()
             conversation.context_start = min(conversation.context_start, len(conversation.turns))
-            raise ValueError(f"{e}; the message was not added to the chat") from e
+            raise MessageNotSent(str(e)) from e
         finally:
             if not finished:  # the reply never came: a regenerated one's old version is shown again
                 conversation.cancel_branch()
