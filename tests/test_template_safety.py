@@ -18,7 +18,7 @@ from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, Conversation
 from chatterm.session.local_backend import LocalBackend
 from chatterm.ui.chat_view import AssistantMessage
-from helpers import save_tiny_checkpoint, tiny_model
+from helpers import save_tiny_checkpoint, tiny_model, wait_until
 from tiny_llama import CHATML, QWEN25, hf_model, save_hf_folder
 from ui_helpers import make_app, notes, ready, settle
 
@@ -137,9 +137,11 @@ async def test_the_tui_shows_a_tokenizer_panic_as_one_line_and_answers_the_queue
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(app, pilot)
         app.send(PANIC_TEXT)
-        app.send("Hello there")  # sent now, or queued while the first is still being tried
+        app.send("Hello there")  # queued: the first reply's worker is running
+        assert app.queue.pending
         await settle(app, pilot)
-        await settle(app, pilot)  # the queued one, if it was queued
+        await wait_until(pilot, lambda: not app.queue.pending and not app.busy, what="the queued message's reply")
+        await settle(app, pilot)
         assert app.status.busy == ""
         assert [t.role for t in app.session.conversation.turns] == ["user", "assistant"]
         assert app.session.conversation.turns[0].text == "Hello there"
