@@ -15,7 +15,7 @@ import pytest
 from chatterm.cli import main
 from chatterm.engine.events import Finished
 from chatterm.engine.settings import SamplingSettings
-from chatterm.session import ChatSession, Conversation
+from chatterm.session import ChatSession
 from chatterm.session.local_backend import LocalBackend
 from chatterm.ui.chat_view import AssistantMessage
 from helpers import save_tiny_checkpoint, tiny_model, wait_until
