@@ -26,6 +26,7 @@ from ..engine.settings import SamplingSettings
 from .backend import ChatBackend
 from .conversation import Conversation, Turn
 from .persistence import ConversationStore
+from .template_sandbox import TemplateError
 
 MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
 
@@ -106,9 +107,9 @@ class ChatSession:
     def _relay(self, events: Iterator[Event], conversation: Conversation,
                record: Callable[[Conversation, Finished], Turn], sent: Turn | None = None) -> Iterator[Event]:
         """Pass the events on, recording the turn they end with. When the prompt cannot even be
-        built for a message just sent (the model's template or tokenizer fails on it: a
-        ValueError before any event), the message is taken back out, so that it cannot fail
-        every later turn too, and the error says so."""
+        built for a message just sent (the model's template or tokenizer fails on it, before any
+        event), the message is taken back out, so that it cannot fail every later turn too, and
+        the error says so."""
         finished = started = False
         try:
             for event in events:
@@ -119,7 +120,7 @@ class ChatSession:
                     finished = True
                 yield event
         except ValueError as e:
-            if started or sent is None or not conversation.turns or conversation.turns[-1] is not sent:
+            if started or not _prompt_failure(e) or not conversation.turns or conversation.turns[-1] is not sent:
                 raise
             conversation.turns.pop()
             conversation.context_start = min(conversation.context_start, len(conversation.turns))
@@ -231,6 +232,14 @@ class ChatSession:
         if self._save_failure:
             self._save_failure = ""
             self.warn(f"autosave works again: saved to {path}")
+
+
+def _prompt_failure(e: ValueError) -> bool:
+    """The model's template or tokenizer failed on the conversation (a server's failure is not
+    one: unreachable or refusing, /retry may mend it)."""
+    from ..engine.tokenizer import TokenizerError  # loaded by then; imported here to keep tiktoken off start-up
+
+    return isinstance(e, (TemplateError, TokenizerError))
 
 
 def add_reply(conversation: Conversation, done: Finished) -> Turn:
