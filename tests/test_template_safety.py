@@ -102,8 +102,10 @@ def test_a_chat_template_of_the_wrong_type_in_chatterm_json_is_one_line(capsys, 
     assert code == 2 and "bad chat template" in one_clean_line(err)
 
 
-def test_a_tokenizer_panic_is_one_line(capsys, panicking_folder):
-    code, out, err = generate(capsys, panicking_folder, PANIC_TEXT)
+@pytest.mark.parametrize("chat", [True, False])
+def test_a_tokenizer_panic_is_one_line(capsys, panicking_folder, chat):
+    code = main(["generate", str(panicking_folder), "--prompt", PANIC_TEXT, "--max-new-tokens", "4"] + ["--chat"] * chat)
+    out, err = capsys.readouterr()
     assert code == 2 and "the tokenizer crashed on this text" in one_clean_line(err)
 
 

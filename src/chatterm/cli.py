@@ -389,7 +389,10 @@ def cmd_generate(args) -> int:
             raise UserError(str(e)) from None
         events = _chat_failures_as_user_errors(events)
     elif hasattr(backend, "complete_stream"):
-        events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
+        try:
+            events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
+        except ValueError as e:  # the tokenizer fails on the prompt
+            raise UserError(str(e)) from None
     else:
         raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
