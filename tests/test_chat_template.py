@@ -194,3 +194,20 @@ def test_a_long_saved_chat_on_a_small_window_is_cut_before_it_is_rendered():
     assert conv.context_start > 0 and prompt.dropped_turns == conv.context_start
     assert conv.turns[conv.context_start].role == "user"
     assert tokenizer.decode(prompt.ids).endswith("<|im_start|>user\nlast<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_user_text_never_becomes_special_in_a_template_encoded_whole():
+    """A template that writes earlier turns differently (here: EOS after a finished conversation,
+    as Phi-3.5's does) is encoded in one piece; the contents are still found where the template
+    put them, not by searching for their text, which a message can make match the template's own
+    markers."""
+    not_prefix_stable = CHATML + "{% if not add_generation_prompt %}{{ eos_token }}{% endif %}"
+    marker = "<|im_start|>user\n"
+    turns = [("user", marker * 2)]  # found by searching, it starts at the template's own marker
+    tokenizer, _, whole = ours(not_prefix_stable)
+    _, _, segmented = ours(CHATML)
+    conv = conversation("Be kind.", turns)
+    assert len(whole._segments(conv, 0)) == 1 and len(segmented._segments(conv, 0)) == 1  # one turn: both one piece
+    conv = conversation("Be kind.", [("user", "hello"), ("assistant", "hi"), *turns])
+    assert len(whole._segments(conv, 0)) == 1 and len(segmented._segments(conv, 0)) == 3
+    assert whole.build(conv, 16).ids == segmented.build(conv, 16).ids

@@ -189,19 +189,17 @@ class JinjaPromptBuilder:
         system = len(real) - len(turns)  # 1 with a system prompt, else 0
         marked = [dict(m, content=_PLACEHOLDER.format(i)) for i, m in enumerate(real)]
         render = self.template.render
+        full = render(real, True, self.max_chars)
         skeletons, previous = [], ""
         for k, turn in enumerate(turns):
             current = render(marked[: system + k + 1], turn.role == "user", self.max_chars)
             if not current.startswith(previous):
-                return [self._whole(real)]
+                return [self._whole(real, marked, full)]
             skeletons.append(current[len(previous) :])
             previous = current
-        full = render(real, True, self.max_chars)
-        for texts in ([m["content"] for m in real], [m["content"].strip() for m in real]):  # `| trim`
-            if "".join(_fill(s, texts) for s in skeletons) == full:
-                break
-        else:
-            return [self._whole(real)]
+        texts = _contents("".join(skeletons), real, full)
+        if texts is None:
+            return [self._whole(real, marked, full)]
         segments = []
         for turn, skeleton in zip(turns, skeletons):
             reply = turn.ids if (turn.role == "assistant" and turn.ids_key == self.key) else None
@@ -222,16 +220,30 @@ class JinjaPromptBuilder:
                 ids += self.tokenizer.encode(text)
         return ids
 
-    def _whole(self, real: list[dict]) -> list[int]:
-        """A template that is not prefix-stable: the whole prompt in one piece, contents plain."""
-        text = self.template.render(real, True, self.max_chars)
+    def _whole(self, real: list[dict], marked: list[dict], full: str) -> list[int]:
+        """A template that is not prefix-stable: the whole prompt `full` in one piece, contents
+        plain, found where the placeholders render. A template that rewrites contents (Qwen3
+        cuts a reply's thinking) has them looked for in order instead."""
+        skeleton = self.template.render(marked, True, self.max_chars)
+        texts = _contents(skeleton, real, full)
+        if texts is not None:
+            return self._encode_segment(skeleton, texts, None)
         spans, pos = [], 0
         for m in real:
-            found = text.find(m["content"], pos) if m["content"] else -1
+            found = full.find(m["content"], pos) if m["content"] else -1
             if found >= 0:
                 spans.append((found, found + len(m["content"])))
                 pos = found + len(m["content"])
-        return self.tokenizer.encode_marked(text, spans)
+        return self.tokenizer.encode_marked(full, spans)
+
+
+def _contents(skeleton: str, real: list[dict], full: str) -> list[str] | None:
+    """The message contents as the template writes them, if filling the placeholders of
+    `skeleton` with them gives `full`: as they are, or stripped (`| trim`)."""
+    for texts in ([m["content"] for m in real], [m["content"].strip() for m in real]):
+        if _fill(skeleton, texts) == full:
+            return texts
+    return None
 
 
 def _pieces(skeleton: str, texts: list[str]) -> list[tuple[str, bool]]:
