@@ -311,8 +311,8 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         # The session wrote the turn with its note ("stopped", "cut at max_new_tokens", an error).
         note = turns[-1].note if message.done is not None and turns and turns[-1].role == "assistant" else ""
         await self.replies.finished(message, note)
-        if message.done is None:  # no reply at all: the session may have taken the message back out
-            self.chat.show_conversation(self.session.conversation)  # (session/chat.py: _relay)
+        if message.withdrawn:  # the message is out of the conversation (session/chat.py: _relay)
+            self.chat.show_conversation(self.session.conversation)
             self.note(f"error: {message.error}", "error")
         self.mark_messages()  # a regenerated reply's "2/3"
         if self.session.backend is not None:
