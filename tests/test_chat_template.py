@@ -130,11 +130,23 @@ HI = [{"role": "user", "content": "hi"}]
     ("{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", "longer than"),
     ("{% for i in range(100000) %}{{ messages[0].content * 1000 }}{% endfor %}", "more than 2,000,000 characters"),
     ("{{ messages[0].nonexistent.attribute }}", "UndefinedError"),
+    # filters and methods that make a text far longer than their input: refused before it is made
+    ("{{ 'x' | center(10**10) }}", "longer than"),
+    ("{{ 'x'.rjust(10**10) }}", "longer than"),
+    ("{{ (['a'] * 200000) | join('b' * 200000) }}", "longer than"),
+    ("{{ 'b'.join(['a'] * 200000 * 1) ~ ('b' * 200000).join(['a'] * 200000) }}", "longer than"),
+    ("{{ ('a' * 200000) | replace('a', 'b' * 200000) }}", "longer than"),
+    ("{{ ('a\n' * 100000) | indent(100000) }}", "longer than"),
+    ("{{ '{:>9999999999}'.format(1) }}", "longer than"),
+    ("{{ '%9999999999d' | format(1) }}", "longer than"),
+    ("{{ '%9999999999s' % 'a' }}", "longer than"),
     ("{{ raise_exception('\x1b]0;title\x07\x1b]52;c;aGk=\x07\x1b[2Jno\nthanks') }}", "refused this conversation: no thanks"),
 ])
 def test_a_failing_template_is_one_printable_line(source, says):
+    began = time.monotonic()
     with pytest.raises(TemplateError, match=says) as failure:
         JinjaChatTemplate(source).render(HI, add_generation_prompt=True)
+    assert time.monotonic() - began < 1  # nothing huge was made first
     message = str(failure.value)
     assert "\n" not in message and "\x1b" not in message and "\x07" not in message
 
@@ -173,6 +185,13 @@ def test_a_tool_use_template_says_it_needs_tools():
         hf.apply_chat_template(HI, tokenize=False)
     with pytest.raises(TemplateError, match="only renders with a list of tools"):
         JinjaChatTemplate(source).render(HI)
+
+
+def test_filters_and_formats_of_ordinary_sizes_are_untouched():
+    source = ("{{ [1, 2] | join(', ') }}|{{ 'ab' | center(6) }}|{{ 'a\nb' | indent(2, true) }}|{{ 'x-y' | replace('-', '+') }}"
+              "|{{ '{:>4}{}'.format('a', 2000000000) }}|{{ '%3d%%' % 5 }}|{{ '%s-%s' | format(1, 2) }}|{{ 7 % 3 }}")
+    want = hf_tokenizer(source).apply_chat_template(HI, tokenize=False)
+    assert JinjaChatTemplate(source).render(HI) == want == "1, 2|  ab  |  a\n  b|x+y|   a2000000000|  5%|1-2|1"
 
 
 def test_the_generation_tag_and_transformers_globals_render_as_in_transformers():

@@ -34,15 +34,12 @@ from dataclasses import dataclass
 from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
-from .template_sandbox import TemplateError, compile_template, render
+from .template_sandbox import MAX_RENDERED_CHARS, TemplateError, compile_template, render
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or message contains them
-# The most a template may write: a template that writes more (one looping over its input, say)
-# gets one line instead of exhausting memory in the tokenizer (tokenizers takes about 0.5 GB and
-# 4 s for 2 MB of text without spaces). A prompt builder lowers it to what its context window can
-# use: the newest message, the history the window holds at 16 characters a token (4 is usual),
-# and TEMPLATE_TEXT_CHARS of the template's own text (default system prompts run to 6,000).
-MAX_RENDERED_CHARS = 2_000_000
+# A prompt builder lowers the most a template may write (MAX_RENDERED_CHARS) to what its context
+# window can use: the newest message, the history the window holds at 16 characters a token (4 is
+# usual), and TEMPLATE_TEXT_CHARS of the template's own text (default system prompts run to 6,000).
 TEMPLATE_TEXT_CHARS = 65_536
 _TOOL_NAMES = ("tools", "functions")
 
