@@ -185,11 +185,10 @@ class JinjaPromptBuilder:
         turns = conversation.turns[start:]
         system = len(real) - len(turns)  # 1 with a system prompt, else 0
         marked = [dict(m, content=_PLACEHOLDER.format(i)) for i, m in enumerate(real)]
-        render = self.template.render
-        full = render(real, True, self.max_chars)
+        full = self.template.render(real, True, self.max_chars)
         skeletons, previous = [], ""
         for k, turn in enumerate(turns):
-            current = render(marked[: system + k + 1], turn.role == "user", self.max_chars)
+            current = self.template.render(marked[: system + k + 1], turn.role == "user", self.max_chars)
             if not current.startswith(previous):
                 return [self._whole(real, marked, full)]
             skeletons.append(current[len(previous) :])
