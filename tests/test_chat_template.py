@@ -230,3 +230,43 @@ def test_user_text_never_becomes_special_in_a_template_encoded_whole():
     conv = conversation("Be kind.", [("user", "hello"), ("assistant", "hi"), *turns])
     assert len(whole._segments(conv, 0)) == 1 and len(segmented._segments(conv, 0)) == 3
     assert whole.build(conv, 16).ids == segmented.build(conv, 16).ids
+
+
+def test_a_prompt_one_exchange_longer_renders_only_its_new_turns(monkeypatch):
+    """Placeholder renderings depend on the roles alone: each is rendered once per builder, so a
+    long chat costs the template a few renders a turn, not one per turn in the history."""
+    _, _, builder = ours(QWEN25)
+    turns = [("user", "hi"), ("assistant", "hello, friend!")] * 20 + [("user", "The capital of France?")]
+    conv = conversation("Be kind.", turns)
+    first = builder.build(conv, 16).ids
+    renders = []
+    original = JinjaChatTemplate.render
+    monkeypatch.setattr(JinjaChatTemplate, "render", lambda self, *a, **k: renders.append(a) or original(self, *a, **k))
+    conv.add("assistant", "Paris.")
+    conv.add("user", "Thanks")
+    second = builder.build(conv, 16).ids
+    assert len(renders) == 3  # the two new turns' placeholders, and the conversation itself
+    assert second[: len(first)] == first
+    assert second == reference_ids(hf_tokenizer(QWEN25), as_messages("Be kind.", [(t.role, t.text) for t in conv.turns]))
+
+
+def test_a_template_that_writes_the_time_is_rendered_afresh_when_it_changes(monkeypatch):
+    """Llama 3.2 writes today's date: kept placeholder renderings from yesterday must not mix in."""
+    from chatterm.session import template_sandbox
+
+    stamp = "{{ strftime_now('%d %b %Y') }}\n" + CHATML
+    _, template, builder = ours(stamp)
+    conv = conversation("", [("user", "hi"), ("assistant", "hello"), ("user", "next")])
+    builder.build(conv, 16)
+
+    class Tomorrow(template_sandbox.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return template_sandbox.datetime(2099, 1, 2)
+
+    monkeypatch.setattr(template_sandbox, "datetime", Tomorrow)
+    conv.add("assistant", "fine")
+    conv.add("user", "last")
+    ids = builder.build(conv, 16).ids
+    assert builder.tokenizer.decode(ids).startswith("02 Jan 2099\n")
+    assert len(builder._segments(conv, 0)) == len(conv.turns)  # still one segment per turn

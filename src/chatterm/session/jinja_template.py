@@ -93,6 +93,7 @@ class JinjaPromptBuilder:
         source = f"{template.source}\0{template.bos_token}\0{template.eos_token}".encode("utf-8")
         self.key = f"{tokenizer.key}:{hashlib.sha256(source).hexdigest()[:16]}"  # content, as PromptBuilder's
         self._segment_ids: weakref.WeakKeyDictionary[Turn, list[int]] = weakref.WeakKeyDictionary()
+        self._skeletons: dict[tuple[tuple[str, ...], bool], str] = {}  # see _skeleton
 
     # -- PromptBuilder's interface -------------------------------------------------------------
 
@@ -186,14 +187,12 @@ class JinjaPromptBuilder:
         system = len(real) - len(turns)  # 1 with a system prompt, else 0
         marked = [dict(m, content=_PLACEHOLDER.format(i)) for i, m in enumerate(real)]
         full = self.template.render(real, True, self.max_chars)
-        skeletons, previous = [], ""
-        for k, turn in enumerate(turns):
-            current = self.template.render(marked[: system + k + 1], turn.role == "user", self.max_chars)
-            if not current.startswith(previous):
-                return [self._whole(real, marked, full)]
-            skeletons.append(current[len(previous) :])
-            previous = current
-        texts = _contents("".join(skeletons), real, full)
+        skeletons = self._turn_skeletons(marked, turns, system)
+        texts = _contents("".join(skeletons), real, full) if skeletons else None
+        if texts is None and self._skeletons:  # renderings kept from before may be stale (a date)
+            self._skeletons.clear()
+            skeletons = self._turn_skeletons(marked, turns, system)
+            texts = _contents("".join(skeletons), real, full) if skeletons else None
         if texts is None:
             return [self._whole(real, marked, full)]
         segments = []
@@ -203,6 +202,31 @@ class JinjaPromptBuilder:
             segments.append(ids)
             self._segment_ids[turn] = ids
         return segments
+
+    def _turn_skeletons(self, marked: list[dict], turns: list[Turn], system: int) -> list[str] | None:
+        """Each turn's part of the placeholder rendering, or None where rendering one more turn
+        does not extend the rendering before it."""
+        skeletons, previous = [], ""
+        for k, turn in enumerate(turns):
+            current = self._skeleton(marked[: system + k + 1], turn.role == "user")
+            if not current.startswith(previous):
+                return None
+            skeletons.append(current[len(previous) :])
+            previous = current
+        return skeletons
+
+    def _skeleton(self, marked: list[dict], add_generation_prompt: bool) -> str:
+        """The rendering of messages whose contents are placeholders: it depends on their roles
+        alone, so each is rendered once, and a prompt one exchange longer than the last renders
+        only its new turns (a conversation of n turns would take n renders of it per turn). A
+        template that writes the date renders differently the next day: _segments then starts
+        afresh."""
+        key = (tuple(m["role"] for m in marked), add_generation_prompt)
+        if key not in self._skeletons:
+            if len(self._skeletons) >= 4096:  # a bound, not a cache policy: long chats start afresh
+                self._skeletons.clear()
+            self._skeletons[key] = self.template.render(marked, add_generation_prompt, self.max_chars)
+        return self._skeletons[key]
 
     def _encode_segment(self, skeleton: str, texts: list[str], reply_ids: list[int] | None) -> list[int]:
         """Encode one segment: markers special, contents plain, a generated reply as generated."""
