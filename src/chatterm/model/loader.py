@@ -5,8 +5,9 @@ tensors are read, stacked where the family fuses them (q, k, v), and turned into
 will compute with them: on the CPU, chatterm's kernels on the blocks as stored (Q8_0, Q4_0,
 Q4_1, the K-quants, F16, BF16: `native_linear.stored_layer`), oneDNN for fp32. A type without a
 kernel is dequantized to bf16 for that one tensor; nothing passes through an fp32 copy of the
-model unless the user asks for `--dtype fp32`. The source then lets that tensor's pages go, so a
-load peaks at about the model's final size.
+model unless the user asks for `--dtype fp32`. Sources read each tensor into memory of its own
+(GGUF with pread, not through the map), which the layer keeps or copies from, so a load peaks at
+about the model's final size plus one tensor.
 
 `precision`: None keeps each tensor as stored (the default); "fp32", "bf16", "fp16", "int8",
 "int4" convert, one tensor at a time. `inference=False` (training, `convert`) or a device other
@@ -100,11 +101,19 @@ def stored_bytes(model: nn.Module, source, tensor_map: TensorMap, precision: str
         numel = t.numel()
         if element is not None:
             total += int(numel * (element if t.dim() == 2 else 4))
-        elif cpu and t.dim() == 2:
-            total += sum(source.nbytes(p.name) for p in sources.parts)
+        elif cpu and t.dim() == 2:  # as stored, or bf16 where no kernel takes the type
+            total += sum(source.nbytes(p.name) if _kept_as_stored(source, p.name) else 2 * numel // len(sources.parts)
+                         for p in sources.parts)
         else:
             total += numel * 4
     return total
+
+
+def _kept_as_stored(source, name: str) -> bool:
+    from .native_linear import has_kernel
+
+    info = getattr(source, "tensors", {}).get(name)
+    return info is None or info.type_name == "F32" or has_kernel(info.type_name)
 
 
 def assemble(family: Family, model: nn.Module, source, tensor_map: TensorMap, where: Path, *,

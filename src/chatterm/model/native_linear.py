@@ -425,6 +425,11 @@ _STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q
                ("IQ4_XS", IQ4XSLinear))}}
 
 
+def has_kernel(type_name: str) -> bool:
+    """Whether `stored_layer` takes tensors of this GGML type here (the library built)."""
+    return type_name in _STORED and native.library() is not None
+
+
 def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int], bias: torch.Tensor | None) -> nn.Module | None:
     """The layer computing with a GGUF tensor's stored values: raw uint8 (N, bytes per row) in
     GGML type `type_name` ("Q4_K", "F16", ...), shape (N, K). None where no kernel takes it
