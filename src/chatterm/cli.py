@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(chat)
     chat.add_argument("--plain", action="store_true",
                       help="a plain line REPL instead of the TUI (used anyway when stdin or stdout is not a terminal)")
+    chat.add_argument("--hide-thinking", action="store_true",
+                      help="the plain REPL does not print a thinking model's reasoning (by default it is "
+                      "printed dimmed on a terminal; through a pipe only the reply is written)")
     resume = chat.add_mutually_exclusive_group()
     resume.add_argument("-c", "--continue", dest="continue_last", action="store_true",
                         help="continue the most recent saved chat")
@@ -207,7 +210,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
             g.add_argument(spec.flag, dest=spec.name, action="append", default=None, metavar="TEXT",
                            help=help_text.replace("separated by '|'", "repeatable"))
         else:
-            g.add_argument(spec.flag, dest=spec.name, default=None, metavar="N", help=help_text)
+            metavar = "on|off|auto" if spec.kind is bool else "N"
+            g.add_argument(spec.flag, dest=spec.name, default=None, metavar=metavar, help=help_text)
 
 
 def _layered_settings(args, config_values: dict | None = None):
@@ -331,7 +335,7 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
         ConversationStore(data_dir() / "conversations"),
         warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
     )
-    chat = PlainChat(session, settings=settings, config=config, load_backend=load)
+    chat = PlainChat(session, settings=settings, config=config, load_backend=load, hide_thinking=args.hide_thinking)
     if sys.stdin.isatty() and sys.stdout.isatty():
         info = session.backend.info
         print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",

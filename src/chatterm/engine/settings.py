@@ -27,13 +27,13 @@ TYPED, TEXT = "typed", "text"
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
-    kind: type  # float, int or list (of stop strings)
+    kind: type  # float, int, bool (on/off) or list (of stop strings)
     default: object  # the built-in, neutral value
     low: float | None  # inclusive bounds (None: unbounded)
     high: float | None
     label: str  # short name in the settings panel
     help: str  # one line, for --help, the panel's tooltip and /set errors
-    optional: bool = False  # "random"/"none"/"" clears it (seed)
+    optional: bool = False  # "random"/"none"/"" clears it (seed); "auto" for a bool (thinking)
 
     @property
     def flag(self) -> str:
@@ -59,6 +59,10 @@ SPECS: dict[str, SettingSpec] = {
                     "random seed for sampling; 'random' picks a new one each reply", optional=True),
         SettingSpec("stop", list, (), None, None, "stop (a|b)",
                     "extra stop strings, separated by '|' (the template's own always apply)"),
+        # Not sampling, but set, saved and shown the same way: the template's `enable_thinking`.
+        SettingSpec("thinking", bool, None, None, None, "thinking",
+                    "on/off: whether a thinking model (Qwen3) reasons before it answers; auto: the model's default",
+                    optional=True),
     )
 }
 
@@ -81,6 +85,7 @@ class SamplingSettings:
     max_new_tokens: int = _default("max_new_tokens")
     seed: int | None = _default("seed")
     stop: list[str] = _default("stop")
+    thinking: bool | None = _default("thinking")
 
     def set(self, name: str, value, how: str = TEXT) -> None:
         """Validate and assign one setting; raise ValueError with a one-line reason otherwise."""
@@ -122,7 +127,12 @@ def spec_for(name: str) -> SettingSpec:
     return spec
 
 
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
 def format_value(spec: SettingSpec, value) -> str:
+    if spec.kind is bool:
+        return "auto" if value is None else ("on" if value else "off")
     if spec.optional and value is None:
         return "random"
     if spec.kind is list:
@@ -138,6 +148,8 @@ def parse_value(spec: SettingSpec, value, how: str = TEXT):
     TYPED: a value from a TOML or JSON file, which must already have the right type."""
     if spec.kind is list:
         return _parse_stop(spec, value, how)
+    if spec.kind is bool:
+        return _parse_switch(spec, value, how)
     if spec.optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "random", "", "off"))):
         return None
     if isinstance(value, bool) or (how == TYPED and not isinstance(value, (int, float))):
@@ -183,6 +195,18 @@ def _parse_stop(spec: SettingSpec, value, how: str) -> list[str]:
     if any(len(s) > 200 for s in items):
         raise ValueError(f"{spec.name}: each stop string must be at most 200 characters")
     return items
+
+
+def _parse_switch(spec: SettingSpec, value, how: str) -> bool | None:
+    """on/off (a bool in a file), or auto (None: the model's own default)."""
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in ("auto", "") or (value is None and how == TEXT):
+        return None
+    if word in _ON or word in _OFF:
+        return word in _ON
+    raise ValueError(f"{spec.name}: expected on, off or auto, got {value!r}")
 
 
 def _range(spec: SettingSpec) -> str:

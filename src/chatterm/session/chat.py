@@ -217,7 +217,8 @@ class ChatSession:
 def add_reply(conversation: Conversation, done: Finished) -> Turn:
     """Append the assistant turn a stream ended with: its text, whether it was cut short and why,
     and, when the backend keeps token ids, the ids it occupies in the context."""
-    turn = conversation.add("assistant", done.text.strip())
+    turn = conversation.add("assistant", done.text.strip(), thinking=done.thinking,
+                            thinking_tokens=done.thinking_tokens)
     _record_end(turn, done)
     return turn
 
@@ -227,6 +228,9 @@ def extend_reply(conversation: Conversation, done: Finished) -> Turn:
     turn = conversation.turns[-1]
     turn.text = (turn.text + done.text).rstrip()  # the prompt ended at the stripped text
     turn.ids = None  # the old ids stand for the shorter text
+    if done.thinking:  # the reply had been cut inside its reasoning
+        turn.thinking = f"{turn.thinking}\n{done.thinking}".strip()
+        turn.thinking_tokens += done.thinking_tokens
     _record_end(turn, done)
     return turn
 

@@ -50,6 +50,8 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("set", "NAME VALUE [--save]", "change a sampling setting for this session; --save makes it your default",
                     needs_arg=True, flags=("--save",)),
         CommandSpec("settings", "", "show the sampling settings and where each comes from"),
+        CommandSpec("think", "[on|off|auto] [--save]", "a thinking model: on/off sets whether it reasons first "
+                    "(the template's enable_thinking); alone, shows or hides its reasoning", flags=("--save",)),
         CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
         CommandSpec("load", "N|ID|PATH", "open a saved chat: its number in /chats, its id, or a file", needs_arg=True),
         CommandSpec("chats", "[rename N TITLE | delete N]", "list recent chats (open one with /load N); rename or delete one"),
@@ -120,6 +122,7 @@ class FrontEnd(Protocol):
     def run_editor(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
     def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
     def set_theme(self, name: str) -> None: ...  # ValueError for an unknown theme
+    def toggle_thinking(self) -> None: ...  # show or hide a thinking model's reasoning
     def key_help(self) -> list[str]: ...  # lines for /help about keys
     def quit(self) -> None: ...
 
@@ -270,6 +273,12 @@ class SlashCommands:
             saved = False
         self.front.show_settings()
         self.front.note(f"{name} = {self.settings.describe(name)}" + (" · saved as default" if saved else ""))
+
+    def do_think(self, arg: str = "", flags=frozenset()) -> None:
+        if not arg:
+            self.front.toggle_thinking()
+            return
+        self.do_set(f"thinking {arg}", flags)
 
     def do_settings(self, arg: str = "", flags=frozenset()) -> None:
         names = self.session.settings.to_dict()

@@ -65,6 +65,7 @@ class JinjaChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
     stop: tuple[str, ...] = ()  # stop strings; end-of-turn tokens stop replies anyway
+    enable_thinking: bool | None = None  # Qwen3's switch, passed to the template when set
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         from jinja2 import TemplateError as JinjaError
@@ -73,6 +74,7 @@ class JinjaChatTemplate:
             return _compile(self.source).render(
                 messages=messages, add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token, eos_token=self.eos_token,
+                **({} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}),
             )
         except TemplateError:
             raise
