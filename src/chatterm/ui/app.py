@@ -73,6 +73,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         Binding("ctrl+n", "clear", "New chat", show=False, id="clear"),
         Binding("f2", "toggle_settings", "Settings", id="toggle_settings"),
         Binding("f3", "toggle_inspector", "Tokens", id="toggle_inspector"),
+        Binding("f4", "toggle_thinking", "Thinking", id="toggle_thinking", show=False),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
         # The message box forwards these itself (it would page through its own text).
         Binding("pageup,shift+pageup", "scroll_chat('page_up')", "Scroll up", show=False),
@@ -95,6 +96,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         "clear": "Clear: start a new conversation",
         "toggle_settings": "Show or hide the settings panel",
         "toggle_inspector": "Show or hide the token inspector",
+        "toggle_thinking": "Show or fold a thinking model's reasoning (the selected or last reply's)",
         "help": "Help: commands and keys",
         "quit": "Quit chatterm",
         "scroll_chat('page_up')": "Scroll the chat up a page (the message box keeps the focus)",
@@ -345,6 +347,9 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.take_back_queued()
         self.inspector.reset()
         self.commands.run("/clear")
+
+    def action_toggle_thinking(self) -> None:
+        self.toggle_thinking()  # slash.py
 
     def action_help(self) -> None:
         self.commands.run("/help")

@@ -18,6 +18,7 @@ from textual.widgets import Markdown, Static
 
 from ..session.conversation import Conversation, Turn
 from ..session.sanitize import printable
+from .thinking_block import ThinkingBlock
 
 
 OUT_OF_CONTEXT = "out of context"
@@ -130,9 +131,13 @@ class ChatView(VerticalScroll):
         self.remove_children()
         if conversation.system:
             self.mount(Note(f"System: {conversation.system}", "system"))
-        widgets = [self._widget_for(turn) for turn in conversation.turns]
-        for index, widget in enumerate(widgets):
+        widgets = []
+        for index, turn in enumerate(conversation.turns):
+            widget = self._widget_for(turn)
             widget.set_in_context(index >= conversation.context_start)
+            if turn.thinking:
+                widgets.append(ThinkingBlock(turn.thinking, turn.thinking_tokens))
+            widgets.append(widget)
         if widgets:
             self.mount_all(widgets)
         self.follow()
@@ -150,6 +155,12 @@ class ChatView(VerticalScroll):
         if turn.role == "user":
             return UserMessage(turn.text)
         return AssistantMessage(turn.text, turn.note)
+
+    def thinking_of(self, message: AssistantMessage) -> ThinkingBlock | None:
+        """The reasoning block shown above a reply, if it has one."""
+        children = list(self.children)
+        at = children.index(message) if message in children else 0
+        return children[at - 1] if at and isinstance(children[at - 1], ThinkingBlock) else None
 
     def last_assistant(self) -> AssistantMessage | None:
         found = self.query(AssistantMessage)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from ..engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
+from ..engine.events import ContextTrimmed, Finished, TextDelta, ThinkingDelta, TokenStep
 from ..model.errors import first_line
 from .chat_view import AssistantMessage, ChatView
 from .inspector import TokenInspector
 from .messages import ReplyFinished, ReplyProgress
 from .status_bar import StatusBar
+from .thinking_block import ThinkingBlock
 
 INSPECT_TOP = 8  # candidates per token shown by the inspector
 FLUSH_SECONDS = 0.04  # the most often a streaming reply updates the screen (25 times a second)
@@ -35,6 +36,7 @@ class ReplyStream:
         self.status = status
         self.active = False  # a reply is streaming
         self._widget: AssistantMessage | None = None
+        self._thinking: ThinkingBlock | None = None  # the reply's reasoning, once some came
         self._text_before = ""  # what the reply held before a continuation
         self._flush_seconds = FLUSH_SECONDS  # adapted to the UI's share of the time; read by the worker
         self._ui_clock = (0.0, 0.0)  # (wall, UI thread CPU) at the last streaming update
@@ -51,6 +53,7 @@ class ReplyStream:
         self.inspector.reset()
         self._rate_clock, self._tokens = None, 0
         self._widget = into or AssistantMessage()
+        self._thinking = None
         self._text_before = into.text if into is not None else ""
         if into is None:
             self.chat.mount(self._widget)
@@ -62,11 +65,12 @@ class ReplyStream:
         """Forget the current reply (its worker has ended): late updates from it are dropped."""
         self.active = False
         self.status.busy = ""
-        self._widget = None
+        self._widget = self._thinking = None
 
     def _relay(self, events: Iterable) -> None:
         """The worker: consume the events, post batches to the app."""
         text: list[str] = []
+        thinking: list[str] = []
         steps: list[TokenStep] = []
         deltas = 0  # TextDelta events: a token count for backends that send no TokenStep
         trimmed = None
@@ -77,6 +81,9 @@ class ReplyStream:
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                     deltas += 1
+                elif isinstance(event, ThinkingDelta):
+                    thinking.append(event.text)
+                    deltas += 1
                 elif isinstance(event, TokenStep):
                     steps.append(event)
                 elif isinstance(event, ContextTrimmed):
@@ -84,20 +91,28 @@ class ReplyStream:
                 elif isinstance(event, Finished):
                     done = event
                 now = time.monotonic()
-                if now - last >= self._flush_seconds and (text or steps):
-                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
-                    text, steps, trimmed, last, deltas = [], [], None, now, 0
+                if now - last >= self._flush_seconds and (text or steps or thinking):
+                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas,
+                                                        "".join(thinking)))
+                    text, thinking, steps, trimmed, last, deltas = [], [], [], None, now, 0
         except Exception as e:  # keep the app alive whatever happens in the engine
             error = first_line(e)
-        if text or steps or trimmed:
-            self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
+        if text or steps or trimmed or thinking:
+            self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas, "".join(thinking)))
         self.app.post_message(ReplyFinished(done, error))
 
     async def progress(self, message: ReplyProgress) -> None:
         if not self.active:
             return
         self._pace_updates()
+        if message.thinking and self._widget is not None:
+            if self._thinking is None:
+                self._thinking = ThinkingBlock(streaming=True)
+                await self.chat.mount(self._thinking, before=self._widget)
+            self._thinking.append(message.thinking)
         if message.text and self._widget is not None:
+            if self._thinking is not None:
+                self._thinking.answer_started()
             await self._widget.append_text(message.text)
         if message.steps:
             self.inspector.add_steps(message.steps)
@@ -138,6 +153,9 @@ class ReplyStream:
         self.status.busy = ""
         done = message.done
         widget, self._widget = self._widget, None
+        block, self._thinking = self._thinking, None
+        if block is not None:
+            block.finish(done.thinking_tokens if done is not None else 0)
         if done is None:
             if widget is not None:
                 await widget.finish("", f"error: {message.error}")

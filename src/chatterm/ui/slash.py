@@ -15,6 +15,7 @@ from textual.binding import Binding
 from ..session.context_fit import fit_context
 from .chat_view import AssistantMessage, Note
 from .status_bar import NOTE_CELLS
+from .thinking_block import ThinkingBlock
 
 EXTRA_KEYS = ["Enter    send (while a reply streams or the model loads: queued, Esc takes it back)",
               "^j       new line (also Alt+Enter)", "↑/↓      earlier messages",
@@ -79,7 +80,9 @@ class TuiFrontEnd:
     def stream_reply(self, events: Iterable) -> None:
         assistant_turns = sum(t.role == "assistant" for t in self.session.conversation.turns)
         shown = self.chat.query(AssistantMessage)
-        if len(shown) > assistant_turns:  # a retry: the reply being replaced goes
+        if len(shown) > assistant_turns:  # a retry: the reply being replaced goes, reasoning and all
+            if block := self.chat.thinking_of(shown.last()):
+                block.remove()
             shown.last().remove()
         self.replies.start(events)
 
@@ -88,6 +91,15 @@ class TuiFrontEnd:
 
         if not isinstance(self.screen, ChatsScreen):
             self.push_screen(ChatsScreen(self.commands))
+
+    def toggle_thinking(self) -> None:
+        """F4 and `/think`: open or fold the selected reply's reasoning, else the last one's."""
+        selected = [w for w in self.chat.query(".message.-selected") if isinstance(w, AssistantMessage)]
+        blocks = [self.chat.thinking_of(selected[0])] if selected else list(self.chat.query(ThinkingBlock))
+        if not blocks or blocks[-1] is None:
+            self.status_note("no thinking to show" if not selected else "this reply has no thinking")
+            return
+        blocks[-1].toggle()
 
     def set_theme(self, name: str) -> None:
         if name not in self.available_themes:
