@@ -210,7 +210,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
             g.add_argument(spec.flag, dest=spec.name, action="append", default=None, metavar="TEXT",
                            help=help_text.replace("separated by '|'", "repeatable"))
         else:
-            metavar = "on|off|auto" if spec.kind is bool else "N"
+            metavar = "{on,off,auto}" if spec.kind is bool else "N"
             g.add_argument(spec.flag, dest=spec.name, default=None, metavar=metavar, help=help_text)
 
 
