@@ -154,7 +154,7 @@ async def test_set_is_for_the_session_and_save_keeps_it(parrot_checkpoint):
         shown = next(n for n in notes(app) if "max_new_tokens =" in n)
         assert "top_k = 7 (session)" in shown
         assert "min_p = 0.2 (config)" in shown and "temperature = 0 (config)" in shown
-        assert "top_p = 1 (built-in)" in shown
+        assert "top_p = 0.95 (built-in)" in shown
         assert "(session)" in str(app.query_one("#set-top_k").tooltip)
 
 

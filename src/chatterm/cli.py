@@ -201,8 +201,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     from .engine.settings import SPECS, format_value
 
     g = p.add_argument_group(
-        "sampling", "Each setting's value comes from, lowest to highest: the built-in default (neutral: every "
-        "filter off), the model's recommended settings, your config file, these flags, then /set in the session.")
+        "sampling", "Each setting's value comes from, lowest to highest: the built-in default (llama.cpp's: "
+        "0.8 / 40 / 0.95 / 0.05), the model's recommended settings (its generation_config.json, or the "
+        "model card's for a model `chatterm pull` installs), your config file, these flags, then /set in the session.")
     for spec in SPECS.values():
         built_in = format_value(spec, spec.default) or "none"
         help_text = f"{spec.help} (built-in: {built_in})".replace("%", "%%")

@@ -5,10 +5,11 @@ defaults), the settings panel's rows and labels, `/set`, the config file's `[sam
 and a model's recommended settings are all generated from it or checked against it, so a value
 is checked once, in one place, with one message.
 
-The built-in defaults are neutral: every filter is off (temperature 1, top-k 0, top-p 1,
-min-p 0, repetition penalty 1), so what is sampled is the model's own distribution, and
-temperature 0 reproduces plain greedy decoding. Tuned values come from the model's
-recommendation or the user (see `session/layered_settings.py` for the precedence).
+The built-in defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
+repetition penalty 1): a small model sampled from its raw distribution (temperature 1, every
+filter off) wanders off too often to be a good first answer. A model's own recommendation wins
+over them, and the user's over that (see `session/layered_settings.py` for the precedence).
+Temperature 0 is plain greedy decoding (argmax), whatever the filters say.
 
 The generator reads the settings object at every step, so a change made while a reply streams
 applies to the next token.
@@ -28,7 +29,7 @@ TYPED, TEXT = "typed", "text"
 class SettingSpec:
     name: str
     kind: type  # float, int, bool (on/off) or list (of stop strings)
-    default: object  # the built-in, neutral value
+    default: object  # the built-in value (llama.cpp's default)
     low: float | None  # inclusive bounds (None: unbounded)
     high: float | None
     label: str  # short name in the settings panel
@@ -43,12 +44,12 @@ class SettingSpec:
 SPECS: dict[str, SettingSpec] = {
     s.name: s
     for s in (
-        SettingSpec("temperature", float, 1.0, 0.0, 5.0, "temperature",
+        SettingSpec("temperature", float, 0.8, 0.0, 5.0, "temperature",
                     "randomness; 0 means greedy (always the most likely token), 1 the model's own distribution"),
-        SettingSpec("top_k", int, 0, 0, 1_000_000, "top-k", "keep only the k most likely tokens; 0 turns it off"),
-        SettingSpec("top_p", float, 1.0, 0.0, 1.0, "top-p",
+        SettingSpec("top_k", int, 40, 0, 1_000_000, "top-k", "keep only the k most likely tokens; 0 turns it off"),
+        SettingSpec("top_p", float, 0.95, 0.0, 1.0, "top-p",
                     "keep the smallest set of tokens whose probability reaches p; 1 turns it off"),
-        SettingSpec("min_p", float, 0.0, 0.0, 1.0, "min-p",
+        SettingSpec("min_p", float, 0.05, 0.0, 1.0, "min-p",
                     "drop tokens less likely than min_p times the top token; 0 turns it off"),
         SettingSpec("repetition_penalty", float, 1.0, 0.01, 10.0, "rep. penalty",
                     "divide the logits of recently seen tokens by this; 1 turns it off"),
@@ -74,7 +75,7 @@ def _default(name: str):
 
 @dataclass
 class SamplingSettings:
-    """The values in force. Field defaults are `SPECS`' neutral built-in defaults."""
+    """The values in force. Field defaults are `SPECS`' built-in defaults."""
 
     temperature: float = _default("temperature")
     top_k: int = _default("top_k")

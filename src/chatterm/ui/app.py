@@ -24,7 +24,7 @@ from ..session.commands import SlashCommands
 from ..session.config import AppConfig, config_dir, data_dir
 from ..session.context_fit import fit_context
 from ..session.input_history import InputHistory
-from ..session.layered_settings import CONFIG, LayeredSettings
+from ..session.layered_settings import CONFIG, MODEL, LayeredSettings, peek_recommendation
 from .chat_view import ChatView, UserMessage
 from .inspector import TokenInspector
 from .keys import check_keymap, class_bindings
@@ -120,6 +120,8 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         if settings is None:  # no command line: the config's values are the user's layer
             settings = LayeredSettings()
             settings.set_layer(CONFIG, config.sampling)
+        # The model's recommended values from the first frame (loading it sets them again).
+        settings.set_layer(MODEL, peek_recommendation(checkpoint))
         self.session = ChatSession(
             None, settings.live, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations"),
             warn=lambda text: self.notify(text, severity="warning", markup=False),  # any thread; autosave failures
