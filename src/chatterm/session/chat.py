@@ -2,7 +2,7 @@
 
 It ties a conversation, the live sampling settings and a backend together and offers the chat
 actions (send, regenerate, continue, undo, edit, alternatives, clear, system prompt), each as one
-call. Regenerating and editing keep the earlier version as an alternative (conversation.py).
+call. Files attached with `/read` (`attachments`) go into the next message sent. Regenerating and editing keep the earlier version as an alternative (conversation.py).
 Editing is two steps, so that every front end can put the text in its own input first:
 `start_edit(index)` returns the message's text, and the next `send` replaces that message. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about
@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
+from .attachments import Attachment, with_attachments
 from .backend import ChatBackend
 from .conversation import Conversation, Turn
 from .persistence import ConversationStore
@@ -47,6 +48,7 @@ class ChatSession:
         self.cancel = threading.Event()
         self._save_failure = ""  # the last autosave failure; "" while saving works
         self.editing: int | None = None  # index of the message that the next `send` replaces
+        self.attachments: list[Attachment] = []  # files for the next message (`/read`, attachments.py)
 
     # -- replies (run these in a worker thread) ------------------------------------------------
 
@@ -55,7 +57,8 @@ class ChatSession:
         replaces the one being edited instead (see submit_edit)."""
         if self.editing is not None:
             return self.submit_edit(text, inspect=inspect) or iter(())
-        text = clean_message(text)
+        text = clean_message(with_attachments(text, self.attachments) if self.attachments and text.strip() else text)
+        self.attachments = []  # sent: they are part of the message now
         self.conversation.add("user", text)
         self.save()
         return self._reply(inspect)

@@ -10,6 +10,7 @@ call the same methods. Errors a user can cause are one line, reported with kind 
 from __future__ import annotations
 
 import difflib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -18,8 +19,10 @@ from ..model.errors import first_line
 from .chat import ChatSession
 from .config import AppConfig, update_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
+from .attachments import read_files
 from .persistence import write_conversation, write_user_file
 from .sanitize import printable
+from .token_estimate import estimate_tokens
 from .saved_chats import SavedChats
 
 
@@ -52,6 +55,8 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("settings", "", "show the sampling settings and where each comes from"),
         CommandSpec("think", "[on|off|auto] [--save]", "a thinking model: on/off sets whether it reasons first "
                     "(the template's enable_thinking); alone, shows or hides its reasoning", flags=("--save",)),
+        CommandSpec("read", "PATH... | clear", "attach text files (globs too: src/*.py) to your next message; "
+                    "alone, list them; clear drops them"),
         CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
         CommandSpec("load", "N|ID|PATH", "open a saved chat: its number in /chats, its id, or a file", needs_arg=True),
         CommandSpec("chats", "[rename N TITLE | delete N]", "list recent chats (open one with /load N); rename or delete one"),
@@ -97,6 +102,14 @@ def parse_command(text: str) -> Command:
     if spec.needs_arg and not arg:
         raise CommandError(f"/{name} needs {spec.args.split(' [')[0]}: /{name} {spec.args}")
     return Command(name, arg, frozenset(flags))
+
+
+def shlex_split(arg: str) -> list[str]:
+    """Paths as a shell splits them (quotes keep spaces); unbalanced quotes: split on spaces."""
+    try:
+        return shlex.split(arg)
+    except ValueError:
+        return arg.split()
 
 
 def help_lines() -> list[str]:
@@ -279,6 +292,40 @@ class SlashCommands:
             self.front.toggle_thinking()
             return
         self.do_set(f"thinking {arg}", flags)
+
+    def do_read(self, arg: str = "", flags=frozenset()) -> None:
+        session = self.session
+        if arg == "clear":
+            dropped, session.attachments = len(session.attachments), []
+            self.front.note(f"dropped {dropped} attached files" if dropped else "no files are attached")
+            return
+        if not arg:
+            files = session.attachments
+            listing = [f"{a.name} ({a.size:,} bytes)" for a in files]
+            self.front.note("attached to your next message: " + ", ".join(listing) if files else
+                            "no files are attached; /read PATH... attaches some")
+            return
+        found, problems = read_files(shlex_split(arg))
+        for problem in problems:
+            self.front.note(problem, "error")
+        backend = session.backend
+        count = backend.count_tokens if backend is not None else estimate_tokens
+        for attachment in found:
+            tokens = count(attachment.text)
+            self.front.note(f"attached {attachment.name} ({attachment.size:,} bytes, {tokens:,} tokens)")
+        session.attachments = session.attachments + found
+        if found and backend is not None:
+            self._warn_if_too_big(backend, sum(count(a.text) for a in session.attachments))
+
+    def _warn_if_too_big(self, backend, tokens: int) -> None:
+        """Files that will not fit the context: say so, and what sending them anyway does."""
+        window = backend.info.context_window
+        used = self.session.context_tokens()
+        room = window - used - min(self.session.settings.max_new_tokens, window // 2)
+        if tokens > room:
+            self.front.note(f"the attached files are {tokens:,} tokens, more than the {max(room, 0):,} left in the "
+                            f"{window:,}-token context window: send to go on anyway (older turns are dropped and "
+                            "the message keeps its end), or /read clear to drop them", "error")
 
     def do_settings(self, arg: str = "", flags=frozenset()) -> None:
         names = self.session.settings.to_dict()

@@ -116,6 +116,9 @@ class LocalBackend:
         turns = conversation.turns[conversation.context_start :]
         return len(system) + sum(len(self.prompts.turn_ids(t)) for t in turns)
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
     def reply(
         self,
         conversation: Conversation,

@@ -115,6 +115,9 @@ class RemoteBackend:
         are estimated (and `context_is_estimate` says so)."""
         return self.counter.count_cached(self.prompts, conversation)
 
+    def count_tokens(self, text: str) -> int:
+        return self.counter.count(text, cached_only=True)[0]
+
     # -- a reply -------------------------------------------------------------------------------
 
     def reply(self, conversation: Conversation, settings: SamplingSettings, *,
