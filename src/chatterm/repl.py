@@ -221,9 +221,9 @@ class PlainChat:
         else:
             self.note(f"took back: {text}")
 
-    def show_chats(self, chats: list) -> None:
+    def show_chats(self, chats: list, query: str = "") -> None:
         if not chats:
-            self.note("no saved chats yet")
+            self.note(f"no saved chat holds {query!r}" if query else "no saved chats yet")
             return
         width = shutil.get_terminal_size().columns
         lines = [chat_line(i + 1, chat, width) for i, chat in enumerate(chats)]

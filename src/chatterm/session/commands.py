@@ -59,7 +59,8 @@ COMMANDS: dict[str, CommandSpec] = {
                     "alone, list them; clear drops them"),
         CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
         CommandSpec("load", "N|ID|PATH", "open a saved chat: its number in /chats, its id, or a file", needs_arg=True),
-        CommandSpec("chats", "[rename N TITLE | delete N]", "list recent chats (open one with /load N); rename or delete one"),
+        CommandSpec("chats", "[TEXT | rename N TITLE | delete N]", "list recent chats (open one with /load N); "
+                    "with TEXT, those whose messages hold it; rename or delete one"),
         CommandSpec("export", "PATH.md [--force]", "write the conversation as Markdown", needs_arg=True,
                     flags=("--force",)),
         CommandSpec("model", "PATH", "load another checkpoint", needs_arg=True),
@@ -130,7 +131,7 @@ class FrontEnd(Protocol):
     def stream_reply(self, events: Iterable) -> None: ...  # render a reply (a retry)
     def stream_more(self, events: Iterable) -> None: ...  # render more of the last reply (/continue)
     def edit_text(self, text: str) -> None: ...  # offer a taken-back message for editing
-    def show_chats(self, chats: list) -> None: ...  # the recent chats (ChatSummary), to open one
+    def show_chats(self, chats: list, query: str = "") -> None: ...  # chats (ChatSummary) to open one of
     def copy_text(self, text: str) -> None: ...  # to the clipboard; CommandError where it cannot
     def run_editor(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
     def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
@@ -376,6 +377,8 @@ class SlashCommands:
         action, _, rest = arg.partition(" ")
         if not action:
             self.front.show_chats(self.saved_chats.recent())
+        elif action not in ("rename", "delete"):  # words to find in the chats' messages
+            self.front.show_chats(self.saved_chats.recent(query=arg), query=arg)
         elif action == "rename" and rest.strip():
             ref, _, title = rest.strip().partition(" ")
             self.front.note(self.saved_chats.rename(ref, title))

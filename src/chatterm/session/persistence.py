@@ -123,6 +123,23 @@ class ChatSummary:
     modified: float  # when it was last saved (seconds since the epoch)
     model: str  # the model that last replied ("" when unknown)
     turns: int
+    found: str = ""  # when filtered by text found in a message, not the title: the words around it
+
+
+def _found_in(conversation: Conversation, title: str, query: str) -> str | None:
+    """Where `query` (any case, spaces loose) is in a chat: "" in its title, the words around it
+    in the first message that holds it, None when nowhere."""
+    words = query.casefold().split()
+    if all(w in title.casefold() for w in words):
+        return ""
+    for text in [conversation.system, *(t.text for t in conversation.turns)]:
+        flat = " ".join(printable(text).split())
+        folded = flat.casefold()
+        if all(w in folded for w in words):
+            at = folded.find(words[0])
+            start = max(0, at - 20)
+            return ("…" if start else "") + flat[start : start + 60].strip()
+    return None
 
 
 class ConversationStore:
@@ -159,7 +176,7 @@ class ConversationStore:
         self.claim(conversation)
         return atomic_write_text(self.path_for(conversation), conversation_json(conversation))
 
-    def recent(self, limit: int = 20) -> list[Path]:
+    def recent(self, limit: int | None = 20) -> list[Path]:
         if not self.folder.is_dir():
             return []
         files = [p for p in self.folder.glob("*.json") if is_valid_id(p.stem) and p.is_file()]
@@ -169,18 +186,26 @@ class ConversationStore:
         """The store's own file for an id (ValueError for an id chatterm did not make)."""
         return self.path_for(Conversation(id=conversation_id))
 
-    def list_chats(self, limit: int = 50) -> list[ChatSummary]:
-        """The most recently saved chats, newest first; unreadable files are left out (and alone)."""
+    def list_chats(self, limit: int = 50, query: str = "") -> list[ChatSummary]:
+        """The most recently saved chats, newest first; unreadable files are left out (and alone).
+        With `query`, only the chats whose title or messages hold it (any case), from all of them."""
         chats = []
-        for path in self.recent(limit):
+        for path in self.recent(limit if not query.strip() else None):
             try:
                 conversation = read_conversation(path)
                 modified = path.stat().st_mtime
             except (NotAConversationError, OSError):
                 continue
             title = " ".join(printable(conversation.title).split())
+            found = ""
+            if query.strip():
+                found = _found_in(conversation, title, query)
+                if found is None:
+                    continue
             chats.append(ChatSummary(path.stem, title, modified, " ".join(printable(conversation.model).split()),
-                                     len(conversation.turns)))
+                                     len(conversation.turns), found))
+            if len(chats) == limit:
+                break
         return chats
 
     def _own_file(self, conversation_id: str) -> Path:

@@ -86,11 +86,11 @@ class TuiFrontEnd:
             shown.last().remove()
         self.replies.start(events)
 
-    def show_chats(self, chats: list) -> None:
+    def show_chats(self, chats: list, query: str = "") -> None:
         from .chats_screen import ChatsScreen  # reads the list again itself, after every change
 
         if not isinstance(self.screen, ChatsScreen):
-            self.push_screen(ChatsScreen(self.commands))
+            self.push_screen(ChatsScreen(self.commands, query))
 
     def toggle_thinking(self) -> None:
         """F4 and `/think`: open or fold the selected reply's reasoning, else the last one's."""
