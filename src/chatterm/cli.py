@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
         argv.insert(0, "chat")  # `chatterm [CHECKPOINT] [flags]` means `chatterm chat ...`
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the sub-command's own parser: its usage, not the chat's
+        parser.sub_commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -110,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatterm", usage=TOP_USAGE, description="Chat with GPT-style checkpoints in the terminal.",
         epilog=TOP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    # prog: each sub-command's usage and errors name it ("chatterm pull"), not the chat's usage.
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND", prog="chatterm")
+    parser.sub_commands = sub.choices  # name -> its parser (main reports unknown arguments there)
 
     chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL; `chatterm [MODEL]` means this",
                           description="Chat with a model in the TUI, or in a plain line REPL with --plain.")

@@ -68,7 +68,9 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("quit", "", "leave chatterm"),
     )
 }
-ALIASES = {"exit": "quit", "q": "quit", "regenerate": "retry", "new": "clear", "?": "help", "cont": "continue"}
+# Other chat tools' names for the same commands (Ollama's /bye, llama-cli's and aichat's /exit, ...).
+ALIASES = {"exit": "quit", "q": "quit", "bye": "quit", "regenerate": "retry", "new": "clear", "reset": "clear",
+           "?": "help", "cont": "continue", "file": "read", "history": "chats"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,11 @@ def shlex_split(arg: str) -> list[str]:
 
 
 def help_lines() -> list[str]:
-    return [f"/{c.name}{(' ' + c.args) if c.args else ''}: {c.help}" for c in COMMANDS.values()]
+    aliases: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        aliases.setdefault(name, []).append(f"/{alias}")
+    return [f"/{c.name}{(' ' + c.args) if c.args else ''}: {c.help}" for c in COMMANDS.values()] + [
+        "also: " + "; ".join(f"{' '.join(names)} = /{name}" for name, names in aliases.items())]
 
 
 class FrontEnd(Protocol):

@@ -124,6 +124,13 @@ def resolve_model(spec):
         return installed[str(spec)]
     if str(spec) in KNOWN_MODELS:
         raise CheckpointError(f"model {spec!r} is not installed; run: chatterm pull {spec}")
+    wanted = str(spec).lower()
+    if matches := [name for name in installed if wanted in name.lower()]:  # part of a name: `chatterm smollm2`
+        raise CheckpointError(f"{spec}: no such file or folder; installed models that match: {', '.join(matches)} "
+                              f"(chatterm {matches[0]})")
+    if matches := [name for name in KNOWN_MODELS if wanted in name.lower()]:
+        raise CheckpointError(f"{spec}: no such file or folder; did you mean {matches[0]}? "
+                              f"Install it with: chatterm pull {matches[0]}")
     return path
 
 

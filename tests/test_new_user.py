@@ -1,0 +1,62 @@
+"""What a new user still tripped over (issue 26), each checked as they met it: the command line,
+the REPL and the TUI driven through Pilot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tiny_llama import hf_model, write_gguf
+
+from chatterm.cli import main
+from chatterm.model.errors import CheckpointError
+from chatterm.session import open_backend
+from chatterm.session.commands import help_lines, parse_command
+from chatterm.session.models import models_dir
+
+
+@pytest.mark.parametrize("argv, usage", [(["pull"], "usage: chatterm pull"), (["generate"], "usage: chatterm generate"),
+                                         (["models", "--bogus"], "usage: chatterm models")])
+def test_each_sub_command_has_its_own_usage_and_errors(capsys, argv, usage):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(usage) and "[MODEL] [--plain]" not in err
+
+
+def test_a_sub_commands_help_is_its_own(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    assert capsys.readouterr().out.startswith("usage: chatterm generate [-h]")
+
+
+def test_part_of_an_installed_name_suggests_the_names_that_match(capsys):
+    models_dir().mkdir(parents=True)
+    write_gguf(models_dir() / "smollm2-135m-instruct.gguf", hf_model("llama", seed=1))
+    assert main(["smollm2", "--plain"]) == 2
+    assert capsys.readouterr().err == ("chatterm: error: smollm2: no such file or folder; installed models that "
+                                       "match: smollm2-135m-instruct (chatterm smollm2-135m-instruct)\n")
+
+
+def test_part_of_a_known_name_not_installed_says_how_to_pull_it(capsys):
+    assert main(["smol", "--plain"]) == 2
+    assert "did you mean smollm2-135m-instruct? Install it with: chatterm pull smollm2-135m-instruct" in \
+        capsys.readouterr().err
+
+
+def test_an_unsupported_architecture_says_how_to_run_the_file_anyway(tmp_path):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "a.gguf"), "mamba")
+    writer.add_tensor("x", np.zeros((2, 32), np.float32))
+    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    with pytest.raises(CheckpointError) as err:
+        open_backend(str(tmp_path / "a.gguf"))
+    message = str(err.value)
+    assert "architecture 'mamba' is not supported" in message and "\n" not in message
+    assert f"llama-server -m {tmp_path / 'a.gguf'} --port 8080) and run: chatterm http://localhost:8080/v1" in message
+
+
+def test_ollamas_bye_and_the_other_common_aliases_are_known():
+    assert {parse_command(f"/{word}").name for word in ("bye", "exit", "q", "quit")} == {"quit"}
+    assert parse_command("/reset").name == "clear" and parse_command("/file a.txt").name == "read"
+    assert "/exit /q /bye = /quit" in help_lines()[-1]
