@@ -60,3 +60,30 @@ def test_ollamas_bye_and_the_other_common_aliases_are_known():
     assert {parse_command(f"/{word}").name for word in ("bye", "exit", "q", "quit")} == {"quit"}
     assert parse_command("/reset").name == "clear" and parse_command("/file a.txt").name == "read"
     assert "/exit /q /bye = /quit" in help_lines()[-1]
+
+
+# -- the TUI -----------------------------------------------------------------------------------
+
+async def test_the_inspector_follows_the_version_on_screen_and_undo(parrot_checkpoint):
+    from ui_helpers import make_app, ready, settle, type_keys
+
+    app = make_app(parrot_checkpoint, max_new_tokens=3)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        await type_keys(pilot, "hi")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert len(app.inspector.steps) == 3
+        app.commands.run("/set max_new_tokens 5")
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        assert len(app.inspector.steps) == 5
+        await pilot.press("alt+left")  # version 1 of 2 is on screen: its 3 tokens
+        await pilot.pause()
+        assert len(app.inspector.steps) == 3 and app.inspector.shown_tokens == 3
+        await pilot.press("alt+right")
+        await pilot.pause()
+        assert len(app.inspector.steps) == 5
+        await pilot.press("ctrl+b")  # the exchange is gone: so are its tokens
+        await pilot.pause()
+        assert app.inspector.steps == [] and app.inspector.note is None

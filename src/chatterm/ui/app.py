@@ -11,6 +11,7 @@ and in /help. This module imports neither torch nor the model: the first frame n
 from __future__ import annotations
 
 import time
+import weakref
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -130,6 +131,9 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.checked_keys: dict[str, str] = {}
         self._warnings_shown: set[str] = set()  # the backend's warnings already in the chat
         self.inspect = INSPECT_TOP
+        # The inspector's view of each reply streamed in this session, by turn (slash.py shows the
+        # one on screen after a switch of versions or an undo).
+        self.token_records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # -- layout --------------------------------------------------------------------------------
 

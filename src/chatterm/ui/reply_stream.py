@@ -166,4 +166,7 @@ class ReplyStream:
         shown = len(done.token_ids) if done.token_ids else len(self.inspector.steps)
         backend = self.app.session.backend
         self.inspector.finish(shown, done.stop_reason, note=backend.inspector_note if backend else None)
+        turns = self.app.session.conversation.turns
+        if turns and turns[-1].role == "assistant":  # shown again when this version is (Alt+Left/Right, undo)
+            self.app.token_records[turns[-1]] = self.inspector.record()
         self.status.speed = f"TTFT {done.ttft_s:.2f} s · {done.tokens_per_s:.1f} tok/s"

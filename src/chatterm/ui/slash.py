@@ -68,10 +68,25 @@ class TuiFrontEnd:
         self.status.note = ""
         fit_context(self.session)
         self.chat.show_conversation(self.session.conversation)
+        self._inspect_reply_on_screen()
         if hasattr(self, "queue"):
             self.queue.reshow()
         self.call_after_refresh(self.mark_messages)  # message_actions.py: "2/3", the selection
         self.update_context()
+
+    def _inspect_reply_on_screen(self) -> None:
+        """The inspector follows the conversation: after Alt+Left/Right or an undo it shows the
+        tokens of the last reply now on screen, never those of one that is gone."""
+        if self.busy:
+            return
+        replies = [t for t in self.session.conversation.turns if t.role == "assistant"]
+        if not replies:
+            self.inspector.reset()
+        elif replies[-1] in self.token_records:
+            self.inspector.restore(self.token_records[replies[-1]])
+        else:
+            self.inspector.reset("The reply on screen was not written in this session, so its tokens "
+                                 "were not recorded; /retry writes a new version.")
 
     def show_settings(self) -> None:
         self.settings_panel.refresh_values(system=self.session.conversation.system)
