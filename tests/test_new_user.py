@@ -87,3 +87,26 @@ async def test_the_inspector_follows_the_version_on_screen_and_undo(parrot_check
         await pilot.press("ctrl+b")  # the exchange is gone: so are its tokens
         await pilot.pause()
         assert app.inspector.steps == [] and app.inspector.note is None
+
+
+async def test_at_80_by_24_the_panels_leave_the_reply_in_view(parrot_checkpoint):
+    from ui_helpers import make_app, ready, settle, type_keys
+
+    from chatterm.ui.chat_view import AssistantMessage
+
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await type_keys(pilot, "hi")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        side, reply = app.side, app.chat.query(AssistantMessage).last()
+        for key in ("f2", "f3"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert side.overlay and side.region.width == 42
+            # The chat reflows beside the panel: the reply is still on screen, whole.
+            assert reply.region.width >= 30 and reply.region.right <= side.region.x
+            assert app.chat.region.contains_region(reply.region)
+            await pilot.press("escape")
+            await pilot.pause()

@@ -216,7 +216,7 @@ async def test_resize_to_small_terminals(parrot_checkpoint):
         await type_and_send(pilot, "hi")
         await settle(app, pilot)
         assert app.chat.query(AssistantMessage).last().text.strip() == "hello there, friend"
-        await pilot.press("f2")  # on a narrow screen the settings take the whole width
+        await pilot.press("f2")  # on a narrow screen the settings take three quarters of the width
         await wait_until(pilot, lambda: side.region.width >= 30)
         assert app.focused.id == "set-temperature"
         await pilot.press("f2")
