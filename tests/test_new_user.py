@@ -12,6 +12,7 @@ from chatterm.model.errors import CheckpointError
 from chatterm.session import open_backend
 from chatterm.session.commands import help_lines, parse_command
 from chatterm.session.models import models_dir
+from helpers import wait_until
 
 
 @pytest.mark.parametrize("argv, usage", [(["pull"], "usage: chatterm pull"), (["generate"], "usage: chatterm generate"),
@@ -110,3 +111,26 @@ async def test_at_80_by_24_the_panels_leave_the_reply_in_view(parrot_checkpoint)
             assert app.chat.region.contains_region(reply.region)
             await pilot.press("escape")
             await pilot.pause()
+
+
+@pytest.mark.parametrize("query, expected", [("export", "/export PATH.md"), ("resume", "/chats"),
+                                             ("load", "/load N|ID|PATH"), ("save", "/save"), ("bye", "/quit")])
+async def test_the_command_palette_holds_every_slash_command(parrot_checkpoint, query, expected):
+    from textual.command import CommandPalette
+    from ui_helpers import make_app, ready
+
+    app = make_app(parrot_checkpoint)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), what="the palette")
+        await pilot.press(*query)
+        palette = app.screen
+
+        def found():
+            from textual.command import CommandList
+
+            options = palette.query_one(CommandList).options
+            return any(str(o.prompt).startswith(expected) for o in options)
+
+        await wait_until(pilot, found, what=f"{expected} in the palette for {query!r}")

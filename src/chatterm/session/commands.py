@@ -59,7 +59,7 @@ COMMANDS: dict[str, CommandSpec] = {
                     "alone, list them; clear drops them"),
         CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
         CommandSpec("load", "N|ID|PATH", "open a saved chat: its number in /chats, its id, or a file", needs_arg=True),
-        CommandSpec("chats", "[TEXT | rename N TITLE | delete N]", "list recent chats (open one with /load N); "
+        CommandSpec("chats", "[TEXT | rename N TITLE | delete N]", "list recent chats to resume one (/load N); "
                     "with TEXT, those whose messages hold it; rename or delete one"),
         CommandSpec("export", "PATH.md [--force]", "write the conversation as Markdown", needs_arg=True,
                     flags=("--force",)),
