@@ -134,3 +134,65 @@ async def test_the_command_palette_holds_every_slash_command(parrot_checkpoint, 
             return any(str(o.prompt).startswith(expected) for o in options)
 
         await wait_until(pilot, found, what=f"{expected} in the palette for {query!r}")
+
+
+@pytest.mark.slow
+def test_a_piped_plain_run_is_saved_only_when_asked(tmp_path, parrot_checkpoint):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent / "src"),
+           "CHATTERM_DATA_DIR": str(tmp_path / "data"), "CHATTERM_CONFIG_DIR": str(tmp_path / "config")}
+
+    def run(*flags):
+        r = subprocess.run([sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--temperature", "0",
+                            "--max-new-tokens", "4", *flags], input="hi\n", capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return list((tmp_path / "data" / "conversations").glob("*.json"))
+
+    assert run() == []
+    assert len(run("--save")) == 1
+    help_text = subprocess.run([sys.executable, "-m", "chatterm", "chat", "--help"], capture_output=True, text=True,
+                               env={**env, "COLUMNS": "200"}).stdout
+    assert "a piped --plain run is not saved otherwise" in help_text
+
+
+async def test_passing_notes_stay_out_of_the_transcript_and_undo_says_what_it_undid(parrot_checkpoint):
+    from ui_helpers import make_app, notes, ready, settle, type_keys
+
+    from chatterm.ui.chat_view import AssistantMessage, Note, UserMessage
+
+    app = make_app(parrot_checkpoint, max_new_tokens=6)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        await type_keys(pilot, "hi")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        app.commands.run("/set temperature 0")
+        assert app.status.note == "temperature = 0 (session)"
+        await pilot.press("ctrl+r")
+        await settle(app, pilot)
+        await pilot.press("alt+left")
+        await pilot.pause()
+        assert app.status.note.startswith("message 2: version 1/2")
+        await pilot.press("alt+c")
+        await pilot.pause()
+        assert app.recent_notes[-1].startswith("copied message 2")
+        assert not any(word in n for n in notes(app) for word in ("temperature", "version", "copied"))
+        children = list(app.chat.children)  # the question is followed by its answer, nothing between
+        question = children.index(app.chat.query(UserMessage).last())
+        assert isinstance(children[question + 1], AssistantMessage) and not app.chat.query(Note)
+        await pilot.press("ctrl+b")
+        await pilot.pause()
+        assert app.session.conversation.turns == []
+        assert app.recent_notes[-1] == "undid your message “hi” and its reply; /redo puts it back"
+        assert [n.message for n in app._notifications][-1] == app.recent_notes[-1]  # too long for the bar: a toast
+        await type_keys(pilot, "/redo")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert [t.text for t in app.session.conversation.turns] == ["hi", "hello t"]  # 6 tokens
+        assert len(app.chat.query(UserMessage)) == 1 and len(app.chat.query(AssistantMessage)) == 1
+        assert app.recent_notes[-1] == "put back your message “hi”"

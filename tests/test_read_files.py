@@ -85,7 +85,7 @@ def test_the_fence_outgrows_backticks_inside():
 
 
 async def test_the_tui_attaches_with_read_and_sends_with_the_message(parrot_checkpoint, tmp_path):
-    from ui_helpers import make_app, notes, ready, settle, type_keys
+    from ui_helpers import make_app, passing_notes, ready, settle, type_keys
 
     from chatterm.ui.chat_view import UserMessage
 
@@ -95,7 +95,7 @@ async def test_the_tui_attaches_with_read_and_sends_with_the_message(parrot_chec
         await ready(app, pilot)
         app.commands.run(f"/read {tmp_path}/n.txt")
         await pilot.pause()
-        assert any(n.startswith(f"attached {tmp_path}/n.txt (") for n in notes(app))
+        assert any(n.startswith(f"attached {tmp_path}/n.txt (") for n in passing_notes(app))
         await type_keys(pilot, "hi")
         await pilot.press("enter")
         await settle(app, pilot)

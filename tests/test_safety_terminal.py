@@ -94,7 +94,7 @@ def test_a_bad_recommendation_from_a_hostile_checkpoint_is_an_inert_warning(tmp_
 def test_a_bad_model_path_in_plain_mode_keeps_the_session_and_the_model(tmp_path, parrot_checkpoint):
     notes = tmp_path / "notes.pt"
     notes.write_text("not a model")
-    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--temperature", "0",
+    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--save", "--temperature", "0",
                   input=f"hi\n/model {tmp_path / 'missing.pt'}\n/model {notes}\nhow are you?\n".encode())
     assert r.returncode == 0, r.stderr
     assert b"Traceback" not in r.stderr
@@ -106,7 +106,7 @@ def test_a_bad_model_path_in_plain_mode_keeps_the_session_and_the_model(tmp_path
 
 @pytest.mark.slow
 def test_invalid_utf8_and_control_only_messages(tmp_path, parrot_checkpoint):
-    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--temperature", "0",
+    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--save", "--temperature", "0",
                   input=b"\x01\x02\x1b\x7f\nhi\xff\xfe\n\x80\x81\n")
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
     assert b"empty message: only control characters" in r.stderr

@@ -39,16 +39,19 @@ class ChatSession:
         conversation: Conversation | None = None,
         store: ConversationStore | None = None,
         warn: Callable[[str], None] | None = None,
+        autosave: bool = True,
     ) -> None:
         self.backend = backend
         self.settings = settings or SamplingSettings()
         self.conversation = conversation or Conversation()
         self.store = store
+        self.autosave = autosave  # False: saved chats are read (-c, /load) but only `/save` writes one
         self.warn = warn or logging.getLogger("chatterm").warning  # see the module doc
         self.cancel = threading.Event()
         self._save_failure = ""  # the last autosave failure; "" while saving works
         self.editing: int | None = None  # index of the message that the next `send` replaces
         self.attachments: list[Attachment] = []  # files for the next message (`/read`, attachments.py)
+        self.undone: list[list[Turn]] = []  # exchanges taken back by `undo`, newest last, for `redo`
 
     # -- replies (run these in a worker thread) ------------------------------------------------
 
@@ -59,6 +62,7 @@ class ChatSession:
             return self.submit_edit(text, inspect=inspect) or iter(())
         text = clean_message(with_attachments(text, self.attachments) if self.attachments and text.strip() else text)
         self.attachments = []  # sent: they are part of the message now
+        self.undone.clear()  # the chat moved on: what was undone no longer fits back
         self.conversation.add("user", text)
         self.save()
         return self._reply(inspect)
@@ -119,12 +123,26 @@ class ChatSession:
 
     # -- editing -------------------------------------------------------------------------------
 
-    def undo(self) -> bool:
-        """Remove the last exchange (user message and reply). False when there is none."""
+    def undo(self) -> list[Turn]:
+        """Remove the last exchange (user message and reply) and return it ([] when there is
+        none); `redo` puts it back until the next message is sent."""
         self.editing = None
         removed = self.conversation.pop_exchange()
+        if removed:
+            self.undone.append(removed)
         self.save()
-        return bool(removed)
+        return removed
+
+    def redo(self) -> list[Turn]:
+        """Put back the exchange the last `undo` removed ([] when there is none)."""
+        if not self.undone:
+            return []
+        self.editing = None
+        self.conversation.cancel_branch()
+        restored = self.undone.pop()
+        self.conversation.turns.extend(restored)
+        self.save()
+        return restored
 
     def last_user_index(self) -> int | None:
         return next((i for i in range(len(self.conversation.turns) - 1, -1, -1)
@@ -167,6 +185,7 @@ class ChatSession:
     def clear(self) -> None:
         """Start a new conversation (the old one stays saved), keeping the system prompt."""
         self.editing = None
+        self.undone.clear()
         self.conversation = Conversation(system=self.conversation.system)
 
     def set_system(self, text: str) -> None:
@@ -175,6 +194,7 @@ class ChatSession:
 
     def load_conversation(self, conversation: Conversation) -> None:
         self.editing = None
+        self.undone.clear()
         self.conversation = conversation
         if self.store is not None:
             try:  # another chatterm may have it open: then this one continues in a copy
@@ -196,7 +216,7 @@ class ChatSession:
 
     def save(self) -> None:
         """Autosave; a failure is a warning (once per kind of failure), never an exception."""
-        if self.store is None or not self.conversation.turns:
+        if self.store is None or not self.autosave or not self.conversation.turns:
             return
         try:
             notice = self.store.claim(self.conversation)

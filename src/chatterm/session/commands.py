@@ -23,7 +23,7 @@ from .attachments import read_files
 from .persistence import write_conversation, write_user_file
 from .sanitize import printable
 from .token_estimate import estimate_tokens
-from .saved_chats import SavedChats
+from .saved_chats import SavedChats, summary_title
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("clear", "", "start a new conversation (the old one stays saved)"),
         CommandSpec("retry", "", "regenerate the last reply (the old one stays as an alternative)"),
         CommandSpec("continue", "", "generate more of the last reply, in the same message"),
-        CommandSpec("undo", "", "remove the last exchange"),
+        CommandSpec("undo", "", "remove the last exchange (/redo puts it back)"),
+        CommandSpec("redo", "", "put back the exchange /undo removed"),
         CommandSpec("edit", "[N]", "edit message N (default: your last one); sending replaces it, "
                     "the old version stays as an alternative"),
         CommandSpec("alt", "[N] [prev|next]", "show another version of message N (default: the last one that has some)"),
@@ -221,10 +222,23 @@ class SlashCommands:
 
     def do_undo(self, arg: str = "", flags=frozenset()) -> None:
         self._idle()
-        if self.session.undo():
-            self.front.show_conversation()
-        else:
+        removed = self.session.undo()
+        if not removed:
             self.front.note("nothing to undo")
+            return
+        self.front.show_conversation()
+        replies = sum(t.role == "assistant" for t in removed)
+        what = f"your message “{summary_title(removed[0].text, 30)}”" + (" and its reply" if replies else "")
+        self.front.note(f"undid {what}; /redo puts it back")
+
+    def do_redo(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        restored = self.session.redo()
+        if not restored:
+            self.front.note("nothing to redo")
+            return
+        self.front.show_conversation()
+        self.front.note(f"put back your message “{summary_title(restored[0].text, 30)}”")
 
     def do_edit(self, arg: str = "", flags=frozenset()) -> None:
         self._idle()
@@ -356,6 +370,7 @@ class SlashCommands:
         if arg:
             path = write_conversation(Path(arg), self.session.conversation, force="--force" in flags)
         elif self.session.store is not None:
+            self.session.autosave = True  # asked once (a piped REPL): the rest of the chat is saved too
             path = self.session.store.save(self.session.conversation)
         else:
             raise CommandError("/save needs a PATH (autosave is off)")

@@ -10,6 +10,7 @@ and in /help. This module imports neither torch nor the model: the first frame n
 
 from __future__ import annotations
 
+import collections
 import time
 import weakref
 
@@ -134,6 +135,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         # The inspector's view of each reply streamed in this session, by turn (slash.py shows the
         # one on screen after a switch of versions or an undo).
         self.token_records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.recent_notes: collections.deque[str] = collections.deque(maxlen=50)  # passing notes (slash.py)
 
     # -- layout --------------------------------------------------------------------------------
 

@@ -1,8 +1,14 @@
 """The TUI's side of slash commands: the `FrontEnd` (session/commands.py) that renders results.
 
 The commands themselves run in `session.commands.SlashCommands`, shared with the plain REPL;
-this mixin only shows what they report: notes in the chat, the conversation redrawn, the
-settings panel refreshed, a retried reply streamed, a theme applied.
+this mixin only shows what they report: notes, the conversation redrawn, the settings panel
+refreshed, a retried reply streamed, a theme applied.
+
+Notes are of two sorts. Passing ones (a one-line "info": `temperature = 0.2 (session)`, `copied
+message 6`, a version switched to) go to the status bar, and when they are longer than it holds,
+to a toast as well: the transcript keeps what is part of the chat, and they never land between a
+question and its answer. The rest (errors, several lines such as /help and /settings, the
+system prompt, the welcome) are written in the chat.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Iterable
 from textual.binding import Binding
 
 from ..session.context_fit import fit_context
+from ..session.sanitize import printable
 from .chat_view import AssistantMessage, Note
 from .status_bar import NOTE_CELLS
 from .thinking_block import ThinkingBlock
@@ -32,6 +39,9 @@ class TuiFrontEnd:
         return self.replies.active
 
     def note(self, text: str, kind: str = "info") -> None:
+        if kind == "info" and "\n" not in text:  # a passing note (see the module doc)
+            self.status_note(text)
+            return
         self.chat.mount(Note(text, kind))
 
     def welcome(self) -> None:
@@ -56,10 +66,11 @@ class TuiFrontEnd:
             self.note(hint, "welcome")
 
     def status_note(self, short: str, detail: str = "") -> None:
-        """A note in the status bar; `detail`, or a note too long for the bar, goes to the chat
-        in full (the bar keeps the short form)."""
+        """A passing note in the status bar; `detail`, or a note too long for the bar, is also
+        shown in full in a toast (the bar keeps the short form)."""
+        self.recent_notes.append(detail or short)
         if detail or len(short) > NOTE_CELLS:
-            self.note(detail or short)
+            self.notify(printable(detail or short), timeout=6, markup=False)
         self.status.note = short
 
     def show_conversation(self) -> None:
