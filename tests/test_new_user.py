@@ -196,3 +196,45 @@ async def test_passing_notes_stay_out_of_the_transcript_and_undo_says_what_it_un
         assert [t.text for t in app.session.conversation.turns] == ["hi", "hello t"]  # 6 tokens
         assert len(app.chat.query(UserMessage)) == 1 and len(app.chat.query(AssistantMessage)) == 1
         assert app.recent_notes[-1] == "put back your message “hi”"
+
+
+async def test_before_the_first_token_one_dim_line_and_the_meter_counts_the_message_at_once():
+    from remote_servers import Scripted, ScriptedServer
+    from ui_helpers import make_app, ready, settle, type_keys
+
+    from chatterm.ui.chat_view import AssistantMessage
+
+    with ScriptedServer([Scripted(body=[b": busy\n\n"], stall=True)]) as server:  # a comment, then silence
+        app = make_app(server.url)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ready(app, pilot)
+            before = app.status.context[0]
+            await type_keys(pilot, "a long message " * 4)
+            await pilot.press("enter")
+            reply = app.chat.query(AssistantMessage).last()
+            await wait_until(pilot, lambda: reply.has_class("-waiting"), what="the waiting line")
+            await wait_until(pilot, lambda: reply.region.height == 3, what="a frame around one line")
+            assert app.busy and "…" in str(reply.query_one("MarkdownParagraph").render())
+            assert app.status.context[0] >= before + 15  # counted when sent (an estimate: 1 per 3 chars)
+            await pilot.press("escape")
+            await settle(app, pilot)
+            assert not reply.has_class("-waiting")
+
+
+async def test_a_code_block_has_one_blank_line_above_it():
+    from textual.app import App
+
+    from chatterm.ui.chat_view import AssistantMessage, ChatView
+
+    class Host(App):
+        CSS_PATH = "../src/chatterm/ui/app.tcss"
+
+        def compose(self):
+            yield ChatView(id="chat")
+
+    app = Host()
+    async with app.run_test(size=(60, 20)) as pilot:
+        message = AssistantMessage("Here:\n\n```py\nx = 1\n```")
+        await app.query_one(ChatView).mount(message)
+        await pilot.pause()
+        assert message.region.height == 2 + 1 + 1 + 1  # frame, "Here:", one blank line, the code

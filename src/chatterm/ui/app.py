@@ -292,6 +292,8 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
             return
         self.chat.mount(UserMessage(self.session.conversation.turns[-1].text))
         self.chat.follow()  # sending brings the newest text back into view
+        self.update_context()  # the meter counts the message now, not when its reply ends (the
+        # reply's worker has not started yet: nothing else is building a prompt)
         self.stream_reply(events)
 
     @property

@@ -66,8 +66,10 @@ class Note(Static):
 class AssistantMessage(TurnMessage, Markdown):
     TITLE = "Assistant"
 
-    def __init__(self, text: str = "", note: str = "") -> None:
-        super().__init__(printable(text), classes="message assistant", open_links=False)
+    def __init__(self, text: str = "", note: str = "", *, waiting: bool = False) -> None:
+        """`waiting`: a reply about to stream shows one dim "…" line until its first text."""
+        super().__init__("…" if waiting else printable(text), classes="message assistant", open_links=False)
+        self.set_class(waiting, "-waiting")
         self.border_title = self.TITLE
         self._stream = None
         self.text = printable(text)
@@ -82,17 +84,21 @@ class AssistantMessage(TurnMessage, Markdown):
         fragment = printable(fragment)
         if not fragment:
             return
+        if self.has_class("-waiting"):
+            self.remove_class("-waiting")
+            await self.update("")
         if self._stream is None:
             self._stream = Markdown.get_stream(self)
         self.text += fragment
         await self._stream.write(fragment)
 
     async def finish(self, final_text: str, note: str = "") -> None:
+        self.remove_class("-waiting")
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
         final_text = printable(final_text)
-        if final_text.strip() != self.text.strip():
+        if final_text.strip() != self.text.strip() or not self.text.strip():
             self.text = final_text
             await self.update(final_text)
         if not final_text.strip():

@@ -52,7 +52,7 @@ class ReplyStream:
         self.status.speed = ""
         self.inspector.reset()
         self._rate_clock, self._tokens = None, 0
-        self._widget = into or AssistantMessage()
+        self._widget = into or AssistantMessage(waiting=True)
         self._thinking = None
         self._text_before = into.text if into is not None else ""
         if into is None:
