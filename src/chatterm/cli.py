@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a plain line REPL instead of the TUI (used anyway when stdin or stdout is not a terminal)")
     chat.add_argument("--save", action="store_true",
                       help="save the chat when stdin is not a terminal (a piped --plain run is not saved "
-                      "otherwise, so scripts do not fill /chats); a terminal's chats are always saved")
+                      "otherwise, so scripts do not fill /chats, unless it continues a saved chat with -c or "
+                      "--resume); a terminal's chats are always saved")
     chat.add_argument("--hide-thinking", action="store_true",
                       help="the plain REPL does not print a thinking model's reasoning (by default it is "
                       "printed dimmed on a terminal; through a pipe only the reply is written)")
@@ -342,7 +343,7 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
         Conversation(system=config.system_prompt),
         ConversationStore(data_dir() / "conversations"),
         warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
-        autosave=sys.stdin.isatty() or args.save,
+        autosave=sys.stdin.isatty() or args.save or bool(_resume(args)),  # -c: it goes on in its file
     )
     chat = PlainChat(session, settings=settings, config=config, load_backend=load, hide_thinking=args.hide_thinking)
     if sys.stdin.isatty() and sys.stdout.isatty():
