@@ -43,7 +43,7 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("retry", "", "regenerate the last reply (the old one stays as an alternative)"),
         CommandSpec("continue", "", "generate more of the last reply, in the same message"),
         CommandSpec("undo", "", "remove the last exchange (/redo puts it back)"),
-        CommandSpec("redo", "", "put back the exchange /undo removed"),
+        CommandSpec("redo", "", "put back what /undo took away (until the next message)"),
         CommandSpec("edit", "[N]", "edit message N (default: your last one); sending replaces it, "
                     "the old version stays as an alternative"),
         CommandSpec("alt", "[N] [prev|next]", "show another version of message N (default: the last one that has some)"),
