@@ -202,3 +202,25 @@ async def test_the_tui_shows_reasoning_in_a_block_that_folds_when_the_answer_sta
         await pilot.pause()
         blocks = app.chat.query(ThinkingBlock)
         assert len(blocks) == 1 and str(blocks.first().render()) == "▸ thought for 4 tokens · F4 shows it"
+
+
+@pytest.mark.slow
+def test_a_real_server_whose_model_thinks_in_its_text(tmp_path):
+    """`transformers serve` on 127.0.0.1 serving the thinking model: the server sends `<think>`
+    in the content (it does not parse reasoning); the reply is split all the same, and the
+    template switch goes to the server as chat_template_kwargs."""
+    pytest.importorskip("fastapi", reason="transformers[serving] is not installed")
+    from remote_servers import TransformersServer
+
+    folder = make_bigram_model(tmp_path / "thinker", chat_template=THINK_TEMPLATE, words=THINK_WORDS, table=THINK_NEXT)
+    server = TransformersServer(folder, tmp_path / "serve.log").start()
+    try:
+        backend = RemoteBackend.open(server.url)
+        chat = ChatSession(backend, greedy(max_new_tokens=12))
+        events = list(chat.send("hi"))
+        done = events[-1]
+        assert (done.thinking, done.text.strip()) == ("pondering deeply", "hello there friend")
+        assert any(isinstance(e, ThinkingDelta) for e in events)
+        assert chat.conversation.turns[-1].text == "hello there friend"
+    finally:
+        server.stop()
