@@ -148,6 +148,9 @@ class ConversationStore:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.lock = ConversationLock(self.folder / ".locks")
+        # Chats read for the list, by file, with the (mtime, size) they were read at: the chats
+        # list's filter searches every saved chat at each keystroke, and reads only what changed.
+        self._read: dict[Path, tuple[tuple[int, int], Conversation]] = {}
         self.clean_stray_files()
 
     def path_for(self, conversation: Conversation) -> Path:
@@ -192,8 +195,7 @@ class ConversationStore:
         chats = []
         for path in self.recent(limit if not query.strip() else None):
             try:
-                conversation = read_conversation(path)
-                modified = path.stat().st_mtime
+                conversation, modified = self._read_for_list(path)
             except (NotAConversationError, OSError):
                 continue
             title = " ".join(printable(conversation.title).split())
@@ -207,6 +209,15 @@ class ConversationStore:
             if len(chats) == limit:
                 break
         return chats
+
+    def _read_for_list(self, path: Path) -> tuple[Conversation, float]:
+        """The conversation in `path` and when it was saved; read again only if the file changed."""
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._read.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = self._read[path] = (stamp, read_conversation(path))
+        return cached[1], stat.st_mtime
 
     def _own_file(self, conversation_id: str) -> Path:
         path = self.file_for(conversation_id)
@@ -233,6 +244,7 @@ class ConversationStore:
         (this one included) has the conversation open."""
         path = self._own_file(conversation_id)
         self._while_closed(conversation_id, path.unlink, "deleted")
+        self._read.pop(path, None)
 
     def _while_closed(self, conversation_id: str, action, what: str) -> None:
         holder = self.lock.while_free(conversation_id, action)
