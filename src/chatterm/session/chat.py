@@ -2,7 +2,9 @@
 
 It ties a conversation, the live sampling settings and a backend together and offers the chat
 actions (send, regenerate, continue, undo, edit, alternatives, clear, system prompt), each as one
-call. Files attached with `/read` (`attachments`) go into the next message sent. Regenerating and editing keep the earlier version as an alternative (conversation.py).
+call. Files attached with `/read` (`attachments`) go into the next message sent; an undone
+exchange can be put back (`redo`) until the next one. Regenerating and editing keep the earlier
+version as an alternative (conversation.py).
 Editing is two steps, so that every front end can put the text in its own input first:
 `start_edit(index)` returns the message's text, and the next `send` replaces that message. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about

@@ -22,8 +22,8 @@ from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendat
 from .attachments import read_files
 from .persistence import write_conversation, write_user_file
 from .sanitize import printable
-from .token_estimate import estimate_tokens
 from .saved_chats import SavedChats, summary_title
+from .token_estimate import estimate_tokens
 
 
 @dataclass(frozen=True)
