@@ -52,9 +52,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_bigram_model(folder: Path, *, chat_template: bool = True) -> Path:
+def make_bigram_model(folder: Path, *, chat_template: bool | str = True, words=WORDS, table=None) -> Path:
     """Write the model folder (config, tokenizer, safetensors weights) without importing
-    transformers: only `transformers serve` needs it, and it loads in the server's process."""
+    transformers: only `transformers serve` needs it, and it loads in the server's process.
+    `chat_template` may be the template's text; `words` and `table` replace WORDS and NEXT."""
     import torch
     from safetensors.torch import save_file
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -66,13 +67,13 @@ def make_bigram_model(folder: Path, *, chat_template: bool = True) -> Path:
     trainer = trainers.BpeTrainer(vocab_size=256, special_tokens=["<|endoftext|>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(["ab"], trainer)
-    tok.add_tokens([AddedToken(w, normalized=False) for w in WORDS])
+    tok.add_tokens([AddedToken(w, normalized=False) for w in words])
     tok.save(str(folder / "tokenizer.json"))
     eos = tok.token_to_id("<|endoftext|>")
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
                         "pad_token": "<|endoftext|>", "model_max_length": 8192}
     if chat_template:
-        tokenizer_config["chat_template"] = CHAT_TEMPLATE
+        tokenizer_config["chat_template"] = chat_template if isinstance(chat_template, str) else CHAT_TEMPLATE
     _write_json(folder / "tokenizer_config.json", tokenizer_config)
 
     vocab = tok.get_vocab_size()
@@ -90,7 +91,7 @@ def make_bigram_model(folder: Path, *, chat_template: bool = True) -> Path:
         return ids[0]
 
     head = torch.zeros(vocab, hidden)
-    for current, following in NEXT.items():
+    for current, following in (NEXT if table is None else table).items():
         head[token_id(following), token_id(current)] = 3.0  # a logit of 3 * sqrt(hidden), about 50
     zeros = lambda *shape: torch.zeros(*shape)  # noqa: E731
     weights = {

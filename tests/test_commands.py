@@ -60,7 +60,7 @@ def test_every_command_in_the_repl(backend, parrot_checkpoint, tmp_path):
     assert "system prompt: be brief (this session)" in notes and load_config(tmp_path / "config.toml")[0].system_prompt == ""
     assert "top_k = 7 (session)" in notes and "min_p = 0.1 (config) · saved as default" in notes
     assert load_config(tmp_path / "config.toml")[0].sampling == {"temperature": 0, "min_p": 0.1}
-    assert "temperature = 0 (config)\ntop_k = 7 (session)" in notes and "top_p = 1 (built-in)" in notes
+    assert "temperature = 0 (config)\ntop_k = 7 (session)" in notes and "top_p = 0.95 (built-in)" in notes
     assert f"saved to {tmp_path / 'chat.json'}" in notes
     assert "new conversation" in notes and "loaded 2 turns" in notes
     assert "**System:** be brief\n\n**User:** hi" in (tmp_path / "chat.md").read_text()
@@ -87,4 +87,4 @@ def test_the_models_recommendation_is_a_layer_and_a_model_switch_replaces_it(tmp
     layers = repl.commands.settings
     assert layers.live.top_k == 3 and layers.source_of("repetition_penalty") == "model"
     repl.run([f"/model {parrot_checkpoint}\n"])  # the parrot recommends nothing
-    assert layers.live.top_k == 0 and layers.source_of("top_k") == "built-in"
+    assert layers.live.top_k == 40 and layers.source_of("top_k") == "built-in"

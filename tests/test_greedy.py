@@ -1,8 +1,8 @@
 """Greedy means greedy: `chatterm generate CKPT --temperature 0` gives the reference greedy
 continuation, for a Hugging Face GPT-2 folder (against transformers' `generate(do_sample=False)`)
 and for a nanoGPT ckpt.pt (against an independent argmax loop over the reference math), with the
-built-in settings, which are neutral. The checks also show that they would notice a
-non-neutral default: the old repetition penalty of 1.1 changes the output.
+built-in settings (llama.cpp's filters, which never change the argmax). The checks also show
+that they would notice a default that does: the old repetition penalty of 1.1 changes the output.
 """
 
 import copy

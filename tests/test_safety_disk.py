@@ -65,7 +65,7 @@ def test_plain_chat_on_a_full_disk_keeps_chatting_and_warns_on_stderr(tmp_path, 
     env = {**os.environ, "PYTHONPATH": SRC, "CHATTERM_DATA_DIR": str(tmp_path / "data"),
            "CHATTERM_CONFIG_DIR": str(tmp_path / "config")}
     messages = "hi\nhow are you?\nwhat is your name?\nhi\nhow are you?\n"
-    r = subprocess.run([sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--temperature", "0"],
+    r = subprocess.run([sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--save", "--temperature", "0"],
                        input=messages, capture_output=True, text=True, env=env, timeout=120,
                        preexec_fn=_limit_file_size)
     assert r.returncode == 0, r.stderr
@@ -125,7 +125,7 @@ def test_plain_chat_on_a_read_only_file_system_keeps_chatting_and_warns(tmp_path
     env = {**os.environ, "PYTHONPATH": SRC, "CHATTERM_DATA_DIR": str(tmp_path / "data"),
            "CHATTERM_CONFIG_DIR": str(tmp_path / "config")}
     script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && shift && exec "$@"'
-    command = [sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--temperature", "0"]
+    command = [sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--save", "--temperature", "0"]
     r = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(folder), *command],
                        input="hi\nhow are you?\n", capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

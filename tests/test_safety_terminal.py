@@ -94,7 +94,7 @@ def test_a_bad_recommendation_from_a_hostile_checkpoint_is_an_inert_warning(tmp_
 def test_a_bad_model_path_in_plain_mode_keeps_the_session_and_the_model(tmp_path, parrot_checkpoint):
     notes = tmp_path / "notes.pt"
     notes.write_text("not a model")
-    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--temperature", "0",
+    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--save", "--temperature", "0",
                   input=f"hi\n/model {tmp_path / 'missing.pt'}\n/model {notes}\nhow are you?\n".encode())
     assert r.returncode == 0, r.stderr
     assert b"Traceback" not in r.stderr
@@ -106,7 +106,7 @@ def test_a_bad_model_path_in_plain_mode_keeps_the_session_and_the_model(tmp_path
 
 @pytest.mark.slow
 def test_invalid_utf8_and_control_only_messages(tmp_path, parrot_checkpoint):
-    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--temperature", "0",
+    r = _chatterm(tmp_path, parrot_checkpoint, "--plain", "--save", "--temperature", "0",
                   input=b"\x01\x02\x1b\x7f\nhi\xff\xfe\n\x80\x81\n")
     assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr
     assert b"empty message: only control characters" in r.stderr
@@ -140,7 +140,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, babbler):
     """`chatterm generate ... | head -c 1`, and the same for a plain chat: exit code 141, nothing on
     stderr, and the chat's partial reply is saved, marked "stopped"."""
     for args, stdin in ((("generate", babbler, "--prompt", "hi", "--max-new-tokens", "100000"), None),
-                        ((babbler, "--plain", "--max-new-tokens", "100000"), b"talk forever\n")):
+                        ((babbler, "--plain", "--save", "--max-new-tokens", "100000"), b"talk forever\n")):
         proc = subprocess.Popen([sys.executable, "-m", "chatterm", *map(str, args)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
         if stdin:
@@ -157,7 +157,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, babbler):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_in_plain_mode_save_the_partial_reply(tmp_path, babbler, sig):
-    proc = subprocess.Popen([sys.executable, "-m", "chatterm", str(babbler), "--plain", "--max-new-tokens", "100000"],
+    proc = subprocess.Popen([sys.executable, "-m", "chatterm", str(babbler), "--plain", "--save", "--max-new-tokens", "100000"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
     proc.stdin.write(b"talk forever\n")
     proc.stdin.flush()
@@ -172,7 +172,7 @@ def test_sigterm_and_sighup_in_plain_mode_save_the_partial_reply(tmp_path, babbl
 
 @pytest.mark.slow
 def test_sigterm_at_the_prompt_quits_quietly(tmp_path, parrot_checkpoint):
-    proc = subprocess.Popen([sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--temperature", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "chatterm", str(parrot_checkpoint), "--plain", "--save", "--temperature", "0"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(tmp_path))
     proc.stdin.write(b"hi\n")
     proc.stdin.flush()

@@ -114,11 +114,19 @@ def test_a_small_temperature_that_does_not_overflow_still_samples():
     assert picks == {0, 1}
 
 
-def test_built_in_defaults_leave_the_distribution_alone():
-    """Neutral defaults: every filter off, so the filtered logits are the model's own."""
+def test_filters_off_leave_the_distribution_alone():
+    """Every filter off (temperature 1, top-k 0, top-p 1, min-p 0): the filtered logits are the model's own."""
     logits = random_logits(7)
     ids = torch.arange(0, 200, 3)
-    assert torch.equal(filtered_logits(logits, ids, SamplingSettings()), logits)
+    neutral = SamplingSettings(temperature=1, top_k=0, top_p=1, min_p=0)
+    assert torch.equal(filtered_logits(logits, ids, neutral), logits)
+
+
+def test_the_built_in_defaults_are_llama_cpps_filters():
+    """temperature 0.8, then top-k 40, top-p 0.95, min-p 0.05: at most 40 of 200 tokens survive."""
+    logits = random_logits(7)
+    kept = torch.isfinite(filtered_logits(logits, torch.tensor([], dtype=torch.long), SamplingSettings()))
+    assert 1 <= int(kept.sum()) <= 40
 
 
 def test_padded_vocab_ids_are_never_sampled():

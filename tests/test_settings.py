@@ -30,12 +30,12 @@ def test_every_setting_gets_a_flag_with_help_and_its_built_in_default():
     assert set(flags) == set(SPECS)
     for name, action in flags.items():
         assert SPECS[name].help.split(";")[0][:20] in action.help and "(built-in:" in action.help
-    assert "(built-in: 1)" in flags["temperature"].help and "(built-in: 0)" in flags["top_k"].help
+    assert "(built-in: 0.8)" in flags["temperature"].help and "(built-in: 40)" in flags["top_k"].help
 
 
-def test_built_in_defaults_are_neutral_and_come_from_the_table():
+def test_built_in_defaults_are_llama_cpps_and_come_from_the_table():
     s = SamplingSettings()
-    assert (s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty) == (1.0, 0, 1.0, 0.0, 1.0)
+    assert (s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty) == (0.8, 40, 0.95, 0.05, 1.0)
     assert {name: spec.default for name, spec in SPECS.items() if spec.kind is not list} == {
         k: v for k, v in s.to_dict().items() if k != "stop"}
 

@@ -154,7 +154,7 @@ async def test_set_is_for_the_session_and_save_keeps_it(parrot_checkpoint):
         shown = next(n for n in notes(app) if "max_new_tokens =" in n)
         assert "top_k = 7 (session)" in shown
         assert "min_p = 0.2 (config)" in shown and "temperature = 0 (config)" in shown
-        assert "top_p = 1 (built-in)" in shown
+        assert "top_p = 0.95 (built-in)" in shown
         assert "(session)" in str(app.query_one("#set-top_k").tooltip)
 
 
@@ -216,7 +216,7 @@ async def test_resize_to_small_terminals(parrot_checkpoint):
         await type_and_send(pilot, "hi")
         await settle(app, pilot)
         assert app.chat.query(AssistantMessage).last().text.strip() == "hello there, friend"
-        await pilot.press("f2")  # on a narrow screen the settings take the whole width
+        await pilot.press("f2")  # on a narrow screen the settings take three quarters of the width
         await wait_until(pilot, lambda: side.region.width >= 30)
         assert app.focused.id == "set-temperature"
         await pilot.press("f2")

@@ -229,22 +229,24 @@ async def test_clear_drops_the_note_and_load_fits_the_meter_and_marks_old_turns(
         app.status_note("dropped 6 old turns")
         app.commands.run("/clear")
         await pilot.pause()
-        assert app.status.note == "" and app.status.context[0] == 0
+        # The note about the old chat is gone; the bar says what /clear did (a passing note).
+        assert app.status.note == "new conversation (the last one is saved)" and app.status.context[0] == 0
 
 
-async def test_a_long_note_goes_to_the_chat_and_the_bar_keeps_a_short_one(parrot_checkpoint):
+async def test_a_long_note_goes_to_a_toast_and_the_bar_keeps_a_short_one(parrot_checkpoint):
     app = make_app(parrot_checkpoint)
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(app, pilot)
         long = "a note that is much longer than the status bar has room for at eighty columns"
         app.status_note(long)
         await pilot.pause()
-        assert long in notes(app)
+        assert long in app.recent_notes and long not in notes(app)  # passing: not in the transcript
+        assert [n.message for n in app._notifications][-1] == long  # shown in full, in a toast
         assert len(app.status.note) <= len(long)
         assert len(str(app.status.render())) <= 80 and str(app.status.render()).count("…") <= 1
         app.status_note("short", "the whole story, in the chat")
         await pilot.pause()
-        assert app.status.note == "short" and "the whole story, in the chat" in notes(app)
+        assert app.status.note == "short" and [n.message for n in app._notifications][-1] == "the whole story, in the chat"
         assert NOTE_CELLS < 80
 
 

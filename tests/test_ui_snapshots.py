@@ -34,8 +34,9 @@ async def chat_once(pilot):
     app.query_one("#input").cursor_blink = False
     await app.workers.wait_for_complete()
     await wait_until(pilot, lambda: app.session.backend is not None, what="the model")
-    for note in app.chat.query(Note):  # the load note carries a timing
+    for note in app.chat.query(Note):  # the welcome
         await note.remove()
+    app.clear_notifications()  # the load note's toast carries a timing
     app.send("hi")
     await wait_until(pilot, lambda: not app.busy, what="the reply")
     await app.workers.wait_for_complete()

@@ -34,4 +34,10 @@ async def settle(app, pilot):
 
 
 def notes(app):
+    """What the chat's transcript shows as notes (errors, /help, /settings, ...)."""
     return [str(n.render()) for n in app.chat.query(Note)]
+
+
+def passing_notes(app):
+    """The passing notes (the status bar's and the toasts', slash.py), newest last."""
+    return list(app.recent_notes)

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in SUBCOMMANDS + ("-h", "--help", "--version"):
         argv.insert(0, "chat")  # `chatterm [CHECKPOINT] [flags]` means `chatterm chat ...`
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the sub-command's own parser: its usage, not the chat's
+        parser.sub_commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -110,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatterm", usage=TOP_USAGE, description="Chat with GPT-style checkpoints in the terminal.",
         epilog=TOP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"chatterm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    # prog: each sub-command's usage and errors name it ("chatterm pull"), not the chat's usage.
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND", prog="chatterm")
+    parser.sub_commands = sub.choices  # name -> its parser (main reports unknown arguments there)
 
     chat = sub.add_parser("chat", help="chat in the TUI (default) or a plain REPL; `chatterm [MODEL]` means this",
                           description="Chat with a model in the TUI, or in a plain line REPL with --plain.")
@@ -118,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(chat)
     chat.add_argument("--plain", action="store_true",
                       help="a plain line REPL instead of the TUI (used anyway when stdin or stdout is not a terminal)")
+    chat.add_argument("--save", action="store_true",
+                      help="save the chat when stdin is not a terminal (a piped --plain run is not saved "
+                      "otherwise, so scripts do not fill /chats, unless it continues a saved chat with -c or "
+                      "--resume); a terminal's chats are always saved")
+    chat.add_argument("--hide-thinking", action="store_true",
+                      help="the plain REPL does not print a thinking model's reasoning (by default it is "
+                      "printed dimmed on a terminal; through a pipe only the reply is written)")
     resume = chat.add_mutually_exclusive_group()
     resume.add_argument("-c", "--continue", dest="continue_last", action="store_true",
                         help="continue the most recent saved chat")
@@ -198,8 +209,9 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     from .engine.settings import SPECS, format_value
 
     g = p.add_argument_group(
-        "sampling", "Each setting's value comes from, lowest to highest: the built-in default (neutral: every "
-        "filter off), the model's recommended settings, your config file, these flags, then /set in the session.")
+        "sampling", "Each setting's value comes from, lowest to highest: the built-in default (llama.cpp's: "
+        "0.8 / 40 / 0.95 / 0.05), the model's recommended settings (its generation_config.json, or the "
+        "model card's for a model `chatterm pull` installs), your config file, these flags, then /set in the session.")
     for spec in SPECS.values():
         built_in = format_value(spec, spec.default) or "none"
         help_text = f"{spec.help} (built-in: {built_in})".replace("%", "%%")
@@ -207,7 +219,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
             g.add_argument(spec.flag, dest=spec.name, action="append", default=None, metavar="TEXT",
                            help=help_text.replace("separated by '|'", "repeatable"))
         else:
-            g.add_argument(spec.flag, dest=spec.name, default=None, metavar="N", help=help_text)
+            metavar = "{on,off,auto}" if spec.kind is bool else "N"
+            g.add_argument(spec.flag, dest=spec.name, default=None, metavar=metavar, help=help_text)
 
 
 def _layered_settings(args, config_values: dict | None = None):
@@ -330,8 +343,9 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
         Conversation(system=config.system_prompt),
         ConversationStore(data_dir() / "conversations"),
         warn=lambda text: print(f"chatterm: warning: {printable(text)}", file=sys.stderr, flush=True),
+        autosave=sys.stdin.isatty() or args.save or bool(_resume(args)),  # -c: it goes on in its file
     )
-    chat = PlainChat(session, settings=settings, config=config, load_backend=load)
+    chat = PlainChat(session, settings=settings, config=config, load_backend=load, hide_thinking=args.hide_thinking)
     if sys.stdin.isatty() and sys.stdout.isatty():
         info = session.backend.info
         print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",

@@ -6,6 +6,8 @@ history shared with the TUI, `/edit` puts the last message back on the line; fro
 are read as they come.
 Replies stream to stdout as plain text (model output made inert first); slash commands work as
 in the TUI. Ctrl+C during a reply stops the reply; Ctrl+C at the prompt (or twice) quits.
+A thinking model's reasoning is printed dimmed before the reply on a terminal (`--hide-thinking`
+or `/think` hides it); through a pipe only the reply is written, as it is saved.
 SIGTERM and SIGHUP quit too, after stopping the reply in flight (it is kept, marked "stopped" and
 saved); so does a reader that closes stdout. Everything written is made inert (`printable`).
 """
@@ -18,7 +20,7 @@ import sys
 import threading
 from typing import TextIO
 
-from .engine.events import ContextTrimmed, Finished, TextDelta
+from .engine.events import ContextTrimmed, Finished, TextDelta, ThinkingDelta
 from .model.errors import first_line
 from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
@@ -31,16 +33,21 @@ from .session.saved_chats import chat_line
 from .session.trimmed_stream import TrimmedStream
 
 
+DIM, UNDIM = "\x1b[2m", "\x1b[22m"  # SGR faint on and off: a thinking model's reasoning
+
+
 class PlainChat:
     """The REPL; it is also the `FrontEnd` its slash commands report to."""
 
     def __init__(self, session: ChatSession, *, settings: LayeredSettings | None = None, config: AppConfig | None = None,
-                 out: TextIO | None = None, err: TextIO | None = None, load_backend=None) -> None:
+                 out: TextIO | None = None, err: TextIO | None = None, load_backend=None,
+                 hide_thinking: bool = False) -> None:
         self.session = session
         self.out = out or sys.stdout  # looked up now, not at import: tests and callers swap sys.stdout
         self.err = err or sys.stderr
         self.load_backend = load_backend  # callable(path) -> backend, for /model
         self.quit_requested = False
+        self.show_thinking = not hide_thinking  # on a terminal only (see the module doc)
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
         self.editor: LineEditor | None = None  # readline, while run_terminal runs
@@ -117,8 +124,21 @@ class PlainChat:
         previous = _install_stop_handler(self.session) if threading.current_thread() is threading.main_thread() else None
         self.streaming = True
         trimmed = TrimmedStream(strip_leading=True)  # shown as it is saved: no leading space, no blank line
+        thought = TrimmedStream(strip_leading=True)
+        thinking = False  # the dimmed reasoning is open on the screen
         try:
             for event in events:
+                if isinstance(event, ThinkingDelta) and self.show_thinking and self.out.isatty():
+                    text = printable(thought.feed(event.text))
+                    if text and not thinking:
+                        self.out.write(DIM)
+                        thinking = True
+                    self.out.write(text)
+                    self.out.flush()
+                    continue
+                if thinking and isinstance(event, (TextDelta, Finished)):
+                    self.out.write(UNDIM + "\n\n")
+                    thinking = False
                 if isinstance(event, TextDelta):
                     self.out.write(printable(trimmed.feed(event.text)))
                     self.out.flush()
@@ -201,9 +221,9 @@ class PlainChat:
         else:
             self.note(f"took back: {text}")
 
-    def show_chats(self, chats: list) -> None:
+    def show_chats(self, chats: list, query: str = "") -> None:
         if not chats:
-            self.note("no saved chats yet")
+            self.note(f"no saved chat holds {query!r}" if query else "no saved chats yet")
             return
         width = shutil.get_terminal_size().columns
         lines = [chat_line(i + 1, chat, width) for i, chat in enumerate(chats)]
@@ -220,6 +240,10 @@ class PlainChat:
         self.commands.use_backend(backend)
         self.warned.update(backend.warnings)  # load_backend printed them
         self.note(f"loaded {self.session.backend.info.name}")
+
+    def toggle_thinking(self) -> None:
+        self.show_thinking = not self.show_thinking
+        self.note("thinking is shown (dimmed)" if self.show_thinking else "thinking is hidden")
 
     def set_theme(self, name: str) -> None:
         raise CommandError("themes apply to the TUI only")

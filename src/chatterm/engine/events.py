@@ -18,6 +18,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ThinkingDelta:
+    """New reasoning text of a thinking model (`<think>...</think>` in the text, or a server's
+    `reasoning_content`): shown apart from the reply, never sent back to the model as reply."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class TokenStep:
     """One sampled token with the distribution it was drawn from (after the sampling filters)."""
 
@@ -55,6 +63,9 @@ class Finished:
     # session stores them on the turn, so the next prompt repeats them and the cache is reused.
     context_ids: tuple[int, ...] = field(default=())
     ids_key: str = ""
+    # A thinking model's reasoning, apart from `text` (engine/thinking.py), and how many tokens it took.
+    thinking: str = ""
+    thinking_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -63,7 +74,7 @@ class Finished:
         return (self.new_tokens - 1) / decode_time if self.new_tokens > 1 and decode_time > 0 else 0.0
 
 
-Event = TextDelta | TokenStep | ContextTrimmed | Finished
+Event = TextDelta | ThinkingDelta | TokenStep | ContextTrimmed | Finished
 STOP_REASONS = ("stop", "eos", "length", "cancelled", "error")
 
 

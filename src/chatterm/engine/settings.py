@@ -5,10 +5,11 @@ defaults), the settings panel's rows and labels, `/set`, the config file's `[sam
 and a model's recommended settings are all generated from it or checked against it, so a value
 is checked once, in one place, with one message.
 
-The built-in defaults are neutral: every filter is off (temperature 1, top-k 0, top-p 1,
-min-p 0, repetition penalty 1), so what is sampled is the model's own distribution, and
-temperature 0 reproduces plain greedy decoding. Tuned values come from the model's
-recommendation or the user (see `session/layered_settings.py` for the precedence).
+The built-in defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
+repetition penalty 1): a small model sampled from its raw distribution (temperature 1, every
+filter off) wanders off too often to be a good first answer. A model's own recommendation wins
+over them, and the user's over that (see `session/layered_settings.py` for the precedence).
+Temperature 0 is plain greedy decoding (argmax), whatever the filters say.
 
 The generator reads the settings object at every step, so a change made while a reply streams
 applies to the next token.
@@ -27,13 +28,13 @@ TYPED, TEXT = "typed", "text"
 @dataclass(frozen=True)
 class SettingSpec:
     name: str
-    kind: type  # float, int or list (of stop strings)
-    default: object  # the built-in, neutral value
+    kind: type  # float, int, bool (on/off) or list (of stop strings)
+    default: object  # the built-in value (llama.cpp's default)
     low: float | None  # inclusive bounds (None: unbounded)
     high: float | None
     label: str  # short name in the settings panel
     help: str  # one line, for --help, the panel's tooltip and /set errors
-    optional: bool = False  # "random"/"none"/"" clears it (seed)
+    optional: bool = False  # "random"/"none"/"" clears it (seed); "auto" for a bool (thinking)
 
     @property
     def flag(self) -> str:
@@ -43,12 +44,12 @@ class SettingSpec:
 SPECS: dict[str, SettingSpec] = {
     s.name: s
     for s in (
-        SettingSpec("temperature", float, 1.0, 0.0, 5.0, "temperature",
+        SettingSpec("temperature", float, 0.8, 0.0, 5.0, "temperature",
                     "randomness; 0 means greedy (always the most likely token), 1 the model's own distribution"),
-        SettingSpec("top_k", int, 0, 0, 1_000_000, "top-k", "keep only the k most likely tokens; 0 turns it off"),
-        SettingSpec("top_p", float, 1.0, 0.0, 1.0, "top-p",
+        SettingSpec("top_k", int, 40, 0, 1_000_000, "top-k", "keep only the k most likely tokens; 0 turns it off"),
+        SettingSpec("top_p", float, 0.95, 0.0, 1.0, "top-p",
                     "keep the smallest set of tokens whose probability reaches p; 1 turns it off"),
-        SettingSpec("min_p", float, 0.0, 0.0, 1.0, "min-p",
+        SettingSpec("min_p", float, 0.05, 0.0, 1.0, "min-p",
                     "drop tokens less likely than min_p times the top token; 0 turns it off"),
         SettingSpec("repetition_penalty", float, 1.0, 0.01, 10.0, "rep. penalty",
                     "divide the logits of recently seen tokens by this; 1 turns it off"),
@@ -59,6 +60,10 @@ SPECS: dict[str, SettingSpec] = {
                     "random seed for sampling; 'random' picks a new one each reply", optional=True),
         SettingSpec("stop", list, (), None, None, "stop (a|b)",
                     "extra stop strings, separated by '|' (the template's own always apply)"),
+        # Not sampling, but set, saved and shown the same way: the template's `enable_thinking`.
+        SettingSpec("thinking", bool, None, None, None, "thinking",
+                    "on/off: whether a thinking model (Qwen3) reasons before it answers; auto: the model's default",
+                    optional=True),
     )
 }
 
@@ -70,7 +75,7 @@ def _default(name: str):
 
 @dataclass
 class SamplingSettings:
-    """The values in force. Field defaults are `SPECS`' neutral built-in defaults."""
+    """The values in force. Field defaults are `SPECS`' built-in defaults."""
 
     temperature: float = _default("temperature")
     top_k: int = _default("top_k")
@@ -81,6 +86,7 @@ class SamplingSettings:
     max_new_tokens: int = _default("max_new_tokens")
     seed: int | None = _default("seed")
     stop: list[str] = _default("stop")
+    thinking: bool | None = _default("thinking")
 
     def set(self, name: str, value, how: str = TEXT) -> None:
         """Validate and assign one setting; raise ValueError with a one-line reason otherwise."""
@@ -122,7 +128,12 @@ def spec_for(name: str) -> SettingSpec:
     return spec
 
 
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+
+
 def format_value(spec: SettingSpec, value) -> str:
+    if spec.kind is bool:
+        return "auto" if value is None else ("on" if value else "off")
     if spec.optional and value is None:
         return "random"
     if spec.kind is list:
@@ -138,6 +149,8 @@ def parse_value(spec: SettingSpec, value, how: str = TEXT):
     TYPED: a value from a TOML or JSON file, which must already have the right type."""
     if spec.kind is list:
         return _parse_stop(spec, value, how)
+    if spec.kind is bool:
+        return _parse_switch(spec, value, how)
     if spec.optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "random", "", "off"))):
         return None
     if isinstance(value, bool) or (how == TYPED and not isinstance(value, (int, float))):
@@ -183,6 +196,18 @@ def _parse_stop(spec: SettingSpec, value, how: str) -> list[str]:
     if any(len(s) > 200 for s in items):
         raise ValueError(f"{spec.name}: each stop string must be at most 200 characters")
     return items
+
+
+def _parse_switch(spec: SettingSpec, value, how: str) -> bool | None:
+    """on/off (a bool in a file), or auto (None: the model's own default)."""
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in ("auto", "") or (value is None and how == TEXT):
+        return None
+    if word in _ON or word in _OFF:
+        return word in _ON
+    raise ValueError(f"{spec.name}: expected on, off or auto, got {value!r}")
 
 
 def _range(spec: SettingSpec) -> str:

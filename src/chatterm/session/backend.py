@@ -78,3 +78,7 @@ class ChatBackend(Protocol):
     def context_tokens(self, conversation: Conversation, settings: SamplingSettings) -> int:
         """How many tokens of the window the next prompt would use (an estimate is fine)."""
         ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is (an estimate is fine; never waits on a server)."""
+        ...

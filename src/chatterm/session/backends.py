@@ -39,8 +39,18 @@ def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
         return RemoteBackend.open(text, **options)
     from .local_backend import LocalBackend
 
+    from ..model.errors import CheckpointError
+
     local = {name: value for name, value in options.items() if name not in REMOTE_ONLY_OPTIONS}
-    return LocalBackend.load(_local_path(text), **local)
+    path = _local_path(text)
+    try:
+        return LocalBackend.load(path, **local)
+    except CheckpointError as e:
+        if "is not supported (supported:" not in str(e) or not path.is_file():
+            raise
+        # A family chatterm does not run yet: say how to chat with the file anyway.
+        raise CheckpointError(f"{e}; to chat with it anyway, serve it with llama.cpp (llama-server -m {path} "
+                              "--port 8080) and run: chatterm http://localhost:8080/v1") from None
 
 
 def _local_path(spec: str) -> Path:

@@ -2,7 +2,9 @@
 
 It ties a conversation, the live sampling settings and a backend together and offers the chat
 actions (send, regenerate, continue, undo, edit, alternatives, clear, system prompt), each as one
-call. Regenerating and editing keep the earlier version as an alternative (conversation.py).
+call. Files attached with `/read` (`attachments`) go into the next message sent; an undone
+exchange can be put back (`redo`) until the next one. Regenerating and editing keep the earlier
+version as an alternative (conversation.py).
 Editing is two steps, so that every front end can put the text in its own input first:
 `start_edit(index)` returns the message's text, and the next `send` replaces that message. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about
@@ -23,6 +25,7 @@ from typing import Callable, Iterator
 
 from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
+from .attachments import Attachment, with_attachments
 from .backend import ChatBackend
 from .conversation import Conversation, Turn
 from .persistence import ConversationStore
@@ -47,15 +50,19 @@ class ChatSession:
         conversation: Conversation | None = None,
         store: ConversationStore | None = None,
         warn: Callable[[str], None] | None = None,
+        autosave: bool = True,
     ) -> None:
         self.backend = backend
         self.settings = settings or SamplingSettings()
         self.conversation = conversation or Conversation()
         self.store = store
+        self.autosave = autosave  # False: saved chats are read (-c, /load) but only `/save` writes one
         self.warn = warn or logging.getLogger("chatterm").warning  # see the module doc
         self.cancel = threading.Event()
         self._save_failure = ""  # the last autosave failure; "" while saving works
         self.editing: int | None = None  # index of the message that the next `send` replaces
+        self.attachments: list[Attachment] = []  # files for the next message (`/read`, attachments.py)
+        self.undone: list[list[Turn]] = []  # exchanges taken back by `undo`, newest last, for `redo`
 
     # -- replies (run these in a worker thread) ------------------------------------------------
 
@@ -64,7 +71,9 @@ class ChatSession:
         replaces the one being edited instead (see submit_edit)."""
         if self.editing is not None:
             return self.submit_edit(text, inspect=inspect) or iter(())
-        text = clean_message(text)
+        text = clean_message(with_attachments(text, self.attachments) if self.attachments and text.strip() else text)
+        self.attachments = []  # sent: they are part of the message now
+        self.undone.clear()  # the chat moved on: what was undone no longer fits back
         sent = self.conversation.add("user", text)
         self.save()
         return self._reply(inspect, sent)
@@ -136,12 +145,26 @@ class ChatSession:
 
     # -- editing -------------------------------------------------------------------------------
 
-    def undo(self) -> bool:
-        """Remove the last exchange (user message and reply). False when there is none."""
+    def undo(self) -> list[Turn]:
+        """Remove the last exchange (user message and reply) and return it ([] when there is
+        none); `redo` puts it back until the next message is sent."""
         self.editing = None
         removed = self.conversation.pop_exchange()
+        if removed:
+            self.undone.append(removed)
         self.save()
-        return bool(removed)
+        return removed
+
+    def redo(self) -> list[Turn]:
+        """Put back the exchange the last `undo` removed ([] when there is none)."""
+        if not self.undone:
+            return []
+        self.editing = None
+        self.conversation.cancel_branch()
+        restored = self.undone.pop()
+        self.conversation.turns.extend(restored)
+        self.save()
+        return restored
 
     def last_user_index(self) -> int | None:
         return next((i for i in range(len(self.conversation.turns) - 1, -1, -1)
@@ -184,6 +207,7 @@ class ChatSession:
     def clear(self) -> None:
         """Start a new conversation (the old one stays saved), keeping the system prompt."""
         self.editing = None
+        self.undone.clear()
         self.conversation = Conversation(system=self.conversation.system)
 
     def set_system(self, text: str) -> None:
@@ -192,6 +216,7 @@ class ChatSession:
 
     def load_conversation(self, conversation: Conversation) -> None:
         self.editing = None
+        self.undone.clear()
         self.conversation = conversation
         if self.store is not None:
             try:  # another chatterm may have it open: then this one continues in a copy
@@ -213,7 +238,7 @@ class ChatSession:
 
     def save(self) -> None:
         """Autosave; a failure is a warning (once per kind of failure), never an exception."""
-        if self.store is None or not self.conversation.turns:
+        if self.store is None or not self.autosave or not self.conversation.turns:
             return
         try:
             notice = self.store.claim(self.conversation)
@@ -245,7 +270,8 @@ def _prompt_failure(e: ValueError) -> bool:
 def add_reply(conversation: Conversation, done: Finished) -> Turn:
     """Append the assistant turn a stream ended with: its text, whether it was cut short and why,
     and, when the backend keeps token ids, the ids it occupies in the context."""
-    turn = conversation.add("assistant", done.text.strip())
+    turn = conversation.add("assistant", done.text.strip(), thinking=done.thinking,
+                            thinking_tokens=done.thinking_tokens)
     _record_end(turn, done)
     return turn
 
@@ -255,6 +281,9 @@ def extend_reply(conversation: Conversation, done: Finished) -> Turn:
     turn = conversation.turns[-1]
     turn.text = (turn.text + done.text).rstrip()  # the prompt ended at the stripped text
     turn.ids = None  # the old ids stand for the shorter text
+    if done.thinking:  # the reply had been cut inside its reasoning
+        turn.thinking = f"{turn.thinking}\n{done.thinking}".strip()
+        turn.thinking_tokens += done.thinking_tokens
     _record_end(turn, done)
     return turn
 

@@ -10,6 +10,7 @@ call the same methods. Errors a user can cause are one line, reported with kind 
 from __future__ import annotations
 
 import difflib
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -18,9 +19,11 @@ from ..model.errors import first_line
 from .chat import ChatSession
 from .config import AppConfig, update_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
+from .attachments import read_files
 from .persistence import write_conversation, write_user_file
 from .sanitize import printable
-from .saved_chats import SavedChats
+from .saved_chats import SavedChats, summary_title
+from .token_estimate import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("clear", "", "start a new conversation (the old one stays saved)"),
         CommandSpec("retry", "", "regenerate the last reply (the old one stays as an alternative)"),
         CommandSpec("continue", "", "generate more of the last reply, in the same message"),
-        CommandSpec("undo", "", "remove the last exchange"),
+        CommandSpec("undo", "", "remove the last exchange (/redo puts it back)"),
+        CommandSpec("redo", "", "put back what /undo took away (until the next message)"),
         CommandSpec("edit", "[N]", "edit message N (default: your last one); sending replaces it, "
                     "the old version stays as an alternative"),
         CommandSpec("alt", "[N] [prev|next]", "show another version of message N (default: the last one that has some)"),
@@ -50,9 +54,14 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("set", "NAME VALUE [--save]", "change a sampling setting for this session; --save makes it your default",
                     needs_arg=True, flags=("--save",)),
         CommandSpec("settings", "", "show the sampling settings and where each comes from"),
+        CommandSpec("think", "[on|off|auto] [--save]", "a thinking model: on/off sets whether it reasons first "
+                    "(the template's enable_thinking); alone, shows or hides its reasoning", flags=("--save",)),
+        CommandSpec("read", "PATH... | clear", "attach text files (globs too: src/*.py) to your next message; "
+                    "alone, list them; clear drops them"),
         CommandSpec("save", "[PATH] [--force]", "save the conversation as JSON", flags=("--force",)),
         CommandSpec("load", "N|ID|PATH", "open a saved chat: its number in /chats, its id, or a file", needs_arg=True),
-        CommandSpec("chats", "[rename N TITLE | delete N]", "list recent chats (open one with /load N); rename or delete one"),
+        CommandSpec("chats", "[TEXT | rename N TITLE | delete N]", "list recent chats to resume one (/load N); "
+                    "with TEXT, those whose messages hold it; rename or delete one"),
         CommandSpec("export", "PATH.md [--force]", "write the conversation as Markdown", needs_arg=True,
                     flags=("--force",)),
         CommandSpec("model", "PATH", "load another checkpoint", needs_arg=True),
@@ -60,7 +69,9 @@ COMMANDS: dict[str, CommandSpec] = {
         CommandSpec("quit", "", "leave chatterm"),
     )
 }
-ALIASES = {"exit": "quit", "q": "quit", "regenerate": "retry", "new": "clear", "?": "help", "cont": "continue"}
+# Other chat tools' names for the same commands (Ollama's /bye, llama-cli's and aichat's /exit, ...).
+ALIASES = {"exit": "quit", "q": "quit", "bye": "quit", "regenerate": "retry", "new": "clear", "reset": "clear",
+           "?": "help", "cont": "continue", "file": "read", "history": "chats"}
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,20 @@ def parse_command(text: str) -> Command:
     return Command(name, arg, frozenset(flags))
 
 
+def shlex_split(arg: str) -> list[str]:
+    """Paths as a shell splits them (quotes keep spaces); unbalanced quotes: split on spaces."""
+    try:
+        return shlex.split(arg)
+    except ValueError:
+        return arg.split()
+
+
 def help_lines() -> list[str]:
-    return [f"/{c.name}{(' ' + c.args) if c.args else ''}: {c.help}" for c in COMMANDS.values()]
+    aliases: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        aliases.setdefault(name, []).append(f"/{alias}")
+    return [f"/{c.name}{(' ' + c.args) if c.args else ''}: {c.help}" for c in COMMANDS.values()] + [
+        "also: " + "; ".join(f"{' '.join(names)} = /{name}" for name, names in aliases.items())]
 
 
 class FrontEnd(Protocol):
@@ -115,11 +138,12 @@ class FrontEnd(Protocol):
     def stream_reply(self, events: Iterable) -> None: ...  # render a reply (a retry)
     def stream_more(self, events: Iterable) -> None: ...  # render more of the last reply (/continue)
     def edit_text(self, text: str) -> None: ...  # offer a taken-back message for editing
-    def show_chats(self, chats: list) -> None: ...  # the recent chats (ChatSummary), to open one
+    def show_chats(self, chats: list, query: str = "") -> None: ...  # chats (ChatSummary) to open one of
     def copy_text(self, text: str) -> None: ...  # to the clipboard; CommandError where it cannot
     def run_editor(self, text: str) -> str: ...  # run the user's editor on `text` (ValueError: one line)
     def load_model(self, spec: str) -> None: ...  # open a backend; report success or failure itself
     def set_theme(self, name: str) -> None: ...  # ValueError for an unknown theme
+    def toggle_thinking(self) -> None: ...  # show or hide a thinking model's reasoning
     def key_help(self) -> list[str]: ...  # lines for /help about keys
     def quit(self) -> None: ...
 
@@ -198,10 +222,23 @@ class SlashCommands:
 
     def do_undo(self, arg: str = "", flags=frozenset()) -> None:
         self._idle()
-        if self.session.undo():
-            self.front.show_conversation()
-        else:
+        removed = self.session.undo()
+        if not removed:
             self.front.note("nothing to undo")
+            return
+        self.front.show_conversation()
+        replies = sum(t.role == "assistant" for t in removed)
+        what = f"your message “{summary_title(removed[0].text, 30)}”" + (" and its reply" if replies else "")
+        self.front.note(f"undid {what}; /redo puts it back")
+
+    def do_redo(self, arg: str = "", flags=frozenset()) -> None:
+        self._idle()
+        restored = self.session.redo()
+        if not restored:
+            self.front.note("nothing to redo")
+            return
+        self.front.show_conversation()
+        self.front.note(f"put back your message “{summary_title(restored[0].text, 30)}”")
 
     def do_edit(self, arg: str = "", flags=frozenset()) -> None:
         self._idle()
@@ -271,6 +308,46 @@ class SlashCommands:
         self.front.show_settings()
         self.front.note(f"{name} = {self.settings.describe(name)}" + (" · saved as default" if saved else ""))
 
+    def do_think(self, arg: str = "", flags=frozenset()) -> None:
+        if not arg:
+            self.front.toggle_thinking()
+            return
+        self.do_set(f"thinking {arg}", flags)
+
+    def do_read(self, arg: str = "", flags=frozenset()) -> None:
+        session = self.session
+        if arg == "clear":
+            dropped, session.attachments = len(session.attachments), []
+            self.front.note(f"dropped {dropped} attached files" if dropped else "no files are attached")
+            return
+        if not arg:
+            files = session.attachments
+            listing = [f"{a.name} ({a.size:,} bytes)" for a in files]
+            self.front.note("attached to your next message: " + ", ".join(listing) if files else
+                            "no files are attached; /read PATH... attaches some")
+            return
+        found, problems = read_files(shlex_split(arg))
+        for problem in problems:
+            self.front.note(problem, "error")
+        backend = session.backend
+        count = backend.count_tokens if backend is not None else estimate_tokens
+        for attachment in found:
+            tokens = count(attachment.text)
+            self.front.note(f"attached {attachment.name} ({attachment.size:,} bytes, {tokens:,} tokens)")
+        session.attachments = session.attachments + found
+        if found and backend is not None:
+            self._warn_if_too_big(backend, sum(count(a.text) for a in session.attachments))
+
+    def _warn_if_too_big(self, backend, tokens: int) -> None:
+        """Files that will not fit the context: say so, and what sending them anyway does."""
+        window = backend.info.context_window
+        used = self.session.context_tokens()
+        room = window - used - min(self.session.settings.max_new_tokens, window // 2)
+        if tokens > room:
+            self.front.note(f"the attached files are {tokens:,} tokens, more than the {max(room, 0):,} left in the "
+                            f"{window:,}-token context window: send to go on anyway (older turns are dropped and "
+                            "the message keeps its end), or /read clear to drop them", "error")
+
     def do_settings(self, arg: str = "", flags=frozenset()) -> None:
         names = self.session.settings.to_dict()
         self.front.note("\n".join(f"{name} = {self.settings.describe(name)}" for name in names))
@@ -293,6 +370,7 @@ class SlashCommands:
         if arg:
             path = write_conversation(Path(arg), self.session.conversation, force="--force" in flags)
         elif self.session.store is not None:
+            self.session.autosave = True  # asked once (a piped REPL): the rest of the chat is saved too
             path = self.session.store.save(self.session.conversation)
         else:
             raise CommandError("/save needs a PATH (autosave is off)")
@@ -320,6 +398,8 @@ class SlashCommands:
         action, _, rest = arg.partition(" ")
         if not action:
             self.front.show_chats(self.saved_chats.recent())
+        elif action not in ("rename", "delete"):  # words to find in the chats' messages
+            self.front.show_chats(self.saved_chats.recent(query=arg), query=arg)
         elif action == "rename" and rest.strip():
             ref, _, title = rest.strip().partition(" ")
             self.front.note(self.saved_chats.rename(ref, title))

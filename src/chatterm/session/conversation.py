@@ -48,6 +48,10 @@ class Turn:
     ids: list[int] | None = field(default=None, repr=False)  # tokens in context, see module doc
     ids_key: str = field(default="", repr=False)  # which tokenizer/template produced `ids`
     fork: "Fork | None" = field(default=None, repr=False)  # its sibling versions, see module doc
+    # A thinking model's reasoning before this reply (engine/thinking.py): shown and saved, never
+    # part of `text`, so it is never sent back to the model.
+    thinking: str = ""
+    thinking_tokens: int = 0
 
     def to_dict(self, *, with_fork: bool = True) -> dict:
         data = {"role": self.role, "text": self.text}
@@ -55,6 +59,9 @@ class Turn:
             data["stopped"] = True
         if self.note:
             data["note"] = self.note
+        if self.thinking:
+            data["thinking"] = self.thinking
+            data["thinking_tokens"] = self.thinking_tokens
         if self.fork is not None and with_fork:  # the siblings share the fork: written once, here
             others = [option for i, option in enumerate(self.fork.options) if i != self.fork.shown and option]
             data["alternatives"] = {"shown": self.fork.shown, "others": [
@@ -67,6 +74,10 @@ class Turn:
         if role not in ROLES or not isinstance(text, str):
             raise ValueError(f"bad turn {data!r:.80}")
         turn = cls(role=role, text=text, stopped=bool(data.get("stopped")), note=str(data.get("note", "")))
+        thinking, tokens = data.get("thinking"), data.get("thinking_tokens")
+        if isinstance(thinking, str) and role == "assistant":
+            turn.thinking = thinking
+            turn.thinking_tokens = tokens if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0 else 0
         alternatives = data.get("alternatives")
         if alternatives is not None:
             others, shown = alternatives.get("others"), alternatives.get("shown")
@@ -219,5 +230,8 @@ class Conversation:
         for turn in self.turns:
             who = "User" if turn.role == "user" else "Assistant"
             note = f" *({printable(turn.note)})*" if turn.note else ""
+            if turn.thinking:
+                lines += ["**Assistant's thinking:**", "", *(f"> {line}".rstrip() for line in
+                                                           printable(turn.thinking).split("\n")), ""]
             lines += [f"**{who}:** {printable(turn.text)}" + note, ""]
         return "\n".join(lines)

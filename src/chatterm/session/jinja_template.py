@@ -50,6 +50,7 @@ class JinjaChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
     stop: tuple[str, ...] = ()  # stop strings; end-of-turn tokens stop replies anyway
+    enable_thinking: bool | None = None  # Qwen3's switch, passed to the template when set
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False,
                max_chars: int = MAX_RENDERED_CHARS) -> str:
@@ -57,7 +58,8 @@ class JinjaChatTemplate:
         writes more than `max_chars` characters."""
         template = compile_template(self.source)
         variables = dict(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
-                         documents=None, bos_token=self.bos_token, eos_token=self.eos_token)
+                         documents=None, bos_token=self.bos_token, eos_token=self.eos_token,
+                         **({} if self.enable_thinking is None else {"enable_thinking": self.enable_thinking}))
         try:
             return render(template, max_chars, **variables)
         except TemplateError as e:
@@ -94,6 +96,19 @@ class JinjaPromptBuilder:
         self.key = f"{tokenizer.key}:{hashlib.sha256(source).hexdigest()[:16]}"  # content, as PromptBuilder's
         self._segment_ids: weakref.WeakKeyDictionary[Turn, list[int]] = weakref.WeakKeyDictionary()
         self._skeletons: dict[tuple[tuple[str, ...], bool], str] = {}  # see _skeleton
+
+    @property
+    def template(self) -> JinjaChatTemplate:
+        return self._template
+
+    @template.setter
+    def template(self, template: JinjaChatTemplate) -> None:
+        """A new template (`/think` changes its enable_thinking): what was rendered with the old
+        one is forgotten, since the renderings are cached by the turns' roles alone."""
+        if getattr(self, "_template", None) != template:
+            self._segment_ids = weakref.WeakKeyDictionary()
+            self._skeletons = {}
+        self._template = template
 
     # -- PromptBuilder's interface -------------------------------------------------------------
 

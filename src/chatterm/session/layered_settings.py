@@ -1,12 +1,15 @@
 """Where each sampling setting comes from: layers, lowest to highest precedence.
 
-    built-in (neutral, `SPECS`) -> model (its recommended settings) -> config (the user's saved
+    built-in (llama.cpp's, `SPECS`) -> model (its recommended settings) -> config (the user's saved
     defaults) -> command line (flags) -> session (`/set`, the settings panel)
 
 `LayeredSettings.live` is the one `SamplingSettings` object the generator reads; it is updated
 in place whenever a layer changes, so a change applies to the next token even mid-reply.
 `source_of(name)` says which layer a value comes from, for `/settings` and the panel.
-A model's recommendation is read from its metadata (`meta["sampling"]` in chatterm's format).
+A model's recommendation is read from its metadata (`meta["sampling"]`: chatterm's format, a
+Hugging Face folder's generation_config.json, a GGUF's `general.sampling.*`), else from the
+table of known models (session/models.py: their model cards' values). `peek_recommendation`
+finds it before the model loads, from files that need no torch, so the first frame shows it.
 """
 
 from __future__ import annotations
@@ -99,6 +102,29 @@ def model_recommendation(backend) -> tuple[dict, list[str]]:
     meta = getattr(backend, "meta", None) or {}
     raw = meta.get("sampling") if isinstance(meta, dict) else None
     if raw is None:
-        return {}, []
+        from .models import known_sampling
+
+        return known_sampling(getattr(getattr(backend, "info", None), "source", "")), []
     name = getattr(getattr(backend, "info", None), "name", "the model")
     return checked_values(raw, TYPED, f"{name}'s recommended sampling: ")
+
+
+def peek_recommendation(spec: str | None) -> dict:
+    """The recommendation of the model `spec` names, read before loading it (no torch): the known
+    models' table, or chatterm's own metadata file. {} when it takes loading to know."""
+    import json
+
+    from .models import known_sampling, resolve_model
+
+    try:
+        path = resolve_model(spec)
+        if path is None:
+            return {}
+        known = known_sampling(str(path))
+        meta_file = path / "chatterm.json"
+        if known or not meta_file.is_file():
+            return known
+        raw = json.loads(meta_file.read_text(encoding="utf-8")).get("sampling")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return checked_values(raw, TYPED)[0] if raw is not None else {}

@@ -20,6 +20,7 @@ from typing import Iterator
 from ..engine import torch_thread
 from ..engine.events import ContextTrimmed, Event, Finished
 from ..engine.settings import SamplingSettings
+from ..engine.thinking import prompt_opens_thinking, split_thinking
 from .backend import BackendInfo
 from .conversation import Conversation
 from .jinja_template import JinjaChatTemplate, JinjaPromptBuilder
@@ -110,6 +111,9 @@ class LocalBackend:
         turns = conversation.turns[conversation.context_start :]
         return len(system) + sum(len(self.prompts.turn_ids(t)) for t in turns)
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
     def reply(
         self,
         conversation: Conversation,
@@ -120,10 +124,21 @@ class LocalBackend:
     ) -> Iterator[Event]:
         """Stream the next assistant turn (see ChatBackend.reply). The turn is not appended here;
         `Finished` carries the ids it will occupy in the context (`context_ids`, `ids_key`)."""
+        self._use_thinking_setting(settings)
         prompt = self.prompts.build(conversation, settings.max_new_tokens)
         if prompt.dropped_turns:
             yield ContextTrimmed(prompt.dropped_turns, len(prompt.ids))
-        yield from torch_thread.iterate(partial(self._reply_events, conversation, settings, prompt.ids, cancel, inspect))
+        events = torch_thread.iterate(partial(self._reply_events, conversation, settings, prompt.ids, cancel, inspect))
+        yield from split_thinking(events, inside=self._opens_thinking(prompt.ids))
+
+    def _use_thinking_setting(self, settings: SamplingSettings) -> None:
+        """`/think on|off`: the model's own template takes it as `enable_thinking` (Qwen3's)."""
+        if isinstance(self.template, JinjaChatTemplate):
+            self.prompts.template = replace(self.template, enable_thinking=settings.thinking)
+
+    def _opens_thinking(self, prompt_ids: list[int]) -> bool:
+        """Whether the template opened a thinking block at the end of the prompt (R1 distills do)."""
+        return prompt_opens_thinking(self.tokenizer.decode(list(prompt_ids[-32:])))
 
     def continue_reply(
         self,
@@ -145,6 +160,7 @@ class LocalBackend:
         return self._continue_events(conversation, head, body, settings, cancel, inspect)
 
     def _continue_events(self, conversation, head, body, settings, cancel, inspect) -> Iterator[Event]:
+        self._use_thinking_setting(settings)
         prompt = self.prompts.build(head, settings.max_new_tokens + len(body))
         conversation.context_start = head.context_start
         if prompt.dropped_turns:
@@ -152,7 +168,7 @@ class LocalBackend:
         ids = (prompt.ids + body)[-(self.info.context_window - 1) :]
         events = torch_thread.iterate(partial(self._reply_events, head, settings, ids, cancel, inspect,
                                               reply_start=len(ids) - len(body), body=body))
-        for event in events:
+        for event in split_thinking(events, inside=not body and self._opens_thinking(ids)):
             if isinstance(event, ContextTrimmed):
                 conversation.context_start = head.context_start
             yield event

@@ -38,6 +38,8 @@ class KnownModel:
     sha256: str  # of the file itself
     size: int  # bytes, for the progress display
     description: str  # one line for `chatterm models`
+    # The model card's recommended sampling: applied when the file carries none (layered_settings.py).
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -50,6 +52,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
             description="SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), GGUF Q4_1, 98 MB",
+            sampling=(("temperature", 0.2), ("top_p", 0.9)),  # its model card's example
         ),
     ]
 }
@@ -77,6 +80,19 @@ def installed_models() -> dict[str, Path]:
         elif entry.is_dir() and ((entry / "config.json").exists() or (entry / "chatterm.json").exists()):
             found[entry.name] = entry
     return found
+
+
+def known_sampling(source: str) -> dict:
+    """The model card's sampling values of the known model installed at `source` ({} otherwise)."""
+    path = Path(source)
+    if path.suffix != ".gguf" or path.stem not in KNOWN_MODELS:
+        return {}
+    try:
+        if path.resolve().parent != models_dir().resolve():
+            return {}
+    except (OSError, ValueError):
+        return {}
+    return dict(KNOWN_MODELS[path.stem].sampling)
 
 
 def real_model_hint(source: str) -> str | None:
@@ -108,6 +124,13 @@ def resolve_model(spec):
         return installed[str(spec)]
     if str(spec) in KNOWN_MODELS:
         raise CheckpointError(f"model {spec!r} is not installed; run: chatterm pull {spec}")
+    wanted = str(spec).lower()
+    if matches := [name for name in installed if wanted in name.lower()]:  # part of a name: `chatterm smollm2`
+        raise CheckpointError(f"{spec}: no such file or folder; installed models that match: {', '.join(matches)} "
+                              f"(chatterm {matches[0]})")
+    if matches := [name for name in KNOWN_MODELS if wanted in name.lower()]:
+        raise CheckpointError(f"{spec}: no such file or folder; did you mean {matches[0]}? "
+                              f"Install it with: chatterm pull {matches[0]}")
     return path
 
 

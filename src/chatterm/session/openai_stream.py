@@ -6,6 +6,8 @@ and nowhere else:
 - chat (`/v1/chat/completions`): `choices[0].delta.content`; log-probabilities in
   `choices[0].logprobs.content[*]` as `{token, logprob, top_logprobs: [{token, logprob}]}`
   (OpenAI, vLLM, llama.cpp; llama.cpp adds the token `id`).
+  A thinking model's reasoning comes beside the content, as `delta.reasoning_content` (llama.cpp,
+  DeepSeek, older vLLM) or `delta.reasoning` (recent vLLM, Ollama, OpenRouter).
 - completion (`/v1/completions`): `choices[0].text`; log-probabilities either in the legacy
   shape `choices[0].logprobs = {tokens, token_logprobs, top_logprobs: [{token: logprob}]}`
   (OpenAI, vLLM) or in the chat shape above (recent llama.cpp).
@@ -39,6 +41,7 @@ class TokenLogprob:
 @dataclass
 class Chunk:
     text: str = ""
+    reasoning: str = ""  # a thinking model's reasoning, sent apart from the text
     tokens: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     matched_stop: str | None = None  # vLLM's `stop_reason` when it is a string
@@ -76,6 +79,8 @@ def parse_chunk(data: object) -> Chunk:
     delta = choice.get("delta") or choice.get("message")  # "message": a reply that was not streamed
     if isinstance(delta, dict):
         text = delta.get("content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        chunk.reasoning = reasoning if isinstance(reasoning, str) else ""
     else:
         text = choice.get("text")
     if text is not None and not isinstance(text, str):

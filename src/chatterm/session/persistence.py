@@ -123,6 +123,23 @@ class ChatSummary:
     modified: float  # when it was last saved (seconds since the epoch)
     model: str  # the model that last replied ("" when unknown)
     turns: int
+    found: str = ""  # when filtered by text found in a message, not the title: the words around it
+
+
+def _found_in(conversation: Conversation, title: str, query: str) -> str | None:
+    """Where `query` (any case, spaces loose) is in a chat: "" in its title, the words around it
+    in the first message that holds it, None when nowhere."""
+    words = query.casefold().split()
+    if all(w in title.casefold() for w in words):
+        return ""
+    for text in [conversation.system, *(t.text for t in conversation.turns)]:
+        flat = " ".join(printable(text).split())
+        folded = flat.casefold()
+        if all(w in folded for w in words):
+            at = folded.find(words[0])
+            start = max(0, at - 20)
+            return ("…" if start else "") + flat[start : start + 60].strip()
+    return None
 
 
 class ConversationStore:
@@ -131,6 +148,9 @@ class ConversationStore:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.lock = ConversationLock(self.folder / ".locks")
+        # Chats read for the list, by file, with the (mtime, size) they were read at: the chats
+        # list's filter searches every saved chat at each keystroke, and reads only what changed.
+        self._read: dict[Path, tuple[tuple[int, int], Conversation]] = {}
         self.clean_stray_files()
 
     def path_for(self, conversation: Conversation) -> Path:
@@ -159,7 +179,7 @@ class ConversationStore:
         self.claim(conversation)
         return atomic_write_text(self.path_for(conversation), conversation_json(conversation))
 
-    def recent(self, limit: int = 20) -> list[Path]:
+    def recent(self, limit: int | None = 20) -> list[Path]:
         if not self.folder.is_dir():
             return []
         files = [p for p in self.folder.glob("*.json") if is_valid_id(p.stem) and p.is_file()]
@@ -169,19 +189,35 @@ class ConversationStore:
         """The store's own file for an id (ValueError for an id chatterm did not make)."""
         return self.path_for(Conversation(id=conversation_id))
 
-    def list_chats(self, limit: int = 50) -> list[ChatSummary]:
-        """The most recently saved chats, newest first; unreadable files are left out (and alone)."""
+    def list_chats(self, limit: int = 50, query: str = "") -> list[ChatSummary]:
+        """The most recently saved chats, newest first; unreadable files are left out (and alone).
+        With `query`, only the chats whose title or messages hold it (any case), from all of them."""
         chats = []
-        for path in self.recent(limit):
+        for path in self.recent(limit if not query.strip() else None):
             try:
-                conversation = read_conversation(path)
-                modified = path.stat().st_mtime
+                conversation, modified = self._read_for_list(path)
             except (NotAConversationError, OSError):
                 continue
             title = " ".join(printable(conversation.title).split())
+            found = ""
+            if query.strip():
+                found = _found_in(conversation, title, query)
+                if found is None:
+                    continue
             chats.append(ChatSummary(path.stem, title, modified, " ".join(printable(conversation.model).split()),
-                                     len(conversation.turns)))
+                                     len(conversation.turns), found))
+            if len(chats) == limit:
+                break
         return chats
+
+    def _read_for_list(self, path: Path) -> tuple[Conversation, float]:
+        """The conversation in `path` and when it was saved; read again only if the file changed."""
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._read.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = self._read[path] = (stamp, read_conversation(path))
+        return cached[1], stat.st_mtime
 
     def _own_file(self, conversation_id: str) -> Path:
         path = self.file_for(conversation_id)
@@ -208,6 +244,7 @@ class ConversationStore:
         (this one included) has the conversation open."""
         path = self._own_file(conversation_id)
         self._while_closed(conversation_id, path.unlink, "deleted")
+        self._read.pop(path, None)
 
     def _while_closed(self, conversation_id: str, action, what: str) -> None:
         holder = self.lock.while_free(conversation_id, action)

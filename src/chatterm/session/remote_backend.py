@@ -34,6 +34,7 @@ from typing import Iterator
 
 from ..engine.events import Event
 from ..engine.settings import SPECS, SamplingSettings
+from ..engine.thinking import split_thinking
 from .backend import BackendInfo
 from .conversation import Conversation
 from .prompt import PromptBuilder
@@ -45,7 +46,7 @@ from .token_estimate import TokenCounter
 
 __all__ = ["BackendError", "RemoteBackend"]
 
-OPTIONAL_FIELDS = ("logprobs", "top_logprobs", "stream_options", "seed")  # dropped if refused
+OPTIONAL_FIELDS = ("logprobs", "top_logprobs", "stream_options", "seed", "chat_template_kwargs")  # dropped if refused
 # vLLM/OpenAI: "maximum context length is N tokens"; llama.cpp: "exceeds the available context size".
 _TOO_LONG = re.compile(r"context[ _-]?(length|size|window)|maximum context|too long|too many tokens", re.I)
 _MAX_CONTEXT = re.compile(r"maximum context length is (\d+)", re.I)
@@ -99,7 +100,11 @@ class RemoteBackend:
     @property
     def supported_settings(self) -> dict[str, str | None]:
         """Every sampling setting -> None if the server honours it, else the reason it does not."""
-        return {name: self.facts.unsupported.get(name) for name in SPECS}
+        reasons = {name: self.facts.unsupported.get(name) for name in SPECS}
+        reasons["thinking"] = None if self.mode == "chat" and self.facts.kind != "ollama" else (
+            "sent as chat_template_kwargs.enable_thinking, which only the chat route of llama.cpp, vLLM "
+            "and SGLang reads")
+        return reasons
 
     @property
     def context_is_estimate(self) -> bool:
@@ -111,12 +116,15 @@ class RemoteBackend:
         are estimated (and `context_is_estimate` says so)."""
         return self.counter.count_cached(self.prompts, conversation)
 
+    def count_tokens(self, text: str) -> int:
+        return self.counter.count(text, cached_only=True)[0]
+
     # -- a reply -------------------------------------------------------------------------------
 
     def reply(self, conversation: Conversation, settings: SamplingSettings, *,
               cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
         run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect)
-        return run.events()
+        return split_thinking(run.events())  # a server that leaves <think> in the text
 
     def continue_reply(self, conversation: Conversation, settings: SamplingSettings, *,
                        cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
@@ -129,7 +137,7 @@ class RemoteBackend:
             raise ValueError("this server is in chat mode, which cannot continue a reply; "
                              "start chatterm with --remote-mode completion to continue replies")
         run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect, continuing=True)
-        return run.events()
+        return split_thinking(run.events())
 
     def complete_stream(self, prompt: str | list[int], settings: SamplingSettings, *,
                         cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
@@ -173,6 +181,8 @@ class RemoteBackend:
             messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
             messages += [{"role": t.role, "content": t.text} for t in conversation.turns[start:]]
             body["messages"] = messages
+            if settings.thinking is not None:  # Qwen3's template switch: llama.cpp, vLLM, SGLang
+                body["chat_template_kwargs"] = {"enable_thinking": settings.thinking}
             path = "/chat/completions"
         else:
             t, start = self.template, conversation.context_start

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Iterator
 
-from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, TokenStep
+from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, ThinkingDelta, TokenStep
 from ..engine.settings import SamplingSettings
 from ..engine.stop import StopStringMatcher
 from .api_key_scrub import StreamScrubber
@@ -176,6 +176,12 @@ class RemoteReply:
             for token in chunk.tokens:
                 yield TokenStep(self.steps, token.token_id, token.text, token.prob, token.candidates)
                 self.steps += 1
+            if chunk.reasoning:  # apart from the text: no stop strings in it (the server's own apply)
+                if self.first_token_at is None:
+                    self.first_token_at = time.monotonic()
+                if chunk.completion_tokens is None:
+                    self.new_tokens += max(1, len(chunk.tokens))
+                yield ThinkingDelta(chunk.reasoning)
             if chunk.text:
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()

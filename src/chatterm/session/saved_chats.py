@@ -34,9 +34,10 @@ class SavedChats:
             raise ValueError("autosave is off, so there are no saved chats")
         return self.session.store
 
-    def recent(self, limit: int = LIST_LENGTH) -> list[ChatSummary]:
-        """The recent chats, newest first; this becomes the list `/load N` counts in."""
-        self.listed = self.store.list_chats(limit)
+    def recent(self, limit: int = LIST_LENGTH, query: str = "") -> list[ChatSummary]:
+        """The recent chats, newest first (with `query`: those whose title or messages hold it);
+        this becomes the list `/load N` counts in."""
+        self.listed = self.store.list_chats(limit, query)
         return self.listed
 
     def resolve(self, ref: str) -> Path:
@@ -129,4 +130,5 @@ def when(timestamp: float, now: float | None = None) -> str:
 def chat_line(number: int, chat: ChatSummary, width: int = 80) -> str:
     """`  3  12 Nov       parrot           hello there` (number, date, model, title), cut to `width`."""
     head = f"{number:>3}  {when(chat.modified):<11} {summary_title(chat.model, 16):<16} "
-    return head + summary_title(chat.title, max(10, width - len(head)))
+    title = f"{chat.title} · {chat.found}" if chat.found else chat.title
+    return head + summary_title(title, max(10, width - len(head)))

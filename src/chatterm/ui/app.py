@@ -10,7 +10,9 @@ and in /help. This module imports neither torch nor the model: the first frame n
 
 from __future__ import annotations
 
+import collections
 import time
+import weakref
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -24,7 +26,7 @@ from ..session.commands import SlashCommands
 from ..session.config import AppConfig, config_dir, data_dir
 from ..session.context_fit import fit_context
 from ..session.input_history import InputHistory
-from ..session.layered_settings import CONFIG, LayeredSettings
+from ..session.layered_settings import CONFIG, MODEL, LayeredSettings, peek_recommendation
 from .chat_view import ChatView, UserMessage
 from .inspector import TokenInspector
 from .keys import check_keymap, class_bindings
@@ -73,6 +75,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         Binding("ctrl+n", "clear", "New chat", show=False, id="clear"),
         Binding("f2", "toggle_settings", "Settings", id="toggle_settings"),
         Binding("f3", "toggle_inspector", "Tokens", id="toggle_inspector"),
+        Binding("f4", "toggle_thinking", "Thinking", id="toggle_thinking", show=False),
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
         # The message box forwards these itself (it would page through its own text).
         Binding("pageup,shift+pageup", "scroll_chat('page_up')", "Scroll up", show=False),
@@ -95,6 +98,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         "clear": "Clear: start a new conversation",
         "toggle_settings": "Show or hide the settings panel",
         "toggle_inspector": "Show or hide the token inspector",
+        "toggle_thinking": "Show or fold a thinking model's reasoning (the selected or last reply's)",
         "help": "Help: commands and keys",
         "quit": "Quit chatterm",
         "scroll_chat('page_up')": "Scroll the chat up a page (the message box keeps the focus)",
@@ -118,6 +122,8 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         if settings is None:  # no command line: the config's values are the user's layer
             settings = LayeredSettings()
             settings.set_layer(CONFIG, config.sampling)
+        # The model's recommended values from the first frame (loading it sets them again).
+        settings.set_layer(MODEL, peek_recommendation(checkpoint))
         self.session = ChatSession(
             None, settings.live, Conversation(system=config.system_prompt), ConversationStore(data_dir() / "conversations"),
             warn=lambda text: self.notify(text, severity="warning", markup=False),  # any thread; autosave failures
@@ -126,6 +132,10 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.checked_keys: dict[str, str] = {}
         self._warnings_shown: set[str] = set()  # the backend's warnings already in the chat
         self.inspect = INSPECT_TOP
+        # The inspector's view of each reply streamed in this session, by turn (slash.py shows the
+        # one on screen after a switch of versions or an undo).
+        self.token_records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.recent_notes: collections.deque[str] = collections.deque(maxlen=50)  # passing notes (slash.py)
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -282,6 +292,8 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
             return
         self.chat.mount(UserMessage(self.session.conversation.turns[-1].text))
         self.chat.follow()  # sending brings the newest text back into view
+        self.update_context()  # the meter counts the message now, not when its reply ends (the
+        # reply's worker has not started yet: nothing else is building a prompt)
         self.stream_reply(events)
 
     @property
@@ -352,6 +364,9 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.take_back_queued()
         self.inspector.reset()
         self.commands.run("/clear")
+
+    def action_toggle_thinking(self) -> None:
+        self.toggle_thinking()  # slash.py
 
     def action_help(self) -> None:
         self.commands.run("/help")

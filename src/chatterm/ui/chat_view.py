@@ -18,6 +18,7 @@ from textual.widgets import Markdown, Static
 
 from ..session.conversation import Conversation, Turn
 from ..session.sanitize import printable
+from .thinking_block import ThinkingBlock
 
 
 OUT_OF_CONTEXT = "out of context"
@@ -65,8 +66,10 @@ class Note(Static):
 class AssistantMessage(TurnMessage, Markdown):
     TITLE = "Assistant"
 
-    def __init__(self, text: str = "", note: str = "") -> None:
-        super().__init__(printable(text), classes="message assistant", open_links=False)
+    def __init__(self, text: str = "", note: str = "", *, waiting: bool = False) -> None:
+        """`waiting`: a reply about to stream shows one dim "…" line until its first text."""
+        super().__init__("…" if waiting else printable(text), classes="message assistant", open_links=False)
+        self.set_class(waiting, "-waiting")
         self.border_title = self.TITLE
         self._stream = None
         self.text = printable(text)
@@ -81,17 +84,21 @@ class AssistantMessage(TurnMessage, Markdown):
         fragment = printable(fragment)
         if not fragment:
             return
+        if self.has_class("-waiting"):
+            self.remove_class("-waiting")
+            await self.update("")
         if self._stream is None:
             self._stream = Markdown.get_stream(self)
         self.text += fragment
         await self._stream.write(fragment)
 
     async def finish(self, final_text: str, note: str = "") -> None:
+        self.remove_class("-waiting")
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
         final_text = printable(final_text)
-        if final_text.strip() != self.text.strip():
+        if final_text.strip() != self.text.strip() or not self.text.strip():
             self.text = final_text
             await self.update(final_text)
         if not final_text.strip():
@@ -130,9 +137,13 @@ class ChatView(VerticalScroll):
         self.remove_children()
         if conversation.system:
             self.mount(Note(f"System: {conversation.system}", "system"))
-        widgets = [self._widget_for(turn) for turn in conversation.turns]
-        for index, widget in enumerate(widgets):
+        widgets = []
+        for index, turn in enumerate(conversation.turns):
+            widget = self._widget_for(turn)
             widget.set_in_context(index >= conversation.context_start)
+            if turn.thinking:
+                widgets.append(ThinkingBlock(turn.thinking, turn.thinking_tokens))
+            widgets.append(widget)
         if widgets:
             self.mount_all(widgets)
         self.follow()
@@ -150,6 +161,12 @@ class ChatView(VerticalScroll):
         if turn.role == "user":
             return UserMessage(turn.text)
         return AssistantMessage(turn.text, turn.note)
+
+    def thinking_of(self, message: AssistantMessage) -> ThinkingBlock | None:
+        """The reasoning block shown above a reply, if it has one."""
+        children = list(self.children)
+        at = children.index(message) if message in children else 0
+        return children[at - 1] if at and isinstance(children[at - 1], ThinkingBlock) else None
 
     def last_assistant(self) -> AssistantMessage | None:
         found = self.query(AssistantMessage)

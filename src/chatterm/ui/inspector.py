@@ -62,11 +62,11 @@ class TokenInspector(Widget, can_focus=True):
 
     # -- feeding -------------------------------------------------------------------------------
 
-    def reset(self) -> None:
+    def reset(self, note: str | None = None) -> None:
         self.steps = []
         self.shown_tokens = None
         self.stop_reason = ""
-        self.note = None
+        self.note = note
         self.selected = -1
         self.border_subtitle = ""
         self.refresh()
@@ -86,6 +86,16 @@ class TokenInspector(Widget, can_focus=True):
         self.note = note
         self.border_subtitle = "←/→ step" if self.steps else ""
         self.refresh()
+
+    def record(self) -> tuple:
+        """What it shows of a finished reply, to show again with `restore`."""
+        return list(self.steps), self.shown_tokens, self.stop_reason, self.note
+
+    def restore(self, record: tuple) -> None:
+        steps, shown_tokens, stop_reason, note = record
+        self.reset()
+        self.steps = list(steps)
+        self.finish(shown_tokens, stop_reason, note)
 
     # -- stepping ------------------------------------------------------------------------------
 

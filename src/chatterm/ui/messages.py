@@ -28,6 +28,7 @@ class ReplyProgress(Message):
     steps: list[TokenStep]
     trimmed: ContextTrimmed | None
     tokens: int = 0  # tokens generated in this batch (for the live tok/s)
+    thinking: str = ""  # a thinking model's reasoning, shown apart (thinking_block.py)
 
 
 @dataclass

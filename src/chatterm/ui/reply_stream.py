@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from ..engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
+from ..engine.events import ContextTrimmed, Finished, TextDelta, ThinkingDelta, TokenStep
 from ..model.errors import first_line
 from ..session.chat import MessageNotSent
 from .chat_view import AssistantMessage, ChatView
 from .inspector import TokenInspector
 from .messages import ReplyFinished, ReplyProgress
 from .status_bar import StatusBar
+from .thinking_block import ThinkingBlock
 
 INSPECT_TOP = 8  # candidates per token shown by the inspector
 FLUSH_SECONDS = 0.04  # the most often a streaming reply updates the screen (25 times a second)
@@ -36,6 +37,7 @@ class ReplyStream:
         self.status = status
         self.active = False  # a reply is streaming
         self._widget: AssistantMessage | None = None
+        self._thinking: ThinkingBlock | None = None  # the reply's reasoning, once some came
         self._text_before = ""  # what the reply held before a continuation
         self._flush_seconds = FLUSH_SECONDS  # adapted to the UI's share of the time; read by the worker
         self._ui_clock = (0.0, 0.0)  # (wall, UI thread CPU) at the last streaming update
@@ -51,7 +53,8 @@ class ReplyStream:
         self.status.speed = ""
         self.inspector.reset()
         self._rate_clock, self._tokens = None, 0
-        self._widget = into or AssistantMessage()
+        self._widget = into or AssistantMessage(waiting=True)
+        self._thinking = None
         self._text_before = into.text if into is not None else ""
         if into is None:
             self.chat.mount(self._widget)
@@ -63,11 +66,12 @@ class ReplyStream:
         """Forget the current reply (its worker has ended): late updates from it are dropped."""
         self.active = False
         self.status.busy = ""
-        self._widget = None
+        self._widget = self._thinking = None
 
     def _relay(self, events: Iterable) -> None:
         """The worker: consume the events, post batches to the app."""
         text: list[str] = []
+        thinking: list[str] = []
         steps: list[TokenStep] = []
         deltas = 0  # TextDelta events: a token count for backends that send no TokenStep
         trimmed = None
@@ -78,6 +82,9 @@ class ReplyStream:
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                     deltas += 1
+                elif isinstance(event, ThinkingDelta):
+                    thinking.append(event.text)
+                    deltas += 1
                 elif isinstance(event, TokenStep):
                     steps.append(event)
                 elif isinstance(event, ContextTrimmed):
@@ -85,20 +92,28 @@ class ReplyStream:
                 elif isinstance(event, Finished):
                     done = event
                 now = time.monotonic()
-                if now - last >= self._flush_seconds and (text or steps):
-                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
-                    text, steps, trimmed, last, deltas = [], [], None, now, 0
+                if now - last >= self._flush_seconds and (text or steps or thinking):
+                    self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas,
+                                                        "".join(thinking)))
+                    text, thinking, steps, trimmed, last, deltas = [], [], [], None, now, 0
         except Exception as e:  # keep the app alive whatever happens in the engine
             error, withdrawn = first_line(e), isinstance(e, MessageNotSent)
-        if text or steps or trimmed:
-            self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
+        if text or steps or trimmed or thinking:
+            self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas, "".join(thinking)))
         self.app.post_message(ReplyFinished(done, error, withdrawn))
 
     async def progress(self, message: ReplyProgress) -> None:
         if not self.active:
             return
         self._pace_updates()
+        if message.thinking and self._widget is not None:
+            if self._thinking is None:
+                self._thinking = ThinkingBlock(streaming=True)
+                await self.chat.mount(self._thinking, before=self._widget)
+            self._thinking.append(message.thinking)
         if message.text and self._widget is not None:
+            if self._thinking is not None:
+                self._thinking.answer_started()
             await self._widget.append_text(message.text)
         if message.steps:
             self.inspector.add_steps(message.steps)
@@ -139,6 +154,9 @@ class ReplyStream:
         self.status.busy = ""
         done = message.done
         widget, self._widget = self._widget, None
+        block, self._thinking = self._thinking, None
+        if block is not None:
+            block.finish(done.thinking_tokens if done is not None else 0)
         if done is None:
             if widget is not None:
                 await widget.finish("", f"error: {message.error}")
@@ -152,4 +170,7 @@ class ReplyStream:
         shown = len(done.token_ids) if done.token_ids else len(self.inspector.steps)
         backend = self.app.session.backend
         self.inspector.finish(shown, done.stop_reason, note=backend.inspector_note if backend else None)
+        turns = self.app.session.conversation.turns
+        if turns and turns[-1].role == "assistant":  # shown again when this version is (Alt+Left/Right, undo)
+            self.app.token_records[turns[-1]] = self.inspector.record()
         self.status.speed = f"TTFT {done.ttft_s:.2f} s · {done.tokens_per_s:.1f} tok/s"

@@ -1,8 +1,14 @@
 """The TUI's side of slash commands: the `FrontEnd` (session/commands.py) that renders results.
 
 The commands themselves run in `session.commands.SlashCommands`, shared with the plain REPL;
-this mixin only shows what they report: notes in the chat, the conversation redrawn, the
-settings panel refreshed, a retried reply streamed, a theme applied.
+this mixin only shows what they report: notes, the conversation redrawn, the settings panel
+refreshed, a retried reply streamed, a theme applied.
+
+Notes are of two sorts. Passing ones (a one-line "info": `temperature = 0.2 (session)`, `copied
+message 6`, a version switched to) go to the status bar, and when they are longer than it holds,
+to a toast as well: the transcript keeps what is part of the chat, and they never land between a
+question and its answer. The rest (errors, several lines such as /help and /settings, the
+system prompt, the welcome) are written in the chat.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from typing import Iterable
 from textual.binding import Binding
 
 from ..session.context_fit import fit_context
+from ..session.sanitize import printable
 from .chat_view import AssistantMessage, Note
 from .status_bar import NOTE_CELLS
+from .thinking_block import ThinkingBlock
 
 EXTRA_KEYS = ["Enter    send (while a reply streams or the model loads: queued, Esc takes it back)",
               "^j       new line (also Alt+Enter)", "↑/↓      earlier messages",
@@ -31,6 +39,9 @@ class TuiFrontEnd:
         return self.replies.active
 
     def note(self, text: str, kind: str = "info") -> None:
+        if kind == "info" and "\n" not in text:  # a passing note (see the module doc)
+            self.status_note(text)
+            return
         self.chat.mount(Note(text, kind))
 
     def welcome(self) -> None:
@@ -55,10 +66,11 @@ class TuiFrontEnd:
             self.note(hint, "welcome")
 
     def status_note(self, short: str, detail: str = "") -> None:
-        """A note in the status bar; `detail`, or a note too long for the bar, goes to the chat
-        in full (the bar keeps the short form)."""
+        """A passing note in the status bar; `detail`, or a note too long for the bar, is also
+        shown in full in a toast (the bar keeps the short form)."""
+        self.recent_notes.append(detail or short)
         if detail or len(short) > NOTE_CELLS:
-            self.note(detail or short)
+            self.notify(printable(detail or short), timeout=6, markup=False)
         self.status.note = short
 
     def show_conversation(self) -> None:
@@ -67,10 +79,25 @@ class TuiFrontEnd:
         self.status.note = ""
         fit_context(self.session)
         self.chat.show_conversation(self.session.conversation)
+        self._inspect_reply_on_screen()
         if hasattr(self, "queue"):
             self.queue.reshow()
         self.call_after_refresh(self.mark_messages)  # message_actions.py: "2/3", the selection
         self.update_context()
+
+    def _inspect_reply_on_screen(self) -> None:
+        """The inspector follows the conversation: after Alt+Left/Right or an undo it shows the
+        tokens of the last reply now on screen, never those of one that is gone."""
+        if self.busy:
+            return
+        replies = [t for t in self.session.conversation.turns if t.role == "assistant"]
+        if not replies:
+            self.inspector.reset()
+        elif replies[-1] in self.token_records:
+            self.inspector.restore(self.token_records[replies[-1]])
+        else:
+            self.inspector.reset("The reply on screen was not written in this session, so its tokens "
+                                 "were not recorded; /retry writes a new version.")
 
     def show_settings(self) -> None:
         self.settings_panel.refresh_values(system=self.session.conversation.system)
@@ -79,15 +106,26 @@ class TuiFrontEnd:
     def stream_reply(self, events: Iterable) -> None:
         assistant_turns = sum(t.role == "assistant" for t in self.session.conversation.turns)
         shown = self.chat.query(AssistantMessage)
-        if len(shown) > assistant_turns:  # a retry: the reply being replaced goes
+        if len(shown) > assistant_turns:  # a retry: the reply being replaced goes, reasoning and all
+            if block := self.chat.thinking_of(shown.last()):
+                block.remove()
             shown.last().remove()
         self.replies.start(events)
 
-    def show_chats(self, chats: list) -> None:
+    def show_chats(self, chats: list, query: str = "") -> None:
         from .chats_screen import ChatsScreen  # reads the list again itself, after every change
 
         if not isinstance(self.screen, ChatsScreen):
-            self.push_screen(ChatsScreen(self.commands))
+            self.push_screen(ChatsScreen(self.commands, query))
+
+    def toggle_thinking(self) -> None:
+        """F4 and `/think`: open or fold the selected reply's reasoning, else the last one's."""
+        selected = [w for w in self.chat.query(".message.-selected") if isinstance(w, AssistantMessage)]
+        blocks = [self.chat.thinking_of(selected[0])] if selected else list(self.chat.query(ThinkingBlock))
+        if not blocks or blocks[-1] is None:
+            self.status_note("no thinking to show" if not selected else "this reply has no thinking")
+            return
+        blocks[-1].toggle()
 
     def set_theme(self, name: str) -> None:
         if name not in self.available_themes:
