@@ -34,7 +34,7 @@ from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2K
 # kernels.c's ct_lin kinds; a K-quant's (or IQ4_XS's) is 4 + its kquants.c type code
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2, F16Linear: 3,
           **{kind: 4 + kind.TYPE for kind in (Q4KLinear, Q5KLinear, Q6KLinear, Q2KLinear, Q3KLinear, IQ4XSLinear)},
-          IQ4NLLinear: 10}
+          IQ4NLLinear: 10}  # 4 + CT_KQ_LAST + 1 in kernels.c's lin_apply
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Plan (or _NOT_HERE)
 _NOT_HERE = object()
 

@@ -62,7 +62,7 @@ PROMPT_DTYPE = torch.bfloat16 if native.cpu_has("amx_bf16") else torch.float32
 class NativeLinear(nn.Module):
     """`y = x W^T + b` through one kernels.c function; subclasses hold W."""
 
-    GEMM_ABOVE = GEMV_ROWS  # more rows than this at once: widen W to fp32 for one float GEMM
+    GEMM_ABOVE = GEMV_ROWS  # more rows than this at once: float GEMMs on slices of W unpacked (chunked_gemm)
 
     def __init__(self, linear_or_shape, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -85,7 +85,7 @@ class NativeLinear(nn.Module):
         if flat.size(0) > self.GEMM_ABOVE:  # a prompt: float GEMMs on slices of the unpacked weight are faster
             y = chunked_gemm(self, flat)
         else:
-            y = prompt_product(self, flat)
+            y = kernel_product(self, flat)
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
 
     def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -124,8 +124,9 @@ def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 4 << 2
     return y if layer.bias is None else y.add_(layer.bias)
 
 
-def prompt_product(layer: NativeLinear, x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) fp32 contiguous times the layer's weight on its own kernel, whatever M."""
+def kernel_product(layer: NativeLinear, x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) fp32 contiguous times the layer's weight on its own loops (for any M: the
+    decode step's path, and a measurement's)."""
     y = torch.empty(x.size(0), layer.out_features)
     bias = layer.bias.data_ptr() if layer.bias is not None else None
     if layer._matvec(x, bias, y, x.size(0), torch.get_num_threads()):
@@ -180,12 +181,13 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Q8Linear(NativeLinear):
     GEMM_ABOVE = 32  # see GEMV_ROWS
+
     def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q.shape, bias)
         # -128 has no positive counterpart for the kernel's sign trick; a quantizer never makes it
         # (ggml's and ours round w / (max|w| / 127)). Clamped only if present: no second copy of q.
         q = q.to(torch.int8).contiguous()
-        self.register_buffer("weight", q.clamp(-127, 127) if bool((q == -128).any()) else q, persistent=False)
+        self.register_buffer("weight", q.clamp(-127, 127) if int(q.min()) == -128 else q, persistent=False)
         self.register_buffer("scale", d.to(torch.float16).contiguous().view(torch.int16), persistent=False)
 
     @classmethod
@@ -211,6 +213,7 @@ class Q8Linear(NativeLinear):
 
 class Q4Linear(NativeLinear):
     GEMM_ABOVE = 32
+
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2): block b's byte j holds value j (low nibble) and j + 16 (high), 0..15
         (GGUF's own order); d, m (N, K/32): w = q * d + m."""
@@ -253,7 +256,6 @@ class IQ4NLLinear(NativeLinear):
     a fixed grid of 16 levels (w = d * level[q])."""
 
     GEMM_ABOVE = 32
-    LEVELS = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.float32)
 
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2) in Q4Linear's (and GGUF's) nibble order; d (N, K/32)."""
@@ -269,11 +271,13 @@ class IQ4NLLinear(NativeLinear):
         self._lib.ct_dequant_iq4nl(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), out.data_ptr(),
                                    out.size(0), self.in_features, threads)
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        packed = self.weight[ids].long()
-        low, high = (packed & 15).unflatten(-1, (-1, BLOCK // 2)), (packed >> 4).unflatten(-1, (-1, BLOCK // 2))
-        levels = self.LEVELS[torch.cat((low, high), dim=-1)]  # (..., K/32, 32)
-        return (levels * self.scale[ids].view(torch.float16).float()[..., None]).flatten(-2)
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:  # the grid lives in the C code: unpacked there
+        flat = ids.reshape(-1)
+        weight, scale = self.weight[flat].contiguous(), self.scale[flat].contiguous()
+        out = torch.empty(flat.numel(), self.in_features)
+        self._lib.ct_dequant_iq4nl(weight.data_ptr(), scale.data_ptr(), out.data_ptr(), out.size(0),
+                                   self.in_features, 1)
+        return out.view(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", iq4_nl (blocks of 32)"
@@ -282,7 +286,7 @@ class IQ4NLLinear(NativeLinear):
 class KQuantLinear(NativeLinear):
     """A K-quant weight as GGUF stores it: each row K / 256 super-blocks of BLOCK_BYTES bytes."""
 
-    TYPE = -1  # kquants.c's CT_Q4_K .. CT_Q3_K
+    TYPE = -1  # kquants.c's CT_Q4_K .. CT_IQ4_XS
     BLOCK_BYTES = 0
 
     def __init__(self, blocks: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None) -> None:
@@ -414,7 +418,8 @@ _STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q
                ("IQ4_XS", IQ4XSLinear))}}
 
 
-def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int], bias: torch.Tensor | None) -> nn.Module | None:
+def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int],
+                 bias: torch.Tensor | None) -> nn.Module | None:
     """The layer computing with a GGUF tensor's stored values: raw uint8 (N, bytes per row) in
     GGML type `type_name` ("Q4_K", "F16", ...), shape (N, K). None where no kernel takes it
     (F32, the loader keeps a float linear; a type without a kernel, the loader dequantizes it;

@@ -1,4 +1,4 @@
-/* GGUF's K-quants as stored, times activations: y[M,N] = x[M,K] W^T (+ bias), W in super-blocks
+/* GGUF's K-quants (and IQ4_XS) as stored, times activations: y[M,N] = x[M,K] W^T (+ bias), W in super-blocks
  * of 256 values along K (ggml's layouts, read byte for byte):
  *   Q4_K (144 bytes): fp16 d, dmin; 12 bytes of 6-bit scales and mins for 8 sub-blocks of 32;
  *                     128 bytes of nibbles (chunk c of 64 values: byte l holds value l of
@@ -11,6 +11,9 @@
  *                     dmin. w = d sc q - dmin m.
  *   Q3_K (110 bytes): 32 bytes of high bits, 64 of 2-bit q, 12 of 6-bit scales (minus 32), fp16
  *                     d. w = d sc q, q -4..3 (the high bit set means no -4).
+ *   IQ4_XS (136 bytes, not a K-quant but laid out as one): fp16 d, 2 + 4 bytes of 6-bit scales
+ *                     (minus 32) for 8 sub-blocks of 32, 128 bytes of nibbles (sub-block j's 16
+ *                     bytes: value l low, l + 16 high) indexing 16 fixed levels. w = d sc level[q].
  * Activations are quantized per 256 to int8 with one float scale and the sum of each 16 (ggml's
  * q8_K): a sub-block's offset then costs one multiply by that sum, not a pass over its values.
  *
@@ -22,7 +25,7 @@
  * super-block to 256 int8 values and 16 scales and offsets (the same unpacking gives the fp32
  * weights, so `dequantized()` and the kernels read one thing). Measured, one thread of the
  * AVX-512 Xeon, 2048x8192 (scripts/kernel_speed.py --threads 1 --cpu-time): Q4_K 0.64 ms,
- * Q5_K 0.98, Q6_K 0.68, Q3_K 0.81, Q2_K 0.54; Q8_0 0.68, Q4_0 0.52 (kernels.c).
+ * Q5_K 0.96, Q6_K 0.66, Q3_K 0.76, Q2_K 0.54; Q8_0 0.64, Q4_0 0.44 (kernels.c).
  */
 #include "common.h"
 
@@ -352,15 +355,24 @@ static inline ivec block_g16(int type, const uint8_t *b, const int8_t *x, const 
  * (maddubs wants one unsigned operand), then the sub-block's scale ls - 32. Sub-block j's 16
  * bytes hold its values l (low nibble) and l + 16 (high), as Q4_0's do. */
 static inline ivec block_iq4xs(const uint8_t *b, const int8_t *x) {
+    /* scale j: nibble j of the 4 bytes at b + 4 (little-endian), and bits 2j, 2j + 1 of the
+     * 16 at b + 2 above it, less 32; spread into bytes with pdep where BMI2 has it */
     uint16_t high;
+    uint32_t low;
     memcpy(&high, b + 2, 2);
-    int16_t ls[8];
-    for (int j = 0; j < 8; j++) ls[j] = (int16_t)((((b[4 + j / 2] >> (4 * (j % 2))) & 15) | (((high >> (2 * j)) & 3) << 4)) - 32);
+    memcpy(&low, b + 4, 4);
+#if defined(__BMI2__)
+    uint64_t bytes = _pdep_u64(low, 0x0f0f0f0f0f0f0f0fULL) | _pdep_u64(high, 0x3030303030303030ULL);
+#else
+    uint64_t bytes = 0;
+    for (int j = 0; j < 8; j++) bytes |= (uint64_t)(((low >> (4 * j)) & 15) | (((high >> (2 * j)) & 3) << 4)) << (8 * j);
+#endif
+    __m128i ls16 = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)bytes)), _mm_set1_epi16(32));
     const __m128i levels = _mm_loadu_si128((const __m128i *)iq4_levels);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
 #if defined(CT_AVX512)
     const __m512i table = _mm512_broadcast_i32x4(levels), zero = _mm512_setzero_si512();
-    __m512i scales = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)ls)), acc = zero;
+    __m512i scales = _mm512_castsi128_si512(ls16), acc = zero;
     for (int j = 0; j < 8; j += 2) { /* sub-blocks j, j + 1: 64 values */
         __m256i r = _mm256_loadu_si256((const __m256i *)(b + 8 + 16 * j));
         __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
@@ -375,6 +387,8 @@ static inline ivec block_iq4xs(const uint8_t *b, const int8_t *x) {
 #else
     const __m256i table = _mm256_broadcastsi128_si256(levels);
     __m256i acc = _mm256_setzero_si256();
+    int16_t ls[8];
+    _mm_storeu_si128((__m128i *)ls, ls16);
     for (int j = 0; j < 8; j++) {
         __m128i r = _mm_loadu_si128((const __m128i *)(b + 8 + 16 * j));
         __m256i q = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r, 4), r), low4));
