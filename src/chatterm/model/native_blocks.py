@@ -29,19 +29,21 @@ import torch
 from . import native
 from .native_attention import _CACHE_DTYPES
 from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2KLinear, Q3KLinear, Q4KLinear, Q4Linear,
-                            Q5KLinear, Q6KLinear, Q8Linear)
+                            Q5KLinear, Q6KLinear, Q8Linear, StackedLinear)
 
 # kernels.c's ct_lin kinds; a K-quant's (or IQ4_XS's) is 4 + its kquants.c type code
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2, F16Linear: 3,
           **{kind: 4 + kind.TYPE for kind in (Q4KLinear, Q5KLinear, Q6KLinear, Q2KLinear, Q3KLinear, IQ4XSLinear)},
           IQ4NLLinear: 10}  # 4 + CT_KQ_LAST + 1 in kernels.c's lin_apply
+_STACKED = 11  # kernels.c's CT_STACKED: parts of the kinds above, one after another
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Plan (or _NOT_HERE)
 _NOT_HERE = object()
 
 
 class _Linear(ctypes.Structure):  # kernels.c's ct_lin
     _fields_ = [("kind", ctypes.c_int64), ("N", ctypes.c_int64), ("K", ctypes.c_int64), ("w", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+                ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("parts", ctypes.c_int64)]
 
 
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
@@ -53,10 +55,23 @@ def _pointer(t: torch.Tensor | None):
     return t.data_ptr() if t is not None else None
 
 
-def _descriptor(layer) -> _Linear:
+def _descriptor(layer, held: list) -> _Linear:
+    """kernels.c's view of `layer`; a stacked layer's array of parts goes into `held`, kept
+    as long as the plan."""
+    if isinstance(layer, StackedLinear):
+        parts = (_Linear * len(layer.parts))(*(_descriptor(part, held) for part in layer.parts))
+        held.append(parts)
+        return _Linear(_STACKED, layer.out_features, layer.in_features, ctypes.addressof(parts), None, None, None,
+                       len(layer.parts))
     return _Linear(_KINDS[type(layer)], layer.out_features, layer.in_features, _pointer(layer.weight),
                    _pointer(getattr(layer, "scale", None)), _pointer(getattr(layer, "offset", None)),
-                   _pointer(layer.bias))
+                   _pointer(layer.bias), 0)
+
+
+def _has_kernel(layer) -> bool:
+    if isinstance(layer, StackedLinear):
+        return all(type(part) in _KINDS for part in layer.parts)
+    return type(layer) in _KINDS
 
 
 class _Plan:
@@ -69,7 +84,7 @@ class _Plan:
         for i, block in enumerate(blocks):
             linears, norms = linears_of(block), norms_of(block)
             self.tensors += [*linears, *norms]
-            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer) for layer in linears)),
+            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer, self.tensors) for layer in linears)),
                                  (ctypes.c_void_p * 4)(*(_pointer(t) for t in norms), *[None] * (4 - len(norms))),
                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr()))
         self.layers = (_Layer * len(layers))(*layers)
@@ -83,7 +98,7 @@ def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | Non
     if plan is not None and plan.keys is cache.keys:
         return plan
     applies = native.library() is not None and all(
-        all(type(layer) in _KINDS for layer in linears_of(b)) and shapes_fit(b)
+        all(_has_kernel(layer) for layer in linears_of(b)) and shapes_fit(b)
         and all(t is None or t.dtype == torch.float32 for t in norms_of(b)) for b in blocks)
     if not applies:
         _plans[model] = _NOT_HERE

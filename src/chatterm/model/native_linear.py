@@ -24,6 +24,8 @@ fp32 weight it computes with, for checks). Each needs `in_features % 32 == 0` (`
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -346,6 +348,52 @@ class IQ4XSLinear(KQuantLinear):
     a fixed non-uniform grid of 16 levels (not a K-quant, but read by the same loops)."""
 
     TYPE, BLOCK_BYTES, GEMM_ABOVE = 5, 136, 16
+
+
+class StackedLinear(nn.Module):
+    """Layers with one input whose outputs follow one another: a fused projection (q, k and v;
+    gate and up) whose parts a GGUF file stores as different types (a Q4_K_M file's attn_v is
+    Q6_K where attn_q is Q4_K). Each part keeps its own kernel and bias; the fused decode step
+    runs the parts in turn (kernels.c's CT_STACKED)."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        if any(part.in_features != parts[0].in_features for part in parts):
+            raise ValueError("stacked layers need one input width")
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(part.out_features for part in parts)
+        self.bias = None  # the parts' own
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+    def dequantized(self) -> torch.Tensor:
+        return torch.cat([part.dequantized() for part in self.parts])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.dequantized()[ids]  # for checks: a stacked projection is not an embedding
+
+
+def stack_layers(parts: list[nn.Module]) -> nn.Module:
+    """One layer computing the parts' outputs one after another (q, k, v -> qkv). Parts of one
+    kernel class become one layer of that class, their rows (and biases, zeros where a part has
+    none) concatenated; parts of different classes a StackedLinear."""
+    first = parts[0]
+    if not isinstance(first, NativeLinear) or any(type(part) is not type(first) for part in parts):
+        return StackedLinear(parts)
+    if any(part.in_features != first.in_features for part in parts):
+        raise ValueError("stacked layers need one input width")
+    merged = copy.copy(first)  # the class and its attributes; the buffers are replaced below
+    merged._parameters, merged._modules = {}, {}
+    merged._buffers = {name: None if tensor is None else torch.cat([part._buffers[name] for part in parts])
+                       for name, tensor in first._buffers.items() if name != "bias"}
+    merged._non_persistent_buffers_set = set(first._non_persistent_buffers_set)
+    merged.out_features = sum(part.out_features for part in parts)
+    biases = [part.bias for part in parts]
+    merged._buffers["bias"] = None if all(b is None for b in biases) else torch.cat(
+        [torch.zeros(part.out_features) if b is None else b for part, b in zip(parts, biases)])
+    return merged
 
 
 # ---- GGUF tensors as stored -> layers -----------------------------------------------------

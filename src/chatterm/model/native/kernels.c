@@ -676,12 +676,16 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
 
 typedef struct {
     int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
-                   * 4 + CT_KQ_LAST + 1 (10): iq4nl */
+                   * 4 + CT_KQ_LAST + 1 (10): iq4nl, CT_STACKED (11): w is `parts` ct_lins whose outputs
+                   * follow one another (q, k and v of one projection stored as different types) */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
     const float *bias;
+    int64_t parts;
 } ct_lin;
+
+#define CT_STACKED 11
 
 static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
     switch (L->kind) {
@@ -697,6 +701,13 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
         return 0;
     case 4 + CT_KQ_LAST + 1:
         return ct_linear_iq4nl(x, (const uint8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
+    case CT_STACKED: {
+        const ct_lin *parts = (const ct_lin *)L->w;
+        int failed = 0;
+        for (int64_t p = 0, row = 0; p < L->parts; row += parts[p].N, p++)
+            failed |= parts[p].kind == CT_STACKED || lin_apply(&parts[p], x, y + row, nthreads);
+        return failed ? -1 : 0;
+    }
     default:
         if (L->kind >= 4 && L->kind <= 4 + CT_KQ_LAST)
             return ct_linear_kq((int)(L->kind - 4), x, (const uint8_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
