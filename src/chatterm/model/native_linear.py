@@ -41,11 +41,17 @@ SUPER_BLOCK = 256  # the K-quants' super-block
 # EPYC, 3072x768 at 16 rows: q8 loop 1.5 ms, unpack + GEMM ~3 ms; at 64 rows 9.8 ms against ~7 ms.
 # On the AVX-512 Xeon, one thread (CPU time, 2048x2048, `python scripts/kernel_speed.py` and
 # its --rows), loop / unpack + GEMM in ms:
-#   rows   Q8_0       Q4_0       Q4_K       Q5_K       Q6_K       BF16       F16        Q2_K       Q3_K
-#   16     1.8/3.3    2.0/4.1    2.6/3.9    3.8/4.2    2.5/3.5    2.8/3.1    2.4/3.5    2.1/4.0    3.0/3.8
-#   32     3.5/4.0    3.9/5.3    5.2/5.1    7.5/4.9    4.9/4.5    6.0/3.9    4.9/4.8    4.4/4.8    6.1/4.7
-#   64     6.8/5.8    7.9/6.7    10.7/6.8   14.7/6.7   9.9/6.1    12.7/5.5   10.6/6.5   8.7/6.2    12.2/6.1
-#   512    64/28      -          85/27      -          -          314/27     -          -
+#   rows   Q8_0       Q4_0       BF16       F16
+#   16     1.8/3.3    2.0/4.1    2.8/3.1    2.4/3.5
+#   32     3.5/4.0    3.9/5.3    6.0/3.9    4.9/4.8
+#   64     6.8/5.8    7.9/6.7    12.7/5.5   10.6/6.5
+#   512    64/28      -          314/27     -
+# The K-quant loops take up to 4 rows per pass over a weight row (the weight unpacked once for
+# them), against the unpacked GEMM in bf16 (AMX; below):
+#   rows   Q4_K       Q5_K       Q6_K       Q2_K       Q3_K       IQ4_XS
+#   16     1.4/4.1    1.5/4.0    1.3/4.0    1.1/3.6    1.4/3.6    1.8/5.5
+#   32     2.5/4.1    3.1/4.5    2.7/3.8    2.4/3.6    3.0/3.9    3.6/6.0
+#   64     5.5/4.5    6.3/4.3    5.3/4.3    4.9/3.9    5.8/4.4    7.4/6.2
 # The loops do every row's work again (their cost grows with the rows), while the fp32 GEMM
 # runs near this CPU's peak (~160 GFLOP/s a core): an int8 loop with a scale per 32 values on
 # both sides does no fewer operations per multiply-add than the float GEMM does, so prompts
@@ -290,6 +296,7 @@ class KQuantLinear(NativeLinear):
 
     TYPE = -1  # kquants.c's CT_Q4_K .. CT_IQ4_XS
     BLOCK_BYTES = 0
+    GEMM_ABOVE = 32  # the loops take up to 4 rows per pass over the weight: see GEMV_ROWS
 
     def __init__(self, blocks: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None) -> None:
         """blocks: uint8 (N, K / 256 * BLOCK_BYTES), the stored bytes (kept, not copied)."""
@@ -324,30 +331,30 @@ class KQuantLinear(NativeLinear):
 
 
 class Q4KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 0, 144, 24  # GEMM_ABOVE: see GEMV_ROWS
+    TYPE, BLOCK_BYTES = 0, 144
 
 
 class Q5KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 1, 176, 16
+    TYPE, BLOCK_BYTES = 1, 176
 
 
 class Q6KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 2, 210, 24
+    TYPE, BLOCK_BYTES = 2, 210
 
 
 class Q2KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 3, 84, 24
+    TYPE, BLOCK_BYTES = 3, 84
 
 
 class Q3KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 4, 110, 16
+    TYPE, BLOCK_BYTES = 4, 110
 
 
 class IQ4XSLinear(KQuantLinear):
     """IQ4_XS: super-blocks of 256 whose 8 sub-blocks have a 6-bit scale and 4-bit indexes into
     a fixed non-uniform grid of 16 levels (not a K-quant, but read by the same loops)."""
 
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 5, 136, 16
+    TYPE, BLOCK_BYTES = 5, 136
 
 
 class StackedLinear(nn.Module):
