@@ -113,14 +113,15 @@ class NativeLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 4 << 20,
+def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 16 << 20,
                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """x (M, K) times the weight, unpacked to fp32 one slice of rows at a time (about
     `chunk_bytes` of it) for a float GEMM each: a prompt never widens the whole weight (2 GB for
-    a 128k-word output layer), and a slice stays in the cache while the GEMM reads it. Measured
-    at 512 rows, one thread (CPU time), Q8_0: 2048x2048 28 ms in 4 MB slices, 32 ms in 1 MB ones,
-    28 ms whole; 8192x2048 114 ms, 123 ms, 135 ms whole. The GEMMs run in `dtype` (default
-    PROMPT_DTYPE), the bias is added in fp32."""
+    a 128k-word output layer). The GEMMs run in `dtype` (default PROMPT_DTYPE), the bias is added
+    in fp32. Slices of 16 MB: each slice is a few parallel regions (unpack, convert, GEMM), and
+    on a busy 2-core machine a thread waiting at each region's end cost more than the cache
+    saved: Q4_K 8192x2048 at 512 rows, 2 threads (process CPU time, bf16) 360 ms in 4 MB slices,
+    84 ms in 16 MB ones, 157 ms whole in fp32; one thread (CPU time) 36 ms, 43 ms, 144 ms."""
     n, k = layer.out_features, layer.in_features
     dtype = dtype or PROMPT_DTYPE
     step = max(16, chunk_bytes // (4 * k))
