@@ -58,9 +58,9 @@ SUPER_BLOCK = 256  # the K-quants' super-block
 # keep the GEMM, on slices of the weight.
 GEMV_ROWS = 16
 # Where the CPU multiplies bf16 matrices in its AMX tiles (Intel since Sapphire Rapids), a
-# prompt's GEMMs run in bf16 with fp32 sums: 3x the fp32 GEMM with the unpacking included
-# (Q8_0 2048x2048 at 512 rows 8.7 ms against 26; Q4_K 8192x2048 40 ms against 121; one thread,
-# CPU time). Rounding the activations to bf16 (2^-9 of each) is finer than the 8-bit blocks of
+# prompt's GEMMs run in bf16 with fp32 sums: 3-4x the fp32 GEMM with the unpacking included
+# (512 rows, one thread, CPU time, against the whole weight unpacked for an fp32 GEMM: Q8_0
+# 2048x2048 7.5 ms against 27.9, Q4_K 8192x2048 42.8 against 143.6). Rounding the activations to bf16 (2^-9 of each) is finer than the 8-bit blocks of
 # the decode loops; rounding the weights too costs no more (measured: 3.7e-3 of the largest
 # output either way, where the decode loops' rounding costs ~1e-2). Without AMX (AVX2, and
 # AVX-512 without it) bf16 GEMMs are slower than fp32 ones, so fp32 stays.
