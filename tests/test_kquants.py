@@ -127,9 +127,11 @@ def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
     scaled[:, d_at:d_at + 2] = (scaled[:, d_at:d_at + 2].view(np.float16) * 2).view(np.uint8)
     for wrong in (swapped, scaled):
         w = reference(type_name, wrong, n, k)
-        finite = torch.isfinite(w).all()
+        finite = torch.isfinite(w).all(-1)  # a swapped fp16 scale can be inf: those outputs are left out
+        assert bool(finite.sum() >= n // 2)
+        w = w[finite]
         exact = x.double() @ w.double().T
-        assert not finite or bool(((got - exact).abs() > quantization_bound(type_name, w, x, True)).any())
+        assert bool(((got[:, finite] - exact).abs() > quantization_bound(type_name, w, x, True)).any())
 
 
 def test_stored_layer_declines_what_it_has_no_kernel_for_and_reports_bad_sizes():
