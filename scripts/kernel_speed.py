@@ -5,8 +5,9 @@ prompt's (M rows at once) as the time per call and rows (tokens) per second, as 
 (GEMMs on slices of the weight, in bf16 on AMX CPUs), as it ran before (the whole weight widened
 to fp32 for one GEMM) and, with --loops, on the decode loops.
 
-    python scripts/kernel_speed.py                       # 2048x8192 at M = 1, 2048x2048 and 8192x2048 at M = 512
-    python scripts/kernel_speed.py --threads 2 --types Q4_K Q8_0 --shape 4096 4096
+    python scripts/kernel_speed.py                  # 2 threads: 2048x8192 at M = 1, 2048x2048 and 8192x2048 at M = 512
+    python scripts/kernel_speed.py --threads 1 --cpu-time    # steadier figures on a busy shared machine
+    python scripts/kernel_speed.py --types Q4_K Q8_0 --decode-shape 3072 768 --prompt-shapes
 
 The weights are random stored bytes (the speed does not depend on the values).
 """
@@ -26,14 +27,15 @@ from chatterm.model import native_linear  # noqa: E402
 from chatterm.model.native_linear import stored_layer  # noqa: E402
 from test_kquants import stored  # noqa: E402
 
-TYPES = ["BF16", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K"]
+TYPES = ["BF16", "F16", "Q8_0", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS"]
 
 
 CLOCK = time.perf_counter
 
 
 def timed(fn, seconds: float) -> float:
-    """The fastest call of `fn` over about `seconds` of calls (the least disturbed by other work on a shared machine)."""
+    """The fastest call of `fn` over about `seconds` of calls: the least disturbed by other work
+    on a shared machine."""
     fn()
     times, spent = [], 0.0
     while spent < seconds or len(times) < 5:
@@ -62,7 +64,8 @@ def main() -> None:
             parser.error("--cpu-time measures one thread: give --threads 1")
         global CLOCK
         CLOCK = time.thread_time
-    print(f"{args.threads} threads{' (CPU time)' if args.cpu_time else ''}; decode {args.decode_shape[0]}x{args.decode_shape[1]} (N x K); "
+    clock = " (CPU time)" if args.cpu_time else ""
+    print(f"{args.threads} threads{clock}; decode {args.decode_shape[0]}x{args.decode_shape[1]} (N x K); "
           f"prompts of {args.rows} rows")
     for type_name in args.types:
         n, k = args.decode_shape
@@ -79,7 +82,7 @@ def main() -> None:
             with torch.inference_mode():
                 ours = timed(lambda: layer(x), args.seconds)  # slices of the weight, GEMMs in PROMPT_DTYPE
                 whole = timed(lambda: torch.nn.functional.linear(x, layer.dequantized()), args.seconds)  # before
-                loop = timed(lambda: native_linear.prompt_product(layer, x), args.seconds) if args.loops else None
+                loop = timed(lambda: native_linear.kernel_product(layer, x), args.seconds) if args.loops else None
             line += (f" | {shape} M={args.rows}: {ours * 1e3:6.1f} ms ({args.rows / ours:5.0f} tok/s),"
                      f" whole fp32 {whole * 1e3:6.1f} ms ({args.rows / whole:5.0f} tok/s)"
                      + (f", loops {loop * 1e3:6.1f} ms" if loop else ""))

@@ -61,13 +61,13 @@ def test_each_type_loads_as_stored_and_gives_the_dequantized_logits(reference, t
 @needs_kernels
 def test_q_k_and_v_in_different_types_each_keep_their_own(reference, tmp_path):
     """A Q4_K_M file stores some layers' v projection in Q6_K beside Q4_K q and k: the fused
-    projection keeps each part's blocks (RowStack) instead of converting them."""
-    from chatterm.model.cpu_linear import RowStack
+    projection keeps each part's blocks (StackedLinear) instead of converting them."""
+    from chatterm.model.native_linear import StackedLinear
 
     path = write_gguf(tmp_path / "m.gguf", reference, "llama", qtype="Q4_0", per_tensor={"attn_v": "Q8_0"})
     stored = load_checkpoint(path, inference=True).model
     qkv = stored.layers[0].attn.qkv
-    assert isinstance(qkv, RowStack) and [type(p) for p in qkv.parts] == [Q4Linear, Q8Linear]
+    assert isinstance(qkv, StackedLinear) and [type(p) for p in qkv.parts] == [Q4Linear, Q8Linear]
     plain = load_checkpoint(path, precision="fp32").model
     with torch.inference_mode():
         got, want = stored(PROMPT)[0], plain(PROMPT)[0]
@@ -131,7 +131,7 @@ def test_stored_blocks_are_used_without_requantizing(tmp_path):
 
 @needs_kernels
 def test_a_mixed_projection_runs_in_the_fused_step(reference, tmp_path, monkeypatch):
-    """The parts of a RowStack are chained in the fused decode step (kernels.c's ct_lin.next):
+    """The parts of a StackedLinear run in turn in the fused decode step (kernels.c's CT_STACKED):
     the same greedy tokens as the PyTorch path, with the plan applied."""
     import chatterm.model.families.llama as llama
     from chatterm.model.native_blocks import _Plan, _plans

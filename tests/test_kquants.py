@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from chatterm.model import native
-from chatterm.model.native_linear import PROMPT_DTYPE, NativeLinear, stored_layer
+from chatterm.model.native_linear import PROMPT_DTYPE, NativeLinear, StackedLinear, stack_layers, stored_layer
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
@@ -100,7 +100,7 @@ def test_stored_layer_computes_with_the_stored_values(type_name, k):
     assert torch.equal(layer.dequantized(), w)
     ids = torch.tensor([[0, 36, 5], [5, 5, 17]])
     assert torch.equal(layer.rows(ids), w[ids])
-    for rows in (1, 3, 37):
+    for rows in (1, 3, 6, 37):  # the K-quant loops take rows 4 (AVX-512; AVX2: 2) at a time, then the rest
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
         with torch.inference_mode():
             got = layer(x).double()
@@ -127,9 +127,11 @@ def test_a_wrong_nibble_order_or_scale_would_be_caught(type_name):
     scaled[:, d_at:d_at + 2] = (scaled[:, d_at:d_at + 2].view(np.float16) * 2).view(np.uint8)
     for wrong in (swapped, scaled):
         w = reference(type_name, wrong, n, k)
-        finite = torch.isfinite(w).all()
+        finite = torch.isfinite(w).all(-1)  # a swapped fp16 scale can be inf: those outputs are left out
+        assert bool(finite.sum() >= n // 2)
+        w = w[finite]
         exact = x.double() @ w.double().T
-        assert not finite or bool(((got - exact).abs() > quantization_bound(type_name, w, x, True)).any())
+        assert bool(((got[:, finite] - exact).abs() > quantization_bound(type_name, w, x, True)).any())
 
 
 def test_stored_layer_declines_what_it_has_no_kernel_for_and_reports_bad_sizes():
@@ -170,7 +172,7 @@ def test_avx2_and_portable_builds_agree_with_this_cpus_build(tmp_path):
     the same sums: within fp32 rounding of each other, and the same weights exactly."""
     builds = {"portable": _build(tmp_path, "portable", []), "avx2": _build(tmp_path, "avx2", ["-march=haswell"])}
     assert builds["portable"].ct_has_avx2() == 0 and builds["avx2"].ct_has_avx2() == 1
-    x = torch.randn(3, 768, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(7, 768, generator=torch.Generator().manual_seed(4))
     for type_name in ["F16", "IQ4_NL", *K_QUANTS]:
         layer = stored_layer(type_name, stored(type_name, 37, 768), (37, 768), None)
         with torch.inference_mode():
@@ -198,8 +200,23 @@ def _kquant_llama():
             n, k = getattr(owner, name).weight.shape
             # weights a few times the init's size (1/sqrt(k)): clear winners for greedy decoding
             setattr(owner, name, stored_layer(type_name, stored(type_name, n, k, seed, 6 / k ** 0.5), (n, k), None))
+    # layer 0's q, k, v as a Q4_K_M file stores them (Q4_K, Q4_K, Q6_K): a stacked projection;
+    # layer 2's gate and up both Q8_0: merged into one layer
+    q, k, v = _qkv_parts(model, ("Q4_K", "Q4_K", "Q6_K"), 11)
+    model.layers[0].attn.qkv = stack_layers([q, k, v])
+    half = model.layers[2].mlp.gate_up.out_features // 2
+    model.layers[2].mlp.gate_up = stack_layers([stored_layer("Q8_0", stored("Q8_0", half, 256, s), (half, 256), None)
+                                                for s in (12, 13)])
     model.lm_head = stored_layer("Q6_K", stored("Q6_K", 300, 256, 9, 0.5), (300, 256), None)
     return llama, model
+
+
+def _qkv_parts(model, types, seed):
+    """Layer 0's q, k and v projections as stored tensors of `types`."""
+    attn = model.layers[0].attn
+    widths = (attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim, attn.n_kv_head * attn.head_dim)
+    return [stored_layer(t, stored(t, n, 256, seed + i, 6 / 16), (n, 256), None)
+            for i, (t, n) in enumerate(zip(types, widths))]
 
 
 def test_fused_step_decodes_a_kquant_llama_as_pytorch_does(monkeypatch):
@@ -209,6 +226,8 @@ def test_fused_step_decodes_a_kquant_llama_as_pytorch_does(monkeypatch):
     llama, model = _kquant_llama()
     fused_ids, fused_logits = _decode(model, [1, 2, 3, 4, 5], 20)
     assert isinstance(_plans.get(model), _Plan)  # the fused step ran, with every kind
+    assert isinstance(model.layers[0].attn.qkv, StackedLinear)
+    assert type(model.layers[2].mlp.gate_up).__name__ == "Q8Linear"
     monkeypatch.setattr(llama, "llama_decode_step", lambda *args: None)
     plain_ids, plain_logits = _decode(model, [1, 2, 3, 4, 5], 20)
     assert fused_ids == plain_ids
@@ -236,3 +255,22 @@ def test_prompts_unpack_the_weight_slice_by_slice(type_name):
         got = layer(x)
     bound = quantization_bound(type_name, layer.dequantized(), x, on_kernel=False) + 1e-5
     assert bool(((got - want).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("types", [("Q4_K", "Q4_K", "Q6_K"), ("Q6_K", "Q6_K", "Q6_K"), ("Q8_0", "Q4_1", "F16")])
+def test_stacked_layers_are_their_parts_one_after_another(types):
+    """q, k and v stored as different types stack into one projection (one layer where the
+    types agree), with each part's bias in its place."""
+    widths, k = (64, 32, 32), 256
+    parts = [stored_layer(t, stored(t, n, k, i), (n, k), torch.randn(n) if i != 1 else None)
+             for i, (t, n) in enumerate(zip(types, widths))]
+    layer = stack_layers(parts)
+    assert isinstance(layer, StackedLinear) == (len(set(types)) > 1)
+    assert layer.out_features == 128 and layer.in_features == k
+    assert torch.equal(layer.dequantized(), torch.cat([part.dequantized() for part in parts]))
+    for rows in (1, 3, 40):
+        x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+        with torch.inference_mode():
+            assert torch.allclose(layer(x), torch.cat([part(x) for part in parts], -1), atol=1e-5)
+    with pytest.raises(ValueError, match="one input width"):
+        stack_layers([parts[0], stored_layer("Q6_K", stored("Q6_K", 8, 512), (8, 512), None)])

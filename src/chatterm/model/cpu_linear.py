@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import native
-from .native_linear import Bf16Linear, NativeLinear, Q4Linear, Q8Linear
+from .native_linear import Bf16Linear, NativeLinear, Q4Linear, Q8Linear, StackedLinear
 from .quantized_linear import Int4Linear, Int8Linear, dequantized_reference, quantize_linear, quantized_kernels_available
 
 _SUPPORTED = {torch.float32: None, torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
@@ -127,26 +127,6 @@ def quantized_layer(linear: nn.Linear, bits: int) -> nn.Module:
     return make(linear)
 
 
-class RowStack(nn.Module):
-    """One projection whose output rows come from several layers: a file may store q, k and v
-    (fused into one projection here) in different quantization types, and each part keeps its
-    own kernel."""
-
-    def __init__(self, parts: list[nn.Module], bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.parts = nn.ModuleList(parts)
-        self.in_features = parts[0].in_features
-        self.out_features = sum(p.out_features for p in parts)
-        self.register_buffer("bias", None if bias is None else bias.float().contiguous(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.cat([part(x) for part in self.parts], dim=-1)
-        return y if self.bias is None else y + self.bias
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
 # (kind, dtype or bits) -> whether the first layer of that kind agreed with F.linear (a process
 # checks each kind once: a build that accepts the call but computes something else is caught).
 _AGREES: dict = {}
@@ -226,7 +206,7 @@ def weights_label(model: nn.Module) -> str:
 
     weights: Counter = Counter()
     for m in model.modules():
-        if isinstance(m, (RowStack, TiedEmbedding)):
+        if isinstance(m, (StackedLinear, TiedEmbedding)):
             continue
         kind = getattr(m, "stored_type", None) or _KIND_LABELS.get(type(m))
         if kind is None and isinstance(m, nn.Linear):

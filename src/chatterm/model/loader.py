@@ -275,12 +275,13 @@ def _as_float(value, dtype: torch.dtype) -> torch.Tensor:
 
 def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernels: bool, device) -> nn.Module:
     """The CPU layer that computes with `weight` (see the module docstring)."""
-    from .cpu_linear import RowStack, float_linear_layer, quantized_layer
+    from .cpu_linear import float_linear_layer, quantized_layer
+    from .native_linear import stack_layers
 
     if isinstance(weight, list) and precision is None:  # each part its own layer, with its share of the bias
         ends = np.cumsum([0, *(w.shape[0] for w in weight)])
-        return RowStack([_linear(w, None if bias is None else bias[a:b], precision, cpu_kernels, device)
-                         for w, a, b in zip(weight, ends[:-1], ends[1:])], None)
+        return stack_layers([_linear(w, None if bias is None else bias[a:b], precision, cpu_kernels, device)
+                             for w, a, b in zip(weight, ends[:-1], ends[1:])])
     if precision in QUANTIZED_BITS:
         return quantized_layer(_float_linear(_as_float(weight, torch.float32), bias), QUANTIZED_BITS[precision])
     if precision is None and native.library() is not None:

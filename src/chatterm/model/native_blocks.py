@@ -27,26 +27,23 @@ import weakref
 import torch
 
 from . import native
-from .cpu_linear import RowStack
 from .native_attention import _CACHE_DTYPES
 from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2KLinear, Q3KLinear, Q4KLinear, Q4Linear,
-                            Q5KLinear, Q6KLinear, Q8Linear)
+                            Q5KLinear, Q6KLinear, Q8Linear, StackedLinear)
 
 # kernels.c's ct_lin kinds; a K-quant's (or IQ4_XS's) is 4 + its kquants.c type code
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2, F16Linear: 3,
           **{kind: 4 + kind.TYPE for kind in (Q4KLinear, Q5KLinear, Q6KLinear, Q2KLinear, Q3KLinear, IQ4XSLinear)},
-          IQ4NLLinear: 10}
+          IQ4NLLinear: 10}  # 4 + CT_KQ_LAST + 1 in kernels.c's lin_apply
+_STACKED = 11  # kernels.c's CT_STACKED: parts of the kinds above, one after another
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Plan (or _NOT_HERE)
 _NOT_HERE = object()
 
 
 class _Linear(ctypes.Structure):  # kernels.c's ct_lin
-    pass
-
-
-_Linear._fields_ = [("kind", ctypes.c_int64), ("N", ctypes.c_int64), ("K", ctypes.c_int64), ("w", ctypes.c_void_p),
-                    ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-                    ("next", ctypes.POINTER(_Linear))]
+    _fields_ = [("kind", ctypes.c_int64), ("N", ctypes.c_int64), ("K", ctypes.c_int64), ("w", ctypes.c_void_p),
+                ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("parts", ctypes.c_int64)]
 
 
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
@@ -58,28 +55,23 @@ def _pointer(t: torch.Tensor | None):
     return t.data_ptr() if t is not None else None
 
 
-def _parts(layer) -> list:
-    """The kernel layers computing `layer`'s rows: itself, or a RowStack's parts in order."""
-    return list(layer.parts) if isinstance(layer, RowStack) else [layer]
+def _descriptor(layer, held: list) -> _Linear:
+    """kernels.c's view of `layer`; a stacked layer's array of parts goes into `held`, kept
+    as long as the plan."""
+    if isinstance(layer, StackedLinear):
+        parts = (_Linear * len(layer.parts))(*(_descriptor(part, held) for part in layer.parts))
+        held.append(parts)
+        return _Linear(_STACKED, layer.out_features, layer.in_features, ctypes.addressof(parts), None, None, None,
+                       len(layer.parts))
+    return _Linear(_KINDS[type(layer)], layer.out_features, layer.in_features, _pointer(layer.weight),
+                   _pointer(getattr(layer, "scale", None)), _pointer(getattr(layer, "offset", None)),
+                   _pointer(layer.bias), 0)
 
 
-def _descriptor(layer, keep: list) -> _Linear:
-    """kernels.c's description of `layer`; a RowStack's parts are chained through `next` (the
-    chained structs are appended to `keep`, which must outlive every call that reads them)."""
-    def one(part) -> _Linear:
-        return _Linear(_KINDS[type(part)], part.out_features, part.in_features, _pointer(part.weight),
-                       _pointer(getattr(part, "scale", None)), _pointer(getattr(part, "offset", None)),
-                       _pointer(part.bias))
-
-    parts = _parts(layer)
-    head, tail = one(parts[0]), None
-    for part in reversed(parts[1:]):
-        node = one(part)
-        node.next = tail
-        keep.append(node)
-        tail = ctypes.pointer(node)
-    head.next = tail
-    return head
+def _has_kernel(layer) -> bool:
+    if isinstance(layer, StackedLinear):
+        return all(type(part) in _KINDS for part in layer.parts)
+    return type(layer) in _KINDS
 
 
 class _Plan:
@@ -88,12 +80,11 @@ class _Plan:
     def __init__(self, blocks, linears_of, norms_of, cache) -> None:
         self.keys = cache.keys  # the cache these pointers are into
         self.tensors = [cache.keys, cache.values]  # held: nothing pointed at is freed meanwhile
-        self.chained: list = []  # a RowStack's later parts, pointed at by `next`
         layers = []
         for i, block in enumerate(blocks):
             linears, norms = linears_of(block), norms_of(block)
             self.tensors += [*linears, *norms]
-            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer, self.chained) for layer in linears)),
+            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer, self.tensors) for layer in linears)),
                                  (ctypes.c_void_p * 4)(*(_pointer(t) for t in norms), *[None] * (4 - len(norms))),
                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr()))
         self.layers = (_Layer * len(layers))(*layers)
@@ -107,8 +98,7 @@ def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | Non
     if plan is not None and plan.keys is cache.keys:
         return plan
     applies = native.library() is not None and all(
-        all(type(part) in _KINDS for layer in linears_of(b) for part in _parts(layer)) and shapes_fit(b)
-        and not any(isinstance(layer, RowStack) and layer.bias is not None for layer in linears_of(b))
+        all(_has_kernel(layer) for layer in linears_of(b)) and shapes_fit(b)
         and all(t is None or t.dtype == torch.float32 for t in norms_of(b)) for b in blocks)
     if not applies:
         _plans[model] = _NOT_HERE

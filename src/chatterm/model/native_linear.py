@@ -24,6 +24,8 @@ fp32 weight it computes with, for checks). Each needs `in_features % 32 == 0` (`
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -39,20 +41,26 @@ SUPER_BLOCK = 256  # the K-quants' super-block
 # EPYC, 3072x768 at 16 rows: q8 loop 1.5 ms, unpack + GEMM ~3 ms; at 64 rows 9.8 ms against ~7 ms.
 # On the AVX-512 Xeon, one thread (CPU time, 2048x2048, `python scripts/kernel_speed.py` and
 # its --rows), loop / unpack + GEMM in ms:
-#   rows   Q8_0       Q4_0       Q4_K       Q5_K       Q6_K       BF16       F16        Q2_K       Q3_K
-#   16     1.8/3.3    2.0/4.1    2.6/3.9    3.8/4.2    2.5/3.5    2.8/3.1    2.4/3.5    2.1/4.0    3.0/3.8
-#   32     3.5/4.0    3.9/5.3    5.2/5.1    7.5/4.9    4.9/4.5    6.0/3.9    4.9/4.8    4.4/4.8    6.1/4.7
-#   64     6.8/5.8    7.9/6.7    10.7/6.8   14.7/6.7   9.9/6.1    12.7/5.5   10.6/6.5   8.7/6.2    12.2/6.1
-#   512    64/28      -          85/27      -          -          314/27     -          -
+#   rows   Q8_0       Q4_0       BF16       F16
+#   16     1.8/3.3    2.0/4.1    2.8/3.1    2.4/3.5
+#   32     3.5/4.0    3.9/5.3    6.0/3.9    4.9/4.8
+#   64     6.8/5.8    7.9/6.7    12.7/5.5   10.6/6.5
+#   512    64/28      -          314/27     -
+# The K-quant loops take up to 4 rows per pass over a weight row (the weight unpacked once for
+# them), against the unpacked GEMM in bf16 (AMX; below):
+#   rows   Q4_K       Q5_K       Q6_K       Q2_K       Q3_K       IQ4_XS
+#   16     1.4/4.1    1.5/4.0    1.3/4.0    1.1/3.6    1.4/3.6    1.8/5.5
+#   32     2.5/4.1    3.1/4.5    2.7/3.8    2.4/3.6    3.0/3.9    3.6/6.0
+#   64     5.5/4.5    6.3/4.3    5.3/4.3    4.9/3.9    5.8/4.4    7.4/6.2
 # The loops do every row's work again (their cost grows with the rows), while the fp32 GEMM
 # runs near this CPU's peak (~160 GFLOP/s a core): an int8 loop with a scale per 32 values on
 # both sides does no fewer operations per multiply-add than the float GEMM does, so prompts
 # keep the GEMM, on slices of the weight.
 GEMV_ROWS = 16
 # Where the CPU multiplies bf16 matrices in its AMX tiles (Intel since Sapphire Rapids), a
-# prompt's GEMMs run in bf16 with fp32 sums: 3x the fp32 GEMM with the unpacking included
-# (Q8_0 2048x2048 at 512 rows 8.7 ms against 26; Q4_K 8192x2048 40 ms against 121; one thread,
-# CPU time). Rounding the activations to bf16 (2^-9 of each) is finer than the 8-bit blocks of
+# prompt's GEMMs run in bf16 with fp32 sums: 3-4x the fp32 GEMM with the unpacking included
+# (512 rows, one thread, CPU time, against the whole weight unpacked for an fp32 GEMM: Q8_0
+# 2048x2048 7.5 ms against 27.9, Q4_K 8192x2048 42.8 against 143.6). Rounding the activations to bf16 (2^-9 of each) is finer than the 8-bit blocks of
 # the decode loops; rounding the weights too costs no more (measured: 3.7e-3 of the largest
 # output either way, where the decode loops' rounding costs ~1e-2). Without AMX (AVX2, and
 # AVX-512 without it) bf16 GEMMs are slower than fp32 ones, so fp32 stays.
@@ -62,7 +70,7 @@ PROMPT_DTYPE = torch.bfloat16 if native.cpu_has("amx_bf16") else torch.float32
 class NativeLinear(nn.Module):
     """`y = x W^T + b` through one kernels.c function; subclasses hold W."""
 
-    GEMM_ABOVE = GEMV_ROWS  # more rows than this at once: widen W to fp32 for one float GEMM
+    GEMM_ABOVE = GEMV_ROWS  # more rows than this at once: float GEMMs on slices of W unpacked (chunked_gemm)
 
     def __init__(self, linear_or_shape, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -85,7 +93,7 @@ class NativeLinear(nn.Module):
         if flat.size(0) > self.GEMM_ABOVE:  # a prompt: float GEMMs on slices of the unpacked weight are faster
             y = chunked_gemm(self, flat)
         else:
-            y = prompt_product(self, flat)
+            y = kernel_product(self, flat)
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
 
     def dequantized(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -105,14 +113,15 @@ class NativeLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 4 << 20,
+def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 16 << 20,
                  dtype: torch.dtype | None = None) -> torch.Tensor:
     """x (M, K) times the weight, unpacked to fp32 one slice of rows at a time (about
     `chunk_bytes` of it) for a float GEMM each: a prompt never widens the whole weight (2 GB for
-    a 128k-word output layer), and a slice stays in the cache while the GEMM reads it. Measured
-    at 512 rows, one thread (CPU time), Q8_0: 2048x2048 28 ms in 4 MB slices, 32 ms in 1 MB ones,
-    28 ms whole; 8192x2048 114 ms, 123 ms, 135 ms whole. The GEMMs run in `dtype` (default
-    PROMPT_DTYPE), the bias is added in fp32."""
+    a 128k-word output layer). The GEMMs run in `dtype` (default PROMPT_DTYPE), the bias is added
+    in fp32. Slices of 16 MB: each slice is a few parallel regions (unpack, convert, GEMM), and
+    on a busy 2-core machine a thread waiting at each region's end cost more than the cache
+    saved: Q4_K 8192x2048 at 512 rows, 2 threads (process CPU time, bf16) 360 ms in 4 MB slices,
+    84 ms in 16 MB ones, 157 ms whole in fp32; one thread (CPU time) 36 ms, 43 ms, 144 ms."""
     n, k = layer.out_features, layer.in_features
     dtype = dtype or PROMPT_DTYPE
     step = max(16, chunk_bytes // (4 * k))
@@ -124,8 +133,9 @@ def chunked_gemm(layer: NativeLinear, x: torch.Tensor, chunk_bytes: int = 4 << 2
     return y if layer.bias is None else y.add_(layer.bias)
 
 
-def prompt_product(layer: NativeLinear, x: torch.Tensor) -> torch.Tensor:
-    """x (M, K) fp32 contiguous times the layer's weight on its own kernel, whatever M."""
+def kernel_product(layer: NativeLinear, x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) fp32 contiguous times the layer's weight on its own loops (for any M: the
+    decode step's path, and a measurement's)."""
     y = torch.empty(x.size(0), layer.out_features)
     bias = layer.bias.data_ptr() if layer.bias is not None else None
     if layer._matvec(x, bias, y, x.size(0), torch.get_num_threads()):
@@ -180,6 +190,7 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Q8Linear(NativeLinear):
     GEMM_ABOVE = 32  # see GEMV_ROWS
+
     def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q.shape, bias)
         # -128 has no positive counterpart for the kernel's sign trick; a quantizer never makes it
@@ -212,6 +223,7 @@ class Q8Linear(NativeLinear):
 
 class Q4Linear(NativeLinear):
     GEMM_ABOVE = 32
+
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2): block b's byte j holds value j (low nibble) and j + 16 (high), 0..15
         (GGUF's own order); d, m (N, K/32): w = q * d + m."""
@@ -254,7 +266,6 @@ class IQ4NLLinear(NativeLinear):
     a fixed grid of 16 levels (w = d * level[q])."""
 
     GEMM_ABOVE = 32
-    LEVELS = torch.tensor([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=torch.float32)
 
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2) in Q4Linear's (and GGUF's) nibble order; d (N, K/32)."""
@@ -270,11 +281,13 @@ class IQ4NLLinear(NativeLinear):
         self._lib.ct_dequant_iq4nl(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), out.data_ptr(),
                                    out.size(0), self.in_features, threads)
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        packed = self.weight[ids].long()
-        low, high = (packed & 15).unflatten(-1, (-1, BLOCK // 2)), (packed >> 4).unflatten(-1, (-1, BLOCK // 2))
-        levels = self.LEVELS[torch.cat((low, high), dim=-1)]  # (..., K/32, 32)
-        return (levels * self.scale[ids].view(torch.float16).float()[..., None]).flatten(-2)
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:  # the grid lives in the C code: unpacked there
+        flat = ids.reshape(-1)
+        weight, scale = self.weight[flat].contiguous(), self.scale[flat].contiguous()
+        out = torch.empty(flat.numel(), self.in_features)
+        self._lib.ct_dequant_iq4nl(weight.data_ptr(), scale.data_ptr(), out.data_ptr(), out.size(0),
+                                   self.in_features, 1)
+        return out.view(*ids.shape, self.in_features)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", iq4_nl (blocks of 32)"
@@ -283,8 +296,9 @@ class IQ4NLLinear(NativeLinear):
 class KQuantLinear(NativeLinear):
     """A K-quant weight as GGUF stores it: each row K / 256 super-blocks of BLOCK_BYTES bytes."""
 
-    TYPE = -1  # kquants.c's CT_Q4_K .. CT_Q3_K
+    TYPE = -1  # kquants.c's CT_Q4_K .. CT_IQ4_XS
     BLOCK_BYTES = 0
+    GEMM_ABOVE = 32  # the loops take up to 4 rows per pass over the weight: see GEMV_ROWS
 
     def __init__(self, blocks: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None) -> None:
         """blocks: uint8 (N, K / 256 * BLOCK_BYTES), the stored bytes (kept, not copied)."""
@@ -319,30 +333,76 @@ class KQuantLinear(NativeLinear):
 
 
 class Q4KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 0, 144, 24  # GEMM_ABOVE: see GEMV_ROWS
+    TYPE, BLOCK_BYTES = 0, 144
 
 
 class Q5KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 1, 176, 16
+    TYPE, BLOCK_BYTES = 1, 176
 
 
 class Q6KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 2, 210, 24
+    TYPE, BLOCK_BYTES = 2, 210
 
 
 class Q2KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 3, 84, 24
+    TYPE, BLOCK_BYTES = 3, 84
 
 
 class Q3KLinear(KQuantLinear):
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 4, 110, 16
+    TYPE, BLOCK_BYTES = 4, 110
 
 
 class IQ4XSLinear(KQuantLinear):
     """IQ4_XS: super-blocks of 256 whose 8 sub-blocks have a 6-bit scale and 4-bit indexes into
     a fixed non-uniform grid of 16 levels (not a K-quant, but read by the same loops)."""
 
-    TYPE, BLOCK_BYTES, GEMM_ABOVE = 5, 136, 16
+    TYPE, BLOCK_BYTES = 5, 136
+
+
+class StackedLinear(nn.Module):
+    """Layers with one input whose outputs follow one another: a fused projection (q, k and v;
+    gate and up) whose parts a GGUF file stores as different types (a Q4_K_M file's attn_v is
+    Q6_K where attn_q is Q4_K). Each part keeps its own kernel and bias; the fused decode step
+    runs the parts in turn (kernels.c's CT_STACKED)."""
+
+    def __init__(self, parts: list[nn.Module]) -> None:
+        super().__init__()
+        if any(part.in_features != parts[0].in_features for part in parts):
+            raise ValueError("stacked layers need one input width")
+        self.parts = nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(part.out_features for part in parts)
+        self.bias = None  # the parts' own
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+    def dequantized(self) -> torch.Tensor:
+        return torch.cat([part.dequantized() for part in self.parts])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.dequantized()[ids]  # for checks: a stacked projection is not an embedding
+
+
+def stack_layers(parts: list[nn.Module]) -> nn.Module:
+    """One layer computing the parts' outputs one after another (q, k, v -> qkv). Parts of one
+    kernel class become one layer of that class, their rows (and biases, zeros where a part has
+    none) concatenated; parts of different classes a StackedLinear."""
+    first = parts[0]
+    if not isinstance(first, NativeLinear) or any(type(part) is not type(first) for part in parts):
+        return StackedLinear(parts)
+    if any(part.in_features != first.in_features for part in parts):
+        raise ValueError("stacked layers need one input width")
+    merged = copy.copy(first)  # the class and its attributes; the buffers are replaced below
+    merged._parameters, merged._modules = {}, {}
+    merged._buffers = {name: None if tensor is None else torch.cat([part._buffers[name] for part in parts])
+                       for name, tensor in first._buffers.items() if name != "bias"}
+    merged._non_persistent_buffers_set = set(first._non_persistent_buffers_set)
+    merged.out_features = sum(part.out_features for part in parts)
+    biases = [part.bias for part in parts]
+    merged._buffers["bias"] = None if all(b is None for b in biases) else torch.cat(
+        [torch.zeros(part.out_features) if b is None else b for part, b in zip(parts, biases)])
+    return merged
 
 
 # ---- GGUF tensors as stored -> layers -----------------------------------------------------
@@ -430,7 +490,8 @@ def has_kernel(type_name: str) -> bool:
     return type_name in _STORED and native.library() is not None
 
 
-def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int], bias: torch.Tensor | None) -> nn.Module | None:
+def stored_layer(type_name: str, raw: np.ndarray, shape: tuple[int, int],
+                 bias: torch.Tensor | None) -> nn.Module | None:
     """The layer computing with a GGUF tensor's stored values: raw uint8 (N, bytes per row) in
     GGML type `type_name` ("Q4_K", "F16", ...), shape (N, K). None where no kernel takes it
     (F32, the loader keeps a float linear; a type without a kernel, the loader dequantizes it;

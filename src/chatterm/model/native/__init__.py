@@ -6,7 +6,7 @@ end up well below what the memory bus allows (BENCHMARKS.md, issue 16). kernels.
 llama.cpp does: bf16 weights widened in registers, and 8/4-bit weights multiplied by 8-bit
 activations in integers, with AVX2 or, where `-march=native` finds it, AVX-512 VNNI.
 
-How: the C files (kernels.c; kquants.c for GGUF's K-quants; common.h between them) ship with the
+How: the C files (kernels.c; kquants.c for GGUF's K-quants and IQ4_XS; common.h between them) ship with the
 package. `library()` compiles them into one library once per (sources, compiler, CPU)
 with the system C compiler (`$CC`, else gcc, else cc) into the user's cache folder
 (`$CHATTERM_CACHE_DIR`, else platformdirs' cache dir), atomically, and loads it. No compiler,

@@ -674,28 +674,20 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * cache write at `pos`, attention over positions 0..pos, the output projection and residual,
  * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
 
-typedef struct ct_lin_s {
+typedef struct {
     int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
-                   * 4 + CT_KQ_LAST + 1 (10): iq4nl */
+                   * 4 + CT_KQ_LAST + 1 (10): iq4nl, CT_STACKED (11): w is `parts` ct_lins whose outputs
+                   * follow one another (q, k and v of one projection stored as different types) */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
     const float *bias;
-    /* The next rows of the same projection, in another type (a file may store q and k in Q4_K and
-     * v in Q6_K; each part keeps its own blocks and kernel): its outputs follow ours in y. */
-    const struct ct_lin_s *next;
+    int64_t parts;
 } ct_lin;
 
-static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads);
+#define CT_STACKED 11
 
 static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
-    for (; L; y += L->N, L = L->next)
-        if (lin_apply_one(L, x, y, nthreads))
-            return -1;
-    return 0;
-}
-
-static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads) {
     switch (L->kind) {
     case 0:
         ct_linear_bf16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
@@ -709,6 +701,13 @@ static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads
         return 0;
     case 4 + CT_KQ_LAST + 1:
         return ct_linear_iq4nl(x, (const uint8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
+    case CT_STACKED: {
+        const ct_lin *parts = (const ct_lin *)L->w;
+        int failed = 0;
+        for (int64_t p = 0, row = 0; p < L->parts; row += parts[p].N, p++)
+            failed |= parts[p].kind == CT_STACKED || lin_apply(&parts[p], x, y + row, nthreads);
+        return failed ? -1 : 0;
+    }
     default:
         if (L->kind >= 4 && L->kind <= 4 + CT_KQ_LAST)
             return ct_linear_kq((int)(L->kind - 4), x, (const uint8_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);

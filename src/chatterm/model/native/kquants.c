@@ -1,4 +1,4 @@
-/* GGUF's K-quants as stored, times activations: y[M,N] = x[M,K] W^T (+ bias), W in super-blocks
+/* GGUF's K-quants (and IQ4_XS) as stored, times activations: y[M,N] = x[M,K] W^T (+ bias), W in super-blocks
  * of 256 values along K (ggml's layouts, read byte for byte):
  *   Q4_K (144 bytes): fp16 d, dmin; 12 bytes of 6-bit scales and mins for 8 sub-blocks of 32;
  *                     128 bytes of nibbles (chunk c of 64 values: byte l holds value l of
@@ -11,6 +11,9 @@
  *                     dmin. w = d sc q - dmin m.
  *   Q3_K (110 bytes): 32 bytes of high bits, 64 of 2-bit q, 12 of 6-bit scales (minus 32), fp16
  *                     d. w = d sc q, q -4..3 (the high bit set means no -4).
+ *   IQ4_XS (136 bytes, not a K-quant but laid out as one): fp16 d, 2 + 4 bytes of 6-bit scales
+ *                     (minus 32) for 8 sub-blocks of 32, 128 bytes of nibbles (sub-block j's 16
+ *                     bytes: value l low, l + 16 high) indexing 16 fixed levels. w = d sc level[q].
  * Activations are quantized per 256 to int8 with one float scale and the sum of each 16 (ggml's
  * q8_K): a sub-block's offset then costs one multiply by that sum, not a pass over its values.
  *
@@ -22,7 +25,9 @@
  * super-block to 256 int8 values and 16 scales and offsets (the same unpacking gives the fp32
  * weights, so `dequantized()` and the kernels read one thing). Measured, one thread of the
  * AVX-512 Xeon, 2048x8192 (scripts/kernel_speed.py --threads 1 --cpu-time): Q4_K 0.64 ms,
- * Q5_K 0.98, Q6_K 0.68, Q3_K 0.81, Q2_K 0.54; Q8_0 0.68, Q4_0 0.52 (kernels.c).
+ * Q5_K 0.96, Q6_K 0.66, Q3_K 0.76, Q2_K 0.54, IQ4_XS 0.85; Q8_0 0.64, Q4_0 0.44 (kernels.c).
+ * A few rows at once (a short prompt) share each super-block's unpacking (dot_kq_rows): Q4_K
+ * 2048x2048 at 16 rows 2.55 -> 1.42 ms.
  */
 #include "common.h"
 
@@ -226,12 +231,14 @@ static inline void scales_k4_words(const uint8_t *s, uint64_t *sc, uint64_t *mn)
     *mn = (b & 0x3f3f3f3fu) | (uint64_t)(((c >> 4) & 0x0f0f0f0fu) | ((b >> 2) & 0x30303030u)) << 32;
 }
 
-static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const int16_t *sums, __m256i *offsets) {
+static inline void block_k4(int type, const uint8_t *b, int R, const int8_t *const *x, const int16_t *const *sums,
+                            ivec *dots, __m256i *offsets) {
     const uint8_t *qs = type == CT_Q5_K ? b + 48 : b + 16;
     uint64_t sc64, mn64;
     scales_k4_words(b + 4, &sc64, &mn64);
     __m128i m8 = _mm_cvtsi64_si128((long long)mn64);
-    *offsets = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)), _mm256_loadu_si256((const __m256i *)sums));
+    __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+    for (int i = 0; i < R; i++) offsets[i] = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)sums[i]));
     const __m256i low4 = _mm256_set1_epi8(0x0f);
 #if defined(CT_AVX512)
     /* 64 values a step: the two sub-blocks of a chunk side by side, each sum of two products
@@ -239,7 +246,7 @@ static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const i
     const __m512i sixteen = _mm512_set1_epi8(16);
     __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc64)));
     __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 16)));
-    __m512i acc = _mm512_setzero_si512();
+    for (int i = 0; i < R; i++) dots[i] = _mm512_setzero_si512();
     for (int c = 0; c < 4; c++) {
         __m256i r = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
         __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
@@ -248,13 +255,15 @@ static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const i
             __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * c))), _mm256_set1_epi8((char)(2 << (2 * c))), 1);
             q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hbits, bit), q, sixteen);
         }
-        __m512i pairs = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(x + 64 * c)));
         __m512i which = _mm512_inserti64x4(_mm512_set1_epi16((short)(2 * c)), _mm256_set1_epi16((short)(2 * c + 1)), 1);
-        acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
+        __m512i sc = _mm512_permutexvar_epi16(which, scales);
+        for (int i = 0; i < R; i++)
+            dots[i] = _mm512_dpwssd_epi32(dots[i], _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)(x[i] + 64 * c))), sc);
     }
 #else
     const __m256i sixteen = _mm256_set1_epi8(16);
-    __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16)), acc = _mm256_setzero_si256();
+    __m256i hbits = _mm256_loadu_si256((const __m256i *)(b + 16));
+    for (int i = 0; i < R; i++) dots[i] = _mm256_setzero_si256();
     for (int c = 0; c < 4; c++) {
         __m256i r = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
         __m256i lo = _mm256_and_si256(r, low4), hi = _mm256_and_si256(_mm256_srli_epi16(r, 4), low4);
@@ -263,13 +272,15 @@ static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const i
             lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, b0), b0), sixteen));
             hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, b1), b1), sixteen));
         }
-        __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * c)));
-        __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p0, _mm256_set1_epi16((short)((sc64 >> (16 * c)) & 0xff))));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16((short)((sc64 >> (16 * c + 8)) & 0xff))));
+        __m256i s0 = _mm256_set1_epi16((short)((sc64 >> (16 * c)) & 0xff));
+        __m256i s1 = _mm256_set1_epi16((short)((sc64 >> (16 * c + 8)) & 0xff));
+        for (int i = 0; i < R; i++) {
+            __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x[i] + 64 * c)));
+            __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x[i] + 64 * c + 32)));
+            dots[i] = _mm256_add_epi32(dots[i], _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
+        }
     }
 #endif
-    return acc;
 }
 
 /* The types with a scale per 16 values (Q6_K, Q2_K, Q3_K), q taken unsigned:
@@ -278,7 +289,8 @@ static inline ivec block_k4(int type, const uint8_t *b, const int8_t *x, const i
  *   Q2_K: q 0..3,   w = d sc q - dmin m: the offsets are the 4-bit mins m, scaled by dmin
  * The first sum is returned as an ivec (to scale by d), the second in *offsets (8 int32). A half
  * (128 values) is 4 vectors of 32 values, values 32 s .. 32 s + 31 in q[s], in all three. */
-static inline ivec block_g16(int type, const uint8_t *b, const int8_t *x, const int16_t *sums, __m256i *offsets) {
+static inline void block_g16(int type, const uint8_t *b, int R, const int8_t *const *x, const int16_t *const *sums,
+                             ivec *dots, __m256i *offsets) {
     const __m256i low4 = _mm256_set1_epi8(0x0f), low2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1);
     __m256i sc16, by16;
     if (type == CT_Q6_K) {
@@ -298,16 +310,17 @@ static inline ivec block_g16(int type, const uint8_t *b, const int8_t *x, const 
              ((uint64_t)((c >> 4) & 0x03030303u) | (uint64_t)((c >> 6) & 0x03030303u) << 32) << 4;
         sc16 = by16 = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_set_epi64x((long long)hi, (long long)lo)), _mm256_set1_epi16(32));
     }
-    *offsets = _mm256_madd_epi16(by16, _mm256_loadu_si256((const __m256i *)sums));
+    for (int i = 0; i < R; i++) offsets[i] = _mm256_madd_epi16(by16, _mm256_loadu_si256((const __m256i *)sums[i]));
 #if defined(CT_AVX512)
     static const int16_t lane_eighths[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                              2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
     const __m512i eighths = _mm512_loadu_si512((const void *)lane_eighths); /* int16 lane i -> i / 8 */
-    __m512i scales = _mm512_castsi256_si512(sc16), acc = _mm512_setzero_si512();
+    __m512i scales = _mm512_castsi256_si512(sc16);
+    for (int i = 0; i < R; i++) dots[i] = _mm512_setzero_si512();
 #else
     int16_t sc[16];
     _mm256_storeu_si256((__m256i *)sc, sc16);
-    __m256i acc = _mm256_setzero_si256();
+    for (int i = 0; i < R; i++) dots[i] = _mm256_setzero_si256();
 #endif
     for (int h = 0; h < 2; h++) {
         __m256i q[4];
@@ -330,105 +343,150 @@ static inline ivec block_g16(int type, const uint8_t *b, const int8_t *x, const 
                     q[s] = _mm256_or_si256(q[s], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 4 * h + s), one), 2));
             }
         }
-        const int8_t *xh = x + 128 * h;
 #if defined(CT_AVX512)
         for (int p = 0; p < 2; p++) { /* values 64 p .. 64 p + 63 of this half: scales 8h + 4p .. + 3, 16 values each */
             __m512i qq = _mm512_inserti64x4(_mm512_castsi256_si512(q[2 * p]), q[2 * p + 1], 1);
-            __m512i pairs = _mm512_maddubs_epi16(qq, _mm512_loadu_si512((const void *)(xh + 64 * p)));
             __m512i which = _mm512_add_epi16(_mm512_set1_epi16((short)(8 * h + 4 * p)), eighths);
-            acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
+            __m512i sc = _mm512_permutexvar_epi16(which, scales);
+            for (int i = 0; i < R; i++)
+                dots[i] = _mm512_dpwssd_epi32(
+                    dots[i], _mm512_maddubs_epi16(qq, _mm512_loadu_si512((const void *)(x[i] + 128 * h + 64 * p))), sc);
         }
 #else
         for (int s = 0; s < 4; s++) {
-            __m256i pairs = _mm256_maddubs_epi16(q[s], _mm256_loadu_si256((const __m256i *)(xh + 32 * s)));
             int g = 8 * h + 2 * s;
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]))));
+            __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+            for (int i = 0; i < R; i++) {
+                __m256i pairs = _mm256_maddubs_epi16(q[s], _mm256_loadu_si256((const __m256i *)(x[i] + 128 * h + 32 * s)));
+                dots[i] = _mm256_add_epi32(dots[i], _mm256_madd_epi16(pairs, scale));
+            }
         }
 #endif
     }
-    return acc;
 }
 /* IQ4_XS: sum_j ls_j (level(q) . x)_j, levels signed: |x| times the level with x's sign
  * (maddubs wants one unsigned operand), then the sub-block's scale ls - 32. Sub-block j's 16
  * bytes hold its values l (low nibble) and l + 16 (high), as Q4_0's do. */
-static inline ivec block_iq4xs(const uint8_t *b, const int8_t *x) {
+static inline void block_iq4xs(const uint8_t *b, int R, const int8_t *const *x, ivec *dots) {
+    /* scale j: nibble j of the 4 bytes at b + 4 (little-endian), and bits 2j, 2j + 1 of the
+     * 16 at b + 2 above it, less 32; spread into bytes with pdep where BMI2 has it */
     uint16_t high;
+    uint32_t low;
     memcpy(&high, b + 2, 2);
-    int16_t ls[8];
-    for (int j = 0; j < 8; j++) ls[j] = (int16_t)((((b[4 + j / 2] >> (4 * (j % 2))) & 15) | (((high >> (2 * j)) & 3) << 4)) - 32);
+    memcpy(&low, b + 4, 4);
+#if defined(__BMI2__)
+    uint64_t bytes = _pdep_u64(low, 0x0f0f0f0f0f0f0f0fULL) | _pdep_u64(high, 0x3030303030303030ULL);
+#else
+    uint64_t bytes = 0;
+    for (int j = 0; j < 8; j++) bytes |= (uint64_t)(((low >> (4 * j)) & 15) | (((high >> (2 * j)) & 3) << 4)) << (8 * j);
+#endif
+    __m128i ls16 = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)bytes)), _mm_set1_epi16(32));
     const __m128i levels = _mm_loadu_si128((const __m128i *)iq4_levels);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
 #if defined(CT_AVX512)
     const __m512i table = _mm512_broadcast_i32x4(levels), zero = _mm512_setzero_si512();
-    __m512i scales = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)ls)), acc = zero;
+    __m512i scales = _mm512_castsi128_si512(ls16);
+    for (int i = 0; i < R; i++) dots[i] = zero;
     for (int j = 0; j < 8; j += 2) { /* sub-blocks j, j + 1: 64 values */
         __m256i r = _mm256_loadu_si256((const __m256i *)(b + 8 + 16 * j));
         __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
                                        _mm256_and_si256(_mm256_srli_epi16(r, 4), low4), 1);
         q = _mm512_shuffle_epi8(table, _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0)));
-        __m512i xv = _mm512_loadu_si512((const void *)(x + 32 * j));
-        __m512i signed_q = _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(xv), zero, q);
-        __m512i pairs = _mm512_maddubs_epi16(_mm512_abs_epi8(xv), signed_q);
         __m512i which = _mm512_inserti64x4(_mm512_set1_epi16((short)j), _mm256_set1_epi16((short)(j + 1)), 1);
-        acc = _mm512_dpwssd_epi32(acc, pairs, _mm512_permutexvar_epi16(which, scales));
+        __m512i sc = _mm512_permutexvar_epi16(which, scales);
+        for (int i = 0; i < R; i++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(x[i] + 32 * j));
+            __m512i signed_q = _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(xv), zero, q);
+            dots[i] = _mm512_dpwssd_epi32(dots[i], _mm512_maddubs_epi16(_mm512_abs_epi8(xv), signed_q), sc);
+        }
     }
 #else
     const __m256i table = _mm256_broadcastsi128_si256(levels);
-    __m256i acc = _mm256_setzero_si256();
+    for (int i = 0; i < R; i++) dots[i] = _mm256_setzero_si256();
+    int16_t ls[8];
+    _mm_storeu_si128((__m128i *)ls, ls16);
     for (int j = 0; j < 8; j++) {
         __m128i r = _mm_loadu_si128((const __m128i *)(b + 8 + 16 * j));
         __m256i q = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r, 4), r), low4));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(x + 32 * j));
-        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(q, xv));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(ls[j])));
+        __m256i scale = _mm256_set1_epi16(ls[j]);
+        for (int i = 0; i < R; i++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x[i] + 32 * j));
+            __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(q, xv));
+            dots[i] = _mm256_add_epi32(dots[i], _mm256_madd_epi16(pairs, scale));
+        }
     }
 #endif
-    return acc;
 }
 #endif
 
-static float dot_kq(int type, const uint8_t *w, const int8_t *xq, const float *xd, const int16_t *sums, int64_t nb) {
+/* Weight row w times R rows of x (row r: xq + r K, its scales xd + r nb, its sums sums + r nb 16)
+ * -> out[0..R-1]. The weight's unpacking (nibbles, bits, scales) is done once per super-block
+ * for all R rows: a few rows at once (a short prompt) cost less than R single rows. */
+#if defined(CT_AVX512)
+#define KQ_ROWS 4
+#else
+#define KQ_ROWS 2 /* AVX2's 16 registers */
+#endif
+
+static inline __attribute__((always_inline)) void dot_kq_rows(int type, const uint8_t *w, int R, const int8_t *xq,
+                                                              const float *xd, const int16_t *sums, int64_t K,
+                                                              int64_t nb, float *out) {
     int64_t bytes = block_bytes[type];
 #if defined(CT_AVX2)
-    fvec acc = FV_ZERO;
-    __m256 off = _mm256_setzero_ps();
+    fvec acc[KQ_ROWS];
+    __m256 off[KQ_ROWS];
+    for (int r = 0; r < R; r++) {
+        acc[r] = FV_ZERO;
+        off[r] = _mm256_setzero_ps();
+    }
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = w + i * bytes;
-        __m256i o;
+        const int8_t *x[KQ_ROWS];
+        const int16_t *s[KQ_ROWS];
+        ivec dots[KQ_ROWS];
+        __m256i o[KQ_ROWS];
         __builtin_prefetch((const char *)b + PREFETCH_BYTES);
         __builtin_prefetch((const char *)b + PREFETCH_BYTES + 64);
-        float d, dmin;
-        ivec dots;
+        for (int r = 0; r < R; r++) {
+            x[r] = xq + r * K + i * QK;
+            s[r] = sums + (r * nb + i) * 16;
+        }
+        float d, dmin; /* the weight's, times each row's scale below */
         if (type == CT_Q6_K || type == CT_Q3_K) {
-            dots = block_g16(type, b, xq + i * QK, sums + i * 16, &o);
-            d = half_at(b + (type == CT_Q6_K ? 208 : 108)) * xd[i];
+            block_g16(type, b, R, x, s, dots, o);
+            d = half_at(b + (type == CT_Q6_K ? 208 : 108));
             dmin = (type == CT_Q6_K ? 32.0f : 4.0f) * d;
         } else if (type == CT_Q2_K) {
-            dots = block_g16(type, b, xq + i * QK, sums + i * 16, &o);
-            d = half_at(b + 80) * xd[i];
-            dmin = half_at(b + 82) * xd[i];
+            block_g16(type, b, R, x, s, dots, o);
+            d = half_at(b + 80);
+            dmin = half_at(b + 82);
         } else if (type == CT_IQ4_XS) {
-            dots = block_iq4xs(b, xq + i * QK);
-            o = _mm256_setzero_si256();
-            d = half_at(b) * xd[i];
+            block_iq4xs(b, R, x, dots);
+            for (int r = 0; r < R; r++) o[r] = _mm256_setzero_si256();
+            d = half_at(b);
             dmin = 0.0f;
         } else {
-            dots = block_k4(type, b, xq + i * QK, sums + i * 16, &o);
-            d = half_at(b) * xd[i];
-            dmin = half_at(b + 2) * xd[i];
+            block_k4(type, b, R, x, s, dots, o);
+            d = half_at(b);
+            dmin = half_at(b + 2);
         }
-        acc = FV_FMA(dots, d, acc);
-        off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), _mm256_set1_ps(dmin), off);
+        for (int r = 0; r < R; r++) {
+            float dx = xd[r * nb + i];
+            acc[r] = FV_FMA(dots[r], d * dx, acc[r]);
+            off[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(o[r]), _mm256_set1_ps(dmin * dx), off[r]);
+        }
     }
-    return FV_SUM(acc) - hsum(off);
+    for (int r = 0; r < R; r++) out[r] = FV_SUM(acc[r]) - hsum(off[r]);
 #else
-    float sum = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        const uint8_t *b = w + i * bytes;
-        __builtin_prefetch((const char *)b + PREFETCH_BYTES);
-        sum += xd[i] * block_portable(type, b, xq + i * QK, sums + i * 16);
+    for (int r = 0; r < R; r++) {
+        float sum = 0.0f;
+        for (int64_t i = 0; i < nb; i++) {
+            const uint8_t *b = w + i * bytes;
+            __builtin_prefetch((const char *)b + PREFETCH_BYTES);
+            sum += xd[r * nb + i] * block_portable(type, b, xq + r * K + i * QK, sums + (r * nb + i) * 16);
+        }
+        out[r] = sum;
     }
-    return sum;
 #endif
 }
 
@@ -439,9 +497,25 @@ int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, 
     int64_t nb = K / QK, row = nb * block_bytes[type];
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
     for (int64_t n = 0; n < N; n++) {
-        float b = bias ? bias[n] : 0.0f;
-        for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_kq(type, w + n * row, a.q + m * K, a.d + m * nb, a.sums + m * nb * 16, nb) + b;
+        float b = bias ? bias[n] : 0.0f, out[KQ_ROWS];
+        for (int64_t m = 0; m < M; m += KQ_ROWS) {
+            const int8_t *xq = a.q + m * K;
+            const float *xd = a.d + m * nb;
+            const int16_t *sums = a.sums + m * nb * 16;
+            int R = M - m < KQ_ROWS ? (int)(M - m) : KQ_ROWS;
+            /* R as a constant in each call: the row loops unrolled, the accumulators in registers */
+            if (R == KQ_ROWS)
+                dot_kq_rows(type, w + n * row, KQ_ROWS, xq, xd, sums, K, nb, out);
+#if KQ_ROWS > 2
+            else if (R == 3)
+                dot_kq_rows(type, w + n * row, 3, xq, xd, sums, K, nb, out);
+            else if (R == 2)
+                dot_kq_rows(type, w + n * row, 2, xq, xd, sums, K, nb, out);
+#endif
+            else
+                dot_kq_rows(type, w + n * row, 1, xq, xd, sums, K, nb, out);
+            for (int r = 0; r < R; r++) y[(m + r) * N + n] = out[r] + b;
+        }
     }
     free_acts_k(&a);
     return 0;
