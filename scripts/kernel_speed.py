@@ -1,4 +1,4 @@
-"""Speed of chatterm's CPU kernels on GGUF tensors as stored (native_linear.stored_layer).
+"""Speed of chatterm's CPU kernels on GGUF tensors as stored (stored.stored_layer).
 
 For each type: a decode step's product (M = 1) as GB/s of stored weight bytes read, and a
 prompt's (M rows at once) as the time per call and rows (tokens) per second, as the layer runs it
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from chatterm.model import native_linear  # noqa: E402
-from chatterm.model.native_linear import stored_layer  # noqa: E402
+from chatterm.model.cpu.stored import stored_layer  # noqa: E402
 from test_kquants import stored  # noqa: E402
 
 TYPES = ["BF16", "F16", "Q8_0", "Q4_0", "Q4_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "Q2_K", "IQ4_XS"]

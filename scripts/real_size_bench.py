@@ -71,8 +71,9 @@ def main() -> None:
     from chatterm.engine.generator import Generator
     from chatterm.engine.settings import SamplingSettings
     from chatterm.engine.tokenizer import Tokenizer
-    from chatterm.model import load_checkpoint, native
-    from chatterm.model.cpu_linear import weights_label
+    from chatterm.model import load_checkpoint
+    from chatterm.model.cpu import native
+    from chatterm.model.cpu.linear import weights_label
 
     threads = torch.get_num_threads()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -126,7 +127,6 @@ def main() -> None:
                 result = llama_bench(args.llama_bin / "llama-bench", path, args.prompt_tokens, 0, threads)
                 theirs.append(args.prompt_tokens / float(result["avg_ts"]))
             print(f"time to first token after {args.prompt_tokens} tokens (s): {median_ratio(ours, theirs)}", flush=True)
-        del gen, model, ckpt
 
 
 if __name__ == "__main__":

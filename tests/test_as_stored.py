@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from chatterm.model import CheckpointError, load_checkpoint, native
-from chatterm.model.cpu_linear import weights_label
+from chatterm.model import CheckpointError, load_checkpoint
+from chatterm.model.cpu import native
+from chatterm.model.cpu.linear import weights_label
 from chatterm.model.formats.gguf import GGUFFile
-from chatterm.model.native_linear import Bf16Linear, NativeLinear, Q4Linear, Q8Linear
+from chatterm.model.cpu.native_linear import Bf16Linear, NativeLinear, Q4Linear, Q8Linear
 from tiny_llama import hf_model, save_hf_folder, write_gguf
 
 PROMPT = torch.tensor([[5, 77, 120, 33, 260, 9, 41]])
@@ -62,7 +63,7 @@ def test_each_type_loads_as_stored_and_gives_the_dequantized_logits(reference, t
 def test_q_k_and_v_in_different_types_each_keep_their_own(reference, tmp_path):
     """A Q4_K_M file stores some layers' v projection in Q6_K beside Q4_K q and k: the fused
     projection keeps each part's blocks (StackedLinear) instead of converting them."""
-    from chatterm.model.native_linear import StackedLinear
+    from chatterm.model.cpu.native_linear import StackedLinear
 
     path = write_gguf(tmp_path / "m.gguf", reference, "llama", qtype="Q4_0", per_tensor={"attn_v": "Q8_0"})
     stored = load_checkpoint(path, inference=True).model
@@ -122,7 +123,7 @@ def test_stored_blocks_are_used_without_requantizing(tmp_path):
 
     weights = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
     blocks = gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0)
-    from chatterm.model.native_linear import stored_layer
+    from chatterm.model.cpu.stored import stored_layer
 
     layer = stored_layer("Q8_0", blocks, (8, 64), None)
     want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.Q8_0)
@@ -134,7 +135,7 @@ def test_a_mixed_projection_runs_in_the_fused_step(reference, tmp_path, monkeypa
     """The parts of a StackedLinear run in turn in the fused decode step (kernels.c's CT_STACKED):
     the same greedy tokens as the PyTorch path, with the plan applied."""
     import chatterm.model.families.llama as llama
-    from chatterm.model.native_blocks import _Plan, _plans
+    from chatterm.model.cpu.native_blocks import _Plan, _plans
     from test_native_kernels import _decode
 
     path = write_gguf(tmp_path / "m.gguf", hf_model("qwen2", seed=3), "qwen2", qtype="Q4_0", per_tensor={"attn_v": "Q8_0"})

@@ -1,4 +1,4 @@
-"""GGUF tensors as stored on chatterm's CPU kernels (native_linear.stored_layer, native/kquants.c).
+"""GGUF tensors as stored on chatterm's CPU kernels (stored.stored_layer, native/kquants.c).
 
 Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_XS) is checked
 against gguf's own reference dequantization: `rows()` and `dequantized()` equal it exactly, and a
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from chatterm.model import native
-from chatterm.model.native_linear import PROMPT_DTYPE, NativeLinear, StackedLinear, stack_layers, stored_layer
+from chatterm.model.cpu import native
+from chatterm.model.cpu.native_linear import PROMPT_DTYPE, NativeLinear, StackedLinear, stack_layers
+from chatterm.model.cpu.stored import stored_layer
 
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
@@ -220,7 +221,7 @@ def _qkv_parts(model, types, seed):
 
 
 def test_fused_step_decodes_a_kquant_llama_as_pytorch_does(monkeypatch):
-    from chatterm.model.native_blocks import _Plan, _plans
+    from chatterm.model.cpu.native_blocks import _Plan, _plans
     from test_native_kernels import _decode
 
     llama, model = _kquant_llama()
@@ -243,7 +244,7 @@ def test_fused_step_decodes_a_kquant_llama_as_pytorch_does(monkeypatch):
 def test_prompts_unpack_the_weight_slice_by_slice(type_name):
     """Above GEMM_ABOVE rows the product is float GEMMs over slices of rows of the unpacked
     weight (3 slices of 16, 16 and 5 rows here), with each slice's part of the bias."""
-    from chatterm.model.native_linear import chunked_gemm
+    from chatterm.model.cpu.native_linear import chunked_gemm
 
     n, k = 37, 768
     layer = stored_layer(type_name, stored(type_name, n, k), (n, k), torch.randn(n))

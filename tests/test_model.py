@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from chatterm.model import CheckpointError, GPTConfig, KVCache, load_checkpoint, pack_linears, save_checkpoint
-from chatterm.model.cpu_linear import PackedLinear, can_pack
+from chatterm.model.cpu.linear import PackedLinear, can_pack
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.generator import Generator
 from chatterm.engine.tokenizer import Tokenizer
@@ -232,8 +232,8 @@ def test_packed_linears_match_the_plain_model(dtype):
     """The CPU inference path's linears (oneDNN-packed; a bf16 model's are chatterm's own kernels
     where they build) give the plain model's logits and the same greedy continuation through the
     KV cache."""
-    from chatterm.model import native
-    from chatterm.model.native_linear import Bf16Linear
+    from chatterm.model.cpu import native
+    from chatterm.model.cpu.native_linear import Bf16Linear
 
     plain = tiny_model(seed=3).to(dtype)
     packed = tiny_model(seed=3).to(dtype)

@@ -1,4 +1,4 @@
-"""chatterm's own CPU kernels (model/native/kernels.c, model/native_linear.py): each layer computes
+"""chatterm's own CPU kernels (model/cpu/native/kernels.c, model/cpu/native_linear.py): each layer computes
 what an independent torch reference of the same arithmetic computes, the portable scalar build
 agrees with the AVX2 one, Q8_0/Q4 weights from GGUF go back on their own grid, a bf16 model runs
 its linears in bf16 and the rest in fp32, and without a compiler chatterm keeps PyTorch's kernels."""
@@ -13,10 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chatterm.model import native, pack_linears
-from chatterm.model.cpu_linear import TiedEmbedding
-from chatterm.model.native_linear import GEMV_ROWS, PROMPT_DTYPE, Bf16Linear, Q4Linear, Q8Linear, quantize_q8
-from chatterm.model.quantized_linear import Int8Linear, quantize_int4
+from chatterm.model import pack_linears
+from chatterm.model.cpu import native
+from chatterm.model.cpu.linear import TiedEmbedding
+from chatterm.model.cpu.native_linear import GEMV_ROWS, PROMPT_DTYPE, Bf16Linear, Q4Linear, Q8Linear, quantize_q8
+from chatterm.model.cpu.torch_quantized import Int8Linear, quantize_int4
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
 
@@ -207,7 +208,7 @@ def test_parrot_recites_on_the_native_kernels(parrot, dtype):
 @pytest.mark.slow  # builds the kernels again in a subprocess: ~5 s
 def test_without_a_compiler_the_pytorch_kernels_stay(tmp_path, parrot_checkpoint):
     """No C compiler (or CHATTERM_NATIVE=0): int8 still loads, on PyTorch's own kernel."""
-    code = ("from chatterm.model import native; from chatterm.session.local_backend import LocalBackend; "
+    code = ("from chatterm.model.cpu import native; from chatterm.session.local_backend import LocalBackend; "
             f"b = LocalBackend.load({str(parrot_checkpoint)!r}, dtype='int8'); "
             "print(native.unavailable_reason()); print(type(b.generator.model.lm_head).__name__)")
     for env in ({"CC": "", "PATH": str(tmp_path), "CHATTERM_CACHE_DIR": str(tmp_path / "cache")},
@@ -223,7 +224,7 @@ def test_without_a_compiler_the_pytorch_kernels_stay(tmp_path, parrot_checkpoint
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("n_head,n_kv_head,length", [(4, 4, 1), (4, 4, 37), (6, 2, 300), (8, 1, 5)])
 def test_one_token_attention_is_sdpa_over_the_cache(n_head, n_kv_head, length, cache_dtype):
-    from chatterm.model.native_attention import attend_one
+    from chatterm.model.cpu.native_attention import attend_one
 
     g = torch.Generator().manual_seed(length)
     hs, max_len = 16, 512
@@ -267,7 +268,7 @@ def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
     model = GPT(config).init_weights(5).eval().to(torch.bfloat16 if dtype == "bf16" else torch.float32)
     pack_linears(model, None if dtype == "bf16" else int(dtype[3:]))
     fused_ids, fused_logits = _decode(model, [1, 2, 3, 4, 5], 30)
-    from chatterm.model.native_blocks import _Plan, _plans
+    from chatterm.model.cpu.native_blocks import _Plan, _plans
 
     assert isinstance(_plans.get(model), _Plan)  # the fused step ran
     monkeypatch.setattr(gpt, "gpt2_decode_step", lambda *args: None)
@@ -282,7 +283,7 @@ def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
 @pytest.mark.parametrize("dtype,bias,tied", [("bf16", False, True), ("int8", True, False), ("int4", False, False)])
 def test_fused_llama_block_step_is_the_block_in_pytorch(dtype, bias, tied, monkeypatch):
     import chatterm.model.families.llama as llama
-    from chatterm.model.native_blocks import _Plan, _plans
+    from chatterm.model.cpu.native_blocks import _Plan, _plans
 
     config = llama.LlamaConfig(block_size=96, vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, n_embd=64,
                                intermediate_size=96, attention_bias=bias, tie_embeddings=tied)
@@ -341,7 +342,7 @@ def test_widths_the_kernels_do_not_take_fall_back_to_pytorch_layers():
     decodes (the fused step does not apply) and agrees with its float self."""
     from chatterm.model import GPT, KVCache
     from chatterm.model.families.gpt2 import GPTConfig
-    from chatterm.model.native_blocks import _NOT_HERE, _plans
+    from chatterm.model.cpu.native_blocks import _NOT_HERE, _plans
 
     def last_logits(m, ids=(1, 2, 3, 9, 40, 7, 120)):  # a prompt, then one token per step
         cache = KVCache.for_model(m)

@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from chatterm.model import native, pack_linears
-from chatterm.model.cpu_linear import TiedEmbedding
-from chatterm.model.native_linear import Q8Linear
-from chatterm.model.quantized_linear import Int4Linear, Int8Linear, dequantized_reference, quantize_linear
+from chatterm.model import pack_linears
+from chatterm.model.cpu import native
+from chatterm.model.cpu.linear import TiedEmbedding
+from chatterm.model.cpu.native_linear import Q8Linear
+from chatterm.model.cpu.torch_quantized import Int4Linear, Int8Linear, dequantized_reference, quantize_linear
 from chatterm.session.local_backend import LocalBackend
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="no weight-only kernels")
@@ -123,7 +124,7 @@ def test_int4_puts_gguf_q4_weights_back_on_their_own_grid(qtype):
     gguf = pytest.importorskip("gguf")
     import numpy as np
 
-    from chatterm.model.quantized_linear import quantize_int4
+    from chatterm.model.cpu.torch_quantized import quantize_int4
 
     rows = np.random.default_rng(0).standard_normal((32, 128)).astype(np.float32)
     kind = gguf.GGMLQuantizationType[qtype]

@@ -7,7 +7,7 @@ Every figure is the median of `--runs` runs after a warm-up. Sections:
   `GPT2LMHeadModel.generate` on the same weights, with the ratio;
 - uncached: decode tokens/s with ~512 tokens of context, with the KV cache and without;
 - bound: bytes read per decoded token (weights as stored + KV cache) / bandwidth measured on the
-  spot, per dtype (int8/int4: the weight-only quantized linears, see model/quantized_linear.py);
+  spot, per dtype (int8/int4: the weight-only quantized linears, see model/cpu/torch_quantized.py);
 - prefill: prompt tokens/s and time to first token at several context lengths;
 - turns: time to first token of a chat turn after ~900 vs ~50 tokens of cached history;
 - ui: tokens/s of replies shown by the headless app vs the engine alone (see bench_ui.py);
@@ -131,7 +131,7 @@ def _run(args) -> None:
     from .engine.generator import Generator
     from .engine.tokenizer import Tokenizer
     from .model import pack_linears, pick_precision
-    from .model.cpu_linear import linear_kinds
+    from .model.cpu.linear import linear_kinds
 
     sections = set(args.sections.split(","))
     tok = Tokenizer.gpt2()

@@ -91,7 +91,7 @@ def _our_generator(path: Path, dtype: str, tokenizer_for):
 
     from .engine.generator import Generator
     from .model import load_checkpoint, precision_name
-    from .model.cpu_linear import linear_kinds
+    from .model.cpu.linear import linear_kinds
 
     model = load_checkpoint(path, precision=precision_name(dtype, torch.device("cpu")), inference=True).model
     how = linear_kinds(model)

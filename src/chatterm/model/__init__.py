@@ -11,7 +11,7 @@ from importlib import import_module
 _LAZY = {
     "Checkpoint": ".checkpoint", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
     "SHAPES": ".families.gpt2", "GPTConfig": ".families.gpt2", "shape": ".families.gpt2",
-    "pack_linears": ".cpu_linear",
+    "pack_linears": ".cpu.linear",
     "pick_device": ".device", "pick_dtype": ".device", "pick_precision": ".device", "precision_name": ".device",
     "CheckpointError": ".errors",
     "GPT": ".families.gpt2",

@@ -62,7 +62,7 @@ class KVCache(nn.Module):
         model's config (grouped-query attention), falling back to `n_head`."""
         cfg = model.config
         param = next(model.parameters())
-        dtype = getattr(model, "kv_cache_dtype", None) or param.dtype  # set by cpu_linear.pack_linears
+        dtype = getattr(model, "kv_cache_dtype", None) or param.dtype  # set by linear.pack_linears
         return cls(
             cfg.n_layer,
             getattr(cfg, "n_kv_head", None) or cfg.n_head,

@@ -3,7 +3,7 @@
 The module is built empty on the meta device; then, one linear layer at a time, its stored
 tensors are read, stacked where the family fuses them (q, k, v), and turned into the layer that
 will compute with them: on the CPU, chatterm's kernels on the blocks as stored (Q8_0, Q4_0,
-Q4_1, the K-quants, F16, BF16: `native_linear.stored_layer`), oneDNN for fp32. A type without a
+Q4_1, the K-quants, F16, BF16: `stored.stored_layer`), oneDNN for fp32. A type without a
 kernel is dequantized to bf16 for that one tensor; nothing passes through an fp32 copy of the
 model unless the user asks for `--dtype fp32`. Sources read each tensor into memory of its own
 (GGUF with pread, not through the map), which the layer keeps or copies from, so a load peaks at
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import native
+from .cpu import native
 from .errors import CheckpointError
 from .families import Family, Sources, TensorMap
 from .formats.gguf import StoredTensor, dequantize
@@ -110,7 +110,7 @@ def stored_bytes(model: nn.Module, source, tensor_map: TensorMap, precision: str
 
 
 def _kept_as_stored(source, name: str) -> bool:
-    from .native_linear import has_kernel
+    from .cpu.stored import has_kernel
 
     info = getattr(source, "tensors", {}).get(name)
     return info is None or info.type_name == "F32" or has_kernel(info.type_name)
@@ -275,8 +275,8 @@ def _as_float(value, dtype: torch.dtype) -> torch.Tensor:
 
 def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernels: bool, device) -> nn.Module:
     """The CPU layer that computes with `weight` (see the module docstring)."""
-    from .cpu_linear import float_linear_layer, quantized_layer
-    from .native_linear import stack_layers
+    from .cpu.linear import float_linear_layer, quantized_layer
+    from .cpu.native_linear import stack_layers
 
     if isinstance(weight, list) and precision is None:  # each part its own layer, with its share of the bias
         ends = np.cumsum([0, *(w.shape[0] for w in weight)])
@@ -302,7 +302,7 @@ def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernel
 def _stored_layer(weight, bias):
     """chatterm's kernel layer for stored blocks or a 16-bit tensor, or None (fp32, or a type
     without a kernel)."""
-    from .native_linear import stored_layer
+    from .cpu.stored import stored_layer
 
     if isinstance(weight, torch.Tensor):
         name = {torch.bfloat16: "BF16", torch.float16: "F16"}.get(weight.dtype)
@@ -311,7 +311,7 @@ def _stored_layer(weight, bias):
         weight = StoredTensor(name, tuple(weight.shape), weight.contiguous().view(torch.uint8).numpy())
     layer = stored_layer(weight.type_name, weight.raw, weight.shape, bias)
     if layer is not None:
-        layer.stored_type = weight.type_name  # for the model's description (cpu_linear.weights_label)
+        layer.stored_type = weight.type_name  # for the model's description (linear.weights_label)
     return layer
 
 
@@ -346,7 +346,7 @@ def _embedding(weight, precision: str | None, cpu_kernels: bool, device) -> nn.M
     """A token (or position) embedding. On the CPU, stored blocks and 16-bit rows stay as they
     are and are read a row at a time (`TiedEmbedding` over a kernel layer): Llama 3's 128k x 2048
     table is 1 GB in fp32 against 140 MB at Q4_K."""
-    from .cpu_linear import TiedEmbedding
+    from .cpu.linear import TiedEmbedding
 
     if cpu_kernels and not isinstance(weight, list) and precision is None and native.library() is not None \
             and (isinstance(weight, StoredTensor) or weight.dtype in (torch.bfloat16, torch.float16)):
@@ -365,7 +365,7 @@ def _tied_embedding(output_layer: nn.Module, weight) -> nn.Module:
     """The embedding of a tied model: rows read from the output projection's layer where it
     can give them (one copy of the vocabulary matrix), else the float matrix itself (a plain
     layer shares it; oneDNN's packed layer holds a reordered copy of its own)."""
-    from .cpu_linear import TiedEmbedding
+    from .cpu.linear import TiedEmbedding
 
     if hasattr(output_layer, "rows"):
         return TiedEmbedding(output_layer, torch.float32)
@@ -403,12 +403,12 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _return_freed_memory() -> None:
-    from .cpu_linear import _return_freed_memory as trim
+    from .cpu.linear import _return_freed_memory as trim
 
     trim()
 
 
 def _has_native_layers(model: nn.Module) -> bool:
-    from .native_linear import NativeLinear
+    from .cpu.native_linear import NativeLinear
 
     return any(isinstance(m, NativeLinear) for m in model.modules())

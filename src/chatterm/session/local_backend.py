@@ -69,7 +69,7 @@ class LocalBackend:
         from ..engine.generator import Generator
         from ..engine.tokenizer import Tokenizer, TokenizerError
         from ..model import CheckpointError, load_checkpoint, pick_device, precision_name
-        from ..model.cpu_linear import weights_label
+        from ..model.cpu.linear import weights_label
         from ..model.errors import reading
 
         torch_device = pick_device(device)

@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kv_cache import KVCache
-from ..native_attention import attend_one
-from ..native_blocks import gpt2_decode_step
+from ..cpu.native_attention import attend_one
+from ..cpu.native_blocks import gpt2_decode_step
 from . import Family, Sources, TensorMap, typed
 
 

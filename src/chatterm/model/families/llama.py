@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kv_cache import KVCache
-from ..native_attention import attend_one
-from ..native_blocks import llama_decode_step
+from ..cpu.native_attention import attend_one
+from ..cpu.native_blocks import llama_decode_step
 from . import Family, Part, Sources, TensorMap, context_window, typed
 
 

@@ -14,7 +14,7 @@ kernel), so nothing about the model's arithmetic changes except the rounding of 
 
 These are the fallback where chatterm's own kernels (native_linear.py) cannot be built (no C
 compiler) or a layer's shape does not fit them; `Int8Linear.rows` lets a tied token embedding
-read its rows (cpu_linear.TiedEmbedding).
+read its rows (linear.TiedEmbedding).
 
 Both kernels take bf16 activations (with fp32 they take a path ~10x slower); the layers convert
 on the way in and back to the caller's dtype on the way out, so the rest of the model runs in
@@ -102,7 +102,7 @@ class Int8Linear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Dequantized rows (fp32): a tied token embedding reads them (cpu_linear.TiedEmbedding)."""
+        """Dequantized rows (fp32): a tied token embedding reads them (linear.TiedEmbedding)."""
         return self.weight[ids].float() * self.scale[ids].float().unsqueeze(-1)
 
     def extra_repr(self) -> str:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from . import native
 from .native_linear import Bf16Linear, NativeLinear, Q4Linear, Q8Linear, StackedLinear
-from .quantized_linear import Int4Linear, Int8Linear, dequantized_reference, quantize_linear, quantized_kernels_available
+from .torch_quantized import Int4Linear, Int8Linear, dequantized_reference, quantize_linear, quantized_kernels_available
 
 _SUPPORTED = {torch.float32: None, torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
 

@@ -27,7 +27,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from ...atomic import atomic_write
+from ....atomic import atomic_write
 
 # Every C file here goes into the one library; the header is hashed too (a change to it is a new build).
 SOURCES = sorted(Path(__file__).parent.glob("*.c"))

@@ -1,0 +1,10 @@
+"""The CPU layers and kernels: the one seam between the model and the processor.
+
+- `native/`: chatterm's C kernels (kernels.c: bf16, f16, q8, q4, attention and the fused
+  decode step; kquants.c: the K-quants and IQ4 types; common.h), built at first use;
+- `native_linear.py`: the layers over them, and `stored_layer`, which turns a GGUF tensor's
+  blocks into the layer that computes with them as stored;
+- `native_blocks.py`, `native_attention.py`: a decode step's blocks and attention in one call;
+- `linear.py`: which layer a linear becomes (oneDNN-packed fp32, the kernels' layers,
+  PyTorch's weight-only int8/int4 in `torch_quantized.py` where the kernels do not build).
+"""
