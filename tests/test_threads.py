@@ -33,3 +33,18 @@ def test_a_probe_that_is_not_clearly_faster_changes_nothing():
 def test_one_thread_never_probes_below_one():
     tuner = ThreadTuner(1)
     assert set(run(tuner, {1: 0.01}, 3 * PERIOD)) == {1}
+
+
+def test_a_reply_gives_the_process_its_threads_back(parrot_checkpoint):
+    """Whatever the tuner picked for the decode steps, the next prompt and the next model start
+    from the process's own count."""
+    import torch
+
+    from chatterm.engine.settings import SamplingSettings
+    from chatterm.session.local_backend import LocalBackend
+
+    threads = torch.get_num_threads()
+    generator = LocalBackend.load(parrot_checkpoint).generator
+    generator._threads.current = 1  # as after a busy spell
+    generator.complete([1, 2, 3], SamplingSettings(temperature=0, max_new_tokens=4))
+    assert torch.get_num_threads() == threads

@@ -465,7 +465,8 @@ def _check_convert_destination(dst: Path, force: bool) -> None:
 
 
 def cmd_convert(args) -> int:
-    from .model import GPT, load_checkpoint, pick_dtype, save_checkpoint
+    from .model import load_checkpoint, pick_dtype, save_checkpoint
+    from .model.checkpoint import checkpoint_family
     from .model.device import dtype_name
 
     try:
@@ -473,10 +474,11 @@ def cmd_convert(args) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     _check_convert_destination(Path(args.dst).expanduser(), args.force)
-    ckpt = load_checkpoint(args.src, precision=dtype and dtype_name(dtype), n_head=args.n_head)
-    if not isinstance(ckpt.model, GPT):  # chatterm's format holds GPT configs only
-        raise UserError(f"{args.src}: converting {type(ckpt.model).__name__} models is not supported; "
+    family = checkpoint_family(args.src, n_head=args.n_head)  # before any weight is read
+    if family != "gpt2":  # chatterm's format holds GPT configs only
+        raise UserError(f"{args.src}: converting {family} models is not supported; "
                         "chatterm opens this file or folder directly")
+    ckpt = load_checkpoint(args.src, precision=dtype and dtype_name(dtype), n_head=args.n_head)
     meta = dict(ckpt.meta)
     if "tokenizer" not in meta and ckpt.config.vocab_size >= 50257:
         meta["tokenizer"] = {"type": "gpt2"}

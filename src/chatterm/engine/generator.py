@@ -95,6 +95,12 @@ class Generator:
         self._cached_ids.extend(ids[shared:])
         return logits, len(ids) - shared
 
+    def restore_threads(self) -> None:
+        """Give the process back the thread count it had: the tuner's choice is for decode steps
+        only (a prompt's matmuls scale with threads, and the next model must not inherit it)."""
+        if self._threads is not None and torch.get_num_threads() != self._threads.maximum:
+            torch.set_num_threads(self._threads.maximum)
+
     @torch.inference_mode()
     def decode(self, token_id: int) -> torch.Tensor:
         """Append one token to the cache; return the logits for the token after it."""
@@ -178,6 +184,8 @@ class TokenLoop:
                 yield from self._run(gen)
             except (FloatingPointError, RuntimeError, ValueError) as e:  # NaN logits, out of memory, ...
                 self.reason, self.error = "error", _describe_error(e)
+            finally:
+                gen.restore_threads()
 
     def _run(self, gen: Generator) -> Iterator[SampleResult]:
         settings, cancel, generated = self.settings, self.cancel, self.token_ids

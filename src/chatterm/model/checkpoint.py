@@ -102,11 +102,24 @@ def load_checkpoint(
     return Checkpoint(model=model, config=model.config, path=path, format=fmt, meta=meta)
 
 
+def checkpoint_family(path: str | os.PathLike, n_head: int | None = None) -> str:
+    """The family of the model at `path` ("gpt2", "llama"), from its headers and config: a caller
+    that can only use one family refuses the others before any weight is read."""
+    path = Path(path).expanduser()
+    _check_kind(path, folder_ok=True)
+    with reading(path):
+        _, family, _, source, _, _, _ = _open(path, n_head, None)
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    return family.name
+
+
 def _cache_element_size(precision, device: torch.device, inference: bool) -> int:
-    """Bytes per KV-cache value: fp16 where chatterm's CPU kernels run (their attention reads an
-    fp16 cache), else the model's float size."""
-    if inference and device.type == "cpu" and native.library() is not None and precision != "fp32":
-        return 2
+    """Bytes per KV-cache value, by the loader's one rule (loader.cache_dtype)."""
+    dtype = loader.cache_dtype(precision, device, inference)
+    if dtype is not None:
+        return dtype.itemsize
     return 2 if precision in ("bf16", "fp16") or device.type != "cpu" else 4
 
 
@@ -140,6 +153,8 @@ def _open(path: Path, n_head: int | None, context: int | None):
     from .formats.hf_folder import folder_meta, hf_family_folder_shards, is_hf_family_folder
     from .formats.safetensors_files import SafetensorsFiles
 
+    if path.suffix.lower() == ".gguf" and path.is_file() and not is_gguf(path):
+        raise CheckpointError(f"{path}: not a GGUF file (it does not start with GGUF's magic bytes); damaged or incomplete?")
     if is_gguf(path):
         gguf = GGUFFile(path)
         try:
@@ -160,6 +175,10 @@ def _open(path: Path, n_head: int | None, context: int | None):
     if is_hf_family_folder(path):
         raw = _read_json(path / "config.json")
         family = family_for(raw.get("model_type") or next(iter(raw.get("architectures") or []), None), path / "config.json")
+        if raw.get("quantization_config"):  # FP8, GPTQ, AWQ, bitsandbytes: weights plus scales we would ignore
+            method = raw["quantization_config"].get("quant_method", "?") if isinstance(raw["quantization_config"], dict) else "?"
+            raise CheckpointError(f"{path}: a quantized Hugging Face folder ({str(method)[:20]}) is not read; "
+                                  "open a GGUF of the model, or the unquantized folder")
         try:
             config = family.config_from_hf(raw, context)
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:

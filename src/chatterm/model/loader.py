@@ -93,20 +93,58 @@ def stored_bytes(model: nn.Module, source, tensor_map: TensorMap, precision: str
     """The bytes the loaded weights will take: each tensor as stored where it stays so, else at
     the size `precision` gives it (fp32 for stored floats without a kernel)."""
     element = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 34 / 32, "int4": 20 / 32}.get(precision)
+    if cpu and native.library() is None and element is None:
+        element = 4  # without the kernels everything is widened to fp32 (PyTorch's layers)
     total = 0
-    for ours, t in model.state_dict().items():
+    state = model.state_dict()
+    for ours, t in state.items():
         sources = tensor_map.get(ours)
+        if ours == "lm_head.weight" and model.config.tie_embeddings and cpu:
+            # a tied fp32 table: oneDNN's packed projection holds a reordered copy beside the rows
+            sources = tensor_map.get(f"{_tied_embedding_name(model)}.weight")
+            if sources is None or not _fp32_stays(source, sources, precision):
+                continue
         if sources is None or not all(source.has(p.name) for p in sources.parts):
             continue
         numel = t.numel()
         if element is not None:
             total += int(numel * (element if t.dim() == 2 else 4))
         elif cpu and t.dim() == 2:  # as stored, or bf16 where no kernel takes the type
-            total += sum(source.nbytes(p.name) if _kept_as_stored(source, p.name) else 2 * numel // len(sources.parts)
+            total += sum(_held_bytes(source, p.name) if _kept_as_stored(source, p.name) else 2 * numel // len(sources.parts)
                          for p in sources.parts)
         else:
             total += numel * 4
     return total
+
+
+def _tied_embedding_name(model: nn.Module, output: nn.Module | None = None) -> str:
+    """The name of the embedding sharing its weight with the output projection (`output`, when
+    the model's own has already been replaced)."""
+    weight = (output or model.lm_head).weight
+    return next(n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.weight is weight)
+
+
+def _fp32_stays(source, sources: Sources, precision: str | None) -> bool:
+    """Whether the tensor will be held as fp32 (stored so and kept, or asked for)."""
+    if precision == "fp32":
+        return True
+    if precision is not None:
+        return False
+    info = getattr(source, "tensors", {}).get(sources.parts[0].name)
+    return (info.type_name == "F32") if info is not None else source.nbytes(sources.parts[0].name) >= 4 * _numel(source, sources.parts[0].name)
+
+
+def _numel(source, name: str) -> int:
+    n = 1
+    for d in source.shape(name):
+        n *= int(d)
+    return n
+
+
+def _held_bytes(source, name: str) -> int:
+    """Bytes a stored tensor takes in its layer: its own, but Q4_0 gains Q4_1's offset plane."""
+    info = getattr(source, "tensors", {}).get(name)
+    return source.nbytes(name) * 20 // 18 if info is not None and info.type_name == "Q4_0" else source.nbytes(name)
 
 
 def _kept_as_stored(source, name: str) -> bool:
@@ -133,10 +171,7 @@ def _assemble(family, model, source, tensor_map, where, precision, device, infer
     config = model.config
     check_tensors(model, source, tensor_map, where, strict=strict)
     if config.tie_embeddings:  # the output projection is read from the embedding's rows
-        embedding = next(m for m in model.modules() if isinstance(m, nn.Embedding)
-                         and m.weight is model.lm_head.weight)
-        name = next(n for n, m in model.named_modules() if m is embedding)
-        tensor_map = {**tensor_map, "lm_head.weight": tensor_map[f"{name}.weight"]}
+        tensor_map = {**tensor_map, "lm_head.weight": tensor_map[f"{_tied_embedding_name(model)}.weight"]}
     cpu_kernels = inference and device.type == "cpu"
     targets = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding))]
     done = 0
@@ -159,9 +194,7 @@ def _assemble(family, model, source, tensor_map, where, precision, device, infer
             _plain_linear(weight, bias, _plain_dtype(weight, precision, device), device)
         _set(model, name, layer)
         if config.tie_embeddings and name == "lm_head":
-            embedding_name = next(n for n, m in model.named_modules()
-                                  if isinstance(m, nn.Embedding) and m.weight is module.weight)
-            _set(model, embedding_name, _tied_embedding(layer, weight))
+            _set(model, _tied_embedding_name(model, module), _tied_embedding(layer, weight))
         for p in tensor_map[f"{name}.weight"].parts:
             source.release(p.name)
     _read_the_rest(model, source, tensor_map, precision, cpu_kernels, device)
@@ -170,10 +203,8 @@ def _assemble(family, model, source, tensor_map, where, precision, device, infer
     _return_freed_memory()
     model.eval()
     family.after_load(model)
-    if cpu_kernels and native.library() is not None and _has_native_layers(model):
-        # The attention kernels read an fp16 cache (as llama.cpp's default): half the bytes a
-        # long chat's attention reads per token, and half the cache's memory.
-        model.kv_cache_dtype = torch.float16
+    if cpu_kernels:
+        model.kv_cache_dtype = cache_dtype(precision, device, inference)
     return model
 
 
@@ -348,11 +379,17 @@ def _embedding(weight, precision: str | None, cpu_kernels: bool, device) -> nn.M
     table is 1 GB in fp32 against 140 MB at Q4_K."""
     from .cpu.linear import TiedEmbedding
 
-    if cpu_kernels and not isinstance(weight, list) and precision is None and native.library() is not None \
-            and (isinstance(weight, StoredTensor) or weight.dtype in (torch.bfloat16, torch.float16)):
-        layer = _stored_layer(weight, None)
-        if layer is None:
-            layer = _stored_layer(_as_float(weight, torch.bfloat16), None)
+    layer = None
+    if cpu_kernels and native.library() is not None and not isinstance(weight, list):
+        if precision is None and (isinstance(weight, StoredTensor) or weight.dtype in (torch.bfloat16, torch.float16)):
+            layer = _stored_layer(weight, None) or _stored_layer(_as_float(weight, torch.bfloat16), None)
+        elif precision in ("bf16", "fp16"):  # the rows in the precision asked for, not fp32
+            layer = _stored_layer(_as_float(weight, FLOAT_DTYPES[precision]), None)
+        elif precision in QUANTIZED_BITS:  # 8-bit rows at int8 and int4 (the table most sensitive to rounding)
+            from .cpu.linear import quantized_layer
+
+            layer = quantized_layer(_float_linear(_as_float(weight, torch.float32), None), 8)
+    if layer is not None and hasattr(layer, "rows"):
         return TiedEmbedding(layer, torch.float32)
     dtype = torch.float32 if cpu_kernels else _plain_dtype(weight, precision, device)
     table = _as_float(weight, dtype).to(device)
@@ -408,7 +445,11 @@ def _return_freed_memory() -> None:
     trim()
 
 
-def _has_native_layers(model: nn.Module) -> bool:
-    from .cpu.native_linear import NativeLinear
-
-    return any(isinstance(m, NativeLinear) for m in model.modules())
+def cache_dtype(precision: str | None, device: torch.device, inference: bool) -> torch.dtype | None:
+    """The KV cache's dtype, decided once for the memory check and the loaded model: fp16 on the
+    CPU wherever chatterm's kernels run (their attention reads an fp16 cache, as llama.cpp's
+    default: half the bytes a long chat's attention reads per token, half the memory), unless
+    fp32 was asked for; else the model's own float dtype (None)."""
+    if inference and device.type == "cpu" and native.library() is not None and precision != "fp32":
+        return torch.float16
+    return None

@@ -7,7 +7,7 @@ weights as they will really be held (stored bytes for tensors kept as stored, lo
 plus the KV cache of the whole window in the dtype it will really have, plus working buffers,
 against the memory available: MemAvailable from /proc/meminfo (free pages where that does not
 exist), capped by a cgroup's memory limit, or the free memory CUDA reports. A refusal is one
-line with the figures, and says what to change: a smaller --context when the cache is the
+line with the figures, and says what to change: the largest --context that fits when the cache is the
 problem, a smaller quantization or a server when the weights are.
 """
 
@@ -27,13 +27,21 @@ def kv_cache_bytes(config, element_size: int, context: int | None = None) -> int
     return 2 * config.n_layer * positions * width * element_size
 
 
-def working_bytes(config) -> int:
+def working_bytes(config, context: int | None = None) -> int:
     """Activations and logits of a prompt chunk, the kernels' buffers: small next to the
     weights, but not nothing for a 128k vocabulary (a 512-token prompt's hidden states, the
-    last position's logits, the MLP's intermediate)."""
+    last position's logits, the MLP's intermediate); and the rotary tables, which cover the
+    whole window."""
     buffers = 64 * 1024 * 1024 + 512 * 4 * (4 * config.n_embd + 2 * getattr(config, "intermediate_size", 4 * config.n_embd))
-    rotary = 2 * config.block_size * config.head_dim * 4 if hasattr(config, "rope_theta") else 0  # cos and sin tables
-    return buffers + rotary
+    return buffers + _positions(config, context) * rotary_bytes_per_position(config)
+
+
+def rotary_bytes_per_position(config) -> int:
+    return 2 * config.head_dim * 4 if hasattr(config, "rope_theta") else 0  # cos and sin, fp32
+
+
+def _positions(config, context: int | None) -> int:
+    return min(config.block_size, context) if context else config.block_size
 
 
 def available_bytes(device: str = "cpu") -> int | None:
@@ -83,19 +91,23 @@ def check_fits(config, weights: int, cache_element_size: int, device, where: Pat
     """Raise CheckpointError when the weights (`weights` bytes, as they will be held), the KV
     cache and working buffers cannot fit. `already_loaded`: bytes of weights already in memory
     that the model will reuse (they are no longer "available")."""
+    positions = _positions(config, context)
     cache = kv_cache_bytes(config, cache_element_size, context)
-    need = weights + cache + working_bytes(config)
+    working = working_bytes(config, context)
+    need = weights + cache + working
     available = available_bytes(str(device))
     if available is None or need - already_loaded <= available:
         return
     have = available + already_loaded
-    if weights <= have and cache > weights:  # the window, not the model, is too big
-        advice = f"a smaller --context (now {min(config.block_size, context or config.block_size):,} tokens) fits"
+    per_position = kv_cache_bytes(config, cache_element_size, 1) + rotary_bytes_per_position(config)
+    fits = (have - weights - working_bytes(config, 1)) // per_position if per_position else 0
+    if fits >= 256:  # the window, not the model, is too big
+        advice = f"--context {fits // 256 * 256:,} fits"
     else:
         advice = "a smaller quantization of it may fit, or a server with more memory (chatterm URL)"
     raise CheckpointError(
         f"{where}: this model needs about {_size(need)} of memory ({_size(weights)} of weights + {_size(cache)} "
-        f"of KV cache for {min(config.block_size, context or config.block_size):,} tokens), and {_size(have)} "
+        f"of KV cache for {positions:,} tokens + {_size(working)} of working buffers), and {_size(have)} "
         f"is available on {device}; {advice}"
     )
 

@@ -2,7 +2,8 @@
 read one tensor at a time: a model loads in about its own size, never all of it twice.
 
 Shard names come from a stranger's index: one that is absolute, climbs out of the folder
-(`../`), or leads out of it through a symlink is refused, so an index cannot make chatterm read
+(`../`), or leads out of it through a symlink (other than the hub cache's links from
+`snapshots/<revision>/` to its `blobs/`) is refused, so an index cannot make chatterm read
 weights from elsewhere on the disk. Every file is checked to be a regular file before it is
 opened (safetensors' own open would block on a FIFO).
 """
@@ -17,6 +18,7 @@ from ...regular_file import check_regular
 from ..errors import CheckpointError
 
 PREFIXES = ("model.",)
+_READ_DTYPES = ("F32", "F16", "BF16")
 _ELEMENT_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1}  # Hugging Face's base-model prefix; our family names start below it
 
 
@@ -54,13 +56,24 @@ class SafetensorsFiles:
         from safetensors import SafetensorError
 
         handle, key = self._where[name]
+        dtype = handle.get_slice(key).get_dtype()
+        if dtype not in _READ_DTYPES:
+            raise CheckpointError(f"tensor {key!r} is stored as {dtype}; chatterm reads F32, F16 and BF16 "
+                                  "safetensors weights (a quantized folder needs its own loader: use a GGUF of it)")
         try:
-            return handle.get_tensor(key)
+            # A copy: get_tensor's tensor lives in the file's memory map, and a layer keeping it
+            # would keep the file mapped (a file replaced or truncated under it is a SIGBUS).
+            return handle.get_tensor(key).clone()
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"tensor {key!r}: corrupt or truncated safetensors data ({e})") from e
 
     def release(self, name: str) -> None:
-        pass  # get_tensor gave a copy: nothing of the file is held
+        pass  # get() gave a copy: nothing of the file is held
+
+    def close(self) -> None:
+        """Let go of the files (their maps go with the handles)."""
+        self._files.clear()
+        self._where.clear()
 
     def nbytes(self, name: str) -> int:
         handle, key = self._where[name]
@@ -77,7 +90,11 @@ def _inside(folder: Path, name) -> Path:
         raise CheckpointError(f"{folder}: the weight index names a shard outside the folder ({str(name)[:80]!r})")
     file = folder / name
     try:
-        inside = file.resolve().is_relative_to(folder.resolve())
+        target, root = file.resolve(), folder.resolve()
+        inside = target.is_relative_to(root)
+        # Hugging Face's hub cache: snapshots/<revision>/ holds links to ../../blobs/<hash>
+        if not inside and root.parent.name == "snapshots":
+            inside = target.parent == root.parent.parent / "blobs"
     except (OSError, RuntimeError):  # a symlink loop
         inside = False
     if not inside:
