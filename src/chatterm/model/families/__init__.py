@@ -64,7 +64,7 @@ class Family:
     after_load: Callable[[object], None] = field(default=lambda model: None)  # e.g. rotary tables
 
 
-_MODULES = ("gpt2", "llama")
+_MODULES = ("gpt2", "llama", "qwen3")
 
 
 def families() -> dict[str, Family]:
@@ -99,8 +99,10 @@ def family_for_gguf(declared, where: Path) -> Family:
 
 
 def family_of(model) -> Family:
-    """The family of a built module."""
-    for fam in families().values():
+    """The family of a built module (its own class first: a family built on Llama's module is
+    also a Llama)."""
+    known = families().values()
+    for fam in (*(f for f in known if type(model) is f.module_class), *known):
         if isinstance(model, fam.module_class):
             return fam
     raise TypeError(f"{type(model).__name__} is not a model family")

@@ -1,0 +1,78 @@
+"""The families beyond Llama/Qwen2 (Qwen3, SmolLM3, Gemma 3, Phi-3) and Llama 3's rope scaling:
+a tiny random transformers model with a fixed seed, loaded from its Hugging Face folder and from
+a GGUF file written as llama.cpp's converter writes it, gives transformers' logits and greedy
+tokens exactly; families without the fused CPU decode step say so."""
+
+import pytest
+import torch
+
+from chatterm.engine.generator import Generator
+from chatterm.engine.tokenizer import Tokenizer
+from chatterm.model import load_checkpoint
+from chatterm.model.families import family_of
+from chatterm.session.local_backend import LocalBackend
+from tiny_llama import hf_model, save_hf_folder, write_gguf
+
+PROMPT = [5, 77, 120, 33, 260, 9, 41, 300, 17, 88, 140, 61]
+STEPS = 30
+
+# kind -> (our family, transformers overrides): each a config that exercises what the family adds
+CASES = {
+    "qwen3": ("qwen3", dict(head_dim=24)),  # a head width that is not hidden / heads, as Qwen3's
+    "smollm3": ("smollm3", dict(num_hidden_layers=4, no_rope_layer_interval=2)),  # layers 1 and 3 skip rope
+    "llama3-rope": ("llama", dict(max_position_embeddings=256, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+}
+
+
+def kind_of(case: str) -> str:
+    return case.removesuffix("-rope").replace("llama3", "llama")
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+    """(case, transformers model, its folder, its GGUF file)."""
+    family, overrides = CASES[request.param]
+    kind = kind_of(request.param)
+    model = hf_model(kind, seed=5, **overrides)
+    where = tmp_path_factory.mktemp(request.param)
+    folder = save_hf_folder(where / "hf", model)
+    return request.param, model, folder, write_gguf(where / "m.gguf", model, kind)
+
+
+def transformers_greedy(model, n=STEPS):
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([PROMPT]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+    return out[0, len(PROMPT):].tolist()
+
+
+def our_greedy(model, tokenizer, n=STEPS):
+    """Prefill, then one cached decode step per token (the fused step where it applies)."""
+    gen = Generator(model, tokenizer)
+    logits, _ = gen.prefill(PROMPT)
+    tokens = []
+    for _ in range(n):
+        tokens.append(int(logits.argmax()))
+        logits = gen.decode(tokens[-1])
+    return tokens
+
+
+@pytest.mark.parametrize("source", ["folder", "gguf"])
+def test_logits_and_greedy_tokens_match_transformers(case, source):
+    name, reference, folder, gguf_file = case
+    ckpt = load_checkpoint(folder if source == "folder" else gguf_file)
+    assert family_of(ckpt.model).name == CASES[name][0]
+    with torch.inference_mode():
+        want = reference(torch.tensor([PROMPT])).logits[0]
+        got = ckpt.model(torch.tensor([PROMPT]))[0]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+    assert our_greedy(ckpt.model, Tokenizer.from_spec(ckpt.meta["tokenizer"])) == transformers_greedy(reference)
+
+
+def test_a_family_without_the_fused_step_says_so_once(case):
+    name, _, folder, _ = case
+    backend = LocalBackend.load(folder)
+    notes = [w for w in backend.warnings if "PyTorch path" in w]
+    assert len(notes) == (0 if family_of(backend.generator.model).name == "llama" else 1)
