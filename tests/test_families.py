@@ -19,7 +19,7 @@ STEPS = 30
 # kind -> (our family, transformers overrides): each a config that exercises what the family adds
 CASES = {
     "qwen3": ("qwen3", dict(head_dim=24)),  # a head width that is not hidden / heads, as Qwen3's
-    "smollm3": ("smollm3", dict(num_hidden_layers=4, no_rope_layer_interval=2)),  # layers 1 and 3 skip rope
+    "smollm3": ("smollm3", dict(num_hidden_layers=4)),  # the fourth layer skips the rotary embedding
     "llama3-rope": ("llama", dict(max_position_embeddings=256, rope_parameters={
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
@@ -62,7 +62,7 @@ def our_greedy(model, tokenizer, n=STEPS):
 @pytest.mark.parametrize("source", ["folder", "gguf"])
 def test_logits_and_greedy_tokens_match_transformers(case, source):
     name, reference, folder, gguf_file = case
-    ckpt = load_checkpoint(folder if source == "folder" else gguf_file)
+    ckpt = load_checkpoint(folder if source == "folder" else gguf_file, inference=True)  # as the app loads
     assert family_of(ckpt.model).name == CASES[name][0]
     with torch.inference_mode():
         want = reference(torch.tensor([PROMPT])).logits[0]
@@ -76,3 +76,27 @@ def test_a_family_without_the_fused_step_says_so_once(case):
     backend = LocalBackend.load(folder)
     notes = [w for w in backend.warnings if "PyTorch path" in w]
     assert len(notes) == (0 if family_of(backend.generator.model).name == "llama" else 1)
+
+
+def test_fused_decode_step_and_pytorch_path_agree(case, tmp_path):
+    """Llama 3's scaled rotary tables reach the fused step as they reach the PyTorch blocks."""
+    from chatterm.model import native, native_blocks
+
+    name, reference, _, _ = case
+    if CASES[name][0] != "llama":
+        pytest.skip("runs on the PyTorch path only")
+    if native.library() is None:
+        pytest.skip("chatterm's CPU kernels are not built here")
+    # Q8_0: the fused step runs on chatterm's kernels (F32 layers are oneDNN's)
+    ckpt = load_checkpoint(write_gguf(tmp_path / "q8.gguf", reference, kind_of(name), qtype="Q8_0"), inference=True)
+    model, tokenizer = ckpt.model, Tokenizer.from_spec(ckpt.meta["tokenizer"])
+    fused, plain = Generator(model, tokenizer), Generator(model, tokenizer)
+    fused.prefill(PROMPT)
+    plain.prefill(PROMPT)
+    for token in (7, 99, 250):
+        a = fused.decode(token)
+        model.decode_note = "the PyTorch path, for this test"  # an instance attribute: this model only
+        b = plain.decode(token)
+        del model.decode_note
+        assert torch.allclose(a, b, atol=2e-3, rtol=1e-3), (a - b).abs().max()
+    assert isinstance(native_blocks._plans.get(model), native_blocks._Plan)  # the fused step did run

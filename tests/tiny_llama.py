@@ -87,7 +87,7 @@ def hf_model(kind: str = "llama", seed: int = 0, vocab_size: int = 416, tie: boo
     shape = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=tie,
-        bos_token_id=0, eos_token_id=2,
+        bos_token_id=0, eos_token_id=2, pad_token_id=0,
     )
     shape.update(overrides)
     torch.manual_seed(seed)
@@ -200,6 +200,13 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
             w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             w.add_tensor(name, np.ascontiguousarray(data))
+    if rope.get("rope_type") == "llama3":
+        # The converter stores Llama 3.1's scaling as one divisor per frequency: unscaled over
+        # scaled, here from transformers' own scaled frequencies.
+        scaled = model.model.rotary_emb.inv_freq.double()
+        dim = scaled.numel() * 2
+        plain = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        w.add_tensor("rope_freqs.weight", (plain / scaled).float().numpy())
     for key, (value, vtype) in (metadata or {}).items():
         w.kv_data[0][key] = gguf.GGUFValue(value=value, type=gguf.GGUFValueType[vtype])
     w.write_header_to_file()
