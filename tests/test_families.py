@@ -20,6 +20,10 @@ STEPS = 30
 CASES = {
     "qwen3": ("qwen3", dict(head_dim=24)),  # a head width that is not hidden / heads, as Qwen3's
     "smollm3": ("smollm3", dict(num_hidden_layers=4)),  # the fourth layer skips the rotary embedding
+    "gemma3": ("gemma3", dict(num_hidden_layers=6, head_dim=16, query_pre_attn_scalar=16, sliding_window=4,
+                              rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                               "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                  "rope_theta": 1000000.0}})),
     "llama3-rope": ("llama", dict(max_position_embeddings=256, rope_parameters={
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
@@ -100,3 +104,24 @@ def test_fused_decode_step_and_pytorch_path_agree(case, tmp_path):
         del model.decode_note
         assert torch.allclose(a, b, atol=2e-3, rtol=1e-3), (a - b).abs().max()
     assert isinstance(native_blocks._plans.get(model), native_blocks._Plan)  # the fused step did run
+
+
+def test_gemma3_query_pre_attn_scalar_and_global_layers_from_a_folder(tmp_path):
+    """A scale other than the head width (llama.cpp's GGUF files always use the head width), and
+    the v4 spelling of a config (sliding_window_pattern, rope_local_base_freq) read as transformers does."""
+    import json
+
+    reference = hf_model("gemma3", seed=7, num_hidden_layers=4, head_dim=16, query_pre_attn_scalar=40, sliding_window=3,
+                         layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"])
+    folder = save_hf_folder(tmp_path, reference)
+    raw = json.loads((folder / "config.json").read_text())
+    local_theta = raw.pop("rope_parameters")["sliding_attention"]["rope_theta"]
+    raw.pop("layer_types")
+    (folder / "config.json").write_text(json.dumps({**raw, "rope_theta": 1e6, "rope_local_base_freq": local_theta,
+                                                    "sliding_window_pattern": 2}))
+    ckpt = load_checkpoint(folder, inference=True)
+    assert [b.attn.window for b in ckpt.model.layers] == [3, 0, 3, 0]
+    with torch.inference_mode():
+        want = reference(torch.tensor([PROMPT])).logits[0]
+        got = ckpt.model(torch.tensor([PROMPT]))[0]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()

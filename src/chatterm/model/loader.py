@@ -157,6 +157,8 @@ def _read(source, sources: Sources):
         value = source.get(part.name)
         if part.unpermute_heads:
             value = _unpermute(value, part.unpermute_heads)
+        if part.offset:
+            value = _as_float(value, torch.float32) + part.offset
         parts.append(value)
     if len(parts) == 1:
         return parts[0]

@@ -29,10 +29,12 @@ class Part:
     """One stored tensor that makes (part of) one of ours. `unpermute_heads`: llama.cpp stores a
     `llama` model's query/key rows with each head's rotary pairs interleaved; this many heads are
     put back in Hugging Face's order (rows i and i + head_dim/2 pair), a pure row permutation, so
-    it works on quantized rows too."""
+    it works on quantized rows too. `offset`: added to every value (a float tensor): Gemma's
+    Hugging Face norms store w of a scale 1 + w, llama.cpp's files store 1 + w."""
 
     name: str
     unpermute_heads: int = 0
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class Family:
     after_load: Callable[[object], None] = field(default=lambda model: None)  # e.g. rotary tables
 
 
-_MODULES = ("gpt2", "llama", "qwen3", "smollm3")
+_MODULES = ("gpt2", "llama", "qwen3", "smollm3", "gemma3")
 
 
 def families() -> dict[str, Family]:
