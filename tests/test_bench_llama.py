@@ -23,7 +23,7 @@ def test_gpt2_gguf_loads_back_to_our_model(tmp_path, qtype, tolerance):
         want, got = model(IDS)[0], loaded(IDS)[0]
     assert float((got - want).abs().max()) <= tolerance * float(want.abs().max())
     if qtype == "Q4_0":  # the tied vocabulary matrix stays 8-bit, as our int4 keeps it
-        assert GGUFFile(tmp_path / "m.gguf").tensors["token_embd.weight"][0] == "Q8_0"
+        assert GGUFFile(tmp_path / "m.gguf").tensors["token_embd.weight"].type_name == "Q8_0"
 
 
 def test_requantized_gguf_keeps_metadata_and_weights(tmp_path):

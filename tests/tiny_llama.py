@@ -87,8 +87,10 @@ def hf_model(kind: str = "llama", seed: int = 0, vocab_size: int = 416, tie: boo
     shape = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=tie,
-        bos_token_id=0, eos_token_id=2, pad_token_id=0,
+        bos_token_id=0, eos_token_id=2,
     )
+    if kind not in ("llama", "qwen2"):
+        shape["pad_token_id"] = 0  # SmolLM3's default (128004) is outside a tiny vocabulary
     shape.update(overrides)
     torch.manual_seed(seed)
     config_class, model_class = (getattr(transformers, n) for n in KINDS[kind])
@@ -133,11 +135,12 @@ PERMUTED = ("llama", "smollm3")  # convert_hf_to_gguf's LlamaModel reorders thei
 
 
 def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", template: str = CHATML,
-               metadata: dict | None = None) -> Path:
-    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`,
-    named and transformed as llama.cpp's convert_hf_to_gguf.py does (q/k rows reordered for
-    `llama`-style files, Gemma's norms stored with their 1 added); `metadata` ({key: (value,
-    GGUFValueType name)}) replaces or adds values, types and all."""
+               metadata: dict | None = None, per_tensor: dict | None = None) -> Path:
+    """The model (and the test tokenizer, and `template`) as a GGUF file, 2-D weights in `qtype`
+    (`per_tensor`: {"attn_v": "Q8_0"} gives the tensors of that name another type, as llama.cpp's
+    mixed files do), named and transformed as llama.cpp's convert_hf_to_gguf.py does (q/k rows
+    reordered for `llama`-style files, Gemma's norms stored with their 1 added); `metadata`
+    ({key: (value, GGUFValueType name)}) replaces or adds values, types and all."""
     import gguf
 
     cfg = model.config
@@ -195,8 +198,9 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
             data = llama_cpp_permute(data, heads if ".attn_q." in name else kv_heads)
         if kind == "gemma3" and name.endswith("norm.weight"):
             data = data + 1  # Gemma3RMSNorm scales by (1 + w): the converter stores 1 + w
-        if data.ndim == 2 and qtype != "F32":
-            q = gguf.GGMLQuantizationType[qtype]
+        tensor_type = next((t for part, t in (per_tensor or {}).items() if f".{part}." in name), qtype)
+        if data.ndim == 2 and tensor_type != "F32":
+            q = gguf.GGMLQuantizationType[tensor_type]
             w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             w.add_tensor(name, np.ascontiguousarray(data))

@@ -29,6 +29,7 @@ from ..model.errors import first_line
 from .events import Event, Finished, run_to_end
 from .sampling import SampleResult, sample
 from .settings import SamplingSettings
+from .threads import ThreadTuner
 from .tokenizer import Tokenizer
 
 # Called when the window is full mid-reply with every id in context (prompt + reply so far);
@@ -57,6 +58,9 @@ class Generator:
         self._cached_ids: list[int] = []  # the ids whose keys/values the cache holds, in order
         self._step = torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True) if compile else _decode_step
         self._lock = threading.Lock()  # one token loop at a time owns the cache
+        # CPU decoding picks its thread count by measuring (threads.py): a busy core slows every
+        # thread that waits for it
+        self._threads = ThreadTuner(torch.get_num_threads()) if self.device.type == "cpu" and not compile else None
 
     # -- building blocks -----------------------------------------------------------------------
 
@@ -96,7 +100,13 @@ class Generator:
         """Append one token to the cache; return the logits for the token after it."""
         token = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
         input_pos = torch.tensor([len(self._cached_ids)], dtype=torch.long, device=self.device)
+        tuner = self._threads
+        if tuner is not None and tuner.threads() != torch.get_num_threads():
+            torch.set_num_threads(tuner.threads())
+        started = time.perf_counter()
         logits = self._step(self.model, token, input_pos, self.cache)
+        if tuner is not None:
+            tuner.record(time.perf_counter() - started)
         self._cached_ids.append(token_id)
         return logits
 

@@ -35,7 +35,7 @@ from . import loader, native
 from .errors import CheckpointError, json_object, reading
 from .errors import first_line as _first_line
 from .families import families, family_for, family_for_gguf
-from .families.gpt2 import GPTConfig
+from .families.gpt2 import GPTConfig, normalize_config_keys
 from .formats import DictSource
 from .formats import state_dicts as sdmod
 from .formats.gguf import readable_types
@@ -82,12 +82,14 @@ def load_checkpoint(
     device = torch.device(device)
     _check_kind(path, folder_ok=True)
     with reading(path):
-        fmt, family, config, source, tensor_map, meta, strict = _open(path, n_head, context)
+        fmt, family, config, source, map_tensors, meta, strict = _open(path, n_head, context)
         try:
+            loader.check_config_matches(config, source, path)
+            tensor_map = map_tensors()
             build = dict(precision=precision, device=device, inference=inference)
             model = loader.empty_model(family, config)
             weights = loader.stored_bytes(model, source, tensor_map, precision, cpu=inference and device.type == "cpu")
-            already = sum(t.numel() * t.element_size() for t in source.sd.values()) if strict else 0
+            already = sum(t.numel() * t.element_size() for t in source.sd.values()) if isinstance(source, DictSource) else 0
             check_fits(config, weights, _cache_element_size(precision, device, inference), device, path,
                        already_loaded=already, context=context)
             model = loader.assemble(family, model, source, tensor_map, path, strict=strict, progress=progress, **build)
@@ -129,8 +131,10 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict 
 
 
 def _open(path: Path, n_head: int | None, context: int | None):
-    """(format, family, config, tensor source, tensor map, meta, strict) for whatever is at
-    `path`; nothing but headers and configs is read yet, except for the small pickled formats."""
+    """(format, family, config, tensor source, its tensor map (a callable: made once the config
+    is known to match the file), meta, strict: every stored tensor must be one of ours, for the
+    formats written in our names) for whatever is at `path`; nothing but headers
+    and configs is read yet, except for the small pickled formats."""
     from .formats.gguf import GGUFFile, is_gguf
     from .formats.hf_folder import folder_meta, hf_family_folder_shards, is_hf_family_folder
     from .formats.safetensors_files import SafetensorsFiles
@@ -148,7 +152,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
                 config = family.config_from_gguf(gguf, arch, context)
             except (KeyError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{path}: cannot read this GGUF file ({_first_line(e)})") from e
-            return "gguf", family, config, gguf, family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
+            return "gguf", family, config, gguf, lambda: family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
         except BaseException:
             gguf.close()
             raise
@@ -160,7 +164,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             raise CheckpointError(f"{path / 'config.json'}: bad model config ({_first_line(e)})") from e
         source = SafetensorsFiles(path, hf_family_folder_shards(path))
-        return "huggingface", family, config, source, family.hf_tensors(config), folder_meta(path), False
+        return "huggingface", family, config, source, lambda: family.hf_tensors(config), folder_meta(path), False
     if _is_our_safetensors(path):
         meta, weights = _our_meta(path)
         family = families().get((meta.get("model") or {}).get("architecture", "gpt2") if isinstance(meta.get("model"), dict) else "gpt2")
@@ -168,10 +172,10 @@ def _open(path: Path, n_head: int | None, context: int | None):
             raise CheckpointError(f"{path}: unknown model architecture in its metadata")
         config = _config_from(meta.get("model"), path, family)
         source = SafetensorsFiles(weights.parent, [weights.name])
-        return "chatterm", family, config, source, own_tensors(family, config), meta, False
+        return "chatterm", family, config, source, lambda: own_tensors(family, config), meta, True
     fmt, config, sd, meta = _read(path, n_head)
     family = families()["gpt2"]
-    return fmt, family, config, DictSource(sd), own_tensors(family, config), meta, True
+    return fmt, family, config, DictSource(sd), lambda: own_tensors(family, config), meta, True
 
 
 def own_tensors(family, config) -> dict:
@@ -261,7 +265,7 @@ def _read_hf(path: Path) -> tuple[str, GPTConfig, dict, dict]:
     raw = _read_json(path / "config.json")
     if raw.get("model_type", "gpt2") != "gpt2":
         raise CheckpointError(f"{path}: model_type {str(raw.get('model_type'))[:40]!r} is not GPT-2")
-    cfg = sdmod.normalize_config_keys(raw)
+    cfg = normalize_config_keys(raw)
     cfg.setdefault("bias", True)
     config = _config_from(cfg, path / "config.json")
     weights = _hf_weights(path)
@@ -280,7 +284,7 @@ def _hf_weights(path: Path) -> Path | None:
 def _sidecar_config(path: Path) -> dict:
     for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
         if candidate.exists():
-            return sdmod.normalize_config_keys(_read_json(candidate))
+            return normalize_config_keys(_read_json(candidate))
     return {}
 
 
@@ -291,7 +295,7 @@ def _config_from(raw, where: Path, family=None):
     try:
         if family is not None and family.name != "gpt2":
             return family.config_class.from_dict(raw)
-        return GPTConfig.from_dict(sdmod.normalize_config_keys(raw))
+        return GPTConfig.from_dict(normalize_config_keys(raw))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad model config ({_first_line(e)})") from e
 

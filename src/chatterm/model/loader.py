@@ -31,6 +31,27 @@ FLOAT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 QUANTIZED_BITS = {"int8": 8, "int4": 4}
 
 
+def check_config_matches(config, source, where: Path) -> None:
+    """Refuse, before anything is built, a config that describes more weights than the file
+    holds: a config from a stranger (10^8 layers, a 10^5-token learned position table) must not
+    cost minutes building an empty module, and it is the config's fault, not the machine's."""
+    stored = 0
+    for name in source.names():
+        numel = 1
+        for d in source.shape(name):
+            numel *= int(d)
+        stored += numel
+    claimed = config.num_params()
+    # Twice what is stored, and then some: a config off by a layer still reaches the per-tensor
+    # checks below, whose message names the tensor; this one is for configs that are absurd.
+    if claimed > 2 * stored + 2**20:
+        raise CheckpointError(
+            f"{where}: its config describes {claimed:,} parameters ({config.n_layer:,} layers, width "
+            f"{config.n_embd:,}), and the weights hold {stored:,}: the config does not match the weights "
+            "(a wrong or damaged config, or a truncated file)"
+        )
+
+
 def empty_model(family: Family, config) -> nn.Module:
     """The family's module on the meta device, its initialisers skipped: on meta they only
     cost time (nn.init.normal_ there goes through torch._refs and imports torch._dynamo,
@@ -62,7 +83,7 @@ def check_tensors(model: nn.Module, source, tensor_map: TensorMap, where: Path, 
             raise CheckpointError(f"{where}: tensor {sources.parts[0].name!r} has shape {shapes[0]}, the config needs {shape}")
     if strict:
         stored = {p.name for s in tensor_map.values() for p in s.parts}
-        extra = sorted(n for n in source.sd if n not in stored)  # DictSource only
+        extra = sorted(n for n in source.names() if n not in stored)
         if extra:
             raise CheckpointError(f"{where}: unexpected tensor {extra[0]!r} (and {len(extra) - 1} more)")
 
@@ -160,15 +181,32 @@ def _read(source, sources: Sources):
         if part.offset:
             value = _as_float(value, torch.float32) + part.offset
         parts.append(value)
+    groups = [[parts[0]]]  # runs of parts of one kind, stacked together
+    for part in parts[1:]:
+        if _kind(part) == _kind(groups[-1][-1]):
+            groups[-1].append(part)
+        else:
+            groups.append([part])
+    stacked = [_stack(g) for g in groups]
+    if len(stacked) == 1:
+        return stacked[0]
+    if all(isinstance(p, torch.Tensor) for p in stacked):  # float parts of different dtypes
+        return torch.cat([p.float() for p in stacked])
+    return stacked
+
+
+def _kind(value) -> str:
+    return value.type_name if isinstance(value, StoredTensor) else str(value.dtype)
+
+
+def _stack(parts: list):
+    """Parts of one kind, rows stacked: float tensors, or rows of blocks of one type."""
     if len(parts) == 1:
         return parts[0]
-    if all(isinstance(p, torch.Tensor) for p in parts):
-        dtype = parts[0].dtype if all(p.dtype == parts[0].dtype for p in parts) else torch.float32
-        return torch.cat([p.to(dtype) for p in parts])
-    if all(isinstance(p, StoredTensor) and p.type_name == parts[0].type_name for p in parts):
-        rows = sum(p.shape[0] for p in parts)
-        return StoredTensor(parts[0].type_name, (rows, *parts[0].shape[1:]), np.concatenate([p.raw for p in parts]))
-    return parts
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    rows = sum(p.shape[0] for p in parts)
+    return StoredTensor(parts[0].type_name, (rows, *parts[0].shape[1:]), np.concatenate([p.raw for p in parts]))
 
 
 def _unpermute(value, n_head: int):
@@ -198,8 +236,10 @@ def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernel
     """The CPU layer that computes with `weight` (see the module docstring)."""
     from .cpu_linear import RowStack, float_linear_layer, quantized_layer
 
-    if isinstance(weight, list) and precision is None:
-        return RowStack([_linear(w, None, precision, cpu_kernels, device) for w in weight], bias)
+    if isinstance(weight, list) and precision is None:  # each part its own layer, with its share of the bias
+        ends = np.cumsum([0, *(w.shape[0] for w in weight)])
+        return RowStack([_linear(w, None if bias is None else bias[a:b], precision, cpu_kernels, device)
+                         for w, a, b in zip(weight, ends[:-1], ends[1:])], None)
     if precision in QUANTIZED_BITS:
         return quantized_layer(_float_linear(_as_float(weight, torch.float32), bias), QUANTIZED_BITS[precision])
     if precision is None and native.library() is not None:
@@ -209,6 +249,11 @@ def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernel
         if isinstance(weight, StoredTensor):  # no kernel for this type: bf16, this tensor only
             return _stored_layer(_as_float(weight, torch.bfloat16), bias)
     dtype = FLOAT_DTYPES.get(precision, torch.float32)
+    if dtype != torch.float32:  # 16 bits asked for: chatterm's 16-bit kernel, activations in fp32
+        rounded = _as_float(weight, dtype)
+        layer = _stored_layer(rounded, bias) if native.library() is not None else None
+        # without it, fp32 layers computing with the rounded values: the arithmetic asked for
+        return layer if layer is not None else float_linear_layer(_float_linear(rounded.float(), bias))
     return float_linear_layer(_float_linear(_as_float(weight, dtype), bias))
 
 

@@ -31,7 +31,9 @@ def working_bytes(config) -> int:
     """Activations and logits of a prompt chunk, the kernels' buffers: small next to the
     weights, but not nothing for a 128k vocabulary (a 512-token prompt's hidden states, the
     last position's logits, the MLP's intermediate)."""
-    return 64 * 1024 * 1024 + 512 * 4 * (4 * config.n_embd + 2 * getattr(config, "intermediate_size", 4 * config.n_embd))
+    buffers = 64 * 1024 * 1024 + 512 * 4 * (4 * config.n_embd + 2 * getattr(config, "intermediate_size", 4 * config.n_embd))
+    rotary = 2 * config.block_size * config.head_dim * 4 if hasattr(config, "rope_theta") else 0  # cos and sin tables
+    return buffers + rotary
 
 
 def available_bytes(device: str = "cpu") -> int | None:

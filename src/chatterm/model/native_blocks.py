@@ -27,17 +27,26 @@ import weakref
 import torch
 
 from . import native
+from .cpu_linear import RowStack
 from .native_attention import _CACHE_DTYPES
-from .native_linear import Bf16Linear, Q4Linear, Q8Linear
+from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2KLinear, Q3KLinear, Q4KLinear, Q4Linear,
+                            Q5KLinear, Q6KLinear, Q8Linear)
 
-_KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2}
+# kernels.c's ct_lin kinds; a K-quant's (or IQ4_XS's) is 4 + its kquants.c type code
+_KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2, F16Linear: 3,
+          **{kind: 4 + kind.TYPE for kind in (Q4KLinear, Q5KLinear, Q6KLinear, Q2KLinear, Q3KLinear, IQ4XSLinear)},
+          IQ4NLLinear: 10}
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Plan (or _NOT_HERE)
 _NOT_HERE = object()
 
 
 class _Linear(ctypes.Structure):  # kernels.c's ct_lin
-    _fields_ = [("kind", ctypes.c_int64), ("N", ctypes.c_int64), ("K", ctypes.c_int64), ("w", ctypes.c_void_p),
-                ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+    pass
+
+
+_Linear._fields_ = [("kind", ctypes.c_int64), ("N", ctypes.c_int64), ("K", ctypes.c_int64), ("w", ctypes.c_void_p),
+                    ("scale", ctypes.c_void_p), ("offset", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                    ("next", ctypes.POINTER(_Linear))]
 
 
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
@@ -49,10 +58,28 @@ def _pointer(t: torch.Tensor | None):
     return t.data_ptr() if t is not None else None
 
 
-def _descriptor(layer) -> _Linear:
-    return _Linear(_KINDS[type(layer)], layer.out_features, layer.in_features, _pointer(layer.weight),
-                   _pointer(getattr(layer, "scale", None)), _pointer(getattr(layer, "offset", None)),
-                   _pointer(layer.bias))
+def _parts(layer) -> list:
+    """The kernel layers computing `layer`'s rows: itself, or a RowStack's parts in order."""
+    return list(layer.parts) if isinstance(layer, RowStack) else [layer]
+
+
+def _descriptor(layer, keep: list) -> _Linear:
+    """kernels.c's description of `layer`; a RowStack's parts are chained through `next` (the
+    chained structs are appended to `keep`, which must outlive every call that reads them)."""
+    def one(part) -> _Linear:
+        return _Linear(_KINDS[type(part)], part.out_features, part.in_features, _pointer(part.weight),
+                       _pointer(getattr(part, "scale", None)), _pointer(getattr(part, "offset", None)),
+                       _pointer(part.bias))
+
+    parts = _parts(layer)
+    head, tail = one(parts[0]), None
+    for part in reversed(parts[1:]):
+        node = one(part)
+        node.next = tail
+        keep.append(node)
+        tail = ctypes.pointer(node)
+    head.next = tail
+    return head
 
 
 class _Plan:
@@ -61,11 +88,12 @@ class _Plan:
     def __init__(self, blocks, linears_of, norms_of, cache) -> None:
         self.keys = cache.keys  # the cache these pointers are into
         self.tensors = [cache.keys, cache.values]  # held: nothing pointed at is freed meanwhile
+        self.chained: list = []  # a RowStack's later parts, pointed at by `next`
         layers = []
         for i, block in enumerate(blocks):
             linears, norms = linears_of(block), norms_of(block)
             self.tensors += [*linears, *norms]
-            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer) for layer in linears)),
+            layers.append(_Layer((_Linear * 4)(*(_descriptor(layer, self.chained) for layer in linears)),
                                  (ctypes.c_void_p * 4)(*(_pointer(t) for t in norms), *[None] * (4 - len(norms))),
                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr()))
         self.layers = (_Layer * len(layers))(*layers)
@@ -79,7 +107,8 @@ def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | Non
     if plan is not None and plan.keys is cache.keys:
         return plan
     applies = native.library() is not None and all(
-        all(type(layer) in _KINDS for layer in linears_of(b)) and shapes_fit(b)
+        all(type(part) in _KINDS for layer in linears_of(b) for part in _parts(layer)) and shapes_fit(b)
+        and not any(isinstance(layer, RowStack) and layer.bias is not None for layer in linears_of(b))
         and all(t is None or t.dtype == torch.float32 for t in norms_of(b)) for b in blocks)
     if not applies:
         _plans[model] = _NOT_HERE

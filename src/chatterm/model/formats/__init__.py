@@ -1,6 +1,6 @@
 """Checkpoint formats: each yields named tensors, one at a time, through one small interface.
 
-A tensor source has `has(name)`, `shape(name)`, `get(name)` (a torch tensor, or for quantized
+A tensor source has `names()`, `has(name)`, `shape(name)`, `get(name)` (a torch tensor, or for quantized
 GGUF tensors a `gguf.StoredTensor`: the blocks as stored) and `release(name)` (the loader is done
 with it: a memory-mapped source lets its pages go), `nbytes(name)` (as stored, for the memory check). `model/loader.py` reads nothing else, so a
 format knows nothing of families and a family nothing of files.
@@ -20,6 +20,8 @@ import torch
 
 
 class TensorSource(Protocol):
+    def names(self) -> list[str]: ...
+
     def has(self, name: str) -> bool: ...
 
     def shape(self, name: str) -> tuple[int, ...]: ...
@@ -37,6 +39,9 @@ class DictSource:
 
     def __init__(self, sd: dict[str, torch.Tensor]) -> None:
         self.sd = sd
+
+    def names(self) -> list[str]:
+        return list(self.sd)
 
     def has(self, name: str) -> bool:
         return name in self.sd

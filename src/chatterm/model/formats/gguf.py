@@ -149,6 +149,9 @@ class GGUFFile:
 
     # -- the tensor-source interface the loader reads (formats/__init__.py) --------------------
 
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
     def has(self, name: str) -> bool:
         return name in self.tensors
 

@@ -40,6 +40,9 @@ class SafetensorsFiles:
                 name = next((key[len(p):] for p in PREFIXES if key.startswith(p)), key)
                 self._where[name] = (handle, key)
 
+    def names(self) -> list[str]:
+        return list(self._where)
+
     def has(self, name: str) -> bool:
         return name in self._where
 

@@ -85,36 +85,6 @@ def from_textbook(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-# The textbook's config keys, for sidecar JSON files written in that style.
-TEXTBOOK_CONFIG_KEYS = {
-    "vocab_size": "vocab_size",
-    "context_length": "block_size",
-    "emb_dim": "n_embd",
-    "n_heads": "n_head",
-    "n_layers": "n_layer",
-    "drop_rate": "dropout",
-}
-# Hugging Face GPT2Config keys.
-HF_CONFIG_KEYS = {
-    "vocab_size": "vocab_size",
-    "n_positions": "block_size",
-    "n_embd": "n_embd",
-    "n_head": "n_head",
-    "n_layer": "n_layer",
-    "layer_norm_epsilon": "layer_norm_eps",
-}
-
-
-def normalize_config_keys(raw: dict) -> dict:
-    """Accept our, nanoGPT's, Hugging Face's or the textbook's config key names."""
-    out = dict(raw)
-    for table in (TEXTBOOK_CONFIG_KEYS, HF_CONFIG_KEYS):
-        for theirs, ours in table.items():
-            if theirs in raw and ours not in raw:
-                out[ours] = raw[theirs]
-    return out
-
-
 def infer_config(sd: dict[str, torch.Tensor], n_head: int | None, **overrides) -> GPTConfig:
     """Read every shape but the head count from the weights themselves."""
     vocab_size, n_embd = sd["transformer.wte.weight"].shape

@@ -6,7 +6,8 @@ end up well below what the memory bus allows (BENCHMARKS.md, issue 16). kernels.
 llama.cpp does: bf16 weights widened in registers, and 8/4-bit weights multiplied by 8-bit
 activations in integers, with AVX2 or, where `-march=native` finds it, AVX-512 VNNI.
 
-How: the C file ships with the package. `library()` compiles it once per (source, compiler, CPU)
+How: the C files (kernels.c; kquants.c for GGUF's K-quants; common.h between them) ship with the
+package. `library()` compiles them into one library once per (sources, compiler, CPU)
 with the system C compiler (`$CC`, else gcc, else cc) into the user's cache folder
 (`$CHATTERM_CACHE_DIR`, else platformdirs' cache dir), atomically, and loads it. No compiler,
 a failed build, a non-Linux OpenMP runtime or `CHATTERM_NATIVE=0`: `library()` is None and
@@ -28,7 +29,9 @@ from pathlib import Path
 
 from ...atomic import atomic_write
 
-SOURCE = Path(__file__).with_name("kernels.c")
+# Every C file here goes into the one library; the header is hashed too (a change to it is a new build).
+SOURCES = sorted(Path(__file__).parent.glob("*.c"))
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
 _lock = threading.Lock()
 _state: dict = {}  # "lib": CDLL | None, "reason": str
@@ -79,8 +82,10 @@ def _compiler() -> str:
 
 
 def _build_key(compiler: str) -> str:
-    """Changes with the source, the flags, the compiler and the CPU (-march=native)."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    """Changes with the sources, the flags, the compiler and the CPU (-march=native)."""
+    digest = hashlib.sha256()
+    for source in (*SOURCES, *HEADERS):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     digest.update(" ".join(FLAGS).encode())
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -89,6 +94,15 @@ def _build_key(compiler: str) -> str:
     digest.update(version.encode())
     digest.update(_cpu_flags().encode())
     return digest.hexdigest()[:16]
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether this CPU lists `flag` (e.g. "amx_bf16") among its features in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def _cpu_flags() -> str:
@@ -111,7 +125,7 @@ def _cache_dir() -> Path:
 def _build(compiler: str, path: Path, flags: list[str] = FLAGS) -> None:
     def compile_to(tmp: str) -> None:
         try:
-            done = subprocess.run([compiler, *flags, str(SOURCE), "-o", tmp, "-lm"],
+            done = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", tmp, "-lm"],
                                   capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
             raise _Unavailable(f"{compiler} failed: {e}") from e
@@ -135,7 +149,16 @@ def declare(lib):
     lib.ct_linear_q8.restype = i32
     lib.ct_linear_q4.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32]
     lib.ct_linear_q4.restype = i32
+    lib.ct_linear_f16.argtypes = [p, p, p, p, i64, i64, i64, i32]
+    lib.ct_linear_f16.restype = None
+    lib.ct_linear_kq.argtypes = [i32, p, p, p, p, i64, i64, i64, i32]
+    lib.ct_linear_kq.restype = i32
+    lib.ct_linear_iq4nl.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
+    lib.ct_linear_iq4nl.restype = i32
     lib.ct_dequant_bf16.argtypes = [p, p, i64, i64, i32]
+    lib.ct_dequant_f16.argtypes = [p, p, i64, i64, i32]
+    lib.ct_dequant_kq.argtypes = [i32, p, p, i64, i64, i32]
+    lib.ct_dequant_iq4nl.argtypes = [p, p, p, i64, i64, i32]
     lib.ct_dequant_q8.argtypes = [p, p, p, i64, i64, i32]
     lib.ct_dequant_q4.argtypes = [p, p, p, p, i64, i64, i32]
     lib.ct_attend_one.argtypes = [p, i64, p, p, i64, i64, p, i64, i64, i64, i64, ctypes.c_float, i32, i32]
@@ -145,6 +168,6 @@ def declare(lib):
     lib.ct_gpt2_layers_step.restype = i32
     lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, i32]
     lib.ct_llama_layers_step.restype = i32
-    for name in ("ct_dequant_bf16", "ct_dequant_q8", "ct_dequant_q4"):
+    for name in ("ct_dequant_bf16", "ct_dequant_f16", "ct_dequant_q8", "ct_dequant_q4", "ct_dequant_kq", "ct_dequant_iq4nl"):
         getattr(lib, name).restype = None
     return lib

@@ -3,7 +3,10 @@
  *   q8    : W in blocks of 32 int8 values with one fp16 scale each (GGUF's Q8_0), activations
  *           quantized the same way at call time, dot products in integers;
  *   q4    : W in blocks of 32 4-bit values q (0..15) with an fp16 scale d and an fp16 offset m,
- *           w = q * d + m (GGUF's Q4_1; Q4_0 is m = -8 d), activations as for q8.
+ *           w = q * d + m (GGUF's Q4_1; Q4_0 is m = -8 d), activations as for q8;
+ *   iq4nl : GGUF's IQ4_NL, Q4_0's nibbles as indexes into a fixed grid of 16 levels;
+ *   f16   : GGUF's F16 as stored, bf16's loop with F16C's conversion.
+ * (kquants.c has the super-block types: the K-quants and IQ4_XS.)
  *
  * Why: a decode step is one matrix-vector product per layer, so its speed is the bytes of W it
  * reads. PyTorch's CPU weight-only kernels widen int8/int4 to floats inside the loop, which
@@ -15,68 +18,7 @@
  * share one OpenMP thread pool. Every function has a portable scalar path for CPUs without AVX2.
  * K must be a multiple of 32 (the Python side checks). Rows are split across threads.
  */
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define CT_AVX2 1
-#endif
-/* AVX-512 with VNNI (Intel since Cascade Lake, AMD since Zen 4): the same loops twice as wide,
- * and one dpbusd for AVX2's maddubs + madd. Measured on a 2-core Xeon whose 300 MiB L3 holds
- * GPT-2 small's int8 weights, where the loops are compute-bound: BENCHMARKS.md. */
-#if defined(CT_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define CT_AVX512 1
-#endif
-
-#define BLOCK 32
-/* How far ahead of the weight stream the kernels ask for cache lines: the hardware prefetcher
- * alone left a decode step latency-bound (measured: q8 over GPT-2 small's 48 block matrices,
- * one thread, 11.5 ms without, 8.9 ms at 2048 bytes ahead). */
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 2048
-#endif
-
-static inline float fp16_to_fp32(uint16_t h) {
-#ifdef CT_AVX2
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(mant & 0x400)) { mant <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((mant & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000 | (mant << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
-
-static inline float bf16_to_fp32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-#ifdef CT_AVX2
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
+#include "common.h"
 
 #ifdef CT_AVX512
 /* The blocked loops below take two blocks (64 values) a step: one dpbusd gives 16 sums of 4
@@ -174,6 +116,46 @@ void ct_linear_bf16(const float *x, const uint16_t *w, const float *bias, float 
         const uint16_t *row = w + n * K;
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_bf16(row, x + m * K, K) + b;
+    }
+}
+
+/* ---- f16 weights (GGUF's F16 as stored), fp32 activations: bf16's loop with F16C's
+ *      conversion in place of the shift ------------------------------------------------------- */
+
+static float dot_f16(const uint16_t *w, const float *x, int64_t K) {
+    int64_t k = 0;
+    float sum = 0.0f;
+#if defined(CT_AVX512)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + k))), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + k + 16))),
+                             _mm512_loadu_ps(x + k + 16), a1);
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif defined(CT_AVX2)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH_BYTES, _MM_HINT_T0);
+        a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k))), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 8))), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 16))), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + k + 24))), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    sum = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+    for (; k < K; k++) sum += fp16_to_fp32(w[k]) * x[k];
+    return sum;
+}
+
+void ct_linear_f16(const float *x, const uint16_t *w, const float *bias, float *y,
+                   int64_t M, int64_t N, int64_t K, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+    for (int64_t n = 0; n < N; n++) {
+        const uint16_t *row = w + n * K;
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_f16(row, x + m * K, K) + b;
     }
 }
 
@@ -351,18 +333,44 @@ int ct_linear_q8(const float *x, const int8_t *w, const uint16_t *wd, const floa
 /* ---- q4: W nibbles (N, K/2): block b's byte j holds value j (low) and j+16 (high);
  *          wd, wm fp16 (N, K/32) ------------------------------------------------------------ */
 
-static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const int8_t *xq, const float *xd,
-                    const float *xs, int64_t nb) {
+#ifdef CT_AVX512
+/* x's int8 values for the q4 loop: each group of 4 blocks as their values 0..15 (the low
+ * nibbles' partners), then their values 16..31 (the high ones'), so that 4 blocks of nibbles,
+ * masked and shifted in place, meet x without a shuffle. Blocks past the last group of 4 stay. */
+static void nibble_order(const int8_t *xq, int8_t *xp, int64_t K) {
+    int64_t k = 0;
+    for (; k + 4 * BLOCK <= K; k += 4 * BLOCK)
+        for (int j = 0; j < 4; j++) {
+            memcpy(xp + k + 16 * j, xq + k + BLOCK * j, 16);
+            memcpy(xp + k + 64 + 16 * j, xq + k + BLOCK * j + 16, 16);
+        }
+    memcpy(xp + k, xq + k, (size_t)(K - k));
+}
+#endif
+
+/* xp: xq in nibble_order (AVX-512; elsewhere xq itself) */
+static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const int8_t *xq, const int8_t *xp,
+                    const float *xd, const float *xs, int64_t nb) {
     int64_t b = 0;
     float sum = 0.0f, offsets = 0.0f;
+    (void)xp; /* read on AVX-512 only */
 #if defined(CT_AVX512)
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), lo, hi;
+    /* 4 blocks a step: 64 bytes of nibbles, the low and the high ones each one dpbusd against
+     * x in nibble order, summed in integers: int32 lanes 4j..4j+3 are block j's. */
+    const __m512i low4 = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
+    const __m512i quads = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     __m128 off = _mm_setzero_ps();
     for (; b + 4 <= nb; b += 4) {
         _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
-        four_scales(wd + b, xd + b, &lo, &hi);
-        acc0 = _mm512_fmadd_ps(lo, q4_pair(w + b * BLOCK / 2, xq + b * BLOCK), acc0);
-        acc1 = _mm512_fmadd_ps(hi, q4_pair(w + (b + 2) * BLOCK / 2, xq + (b + 2) * BLOCK), acc1);
+        __m512i r = _mm512_loadu_si512((const void *)(w + b * BLOCK / 2));
+        __m512i dots = _mm512_dpbusd_epi32(zero, _mm512_and_si512(r, low4), _mm512_loadu_si512((const void *)(xp + b * BLOCK)));
+        dots = _mm512_dpbusd_epi32(dots, _mm512_and_si512(_mm512_srli_epi16(r, 4), low4),
+                                   _mm512_loadu_si512((const void *)(xp + b * BLOCK + 64)));
+        __m128 s = _mm_mul_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wd + b))), _mm_loadu_ps(xd + b));
+        __m512 scales = _mm512_permutexvar_ps(quads, _mm512_castps128_ps512(s));
+        if (b & 4) acc1 = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(dots), acc1);
+        else acc0 = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(dots), acc0);
         off = _mm_fmadd_ps(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + b))), _mm_loadu_ps(xs + b), off);
     }
     for (; b + 2 <= nb; b += 2) {
@@ -407,11 +415,91 @@ int ct_linear_q4(const float *x, const uint8_t *w, const uint16_t *wd, const uin
     qacts a;
     if (quantize_acts(x, M, K, &a)) return -1;
     int64_t nb = K / BLOCK;
+    int8_t *xp = a.q;
+#ifdef CT_AVX512
+    xp = (int8_t *)malloc((size_t)(M * K));
+    if (!xp) {
+        free_acts(&a);
+        return -1;
+    }
+    for (int64_t m = 0; m < M; m++) nibble_order(a.q + m * K, xp + m * K, K);
+#endif
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
     for (int64_t n = 0; n < N; n++) {
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_q4(w + n * K / 2, wd + n * nb, wm + n * nb, a.q + m * K, a.d + m * nb, a.s + m * nb, nb) + b;
+            y[m * N + n] = dot_q4(w + n * K / 2, wd + n * nb, wm + n * nb, a.q + m * K, xp + m * K, a.d + m * nb,
+                                  a.s + m * nb, nb) + b;
+    }
+    if (xp != a.q) free(xp);
+    free_acts(&a);
+    return 0;
+}
+
+/* ---- iq4nl: GGUF's IQ4_NL, Q4_0's nibbles (N, K/2) and fp16 scales (N, K/32), each nibble an
+ *      index into a fixed grid of 16 levels: w = d * level[q] ------------------------------ */
+
+static float dot_iq4nl(const uint8_t *w, const uint16_t *wd, const int8_t *xq, const float *xd, int64_t nb) {
+    int64_t b = 0;
+    float sum = 0.0f;
+#if defined(CT_AVX2)
+    const __m128i levels = _mm_loadu_si128((const __m128i *)iq4_levels);
+#endif
+#if defined(CT_AVX512)
+    /* two blocks a step as q4_pair, the nibbles looked up; levels are signed: |x| times the
+     * level with x's sign */
+    const __m512i table = _mm512_broadcast_i32x4(levels), zero = _mm512_setzero_si512();
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), lo, hi;
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
+        four_scales(wd + b, xd + b, &lo, &hi);
+        for (int half = 0; half < 2; half++) {
+            __m256i r = _mm256_loadu_si256((const __m256i *)(w + (b + 2 * half) * BLOCK / 2));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(r, low4)),
+                                           _mm256_and_si256(_mm256_srli_epi16(r, 4), low4), 1);
+            q = _mm512_shuffle_epi8(table, _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0)));
+            __m512i xv = _mm512_loadu_si512((const void *)(xq + (b + 2 * half) * BLOCK));
+            __m512i dots = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(xv), _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(xv), zero, q));
+            if (half) acc1 = _mm512_fmadd_ps(hi, _mm512_cvtepi32_ps(dots), acc1);
+            else acc0 = _mm512_fmadd_ps(lo, _mm512_cvtepi32_ps(dots), acc0);
+        }
+    }
+    sum = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(CT_AVX2)
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0f), table = _mm256_broadcastsi128_si256(levels);
+    __m256 acc = _mm256_setzero_ps();
+    for (; b < nb; b++) {
+        _mm_prefetch((const char *)(w + b * BLOCK / 2) + PREFETCH_BYTES, _MM_HINT_T0);
+        __m128i r = _mm_loadu_si128((const __m128i *)(w + b * BLOCK / 2));
+        __m256i q = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r, 4), r), low4));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(q, xv)), ones);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(wd[b]) * xd[b]), _mm256_cvtepi32_ps(p), acc);
+    }
+    sum = hsum(acc);
+#endif
+    for (; b < nb; b++) {
+        const uint8_t *r = w + b * BLOCK / 2;
+        const int8_t *v = xq + b * BLOCK;
+        int isum = 0;
+        for (int j = 0; j < BLOCK / 2; j++)
+            isum += iq4_levels[r[j] & 0x0f] * v[j] + iq4_levels[r[j] >> 4] * v[j + BLOCK / 2];
+        sum += fp16_to_fp32(wd[b]) * xd[b] * (float)isum;
+    }
+    return sum;
+}
+
+int ct_linear_iq4nl(const float *x, const uint8_t *w, const uint16_t *wd, const float *bias, float *y, int64_t M,
+                    int64_t N, int64_t K, int nthreads) {
+    qacts a;
+    if (quantize_acts(x, M, K, &a)) return -1;
+    int64_t nb = K / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+    for (int64_t n = 0; n < N; n++) {
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = dot_iq4nl(w + n * K / 2, wd + n * nb, a.q + m * K, a.d + m * nb, nb) + b;
     }
     free_acts(&a);
     return 0;
@@ -425,6 +513,12 @@ void ct_dequant_bf16(const uint16_t *w, float *out, int64_t N, int64_t K, int nt
         for (int64_t k = 0; k < K; k++) out[n * K + k] = bf16_to_fp32(w[n * K + k]);
 }
 
+void ct_dequant_f16(const uint16_t *w, float *out, int64_t N, int64_t K, int nthreads) {
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) out[n * K + k] = fp16_to_fp32(w[n * K + k]);
+}
+
 void ct_dequant_q8(const int8_t *w, const uint16_t *wd, float *out, int64_t N, int64_t K, int nthreads) {
     int64_t nb = K / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
@@ -432,6 +526,21 @@ void ct_dequant_q8(const int8_t *w, const uint16_t *wd, float *out, int64_t N, i
         for (int64_t b = 0; b < nb; b++) {
             float d = fp16_to_fp32(wd[n * nb + b]);
             for (int i = 0; i < BLOCK; i++) out[n * K + b * BLOCK + i] = d * (float)w[n * K + b * BLOCK + i];
+        }
+}
+
+void ct_dequant_iq4nl(const uint8_t *w, const uint16_t *wd, float *out, int64_t N, int64_t K, int nthreads) {
+    int64_t nb = K / BLOCK;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t b = 0; b < nb; b++) {
+            float d = fp16_to_fp32(wd[n * nb + b]);
+            const uint8_t *r = w + n * K / 2 + b * BLOCK / 2;
+            float *o = out + n * K + b * BLOCK;
+            for (int j = 0; j < BLOCK / 2; j++) {
+                o[j] = d * (float)iq4_levels[r[j] & 0x0f];
+                o[j + BLOCK / 2] = d * (float)iq4_levels[r[j] >> 4];
+            }
         }
 }
 
@@ -565,15 +674,28 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * cache write at `pos`, attention over positions 0..pos, the output projection and residual,
  * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
 
-typedef struct {
-    int64_t kind; /* 0: bf16, 1: q8, 2: q4 */
+typedef struct ct_lin_s {
+    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
+                   * 4 + CT_KQ_LAST + 1 (10): iq4nl */
     int64_t N, K;
     const void *w;
     const uint16_t *scale, *offset;
     const float *bias;
+    /* The next rows of the same projection, in another type (a file may store q and k in Q4_K and
+     * v in Q6_K; each part keeps its own blocks and kernel): its outputs follow ours in y. */
+    const struct ct_lin_s *next;
 } ct_lin;
 
+static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads);
+
 static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
+    for (; L; y += L->N, L = L->next)
+        if (lin_apply_one(L, x, y, nthreads))
+            return -1;
+    return 0;
+}
+
+static int lin_apply_one(const ct_lin *L, const float *x, float *y, int nthreads) {
     switch (L->kind) {
     case 0:
         ct_linear_bf16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
@@ -582,6 +704,14 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
         return ct_linear_q8(x, (const int8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
     case 2:
         return ct_linear_q4(x, (const uint8_t *)L->w, L->scale, L->offset, L->bias, y, 1, L->N, L->K, nthreads);
+    case 3:
+        ct_linear_f16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
+        return 0;
+    case 4 + CT_KQ_LAST + 1:
+        return ct_linear_iq4nl(x, (const uint8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
+    default:
+        if (L->kind >= 4 && L->kind <= 4 + CT_KQ_LAST)
+            return ct_linear_kq((int)(L->kind - 4), x, (const uint8_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
     }
     return -1;
 }
