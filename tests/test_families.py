@@ -17,6 +17,7 @@ PROMPT = [5, 77, 120, 33, 260, 9, 41, 300, 17, 88, 140, 61]
 STEPS = 30
 
 # kind -> (our family, transformers overrides): each a config that exercises what the family adds
+# (LOAD_WITH: what loading it takes besides)
 CASES = {
     "qwen3": ("qwen3", dict(head_dim=24)),  # a head width that is not hidden / heads, as Qwen3's
     "smollm3": ("smollm3", dict(num_hidden_layers=4)),  # the fourth layer skips the rotary embedding
@@ -24,14 +25,26 @@ CASES = {
                               rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                                                "full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                   "rope_theta": 1000000.0}})),
+    # Phi-4-mini's shape: 3/4 of each head rotated, LongRoPE (short factors within the trained window)
+    "phi3": ("phi3", dict(sliding_window=None, tie_word_embeddings=True, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+        "original_max_position_embeddings": 64, "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
+        "long_factor": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]})),
+    # Phi-3-mini's: whole heads rotated, so the fused decode step applies, LongRoPE's scaled cos/sin and all
+    "phi3-mini": ("phi3", dict(sliding_window=None, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 64,
+        "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5], "long_factor": [1.0] * 8})),
     "llama3-rope": ("llama", dict(max_position_embeddings=256, rope_parameters={
         "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
 }
 
 
+LOAD_WITH = {"phi3": dict(context=64), "phi3-mini": dict(context=64)}  # a window within the trained one: LongRoPE's short factors, as transformers'
+
+
 def kind_of(case: str) -> str:
-    return case.removesuffix("-rope").replace("llama3", "llama")
+    return {"llama3-rope": "llama", "phi3-mini": "phi3"}.get(case, case)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -66,7 +79,7 @@ def our_greedy(model, tokenizer, n=STEPS):
 @pytest.mark.parametrize("source", ["folder", "gguf"])
 def test_logits_and_greedy_tokens_match_transformers(case, source):
     name, reference, folder, gguf_file = case
-    ckpt = load_checkpoint(folder if source == "folder" else gguf_file, inference=True)  # as the app loads
+    ckpt = load_checkpoint(folder if source == "folder" else gguf_file, inference=True, **LOAD_WITH.get(name, {}))
     assert family_of(ckpt.model).name == CASES[name][0]
     with torch.inference_mode():
         want = reference(torch.tensor([PROMPT])).logits[0]
@@ -77,23 +90,25 @@ def test_logits_and_greedy_tokens_match_transformers(case, source):
 
 def test_a_family_without_the_fused_step_says_so_once(case):
     name, _, folder, _ = case
-    backend = LocalBackend.load(folder)
+    backend = LocalBackend.load(folder, **LOAD_WITH.get(name, {}))
     notes = [w for w in backend.warnings if "PyTorch path" in w]
-    assert len(notes) == (0 if family_of(backend.generator.model).name == "llama" else 1)
+    assert len(notes) == (0 if name in ("llama3-rope", "phi3-mini") else 1)
 
 
 def test_fused_decode_step_and_pytorch_path_agree(case, tmp_path):
-    """Llama 3's scaled rotary tables reach the fused step as they reach the PyTorch blocks."""
+    """Rotary tables (Llama 3's scaled ones, LongRoPE's) reach the fused step as they reach the
+    PyTorch blocks."""
     from chatterm.model import native, native_blocks
 
     name, reference, _, _ = case
-    if CASES[name][0] != "llama":
-        pytest.skip("runs on the PyTorch path only")
     if native.library() is None:
         pytest.skip("chatterm's CPU kernels are not built here")
     # Q8_0: the fused step runs on chatterm's kernels (F32 layers are oneDNN's)
-    ckpt = load_checkpoint(write_gguf(tmp_path / "q8.gguf", reference, kind_of(name), qtype="Q8_0"), inference=True)
+    ckpt = load_checkpoint(write_gguf(tmp_path / "q8.gguf", reference, kind_of(name), qtype="Q8_0"), inference=True,
+                           **LOAD_WITH.get(name, {}))
     model, tokenizer = ckpt.model, Tokenizer.from_spec(ckpt.meta["tokenizer"])
+    if model.decode_note is not None:
+        pytest.skip("runs on the PyTorch path only")
     fused, plain = Generator(model, tokenizer), Generator(model, tokenizer)
     fused.prefill(PROMPT)
     plain.prefill(PROMPT)

@@ -10,6 +10,7 @@ llama.cpp would (query/key rows reordered for `llama`), in F32 or a quantized ty
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,7 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
     rope = rope.get("full_attention", rope)
     w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None) or rope["rope_theta"]))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    if getattr(cfg, "head_dim", None):
+    if getattr(cfg, "head_dim", None) and kind != "phi3":
         w.add_key_length(cfg.head_dim)
         w.add_value_length(cfg.head_dim)
     if kind == "gemma3":
@@ -204,6 +205,16 @@ def write_gguf(path: Path, model, kind: str = "llama", qtype: str = "F32", templ
             w.add_tensor(name, gguf.quants.quantize(data, q), raw_dtype=q)
         else:
             w.add_tensor(name, np.ascontiguousarray(data))
+    if kind == "phi3":  # the converter's Phi3MiniModel: rotated dims, LongRoPE's factors as tensors
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        w.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+        if rope.get("rope_type") == "longrope":
+            original = rope["original_max_position_embeddings"]
+            w.add_rope_scaling_orig_ctx_len(original)
+            scale = cfg.max_position_embeddings / original
+            w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0)
+            w.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], dtype=np.float32))
+            w.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], dtype=np.float32))
     if rope.get("rope_type") == "llama3":
         # The converter stores Llama 3.1's scaling as one divisor per frequency: unscaled over
         # scaled, here from transformers' own scaled frequencies.

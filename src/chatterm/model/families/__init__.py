@@ -66,7 +66,7 @@ class Family:
     after_load: Callable[[object], None] = field(default=lambda model: None)  # e.g. rotary tables
 
 
-_MODULES = ("gpt2", "llama", "qwen3", "smollm3", "gemma3")
+_MODULES = ("gpt2", "llama", "qwen3", "smollm3", "gemma3", "phi3")
 
 
 def families() -> dict[str, Family]:
