@@ -7,7 +7,8 @@ The text is the validation split of chitchat-dataset (`pip install chitchat-data
 conversations held out from the default model's training), tokenized by each model's own
 tokenizer, and scored token by token as a reply is decoded. Each precision loads the model through `LocalBackend.load(..., dtype=...)`, the path
 the app takes, and scores the same windows; printed: mean negative log-likelihood per token,
-perplexity, and the change against bf16.
+perplexity, and the change against the first precision listed (`--dtypes fp32,auto`: the
+file's own quantization, as stored, against its dequantized fp32 model).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def mean_nll(model, ids: torch.Tensor, window: int, windows: int) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="checkpoint path or installed model name")
-    p.add_argument("--dtypes", default="bf16,fp32,int8,int4")
+    p.add_argument("--dtypes", default="bf16,fp32,int8,int4", help="precisions; auto: as stored")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--windows", type=int, default=8)
     args = p.parse_args()
@@ -69,8 +70,8 @@ def main() -> int:
         ids = torch.tensor(backend.tokenizer.encode(text), dtype=torch.long)
         window = min(args.window, backend.info.context_window - 1)
         results[dtype] = nll = mean_nll(backend.generator.model, ids, window, args.windows)
-        base = results.get("bf16")
-        change = f"  {100 * (nll / base - 1):+.2f}% vs bf16" if base and dtype != "bf16" else ""
+        first = next(iter(results))  # the reference: the first precision listed
+        change = f"  {100 * (nll / results[first] - 1):+.2f}% vs {first}" if dtype != first else ""
         print(f"{backend.info.name} {dtype:5s}: mean NLL {nll:.4f} nats/token, perplexity {math.exp(nll):.2f}"
               f" ({min(ids.numel(), window * args.windows)} tokens){change}", flush=True)
         del backend

@@ -110,5 +110,5 @@ async def test_loading_a_model_file_shows_progress_in_the_status_bar(tmp_path):
         app.watch(app.status, "busy", lambda text: seen.append(text))
         app.commands.run(f"/model {gguf_file}")  # watched from the start this time
         await wait_until(pilot, lambda: len(seen) > 1 and seen[-1] == "", what="the second load")  # [0]: the value then
-    assert any(text.startswith("loading dequantizing weights") and text.endswith("%") for text in seen), seen
+    assert any(text.startswith("loading reading weights") and text.endswith("%") for text in seen), seen
     assert seen[-1] == "", seen

@@ -42,6 +42,15 @@ LLAMA3 = (
     "message['content'] | trim + '<|im_end|>' %}{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n\n' }}{% endif %}"
 )
+# Qwen2.5's shape (also Qwen3's and DeepSeek-R1-Distill-Qwen's opening): it reads messages[0] before
+# anything else, so it fails on an empty message list; a default system prompt when none is given.
+QWEN25 = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>system\nYou are Qwen, a helpful assistant.<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
 # Zephyr/TinyLlama's shape: plain-text role markers, the EOS token after each turn.
 ZEPHYR = (
     "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token }}"

@@ -383,9 +383,16 @@ def cmd_generate(args) -> int:
     backend = _load_backend(path, _backend_options(args, path, args.device, args.dtype))
     settings = _with_model_recommendation(layers, backend)
     if args.chat:
-        events = ChatSession(backend, settings, Conversation()).send(prompt)
+        try:
+            events = ChatSession(backend, settings, Conversation()).send(prompt)
+        except ValueError as e:  # a blank message
+            raise UserError(str(e)) from None
+        events = _chat_failures_as_user_errors(events)
     elif hasattr(backend, "complete_stream"):
-        events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
+        try:
+            events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
+        except ValueError as e:  # the tokenizer fails on the prompt
+            raise UserError(str(e)) from None
     else:
         raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
@@ -408,6 +415,15 @@ def cmd_generate(args) -> int:
         print(f"chatterm: error: {printable(done.error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _chat_failures_as_user_errors(events):
+    """The reply's events; the model's template or tokenizer failing on the prompt (a ValueError
+    with a one-line message: TemplateError, TokenizerError) ends `generate` with that line."""
+    try:
+        yield from events
+    except ValueError as e:
+        raise UserError(getattr(e, "reason", str(e))) from None  # MessageNotSent: there is no chat here
 
 
 def _with_model_recommendation(layers, backend):

@@ -20,6 +20,7 @@ PRE_PATTERNS = {
     "qwen2": _LETTERS_FIRST % "",  # one digit per token
 }
 CONTROL, USER_DEFINED = 3, 4
+MAX_MERGED_PIECE = 256  # characters; see _sentencepiece_merges
 
 
 def tokenizer_from_gguf(spec: dict):
@@ -68,11 +69,17 @@ def tokenizer_from_gguf(spec: dict):
 
 def _sentencepiece_merges(tokens: list[str], types: list[int]) -> list[tuple[str, str]]:
     """Every split of a normal piece into two pieces of the vocabulary is a merge; merges that
-    build earlier (higher-scored) pieces come first, as SentencePiece's BPE applies them."""
+    build earlier (higher-scored) pieces come first, as SentencePiece's BPE applies them.
+
+    Only pieces of up to `MAX_MERGED_PIECE` characters get merges, so the work is linear in the
+    vocabulary's size: a piece of n characters has n - 1 splits of O(n) each, and one piece of a
+    megabyte took minutes. Real vocabularies' pieces are 16 characters at most (SentencePiece's
+    default), a few dozen in odd ones; a longer piece is kept for decoding and never produced by
+    encoding, as text never merges into it."""
     ids = {t: i for i, t in enumerate(tokens)}
     ranked = []
     for i, (piece, kind) in enumerate(zip(tokens, types)):
-        if kind != 1 or len(piece) < 2:
+        if kind != 1 or not 2 <= len(piece) <= MAX_MERGED_PIECE:
             continue
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]

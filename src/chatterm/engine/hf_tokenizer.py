@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ..model.errors import first_line, is_foreign_panic
 from ..regular_file import read_regular
 from .tokenizer import TokenizerError, shown_bytes
 
@@ -68,8 +69,6 @@ class HFTokenizer:
     def from_spec(cls, spec: dict) -> "HFTokenizer":
         from tokenizers import Tokenizer as RawTokenizer
 
-        from ..model.errors import first_line
-
         try:
             if spec.get("type") == "huggingface":
                 content = read_regular(spec["path"], MAX_TOKENIZER_BYTES)  # never blocks on a FIFO
@@ -112,8 +111,20 @@ class HFTokenizer:
         return len(self._bytes)
 
     def encode(self, text: str) -> list[int]:
-        """Plain text: special-token markers in it stay text."""
-        return self._raw.encode(text, add_special_tokens=False).ids if text else []
+        """Plain text: special-token markers in it stay text. TokenizerError (one line) when the
+        tokenizer crashes on it: a `tokenizer.json`'s regex can make the Rust core panic on some
+        input (Oniguruma's backtracking limit), and a panic is a `BaseException` that would
+        otherwise get past every handler."""
+        if not text:
+            return []
+        try:
+            return self._raw.encode(text, add_special_tokens=False).ids
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception
+            raise TokenizerError(f"the tokenizer failed on this text ({first_line(e)})") from None
+        except BaseException as e:
+            if is_foreign_panic(e):
+                raise TokenizerError(f"the tokenizer crashed on this text ({first_line(e)})") from None
+            raise
 
     def encode_marked(self, text: str, plain: list[tuple[int, int]] = ()) -> list[int]:
         """Template text whose special-token markers become special tokens, except inside the

@@ -5,8 +5,9 @@ tensors are read, stacked where the family fuses them (q, k, v), and turned into
 will compute with them: on the CPU, chatterm's kernels on the blocks as stored (Q8_0, Q4_0,
 Q4_1, the K-quants, F16, BF16: `native_linear.stored_layer`), oneDNN for fp32. A type without a
 kernel is dequantized to bf16 for that one tensor; nothing passes through an fp32 copy of the
-model unless the user asks for `--dtype fp32`. The source then lets that tensor's pages go, so a
-load peaks at about the model's final size.
+model unless the user asks for `--dtype fp32`. Sources read each tensor into memory of its own
+(GGUF with pread, not through the map), which the layer keeps or copies from, so a load peaks at
+about the model's final size plus one tensor.
 
 `precision`: None keeps each tensor as stored (the default); "fp32", "bf16", "fp16", "int8",
 "int4" convert, one tensor at a time. `inference=False` (training, `convert`) or a device other
@@ -100,11 +101,19 @@ def stored_bytes(model: nn.Module, source, tensor_map: TensorMap, precision: str
         numel = t.numel()
         if element is not None:
             total += int(numel * (element if t.dim() == 2 else 4))
-        elif cpu and t.dim() == 2:
-            total += sum(source.nbytes(p.name) for p in sources.parts)
+        elif cpu and t.dim() == 2:  # as stored, or bf16 where no kernel takes the type
+            total += sum(source.nbytes(p.name) if _kept_as_stored(source, p.name) else 2 * numel // len(sources.parts)
+                         for p in sources.parts)
         else:
             total += numel * 4
     return total
+
+
+def _kept_as_stored(source, name: str) -> bool:
+    from .native_linear import has_kernel
+
+    info = getattr(source, "tensors", {}).get(name)
+    return info is None or info.type_name == "F32" or has_kernel(info.type_name)
 
 
 def assemble(family: Family, model: nn.Module, source, tensor_map: TensorMap, where: Path, *,
@@ -112,6 +121,15 @@ def assemble(family: Family, model: nn.Module, source, tensor_map: TensorMap, wh
              strict: bool = False, progress=None) -> nn.Module:
     """`model` (the family's `empty_model`) with every tensor read from `source` (see the
     module docstring). Names and shapes are checked before anything is read."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # loading is thousands of small copies: each would wake the OpenMP team
+    try:
+        return _assemble(family, model, source, tensor_map, where, precision, device, inference, strict, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _assemble(family, model, source, tensor_map, where, precision, device, inference, strict, progress):
     config = model.config
     check_tensors(model, source, tensor_map, where, strict=strict)
     if config.tie_embeddings:  # the output projection is read from the embedding's rows
@@ -173,6 +191,9 @@ def _read(source, sources: Sources):
     """One of our tensors from its stored parts, rows stacked: a torch tensor, a StoredTensor
     (all parts quantized in one type), or a list of parts when their types differ (a Q4_K_M file
     keeps some layers' v projection in Q6_K beside Q4_K q and k)."""
+    stacked = _read_stacked(source, sources)
+    if stacked is not None:
+        return stacked
     parts = []
     for part in sources.parts:
         value = source.get(part.name)
@@ -193,6 +214,28 @@ def _read(source, sources: Sources):
     if all(isinstance(p, torch.Tensor) for p in stacked):  # float parts of different dtypes
         return torch.cat([p.float() for p in stacked])
     return stacked
+
+
+def _read_stacked(source, sources: Sources) -> StoredTensor | None:
+    """Parts quantized in one type, read by the source straight into one array (GGUF's
+    read_into): q, k and v, or gate and up, without a copy to stack them. None otherwise."""
+    infos = [getattr(source, "tensors", {}).get(p.name) for p in sources.parts]
+    if len(infos) < 2 or not hasattr(source, "read_into") or any(i is None for i in infos) \
+            or len({i.type_name for i in infos}) != 1 or infos[0].type_name in ("F32", "F16", "BF16"):
+        return None
+    row_bytes = {i.nbytes // i.shape[0] for i in infos}
+    if len(row_bytes) != 1 or any(len(i.shape) != 2 for i in infos):
+        return None
+    rows = sum(i.shape[0] for i in infos)
+    out = np.empty((rows, row_bytes.pop()), dtype=np.uint8)
+    start = 0
+    for part, info in zip(sources.parts, infos):
+        piece = out[start:start + info.shape[0]]
+        source.read_into(part.name, piece)
+        if part.unpermute_heads:
+            piece[:] = _unpermute(StoredTensor(info.type_name, info.shape, piece), part.unpermute_heads).raw
+        start += info.shape[0]
+    return StoredTensor(infos[0].type_name, (rows, infos[0].shape[1]), out)
 
 
 def _kind(value) -> str:

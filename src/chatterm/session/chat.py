@@ -26,8 +26,17 @@ from ..engine.settings import SamplingSettings
 from .backend import ChatBackend
 from .conversation import Conversation, Turn
 from .persistence import ConversationStore
+from .template_sandbox import TemplateError
 
 MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
+
+
+class MessageNotSent(ValueError):
+    """The prompt for a message could not be built, and the message was taken back out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"{reason}; the message was not added to the chat")
+        self.reason = reason  # the failure itself, for a front end with no chat to speak of
 
 
 class ChatSession:
@@ -56,9 +65,9 @@ class ChatSession:
         if self.editing is not None:
             return self.submit_edit(text, inspect=inspect) or iter(())
         text = clean_message(text)
-        self.conversation.add("user", text)
+        sent = self.conversation.add("user", text)
         self.save()
-        return self._reply(inspect)
+        return self._reply(inspect, sent)
 
     def regenerate(self, *, inspect: int = 0) -> Iterator[Event]:
         """A new version of the last reply; the old one stays as an alternative."""
@@ -88,23 +97,34 @@ class ChatSession:
             raise ValueError("no model is loaded yet")
         return self.backend
 
-    def _reply(self, inspect: int) -> Iterator[Event]:
+    def _reply(self, inspect: int, sent: Turn | None = None) -> Iterator[Event]:
         backend = self._check_backend()
         self.cancel.clear()
         conversation = self.conversation  # the reply belongs here even if /clear runs meanwhile
         events = backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect)
-        return self._relay(events, conversation, add_reply)
+        return self._relay(events, conversation, add_reply, sent)
 
     def _relay(self, events: Iterator[Event], conversation: Conversation,
-               record: Callable[[Conversation, Finished], Turn]) -> Iterator[Event]:
-        finished = False
+               record: Callable[[Conversation, Finished], Turn], sent: Turn | None = None) -> Iterator[Event]:
+        """Pass the events on, recording the turn they end with. When the prompt cannot even be
+        built for a message just sent (the model's template or tokenizer fails on it, before any
+        event), the message is taken back out, so that it cannot fail every later turn too, and
+        the error says so."""
+        finished = started = False
         try:
             for event in events:
+                started = True
                 if isinstance(event, Finished):  # before it is passed on: consumers see the turn
                     record(conversation, event)
                     conversation.model = self.backend.info.name if self.backend else conversation.model
                     finished = True
                 yield event
+        except ValueError as e:
+            if started or not _prompt_failure(e) or not conversation.turns or conversation.turns[-1] is not sent:
+                raise
+            conversation.turns.pop()
+            conversation.context_start = min(conversation.context_start, len(conversation.turns))
+            raise MessageNotSent(str(e)) from e
         finally:
             if not finished:  # the reply never came: a regenerated one's old version is shown again
                 conversation.cancel_branch()
@@ -212,6 +232,14 @@ class ChatSession:
         if self._save_failure:
             self._save_failure = ""
             self.warn(f"autosave works again: saved to {path}")
+
+
+def _prompt_failure(e: ValueError) -> bool:
+    """The model's template or tokenizer failed on the conversation (a server's failure is not
+    one: unreachable or refusing, /retry may mend it)."""
+    from ..engine.tokenizer import TokenizerError  # loaded by then; imported here to keep tiktoken off start-up
+
+    return isinstance(e, (TemplateError, TokenizerError))
 
 
 def add_reply(conversation: Conversation, done: Finished) -> Turn:

@@ -1,16 +1,22 @@
 """A model's own Jinja chat template, and the prompt builder that goes with it.
 
-`JinjaChatTemplate.render(messages, add_generation_prompt)` renders the template the way
-transformers' `apply_chat_template` does: a sandboxed, immutable Jinja environment with
-`trim_blocks` and `lstrip_blocks`, the `loopcontrols` extension, and `bos_token`, `eos_token`,
-`raise_exception`, `strftime_now` and a `tojson` filter that keeps non-ASCII characters.
+`JinjaChatTemplate.render(messages, add_generation_prompt)` renders the template as transformers'
+`apply_chat_template` does (the environment and its bounds: session/template_sandbox.py), with
+`bos_token`, `eos_token`, and `tools` and `documents` unset. Thinking templates render as their
+defaults say (Qwen3 thinks), as in transformers. A template that only renders with a list of tools
+(a tool-use variant) is one clear line: chatterm's chats send none.
 
 `JinjaPromptBuilder` has `PromptBuilder`'s interface (session/prompt.py), but cannot render turns
 one at a time: a template may open with a default system prompt, or render the first turn
-differently. So it renders the whole conversation, and splits it into one segment per message by
-rendering every prefix of it (`render(messages[:k])` must be a prefix of `render(messages[:k+1])`,
-which holds for the templates of real models; where it does not, the whole prompt is encoded in
-one go and only the cache's common-prefix reuse applies).
+differently. So it renders the whole conversation, and splits it into one segment per turn by
+rendering the conversations transformers would be given on the way: each prefix that ends with a
+user message, with the generation prompt, and each that ends with a reply, without it (never an
+empty list, nor a lone system prompt: real templates index `messages[0]`, or refuse a system
+prompt that is not followed by a user message). A user turn's segment thus ends with the
+generation prompt, the system prompt rides with the first turn, and a reply's segment is its
+text and the end of its turn. Where a prefix's rendering is not the start of the next one (a
+template that drops old thinking, say), the whole prompt is encoded in one go and only the cache's
+common-prefix reuse applies.
 
 Each segment is encoded with the template's markers as special tokens and the message content as
 plain text (`encode_marked`), found by rendering once more with placeholder contents: a message
@@ -22,41 +28,20 @@ reply exactly and only the new turn is prefilled.
 from __future__ import annotations
 
 import hashlib
-import json
 import weakref
 from dataclasses import dataclass
-from datetime import datetime
-from functools import lru_cache
 
+from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
+from .template_sandbox import MAX_RENDERED_CHARS, TemplateError, compile_template, render
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or message contains them
-
-
-class TemplateError(ValueError):
-    """The chat template failed to render (a syntax error, or it raised for this conversation)."""
-
-
-@lru_cache(maxsize=8)
-def _compile(source: str):
-    from jinja2 import TemplateSyntaxError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(f"the chat template refused this conversation: {message}")
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source)
-    except TemplateSyntaxError as e:
-        raise TemplateError(f"the chat template is not valid Jinja (line {e.lineno}: {e.message})") from e
+# A prompt builder lowers the most a template may write (MAX_RENDERED_CHARS) to what its context
+# window can use: the newest message, the history the window holds at 16 characters a token (4 is
+# usual), and TEMPLATE_TEXT_CHARS of the template's own text (default system prompts run to 6,000).
+TEMPLATE_TEXT_CHARS = 65_536
+_TOOL_NAMES = ("tools", "functions")
 
 
 @dataclass(frozen=True)
@@ -66,22 +51,36 @@ class JinjaChatTemplate:
     eos_token: str = ""
     stop: tuple[str, ...] = ()  # stop strings; end-of-turn tokens stop replies anyway
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        from jinja2 import TemplateError as JinjaError
-
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               max_chars: int = MAX_RENDERED_CHARS) -> str:
+        """The conversation as the model reads it; TemplateError (one line) when it fails or
+        writes more than `max_chars` characters."""
+        template = compile_template(self.source)
+        variables = dict(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+                         documents=None, bos_token=self.bos_token, eos_token=self.eos_token)
         try:
-            return _compile(self.source).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token, eos_token=self.eos_token,
-            )
-        except TemplateError:
+            return render(template, max_chars, **variables)
+        except TemplateError as e:
+            if str(e).startswith("the chat template failed") and self._needs_tools(template, variables, str(e)):
+                raise TemplateError("this chat template only renders with a list of tools (a function-calling "
+                                    "variant), and chatterm's chats send none; use the model's plain chat template") from e
             raise
-        except (JinjaError, TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
-            raise TemplateError(f"the chat template failed ({type(e).__name__}: {e})") from e
+
+    def _needs_tools(self, template, variables: dict, failure: str) -> bool:
+        """Whether the template failed on its tools being undefined, or renders given empty lists."""
+        if not any(name in self.source for name in _TOOL_NAMES):
+            return False
+        if any(f"'{name}' is undefined" in failure for name in _TOOL_NAMES):
+            return True
+        try:
+            render(template, MAX_RENDERED_CHARS, **dict(variables, **dict.fromkeys(_TOOL_NAMES, [])))
+        except TemplateError:
+            return False
+        return True
 
     def check(self) -> "JinjaChatTemplate":
         """Raise TemplateError now if the template does not even compile."""
-        _compile(self.source)
+        compile_template(self.source)
         return self
 
 
@@ -90,9 +89,11 @@ class JinjaPromptBuilder:
         self.tokenizer = tokenizer
         self.template = template
         self.window = context_window
+        self.max_chars = min(MAX_RENDERED_CHARS, MAX_MESSAGE_CHARS + 16 * context_window + TEMPLATE_TEXT_CHARS)
         source = f"{template.source}\0{template.bos_token}\0{template.eos_token}".encode("utf-8")
         self.key = f"{tokenizer.key}:{hashlib.sha256(source).hexdigest()[:16]}"  # content, as PromptBuilder's
         self._segment_ids: weakref.WeakKeyDictionary[Turn, list[int]] = weakref.WeakKeyDictionary()
+        self._skeletons: dict[tuple[tuple[str, ...], bool], str] = {}  # see _skeleton
 
     # -- PromptBuilder's interface -------------------------------------------------------------
 
@@ -106,9 +107,8 @@ class JinjaPromptBuilder:
         return self.tokenizer.encode(turn.text)
 
     def system_ids(self, conversation: Conversation) -> list[int]:
-        if not conversation.system:
-            return []
-        return self._segments(conversation, len(conversation.turns))[0][0]
+        """Nothing of its own: the system prompt rides in the first turn's segment (see above)."""
+        return []
 
     def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
         """Prompt ids asking for the next assistant turn; may advance `context_start`."""
@@ -116,32 +116,30 @@ class JinjaPromptBuilder:
         if not turns or turns[-1].role != "user":
             raise ValueError("the conversation must end with a user message")
         budget = self.window - self.reserve_for_reply(max_new_tokens)
-        start = min(conversation.context_start, len(turns) - 1)
-        segments, generation = self._segments(conversation, start)
-        total = sum(map(len, segments)) + len(generation)
-        dropped = 0
-        if total > budget:  # drop whole oldest turns, to about half the window (see prompt.py)
-            target = min(budget, self.window // 2)
-            offset = 1 if conversation.system else 0
-            lengths = [len(s) for s in segments[offset:]]
-            while start < len(turns) - 1 and (total > target or turns[start].role != "user"):
-                total -= lengths[dropped]
+        first = min(conversation.context_start, len(turns) - 1)
+        start = self._within_render_limit(conversation, first)
+        ids = self._ids(conversation, start)
+        # Too long: drop whole oldest turns, to about half the window (see prompt.py), never
+        # opening on a reply. The turns' lengths are estimates until the prompt is rendered again.
+        while len(ids) > budget and start < len(turns) - 1:
+            excess = len(ids) - min(budget, self.window // 2)
+            start += 1
+            excess -= len(self.turn_ids(turns[start - 1]))
+            while start < len(turns) - 1 and (excess > 0 or turns[start].role != "user"):
+                excess -= len(self.turn_ids(turns[start]))
                 start += 1
-                dropped += 1
-            segments, generation = self._segments(conversation, start)
+            ids = self._ids(conversation, start)
         conversation.context_start = start
-        ids = [i for s in segments for i in s] + generation
-        return Prompt(ids=ids[-budget:], dropped_turns=dropped)
+        return Prompt(ids=ids[-budget:], dropped_turns=start - first)
 
     def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
         """The window filled up mid-reply: drop old turns to about half the window and return the
         new context, ending with the reply so far."""
         half = self.window // 2
         turns = conversation.turns
-        start = conversation.context_start
+        start = self._within_render_limit(conversation, conversation.context_start)
         while True:
-            segments, generation = self._segments(conversation, start)
-            ids = [i for s in segments for i in s] + generation + list(reply_ids)
+            ids = self._ids(conversation, start) + list(reply_ids)
             if len(ids) <= half or start >= len(turns) - 1:
                 break
             start += 1
@@ -167,37 +165,68 @@ class JinjaPromptBuilder:
         texts = contents if contents is not None else ([conversation.system] if conversation.system else []) + [t.text for t in turns]
         return [{"role": r, "content": c} for r, c in zip(roles, texts)]
 
-    def _segments(self, conversation: Conversation, start: int) -> tuple[list[list[int]], list[int]]:
-        """Ids per message (system first, if any) and of the generation prompt."""
+    def _within_render_limit(self, conversation: Conversation, start: int) -> int:
+        """The first turn from `start` on whose messages fit `max_chars` with the template's own
+        text: a long saved chat opened on a model with a small window is cut before it is
+        rendered (the window would drop those turns anyway), never refused."""
+        turns = conversation.turns
+        size = len(conversation.system) + sum(len(t.text) for t in turns[start:])
+        while start < len(turns) - 1 and (size > self.max_chars - TEMPLATE_TEXT_CHARS or turns[start].role != "user"):
+            size -= len(turns[start].text)
+            start += 1
+        return start
+
+    def _ids(self, conversation: Conversation, start: int) -> list[int]:
+        """The prompt for the turns from `start` on, ending with the generation prompt."""
+        return [i for segment in self._segments(conversation, start) for i in segment]
+
+    def _segments(self, conversation: Conversation, start: int) -> list[list[int]]:
+        """Ids per turn from `start` on (module docstring), or the whole prompt as one piece."""
         real = self._messages(conversation, start)
         turns = conversation.turns[start:]
-        owners = ([None] if conversation.system else []) + list(turns)
+        system = len(real) - len(turns)  # 1 with a system prompt, else 0
         marked = [dict(m, content=_PLACEHOLDER.format(i)) for i, m in enumerate(real)]
-        render = self.template.render
-        prefix = render([])  # what the template writes before any message (a BOS, maybe)
-        skeletons, previous = [], prefix
-        for k in range(len(marked) + 1):
-            last = k == len(marked)
-            current = render(marked, add_generation_prompt=True) if last else render(marked[: k + 1])
+        full = self.template.render(real, True, self.max_chars)
+        skeletons = self._turn_skeletons(marked, turns, system)
+        texts = _contents("".join(skeletons), real, full) if skeletons else None
+        if texts is None and self._skeletons:  # renderings kept from before may be stale (a date)
+            self._skeletons.clear()
+            skeletons = self._turn_skeletons(marked, turns, system)
+            texts = _contents("".join(skeletons), real, full) if skeletons else None
+        if texts is None:
+            return [self._whole(real, marked, full)]
+        segments = []
+        for turn, skeleton in zip(turns, skeletons):
+            reply = turn.ids if (turn.role == "assistant" and turn.ids_key == self.key) else None
+            ids = self._encode_segment(skeleton, texts, reply)
+            segments.append(ids)
+            self._segment_ids[turn] = ids
+        return segments
+
+    def _turn_skeletons(self, marked: list[dict], turns: list[Turn], system: int) -> list[str] | None:
+        """Each turn's part of the placeholder rendering, or None where rendering one more turn
+        does not extend the rendering before it."""
+        skeletons, previous = [], ""
+        for k, turn in enumerate(turns):
+            current = self._skeleton(marked[: system + k + 1], turn.role == "user")
             if not current.startswith(previous):
-                return self._whole(real)
+                return None
             skeletons.append(current[len(previous) :])
             previous = current
-        full = render(real, add_generation_prompt=True)
-        for texts in ([m["content"] for m in real], [m["content"].strip() for m in real]):  # `| trim`
-            if prefix + "".join(_fill(s, texts) for s in skeletons) == full:
-                break
-        else:
-            return self._whole(real)
-        segments = []
-        for k, skeleton in enumerate(skeletons[:-1]):
-            owner = owners[k]
-            reply = owner.ids if (owner is not None and owner.role == "assistant" and owner.ids_key == self.key) else None
-            ids = self._encode_segment((prefix if k == 0 else "") + skeleton, texts, reply)
-            segments.append(ids)
-            if owner is not None:
-                self._segment_ids[owner] = ids
-        return segments, self._encode_segment(skeletons[-1], texts, None)
+        return skeletons
+
+    def _skeleton(self, marked: list[dict], add_generation_prompt: bool) -> str:
+        """The rendering of messages whose contents are placeholders: it depends on their roles
+        alone, so each is rendered once, and a prompt one exchange longer than the last renders
+        only its new turns (a conversation of n turns would take n renders of it per turn). A
+        template that writes the date renders differently the next day: _segments then starts
+        afresh."""
+        key = (tuple(m["role"] for m in marked), add_generation_prompt)
+        if key not in self._skeletons:
+            if len(self._skeletons) >= 4096:  # a bound, not a cache policy: long chats start afresh
+                self._skeletons.clear()
+            self._skeletons[key] = self.template.render(marked, add_generation_prompt, self.max_chars)
+        return self._skeletons[key]
 
     def _encode_segment(self, skeleton: str, texts: list[str], reply_ids: list[int] | None) -> list[int]:
         """Encode one segment: markers special, contents plain, a generated reply as generated."""
@@ -211,16 +240,30 @@ class JinjaPromptBuilder:
                 ids += self.tokenizer.encode(text)
         return ids
 
-    def _whole(self, real: list[dict]) -> tuple[list[list[int]], list[int]]:
-        """A template that is not prefix-stable: the whole prompt in one piece, contents plain."""
-        text = self.template.render(real, add_generation_prompt=True)
+    def _whole(self, real: list[dict], marked: list[dict], full: str) -> list[int]:
+        """A template that is not prefix-stable: the whole prompt `full` in one piece, contents
+        plain, found where the placeholders render. A template that rewrites contents (Qwen3
+        cuts a reply's thinking) has them looked for in order instead."""
+        skeleton = self.template.render(marked, True, self.max_chars)
+        texts = _contents(skeleton, real, full)
+        if texts is not None:
+            return self._encode_segment(skeleton, texts, None)
         spans, pos = [], 0
         for m in real:
-            found = text.find(m["content"], pos) if m["content"] else -1
+            found = full.find(m["content"], pos) if m["content"] else -1
             if found >= 0:
                 spans.append((found, found + len(m["content"])))
                 pos = found + len(m["content"])
-        return [], self.tokenizer.encode_marked(text, spans)
+        return self.tokenizer.encode_marked(full, spans)
+
+
+def _contents(skeleton: str, real: list[dict], full: str) -> list[str] | None:
+    """The message contents as the template writes them, if filling the placeholders of
+    `skeleton` with them gives `full`: as they are, or stripped (`| trim`)."""
+    for texts in ([m["content"] for m in real], [m["content"].strip() for m in real]):
+        if _fill(skeleton, texts) == full:
+            return texts
+    return None
 
 
 def _pieces(skeleton: str, texts: list[str]) -> list[tuple[str, bool]]:

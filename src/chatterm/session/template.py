@@ -28,9 +28,15 @@ class ChatTemplate:
     stop: tuple[str, ...] = field(default=("User:",))  # strings that end a reply
 
     def __post_init__(self) -> None:
+        for name in ("system", "user", "assistant", "assistant_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"chat template: {name!r} must be a string, not {type(getattr(self, name)).__name__}")
         for name in ("system", "user", "assistant"):
             if "{text}" not in getattr(self, name):
                 raise ValueError(f"chat template: {name!r} must contain '{{text}}'")
+        # a string is not a list of stop strings: tuple("User:") would stop at every "U"
+        if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError("chat template: 'stop' must be a list of non-empty strings")
         object.__setattr__(self, "stop", tuple(self.stop))
 
     def render_turn(self, role: str, text: str) -> str:
@@ -47,6 +53,9 @@ class ChatTemplate:
     def from_dict(cls, data: dict | None) -> "ChatTemplate":
         if not data:
             return cls()
+        if not isinstance(data, dict):
+            raise ValueError(f"the chat template must be an object of strings (system, user, assistant, "
+                             f"assistant_prefix, stop), not a {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -311,6 +311,9 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         # The session wrote the turn with its note ("stopped", "cut at max_new_tokens", an error).
         note = turns[-1].note if message.done is not None and turns and turns[-1].role == "assistant" else ""
         await self.replies.finished(message, note)
+        if message.withdrawn:  # the message is out of the conversation (session/chat.py: _relay)
+            self.chat.show_conversation(self.session.conversation)
+            self.note(f"error: {message.error}", "error")
         self.mark_messages()  # a regenerated reply's "2/3"
         if self.session.backend is not None:
             self._show_backend_news()
@@ -322,7 +325,11 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.status.unsaved = bool(self.session.save_failure)  # each turn is saved as it changes
         backend = self.session.backend
         if backend is not None:
-            self.status.context = (self.session.context_tokens(), backend.info.context_window)
+            try:
+                tokens = self.session.context_tokens()
+            except ValueError:  # the tokenizer fails on a message: the reply said so; the meter stays
+                return
+            self.status.context = (tokens, backend.info.context_window)
             self.status.context_is_estimate = backend.context_is_estimate
 
     # -- actions -------------------------------------------------------------------------------

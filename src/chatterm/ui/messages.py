@@ -34,3 +34,4 @@ class ReplyProgress(Message):
 class ReplyFinished(Message):
     done: Finished | None  # None when the reply could not start
     error: str = ""
+    withdrawn: bool = False  # the message was taken back out: its prompt could not be built

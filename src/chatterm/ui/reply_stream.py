@@ -13,6 +13,7 @@ from typing import Iterable
 
 from ..engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
 from ..model.errors import first_line
+from ..session.chat import MessageNotSent
 from .chat_view import AssistantMessage, ChatView
 from .inspector import TokenInspector
 from .messages import ReplyFinished, ReplyProgress
@@ -70,7 +71,7 @@ class ReplyStream:
         steps: list[TokenStep] = []
         deltas = 0  # TextDelta events: a token count for backends that send no TokenStep
         trimmed = None
-        done, error = None, ""
+        done, error, withdrawn = None, "", False
         last = time.monotonic()
         try:
             for event in events:
@@ -88,10 +89,10 @@ class ReplyStream:
                     self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
                     text, steps, trimmed, last, deltas = [], [], None, now, 0
         except Exception as e:  # keep the app alive whatever happens in the engine
-            error = first_line(e)
+            error, withdrawn = first_line(e), isinstance(e, MessageNotSent)
         if text or steps or trimmed:
             self.app.post_message(ReplyProgress("".join(text), steps, trimmed, len(steps) or deltas))
-        self.app.post_message(ReplyFinished(done, error))
+        self.app.post_message(ReplyFinished(done, error, withdrawn))
 
     async def progress(self, message: ReplyProgress) -> None:
         if not self.active:
@@ -141,6 +142,9 @@ class ReplyStream:
         if done is None:
             if widget is not None:
                 await widget.finish("", f"error: {message.error}")
+            # A Rust panic in the tokenizer prints its message and backtrace on the terminal
+            # (stderr, which Textual draws on too): paint the whole screen again over it.
+            self.app.screen.refresh()
             return
         if widget is not None:
             await widget.finish((self._text_before + done.text).strip(), note or (done.error or ""))
