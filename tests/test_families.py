@@ -140,3 +140,21 @@ def test_gemma3_query_pre_attn_scalar_and_global_layers_from_a_folder(tmp_path):
         want = reference(torch.tensor([PROMPT])).logits[0]
         got = ckpt.model(torch.tensor([PROMPT]))[0]
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+
+
+def test_a_base_model_chats_from_bos_when_its_tokenizer_asks(tmp_path):
+    """Gemma 3 270M has no chat template: chatterm's User:/Assistant: transcript, which must
+    start at BOS as the model's text did in training (without it Gemma answers garbage)."""
+    from chatterm.session.conversation import Conversation
+    from chatterm.session.prompt import PromptBuilder
+    from chatterm.session.template import ChatTemplate
+
+    path = write_gguf(tmp_path / "m.gguf", hf_model("gemma3", seed=5, **CASES["gemma3"][1]), "gemma3",
+                      metadata={"tokenizer.ggml.add_bos_token": (True, "BOOL")})
+    tokenizer = Tokenizer.from_spec(load_checkpoint(path).meta["tokenizer"])
+    conversation = Conversation()
+    conversation.add("user", "hi")
+    ids = PromptBuilder(tokenizer, ChatTemplate(), 256).build(conversation, 16).ids
+    assert ids[0] == tokenizer.bos_id == 0 and ids[1:3] != [0, 0]
+    conversation.system = "Be brief."
+    assert PromptBuilder(tokenizer, ChatTemplate(), 256).build(conversation, 16).ids.count(0) == 1
