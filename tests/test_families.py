@@ -3,6 +3,8 @@ a tiny random transformers model with a fixed seed, loaded from its Hugging Face
 a GGUF file written as llama.cpp's converter writes it, gives transformers' logits and greedy
 tokens exactly; families without the fused CPU decode step say so."""
 
+import math
+
 import pytest
 import torch
 
@@ -16,8 +18,7 @@ from tiny_llama import hf_model, save_hf_folder, write_gguf
 PROMPT = [5, 77, 120, 33, 260, 9, 41, 300, 17, 88, 140, 61]
 STEPS = 30
 
-# kind -> (our family, transformers overrides): each a config that exercises what the family adds
-# (LOAD_WITH: what loading it takes besides)
+# case -> (our family, transformers overrides): each a config that exercises what the family adds
 CASES = {
     "qwen3": ("qwen3", dict(head_dim=24)),  # a head width that is not hidden / heads, as Qwen3's
     "smollm3": ("smollm3", dict(num_hidden_layers=4)),  # the fourth layer skips the rotary embedding
@@ -26,12 +27,12 @@ CASES = {
                                                "full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                   "rope_theta": 1000000.0}})),
     # Phi-4-mini's shape: 3/4 of each head rotated, LongRoPE (short factors within the trained window)
-    "phi3": ("phi3", dict(sliding_window=None, tie_word_embeddings=True, rope_parameters={
+    "phi3": ("phi3", dict(sliding_window=None, tie_word_embeddings=True, original_max_position_embeddings=64, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
         "original_max_position_embeddings": 64, "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5],
         "long_factor": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]})),
     # Phi-3-mini's: whole heads rotated, so the fused decode step applies, LongRoPE's scaled cos/sin and all
-    "phi3-mini": ("phi3", dict(sliding_window=None, rope_parameters={
+    "phi3-mini": ("phi3", dict(sliding_window=None, original_max_position_embeddings=64, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 64,
         "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5], "long_factor": [1.0] * 8})),
     "llama3-rope": ("llama", dict(max_position_embeddings=256, rope_parameters={
@@ -40,7 +41,9 @@ CASES = {
 }
 
 
-LOAD_WITH = {"phi3": dict(context=64), "phi3-mini": dict(context=64)}  # a window within the trained one: LongRoPE's short factors, as transformers'
+# What loading a case takes besides: Phi-3 within its trained window (LongRoPE's short factors,
+# which transformers uses for sequences that fit it)
+LOAD_WITH = {"phi3": dict(context=64), "phi3-mini": dict(context=64)}
 
 
 def kind_of(case: str) -> str:
@@ -50,7 +53,7 @@ def kind_of(case: str) -> str:
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request, tmp_path_factory):
     """(case, transformers model, its folder, its GGUF file)."""
-    family, overrides = CASES[request.param]
+    _, overrides = CASES[request.param]
     kind = kind_of(request.param)
     model = hf_model(kind, seed=5, **overrides)
     where = tmp_path_factory.mktemp(request.param)
@@ -158,3 +161,14 @@ def test_a_base_model_chats_from_bos_when_its_tokenizer_asks(tmp_path):
     assert ids[0] == tokenizer.bos_id == 0 and ids[1:3] != [0, 0]
     conversation.system = "Be brief."
     assert PromptBuilder(tokenizer, ChatTemplate(), 256).build(conversation, 16).ids.count(0) == 1
+
+
+def test_phi3_takes_longropes_long_factors_for_a_window_past_the_trained_one(tmp_path):
+    reference = hf_model("phi3", seed=5, **CASES["phi3"][1])
+    folder, gguf_file = save_hf_folder(tmp_path / "hf", reference), write_gguf(tmp_path / "m.gguf", reference, "phi3")
+    rope = reference.config.rope_parameters
+    for path in (folder, gguf_file):
+        assert load_checkpoint(path, context=64).config.rope_scaling["factors"] == pytest.approx(rope["short_factor"])
+        config = load_checkpoint(path, context=128).config
+        assert config.rope_scaling["factors"] == pytest.approx(rope["long_factor"]) and config.rotary_dims == 12
+        assert config.rope_attention_factor == pytest.approx((1 + math.log(256 / 64) / math.log(64)) ** 0.5)
