@@ -6,7 +6,10 @@ tensors make each of our tensors (`TensorMap`), and the torch module. Formats (`
 only yield named tensors; `model/loader.py` builds the module on the meta device and puts each
 tensor straight into its final layer.
 
-Adding a family: a new file with a `FAMILY = Family(...)`, and its name in `_MODULES` below.
+Adding a family: a new file with a `FAMILY = Family(...)`, and its name in `_MODULES` below. A
+family close to another is written as the difference (qwen3.py, smollm3.py, gemma3.py and phi3.py
+subclass llama.py's config and module, replace its attention's `position` step or its block, and
+reuse its config readers and tensor maps), as transformers' modular files do.
 """
 
 from __future__ import annotations
