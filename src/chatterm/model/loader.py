@@ -230,6 +230,8 @@ def _read(source, sources: Sources):
         value = source.get(part.name)
         if part.unpermute_heads:
             value = _unpermute(value, part.unpermute_heads)
+        if part.offset:
+            value = _as_float(value, torch.float32) + part.offset
         parts.append(value)
     groups = [[parts[0]]]  # runs of parts of one kind, stacked together
     for part in parts[1:]:

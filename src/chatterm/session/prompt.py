@@ -53,9 +53,13 @@ class PromptBuilder:
         return turn.ids
 
     def system_ids(self, conversation: Conversation) -> list[int]:
+        # A tokenizer that asks for BOS (Gemma's, Llama 2's: base models chatting through this
+        # transcript) starts every prompt with it, as its text did in training.
+        bos = getattr(self.tokenizer, "bos_id", None)
+        start = [bos] if getattr(self.tokenizer, "add_bos", False) and bos is not None else []
         if not conversation.system:
-            return []
-        return self.tokenizer.encode(self.template.render_turn("system", conversation.system))
+            return start
+        return start + self.tokenizer.encode(self.template.render_turn("system", conversation.system))
 
     def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
         """Prompt ids asking for the next assistant turn; may advance `context_start`."""

@@ -6,7 +6,10 @@ tensors make each of our tensors (`TensorMap`), and the torch module. Formats (`
 only yield named tensors; `model/loader.py` builds the module on the meta device and puts each
 tensor straight into its final layer.
 
-Adding a family: a new file with a `FAMILY = Family(...)`, and its name in `_MODULES` below.
+Adding a family: a new file with a `FAMILY = Family(...)`, and its name in `_MODULES` below. A
+family close to another is written as the difference (qwen3.py, smollm3.py, gemma3.py and phi3.py
+subclass llama.py's config and module, replace its attention's `position` step or its block, and
+reuse its config readers and tensor maps), as transformers' modular files do.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ class Part:
     """One stored tensor that makes (part of) one of ours. `unpermute_heads`: llama.cpp stores a
     `llama` model's query/key rows with each head's rotary pairs interleaved; this many heads are
     put back in Hugging Face's order (rows i and i + head_dim/2 pair), a pure row permutation, so
-    it works on quantized rows too."""
+    it works on quantized rows too. `offset`: added to every value (a float tensor): Gemma's
+    Hugging Face norms store w of a scale 1 + w, llama.cpp's files store 1 + w."""
 
     name: str
     unpermute_heads: int = 0
+    offset: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,7 @@ class Family:
     after_load: Callable[[object], None] = field(default=lambda model: None)  # e.g. rotary tables
 
 
-_MODULES = ("gpt2", "llama")
+_MODULES = ("gpt2", "llama", "qwen3", "smollm3", "gemma3", "phi3")
 
 
 def families() -> dict[str, Family]:
@@ -99,8 +104,10 @@ def family_for_gguf(declared, where: Path) -> Family:
 
 
 def family_of(model) -> Family:
-    """The family of a built module."""
-    for fam in families().values():
+    """The family of a built module (its own class first: a family built on Llama's module is
+    also a Llama)."""
+    known = families().values()
+    for fam in (*(f for f in known if type(model) is f.module_class), *known):
         if isinstance(model, fam.module_class):
             return fam
     raise TypeError(f"{type(model).__name__} is not a model family")

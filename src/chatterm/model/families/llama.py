@@ -145,7 +145,7 @@ class Attention(nn.Module):
         q_width, kv_width, _ = self.split
         qk, v = self.qkv(x).split((q_width + kv_width, kv_width), dim=2)
         # queries and keys rotated together: half the small ops of rotating each
-        qk = rotate(qk.view(B, T, self.n_head + self.n_kv_head, self.head_dim), cos, sin)  # (B, T, nh+nkv, hs)
+        qk = self.position(qk.view(B, T, self.n_head + self.n_kv_head, self.head_dim), cos, sin)  # (B, T, nh+nkv, hs)
         q, k = qk.split((self.n_head, self.n_kv_head), dim=2)
         q = q.transpose(1, 2)  # (B, nh, T, hs)
         k = k.transpose(1, 2)  # (B, nkv, T, hs)
@@ -168,6 +168,11 @@ class Attention(nn.Module):
         y = y.reshape(B, self.n_head, T, self.head_dim).transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hs)
         return self.out(y)
 
+    def position(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Queries and keys (B, T, nh+nkv, hs) made position-aware: the rotary embedding here;
+        a family with q/k norms or layers without rotation overrides this one step."""
+        return rotate(qk, cos, sin)
+
 
 class SwiGLU(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
@@ -182,10 +187,12 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    attention_class = Attention  # a family that differs only in its attention replaces this
+
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(config.n_embd, config.rms_norm_eps)
-        self.attn = Attention(config, layer_idx)
+        self.attn = self.attention_class(config, layer_idx)
         self.mlp_norm = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
@@ -195,11 +202,16 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
+    block_class = Block
+    # None where native_blocks' fused decode step computes this family's blocks; else one line
+    # the front ends show once (the family runs on the PyTorch path: correct, slower).
+    decode_note: str | None = None
+
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.layers = nn.ModuleList(self.block_class(config, i) for i in range(config.n_layer))
         self.norm = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -247,7 +259,9 @@ class Llama(nn.Module):
         x = self.embed_tokens(idx)  # (B, T, C)
         cos = self.rope_cos[input_pos].to(x.dtype).unsqueeze(1)  # (T, 1, hs), broadcast over (B, ., heads)
         sin = self.rope_sin[input_pos].to(x.dtype).unsqueeze(1)
-        fused = llama_decode_step(self, x, cos, sin, input_pos, cache) if cache is not None and T == 1 else None
+        fused = None
+        if cache is not None and T == 1 and self.decode_note is None:
+            fused = llama_decode_step(self, x, cos, sin, input_pos, cache)
         if fused is not None:  # a decode step: every block in one call on the CPU kernels
             x = fused
         else:
@@ -264,8 +278,9 @@ class Llama(nn.Module):
 # -- reading configs ------------------------------------------------------------------------------
 
 
-def config_from_hf(raw: dict, context: int | None) -> LlamaConfig:
-    """config.json of LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM -> LlamaConfig."""
+def config_from_hf(raw: dict, context: int | None, config_class: type = LlamaConfig, **extra) -> LlamaConfig:
+    """config.json of LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM -> LlamaConfig
+    (a family built on Llama's passes its own `config_class` and the `extra` fields it adds)."""
     if raw.get("mlp_bias"):
         raise ValueError("mlp_bias is not supported")
     rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}  # v5 / v4 spelling
@@ -279,7 +294,7 @@ def config_from_hf(raw: dict, context: int | None) -> LlamaConfig:
     heads = typed(raw, "num_attention_heads", int)
     n_embd = typed(raw, "hidden_size", int)
     qwen2 = raw.get("model_type") == "qwen2"
-    return LlamaConfig(
+    return config_class(
         block_size=context_window(trained, context),
         vocab_size=typed(raw, "vocab_size", int),
         n_layer=typed(raw, "num_hidden_layers", int),
@@ -294,11 +309,13 @@ def config_from_hf(raw: dict, context: int | None) -> LlamaConfig:
         attention_bias=typed(raw, "attention_bias", bool, qwen2),  # Qwen2 always has q/k/v biases
         tie_embeddings=typed(raw, "tie_word_embeddings", bool, False),
         max_position_embeddings=trained,
+        **extra,
     )
 
 
-def config_from_gguf(g, arch: str, context: int | None) -> LlamaConfig:
-    """GGUF metadata (`llama.*`, `qwen2.*` keys) -> LlamaConfig."""
+def config_from_gguf(g, arch: str, context: int | None, config_class: type = LlamaConfig, **extra) -> LlamaConfig:
+    """GGUF metadata (`llama.*`, `qwen2.*` keys) -> LlamaConfig (`config_class`, `extra`: as
+    config_from_hf)."""
     meta = g.metadata
 
     def n(key, default=None):  # an integer (a count or a width)
@@ -318,7 +335,7 @@ def config_from_gguf(g, arch: str, context: int | None) -> LlamaConfig:
     if "rope_freqs.weight" in g.tensors:  # Llama 3.1's scaling, stored as per-frequency divisors
         scaling = {"rope_type": "factors", "factors": g.tensor("rope_freqs.weight").tolist()}
     trained = n("context_length", 2048)
-    return LlamaConfig(
+    return config_class(
         block_size=context_window(trained, context),
         vocab_size=g.tensors["token_embd.weight"].shape[0],
         n_layer=n("block_count"),
@@ -333,6 +350,7 @@ def config_from_gguf(g, arch: str, context: int | None) -> LlamaConfig:
         attention_bias="blk.0.attn_q.bias" in g.tensors,
         tie_embeddings="output.weight" not in g.tensors,
         max_position_embeddings=trained,
+        **extra,
     )
 
 
@@ -357,10 +375,10 @@ def hf_tensors(config: LlamaConfig) -> TensorMap:
     return names
 
 
-def gguf_tensors(config: LlamaConfig, arch: str) -> TensorMap:
-    """llama.cpp's names. Only `llama` files have their query/key rows reordered (Qwen2 files
-    keep Hugging Face's order)."""
-    permuted = arch == "llama"
+def gguf_tensors(config: LlamaConfig, arch: str, permuted: bool | None = None) -> TensorMap:
+    """llama.cpp's names. Only `llama` files (and families its converter writes as Llama's, say
+    `permuted`) have their query/key rows reordered (Qwen2 files keep Hugging Face's order)."""
+    permuted = arch == "llama" if permuted is None else permuted
     names = {"embed_tokens.weight": Sources.of("token_embd.weight"), "norm.weight": Sources.of("output_norm.weight"),
              "lm_head.weight": Sources.of("output.weight", optional=config.tie_embeddings)}
     for i in range(config.n_layer):
