@@ -32,7 +32,6 @@ import torch
 from ..atomic import atomic_write, remove_stray_temporaries
 from ..regular_file import NotRegularFileError, kind_of, open_regular, read_regular_text
 from . import loader
-from .cpu import native
 from .errors import CheckpointError, json_object, reading
 from .errors import first_line as _first_line
 from .families import families, family_for, family_for_gguf
