@@ -301,7 +301,7 @@ def test_the_key_is_in_no_error_output_or_saved_chat_of_the_command_line(tmp_pat
         assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
         assert r.stderr.startswith("chatterm: error: malformed event from the server:") and "***" in r.stderr
         assert shows_no_key(r.stdout + r.stderr) and r.stdout.startswith("par ***")
-        r = chatterm(server.url, "--plain", stdin="hi\n")
+        r = chatterm(server.url, "--plain", "--save", stdin="hi\n")  # piped runs are saved when asked
     saved = list((tmp_path / "data" / "conversations").glob("*.json"))
     assert len(saved) == 1 and "malformed event" in saved[0].read_text() and "par ***" in saved[0].read_text()
     assert shows_no_key(saved[0].read_text()) and shows_no_key(r.stdout + r.stderr)
