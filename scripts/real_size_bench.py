@@ -6,7 +6,8 @@
 Per file, each figure the median of `--runs` rounds, ours then theirs in every round:
 - start: a whole process to its first token, ours `chatterm generate FILE --prompt hi
   --max-new-tokens 1`, theirs `llama-completion -m FILE -p hi -n 1 --no-warmup`; wall time and
-  peak resident memory (the child's own ru_maxrss, from wait4);
+  peak resident memory (the child's own ru_maxrss, from wait4), both with a 4096-token window
+  (`--context`; chatterm's default cap, where llama.cpp would take the file's 128k);
 - decode: ours loaded once in this process as the app loads it (no flags: weights as stored),
   greedy `--new-tokens` after a short prompt; theirs `llama-bench -p 0 -n N`;
 - prompt: time to first token after a `--prompt-tokens` prompt (each round a different prompt,
@@ -61,6 +62,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--context", type=int, default=4096,
+                   help="llama.cpp's window (default 4096, chatterm's own cap: the same KV cache on both sides)")
     p.add_argument("--busy", action="store_true", help="also decode with one core kept busy by another process")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: start, decode, prompt")
     args = p.parse_args()
@@ -89,7 +92,7 @@ def main() -> None:
                 ours_t.append(t)
                 ours_m.append(m)
                 t, m = run_process([str(args.llama_bin / "llama-completion"), "-m", str(path), "-p", "hi", "-n", "1",
-                                    "-t", str(threads), "--no-warmup", "-no-cnv"])
+                                    "-t", str(threads), "-c", str(args.context), "--no-warmup", "-no-cnv"])
                 theirs_t.append(t)
                 theirs_m.append(m)
             print(f"start to first token (s): {median_ratio(ours_t, theirs_t)}")
