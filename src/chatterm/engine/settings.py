@@ -203,7 +203,7 @@ def _parse_switch(spec: SettingSpec, value, how: str) -> bool | None:
     if isinstance(value, bool):
         return value
     word = value.strip().lower() if isinstance(value, str) else None
-    if word in ("auto", "") or (value is None and how == TEXT):
+    if word in ("auto", "") or value is None:  # None: auto, as to_dict() writes it (a JSON null)
         return None
     if word in _ON or word in _OFF:
         return word in _ON
