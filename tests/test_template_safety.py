@@ -123,7 +123,7 @@ def test_the_plain_repl_answers_the_messages_after_one_the_template_refuses(qwen
     folder = with_template(qwen_folder, tmp_path, PICKY)
     env = {"PYTHONPATH": SRC, "CHATTERM_DATA_DIR": str(tmp_path / "data"), "CHATTERM_CONFIG_DIR": str(tmp_path / "cfg"),
            "PATH": "/usr/bin:/bin"}
-    run = subprocess.run([sys.executable, "-m", "chatterm", str(folder), "--plain", "--temperature", "0",
+    run = subprocess.run([sys.executable, "-m", "chatterm", str(folder), "--plain", "--save", "--temperature", "0",
                           "--max-new-tokens", "4"], input=b"a bad question\nHello there\n", capture_output=True,
                          env=env, timeout=120)
     assert run.returncode == 0, run.stderr
