@@ -85,9 +85,9 @@ def load_checkpoint(
         fmt, family, config, source, map_tensors, meta, strict = _open(path, n_head, context)
         try:
             loader.check_config_matches(config, source, path)
-            tensor_map = map_tensors()
             build = dict(precision=precision, device=device, inference=inference)
             model = loader.empty_model(family, config)
+            tensor_map = map_tensors(model)
             weights = loader.stored_bytes(model, source, tensor_map, precision, cpu=inference and device.type == "cpu")
             already = sum(t.numel() * t.element_size() for t in source.sd.values()) if isinstance(source, DictSource) else 0
             check_fits(config, weights, _cache_element_size(precision, device, inference), device, path,
@@ -144,8 +144,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict 
 
 
 def _open(path: Path, n_head: int | None, context: int | None):
-    """(format, family, config, tensor source, its tensor map (a callable: made once the config
-    is known to match the file), meta, strict: every stored tensor must be one of ours, for the
+    """(format, family, config, tensor source, its tensor map (a callable of the empty model:
+    made once the config is known to match the file), meta, strict: every stored tensor must be one of ours, for the
     formats written in our names) for whatever is at `path`; nothing but headers
     and configs is read yet, except for the small pickled formats."""
     from .formats.gguf import GGUFFile, is_gguf
@@ -167,7 +167,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
                 config = family.config_from_gguf(gguf, arch, context)
             except (KeyError, ValueError, TypeError) as e:
                 raise CheckpointError(f"{path}: cannot read this GGUF file ({_first_line(e)})") from e
-            return "gguf", family, config, gguf, lambda: family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
+            return "gguf", family, config, gguf, lambda model: family.gguf_tensors(config, arch), gguf.checkpoint_meta(), False
         except BaseException:
             gguf.close()
             raise
@@ -183,7 +183,7 @@ def _open(path: Path, n_head: int | None, context: int | None):
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
             raise CheckpointError(f"{path / 'config.json'}: bad model config ({_first_line(e)})") from e
         source = SafetensorsFiles(path, hf_family_folder_shards(path))
-        return "huggingface", family, config, source, lambda: family.hf_tensors(config), folder_meta(path), False
+        return "huggingface", family, config, source, lambda model: family.hf_tensors(config), folder_meta(path), False
     if _is_our_safetensors(path):
         meta, weights = _our_meta(path)
         family = families().get((meta.get("model") or {}).get("architecture", "gpt2") if isinstance(meta.get("model"), dict) else "gpt2")
@@ -191,18 +191,18 @@ def _open(path: Path, n_head: int | None, context: int | None):
             raise CheckpointError(f"{path}: unknown model architecture in its metadata")
         config = _config_from(meta.get("model"), path, family)
         source = SafetensorsFiles(weights.parent, [weights.name])
-        return "chatterm", family, config, source, lambda: own_tensors(family, config), meta, True
+        return "chatterm", family, config, source, own_tensors, meta, True
     fmt, config, sd, meta = _read(path, n_head)
     family = families()["gpt2"]
-    return fmt, family, config, DictSource(sd), lambda: own_tensors(family, config), meta, True
+    return fmt, family, config, DictSource(sd), own_tensors, meta, True
 
 
-def own_tensors(family, config) -> dict:
+def own_tensors(model) -> dict:
     """Our own names, each stored under itself (our format, and state dicts already translated)."""
     from .families import Sources
 
-    names = list(loader.empty_model(family, config).state_dict())
-    tied = config.tie_embeddings
+    names = list(model.state_dict())
+    tied = model.config.tie_embeddings
     return {k: Sources.of(k, optional=k.endswith(".bias") or (tied and k == "lm_head.weight")) for k in names}
 
 

@@ -24,6 +24,9 @@ import torch
 import torch.nn as nn
 
 from .cpu import native
+from .cpu.linear import TiedEmbedding, float_linear_layer, quantized_layer, replace_module, return_freed_memory
+from .cpu.native_linear import stack_layers
+from .cpu.stored import has_kernel, stored_layer
 from .errors import CheckpointError
 from .families import Family, Sources, TensorMap
 from .formats.gguf import StoredTensor, dequantize
@@ -36,12 +39,7 @@ def check_config_matches(config, source, where: Path) -> None:
     """Refuse, before anything is built, a config that describes more weights than the file
     holds: a config from a stranger (10^8 layers, a 10^5-token learned position table) must not
     cost minutes building an empty module, and it is the config's fault, not the machine's."""
-    stored = 0
-    for name in source.names():
-        numel = 1
-        for d in source.shape(name):
-            numel *= int(d)
-        stored += numel
+    stored = sum(_numel(source, name) for name in source.names())
     claimed = config.num_params()
     # Twice what is stored, and then some: a config off by a layer still reaches the per-tensor
     # checks below, whose message names the tensor; this one is for configs that are absurd.
@@ -148,8 +146,6 @@ def _held_bytes(source, name: str) -> int:
 
 
 def _kept_as_stored(source, name: str) -> bool:
-    from .cpu.stored import has_kernel
-
     info = getattr(source, "tensors", {}).get(name)
     return info is None or info.type_name == "F32" or has_kernel(info.type_name)
 
@@ -183,24 +179,24 @@ def _assemble(family, model, source, tensor_map, where, precision, device, infer
             if config.tie_embeddings and module.weight is model.lm_head.weight:
                 continue  # made with the output projection
             weight = _read(source, tensor_map[f"{name}.weight"])
-            _set(model, name, _embedding(weight, precision, cpu_kernels, device))
+            replace_module(model, name, _embedding(weight, precision, cpu_kernels, device))
             continue
         weight = _read(source, tensor_map[f"{name}.weight"])
         bias_sources = tensor_map.get(f"{name}.bias")
         bias = None
         if module.bias is not None and bias_sources is not None and all(source.has(p.name) for p in bias_sources.parts):
             bias = _as_float(_read(source, bias_sources), torch.float32)
-        layer = _linear(weight, bias, precision, cpu_kernels, device) if cpu_kernels else \
+        layer = _linear(weight, bias, precision) if cpu_kernels else \
             _plain_linear(weight, bias, _plain_dtype(weight, precision, device), device)
-        _set(model, name, layer)
+        replace_module(model, name, layer)
         if config.tie_embeddings and name == "lm_head":
-            _set(model, _tied_embedding_name(model, module), _tied_embedding(layer, weight))
+            replace_module(model, _tied_embedding_name(model, module), _tied_embedding(layer, weight))
         for p in tensor_map[f"{name}.weight"].parts:
             source.release(p.name)
     _read_the_rest(model, source, tensor_map, precision, cpu_kernels, device)
     if progress is not None:
         progress("weights read", 1.0)
-    _return_freed_memory()
+    return_freed_memory()
     model.eval()
     family.after_load(model)
     if cpu_kernels:
@@ -306,14 +302,11 @@ def _as_float(value, dtype: torch.dtype) -> torch.Tensor:
 # -- the final layers ---------------------------------------------------------------------------
 
 
-def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernels: bool, device) -> nn.Module:
+def _linear(weight, bias: torch.Tensor | None, precision: str | None) -> nn.Module:
     """The CPU layer that computes with `weight` (see the module docstring)."""
-    from .cpu.linear import float_linear_layer, quantized_layer
-    from .cpu.native_linear import stack_layers
-
     if isinstance(weight, list) and precision is None:  # each part its own layer, with its share of the bias
         ends = np.cumsum([0, *(w.shape[0] for w in weight)])
-        return stack_layers([_linear(w, None if bias is None else bias[a:b], precision, cpu_kernels, device)
+        return stack_layers([_linear(w, None if bias is None else bias[a:b], precision)
                              for w, a, b in zip(weight, ends[:-1], ends[1:])])
     if precision in QUANTIZED_BITS:
         return quantized_layer(_float_linear(_as_float(weight, torch.float32), bias), QUANTIZED_BITS[precision])
@@ -335,8 +328,6 @@ def _linear(weight, bias: torch.Tensor | None, precision: str | None, cpu_kernel
 def _stored_layer(weight, bias):
     """chatterm's kernel layer for stored blocks or a 16-bit tensor, or None (fp32, or a type
     without a kernel)."""
-    from .cpu.stored import stored_layer
-
     if isinstance(weight, torch.Tensor):
         name = {torch.bfloat16: "BF16", torch.float16: "F16"}.get(weight.dtype)
         if name is None:
@@ -379,8 +370,6 @@ def _embedding(weight, precision: str | None, cpu_kernels: bool, device) -> nn.M
     """A token (or position) embedding. On the CPU, stored blocks and 16-bit rows stay as they
     are and are read a row at a time (`TiedEmbedding` over a kernel layer): Llama 3's 128k x 2048
     table is 1 GB in fp32 against 140 MB at Q4_K."""
-    from .cpu.linear import TiedEmbedding
-
     layer = None
     if cpu_kernels and native.library() is not None and not isinstance(weight, list):
         if precision is None and (isinstance(weight, StoredTensor) or weight.dtype in (torch.bfloat16, torch.float16)):
@@ -388,8 +377,6 @@ def _embedding(weight, precision: str | None, cpu_kernels: bool, device) -> nn.M
         elif precision in ("bf16", "fp16"):  # the rows in the precision asked for, not fp32
             layer = _stored_layer(_as_float(weight, FLOAT_DTYPES[precision]), None)
         elif precision in QUANTIZED_BITS:  # 8-bit rows at int8 and int4 (the table most sensitive to rounding)
-            from .cpu.linear import quantized_layer
-
             layer = quantized_layer(_float_linear(_as_float(weight, torch.float32), None), 8)
     if layer is not None and hasattr(layer, "rows"):
         return TiedEmbedding(layer, torch.float32)
@@ -404,8 +391,6 @@ def _tied_embedding(output_layer: nn.Module, weight) -> nn.Module:
     """The embedding of a tied model: rows read from the output projection's layer where it
     can give them (one copy of the vocabulary matrix), else the float matrix itself (a plain
     layer shares it; oneDNN's packed layer holds a reordered copy of its own)."""
-    from .cpu.linear import TiedEmbedding
-
     if hasattr(output_layer, "rows"):
         return TiedEmbedding(output_layer, torch.float32)
     module = nn.Embedding(*output_layer.weight.shape, device="meta") if isinstance(output_layer, nn.Linear) \
@@ -434,17 +419,6 @@ def _read_the_rest(model, source, tensor_map: TensorMap, precision, cpu_kernels:
             dtype = torch.float32 if cpu_kernels else _plain_dtype(value, precision, device)
             module._parameters[key] = nn.Parameter(_as_float(value, dtype).to(device).contiguous(),
                                                    requires_grad=not cpu_kernels)
-
-
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), attr, module)
-
-
-def _return_freed_memory() -> None:
-    from .cpu.linear import _return_freed_memory as trim
-
-    trim()
 
 
 def cache_dtype(precision: str | None, device: torch.device, inference: bool) -> torch.dtype | None:

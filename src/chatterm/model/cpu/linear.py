@@ -90,10 +90,10 @@ def pack_linears(model: nn.Module, bits: int | None = None) -> int:
         if id(linear.weight) in tied:
             replacement = tied_make(linear)
             embedding_name, _ = tied.pop(id(linear.weight))  # dropped: its rows come from the table
-            _replace(model, embedding_name, TiedEmbedding(replacement, torch.float32))
+            replace_module(model, embedding_name, TiedEmbedding(replacement, torch.float32))
         else:
             replacement = make(linear)
-        _replace(model, name, replacement)
+        replace_module(model, name, replacement)
         del linear, replacement
     if make is not PackedLinear:
         _copy_float_tensors(model)  # as fp32: the native and quantized layers compute in it
@@ -101,7 +101,7 @@ def pack_linears(model: nn.Module, bits: int | None = None) -> int:
         # The attention kernels read an fp16 cache (as llama.cpp's default): half the bytes a
         # long chat's attention reads per token, and half the cache's memory.
         model.kv_cache_dtype = torch.float16
-    _return_freed_memory()
+    return_freed_memory()
     return count
 
 
@@ -249,12 +249,12 @@ def _tied_embeddings(model: nn.Module, linears) -> dict:
             if isinstance(m, nn.Embedding) and id(m.weight) in weights}
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name), attr, module)
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """The unpacked weights are freed, but glibc keeps the pages in its heap (220 MB of a 540 MB
     model, measured on SmolLM2-135M); hand them back to the system. A no-op off glibc."""
     try:

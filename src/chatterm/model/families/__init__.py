@@ -64,7 +64,7 @@ class Family:
     module_class: type
     config_from_hf: Callable[[dict, int | None], object]  # (config.json, context cap) -> config
     config_from_gguf: Callable[[object, str, int | None], object]  # (GGUFFile, architecture, cap) -> config
-    hf_tensors: Callable[[object], TensorMap]  # config -> names in a Hugging Face checkpoint
+    hf_tensors: Callable[[object], TensorMap] | None  # config -> names in a Hugging Face folder (None: read another way)
     gguf_tensors: Callable[[object, str], TensorMap]  # (config, architecture) -> names in a GGUF file
     after_load: Callable[[object], None] = field(default=lambda model: None)  # e.g. rotary tables
 

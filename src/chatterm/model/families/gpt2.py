@@ -284,14 +284,6 @@ def config_from_gguf(g, arch: str, context: int | None) -> GPTConfig:
     )
 
 
-def own_tensors(config: GPTConfig) -> TensorMap:
-    """Our names, each stored under itself: the in-memory state dicts of the GPT-2 formats
-    (formats/state_dicts.py has already translated theirs)."""
-    with torch.device("meta"):
-        names = list(GPT(config).state_dict())
-    return {k: Sources.of(k, optional=k.endswith(".bias") or k == "lm_head.weight") for k in names}
-
-
 def gguf_tensors(config: GPTConfig, arch: str) -> TensorMap:
     names = {"transformer.wte.weight": Sources.of("token_embd.weight"),
              "transformer.wpe.weight": Sources.of("position_embd.weight"),
@@ -315,6 +307,6 @@ FAMILY = Family(
     module_class=GPT,
     config_from_hf=config_from_hf,
     config_from_gguf=config_from_gguf,
-    hf_tensors=own_tensors,
+    hf_tensors=None,  # GPT-2 folders are read whole and translated by formats/state_dicts.py
     gguf_tensors=gguf_tensors,
 )
