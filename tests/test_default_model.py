@@ -8,7 +8,7 @@ import torch
 
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession
-from chatterm.session.config import default_checkpoint
+from chatterm.session.folders import default_checkpoint
 from chatterm.session.local_backend import LocalBackend
 
 CARD = Path(__file__).parent.parent / "checkpoints" / "chitchat" / "README.md"

@@ -12,7 +12,7 @@ from chatterm.engine.settings import SPECS, SamplingSettings
 from chatterm.session import open_backend
 from chatterm.session.config import AppConfig
 from chatterm.session.layered_settings import MODEL, LayeredSettings, model_recommendation, peek_recommendation
-from chatterm.session.models import KNOWN_MODELS, models_dir
+from chatterm.session.installed_models import KNOWN_MODELS, models_dir
 
 
 def test_the_built_in_defaults_are_llama_cpps():

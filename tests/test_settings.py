@@ -13,7 +13,7 @@ from chatterm.cli import _add_sampling_args, main
 from chatterm.engine.settings import SPECS, TYPED, SamplingSettings
 from chatterm.model.device import check_device
 from chatterm.session.config import AppConfig, load_config
-from chatterm.session.config import default_checkpoint
+from chatterm.session.folders import default_checkpoint
 from chatterm.session.layered_settings import LayeredSettings, checked_values
 from chatterm.ui.app import ChatApp
 from chatterm.ui.keys import check_keymap, class_bindings, consumed_keys, is_key_name

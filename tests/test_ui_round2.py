@@ -329,7 +329,7 @@ async def test_turns_dropped_while_chatting_are_marked_out_of_context(parrot_che
 
 
 async def test_the_first_screen_on_the_shipped_model_says_how_to_get_a_real_one(parrot_checkpoint):
-    from chatterm.session.config import default_checkpoint
+    from chatterm.session.folders import default_checkpoint
 
     app = make_app(default_checkpoint())
     async with app.run_test(size=(80, 24)) as pilot:

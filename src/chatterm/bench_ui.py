@@ -44,7 +44,7 @@ MAX_NEW_TOKENS = 256
 
 def ui_vs_engine(checkpoint: str | None, runs: int = 3) -> None:
     from .engine import torch_thread
-    from .session.config import default_checkpoint
+    from .session.folders import default_checkpoint
 
     path = checkpoint or str(default_checkpoint())
     saved_env = {k: os.environ.get(k) for k in ("CHATTERM_CONFIG_DIR", "CHATTERM_DATA_DIR")}

@@ -256,7 +256,8 @@ def _raise(e: Exception):
 
 
 def cmd_chat(args) -> int:
-    from .session.config import default_checkpoint, load_config
+    from .session.config import load_config
+    from .session.folders import default_checkpoint
 
     _checked_device_args(args)
     config, problems = load_config(args.config)
@@ -293,7 +294,7 @@ def _resume(args) -> str:
 def _serve_web(args, checkpoint, config, problems) -> int:
     """Check the flags once here (each browser tab's session reads them again), then serve."""
     from .session.backends import REMOTE_SCHEMES
-    from .session.models import resolve_model
+    from .session.installed_models import resolve_model
     from .session.sanitize import printable
     from .web import serve_chat
 
@@ -326,7 +327,7 @@ def _quit_on_terminate(app) -> None:
 def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     from .repl import PlainChat
     from .session import ChatSession, Conversation, ConversationStore
-    from .session.config import data_dir
+    from .session.folders import data_dir
     from .session.sanitize import printable
 
     for problem in problems:
@@ -384,7 +385,7 @@ def _progress_line(what: str, fraction: float) -> None:
 def cmd_generate(args) -> int:
     from .engine.events import Finished, TextDelta
     from .session import ChatSession, Conversation
-    from .session.config import default_checkpoint
+    from .session.folders import default_checkpoint
     from .session.sanitize import printable
     from .session.trimmed_stream import TrimmedStream
 

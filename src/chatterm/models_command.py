@@ -1,4 +1,4 @@
-"""`chatterm pull NAME` and `chatterm models`: install and list models (see session/models.py)."""
+"""`chatterm pull NAME` and `chatterm models`: install and list models (see session/installed_models.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
 
 def cmd_pull(args) -> int:
     from .cli import UserError
-    from .session.models import PullError, pull
+    from .session.installed_models import PullError, pull
 
     def show(line: str) -> None:
         end = "\r" if line.startswith("extracting") and sys.stderr.isatty() else "\n"
@@ -31,7 +31,7 @@ def cmd_pull(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .session.models import KNOWN_MODELS, describe_installed, models_dir
+    from .session.installed_models import KNOWN_MODELS, describe_installed, models_dir
     from .session.sanitize import printable
 
     if args.known:

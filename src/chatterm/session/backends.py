@@ -54,7 +54,7 @@ def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
 
 
 def _local_path(spec: str) -> Path:
-    """The checkpoint that `spec` names: a path, or the name of an installed model (models.py)."""
-    from .models import resolve_model
+    """The checkpoint that `spec` names: a path, or the name of an installed model (installed_models.py)."""
+    from .installed_models import resolve_model
 
     return resolve_model(spec)

@@ -20,7 +20,6 @@ is (`update_config`): what a flag set for one launch (`--system`, `--theme`) nev
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -31,24 +30,12 @@ from ..atomic import remove_stray_temporaries
 from ..engine.settings import TYPED
 from ..model.device import check_device, check_dtype
 from ..regular_file import read_regular_text
+from .folders import config_dir
 from .layered_settings import checked_values
 from .persistence import atomic_write_text
 
-APP_NAME = "chatterm"
 MAX_SYSTEM_PROMPT = 20_000  # characters
 MAX_CONFIG_BYTES = 1024 * 1024  # the config is a few hundred bytes; a system prompt is capped above
-
-
-def config_dir() -> Path:
-    from platformdirs import user_config_dir
-
-    return Path(os.environ.get("CHATTERM_CONFIG_DIR") or user_config_dir(APP_NAME))
-
-
-def data_dir() -> Path:
-    from platformdirs import user_data_dir
-
-    return Path(os.environ.get("CHATTERM_DATA_DIR") or user_data_dir(APP_NAME))
 
 
 @dataclass
@@ -114,13 +101,6 @@ _CHECKS = {
     "dtype": lambda v: check_dtype(_check_string(v)),
     "api_key_env": lambda v: _check_variable_name(v),
 }
-
-
-def default_checkpoint() -> Path:
-    """The chat model shipped inside the package."""
-    from importlib.resources import files
-
-    return Path(str(files("chatterm") / "checkpoints" / "chitchat"))
 
 
 def default_config_path() -> Path:

@@ -32,7 +32,7 @@ class InputHistory:
 
     @classmethod
     def default(cls) -> "InputHistory":
-        from .config import data_dir
+        from .folders import data_dir
 
         return cls(data_dir() / HISTORY_FILE)
 

@@ -8,7 +8,7 @@ in place whenever a layer changes, so a change applies to the next token even mi
 `source_of(name)` says which layer a value comes from, for `/settings` and the panel.
 A model's recommendation is read from its metadata (`meta["sampling"]`: chatterm's format, a
 Hugging Face folder's generation_config.json, a GGUF's `general.sampling.*`), else from the
-table of known models (session/models.py: their model cards' values). `peek_recommendation`
+table of known models (session/installed_models.py: their model cards' values). `peek_recommendation`
 finds it before the model loads, from files that need no torch, so the first frame shows it.
 """
 
@@ -102,7 +102,7 @@ def model_recommendation(backend) -> tuple[dict, list[str]]:
     meta = getattr(backend, "meta", None) or {}
     raw = meta.get("sampling") if isinstance(meta, dict) else None
     if raw is None:
-        from .models import known_sampling
+        from .installed_models import known_sampling
 
         return known_sampling(getattr(getattr(backend, "info", None), "source", "")), []
     name = getattr(getattr(backend, "info", None), "name", "the model")
@@ -114,7 +114,7 @@ def peek_recommendation(spec: str | None) -> dict:
     models' table, or chatterm's own metadata file. {} when it takes loading to know."""
     import json
 
-    from .models import known_sampling, resolve_model
+    from .installed_models import known_sampling, resolve_model
 
     try:
         path = resolve_model(spec)

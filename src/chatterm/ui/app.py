@@ -23,7 +23,8 @@ from textual.widgets import Footer
 from ..model.errors import first_line
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
-from ..session.config import AppConfig, config_dir, data_dir
+from ..session.config import AppConfig
+from ..session.folders import config_dir, data_dir
 from ..session.context_fit import fit_context
 from ..session.input_history import InputHistory
 from ..session.layered_settings import CONFIG, MODEL, LayeredSettings, peek_recommendation
@@ -210,7 +211,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
             from ..session.backends import open_backend
 
             if path is None:
-                from ..session.config import default_checkpoint
+                from ..session.folders import default_checkpoint
 
                 if not default_checkpoint().exists():
                     self.post_message(ModelFailed(

@@ -60,7 +60,7 @@ class TuiFrontEnd:
         self.note(f"Welcome to chatterm! You are chatting with {self.session.backend.info.name}. "
                   f"Chats are saved as you go, in {folder}. F1 or /help: commands and keys; "
                   "Ctrl+P: every action.", "welcome")
-        from ..session.models import real_model_hint
+        from ..session.installed_models import real_model_hint
 
         if hint := real_model_hint(self.session.backend.info.source):
             self.note(hint, "welcome")

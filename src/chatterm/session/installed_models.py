@@ -30,7 +30,7 @@ from typing import Callable
 
 from ..atomic import atomic_write
 from ..model.errors import CheckpointError
-from .config import data_dir
+from .folders import data_dir
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def known_sampling(source: str) -> dict:
 def real_model_hint(source: str) -> str | None:
     """For a newcomer chatting with the tiny shipped model while no real one is installed: how to
     get one (the first screen says it). None otherwise."""
-    from .config import default_checkpoint
+    from .folders import default_checkpoint
 
     try:
         on_default = Path(source).resolve() == default_checkpoint().resolve()
