@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from chatterm.engine.generator import Generator
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import load_checkpoint
 from chatterm.model.formats.gguf import GGUFFile
 
@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=16)
     args = p.parse_args()
     ckpt = load_checkpoint(args.file, inference=True)
-    tokenizer = Tokenizer.from_spec(ckpt.meta["tokenizer"])
+    tokenizer = open_tokenizer(ckpt.meta["tokenizer"])
     reference = transformers_model(args.file, ckpt.config)
     for prompt in args.prompts:
         ids = ([tokenizer.bos_id] if getattr(tokenizer, "add_bos", False) else []) + tokenizer.encode(prompt)

@@ -73,7 +73,7 @@ def main() -> None:
 
     from chatterm.engine.generator import Generator
     from chatterm.engine.settings import SamplingSettings
-    from chatterm.engine.tokenizer import Tokenizer
+    from chatterm.engine.tokenizers import open_tokenizer
     from chatterm.model import load_checkpoint
     from chatterm.model.cpu import native
     from chatterm.model.cpu.linear import weights_label
@@ -101,7 +101,7 @@ def main() -> None:
             continue
         ckpt = load_checkpoint(path, inference=True)
         model = ckpt.model
-        gen = Generator(model, Tokenizer.from_spec(ckpt.meta.get("tokenizer")))
+        gen = Generator(model, open_tokenizer(ckpt.meta.get("tokenizer")))
         print(f"ours: {weights_label(model)}", flush=True)
         settings = SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=args.new_tokens)
 

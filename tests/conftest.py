@@ -38,11 +38,11 @@ def parrot():
     """(model, tokenizer) of a tiny GPT that recites PARROT_SCRIPT under greedy decoding: the
     saved copy of what `train_parrot()` gives, so a run does not spend 40 s or more training it
     (test_one_place.py checks, among the slow tests, that training still gives the same replies)."""
-    from chatterm.engine.tokenizer import Tokenizer
+    from chatterm.engine.tokenizers import open_tokenizer
     from chatterm.model import load_checkpoint
 
     saved = load_checkpoint(SAVED_PARROT)
-    return saved.model.eval(), Tokenizer.from_spec(saved.meta["tokenizer"])
+    return saved.model.eval(), open_tokenizer(saved.meta["tokenizer"])
 
 
 @pytest.fixture(scope="session")

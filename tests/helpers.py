@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import GPT, GPTConfig, save_checkpoint
 from chatterm.session.template import DEFAULT_TEMPLATE
 
@@ -47,7 +48,7 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
 
 def train_parrot(steps: int = 300, seed: int = 0, text: str = PARROT_SCRIPT) -> tuple[GPT, Tokenizer]:
     """A tiny GPT overfitted on `text` (repeated), so greedy decoding recites it."""
-    tok = Tokenizer.from_spec(byte_tokenizer_spec())
+    tok = open_tokenizer(byte_tokenizer_spec())
     torch.manual_seed(seed)
     model = GPT(tiny_config()).init_weights(seed)
     ids = torch.tensor(tok.encode(text * 8), dtype=torch.long)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from chatterm.engine.generator import Generator
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import load_checkpoint
 from chatterm.model.families import family_of
 from chatterm.session.local_backend import LocalBackend
@@ -88,7 +88,7 @@ def test_logits_and_greedy_tokens_match_transformers(case, source):
         want = reference(torch.tensor([PROMPT])).logits[0]
         got = ckpt.model(torch.tensor([PROMPT]))[0]
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
-    assert our_greedy(ckpt.model, Tokenizer.from_spec(ckpt.meta["tokenizer"])) == transformers_greedy(reference)
+    assert our_greedy(ckpt.model, open_tokenizer(ckpt.meta["tokenizer"])) == transformers_greedy(reference)
 
 
 def test_a_family_without_the_fused_step_says_so_once(case):
@@ -109,7 +109,7 @@ def test_fused_decode_step_and_pytorch_path_agree(case, tmp_path):
     # Q8_0: the fused step runs on chatterm's kernels (F32 layers are oneDNN's)
     ckpt = load_checkpoint(write_gguf(tmp_path / "q8.gguf", reference, kind_of(name), qtype="Q8_0"), inference=True,
                            **LOAD_WITH.get(name, {}))
-    model, tokenizer = ckpt.model, Tokenizer.from_spec(ckpt.meta["tokenizer"])
+    model, tokenizer = ckpt.model, open_tokenizer(ckpt.meta["tokenizer"])
     if model.decode_note is not None:
         pytest.skip("runs on the PyTorch path only")
     fused, plain = Generator(model, tokenizer), Generator(model, tokenizer)
@@ -154,7 +154,7 @@ def test_a_base_model_chats_from_bos_when_its_tokenizer_asks(tmp_path):
 
     path = write_gguf(tmp_path / "m.gguf", hf_model("gemma3", seed=5, **CASES["gemma3"][1]), "gemma3",
                       metadata={"tokenizer.ggml.add_bos_token": (True, "BOOL")})
-    tokenizer = Tokenizer.from_spec(load_checkpoint(path).meta["tokenizer"])
+    tokenizer = open_tokenizer(load_checkpoint(path).meta["tokenizer"])
     conversation = Conversation()
     conversation.add("user", "hi")
     ids = PromptBuilder(tokenizer, ChatTemplate(), 256).build(conversation, 16).ids

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import GPT, CheckpointError, load_checkpoint
 from chatterm.model.formats.gguf import GGUFFile
 from chatterm.model.families.llama import Llama
@@ -137,7 +137,7 @@ def test_sentencepiece_vocabulary_from_gguf():
     types = [2, 3, 3] + [6] * 256 + [1] * 12
     spec = {"type": "gguf", "model": "llama", "tokens": tokens, "token_types": types, "scores": [0.0] * len(tokens),
             "bos_id": 1, "eos_id": 2, "add_space_prefix": True}
-    tok = Tokenizer.from_spec(spec)
+    tok = open_tokenizer(spec)
     ids = tok.encode("the cat é")
     assert tokens.index("▁the") in ids and tokens.index("▁cat") in ids
     assert tok.decode(ids) == " the cat é"  # SentencePiece's prefix space is part of the first token

@@ -7,7 +7,7 @@ import torch
 
 from chatterm.engine.generator import Generator
 from chatterm.engine.settings import SamplingSettings
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import CheckpointError, KVCache, load_checkpoint, pack_linears
 from chatterm.model.families.llama import Llama, LlamaConfig, rotary_frequencies
 from chatterm.session.local_backend import LocalBackend
@@ -40,7 +40,7 @@ def test_greedy_continuation_matches_transformers_generate(hf_pair):
     reference, folder = hf_pair
     ckpt = load_checkpoint(folder)
     pack_linears(ckpt.model)  # the packed oneDNN linears must apply and agree
-    tokenizer = Tokenizer.from_spec(ckpt.meta["tokenizer"])
+    tokenizer = open_tokenizer(ckpt.meta["tokenizer"])
     with torch.inference_mode():
         out = reference.generate(torch.tensor([PROMPT]), max_new_tokens=40, do_sample=False, eos_token_id=None,
                                  pad_token_id=0)[0, len(PROMPT):].tolist()
@@ -72,7 +72,7 @@ def test_folder_metadata_gives_stop_ids_template_and_sampling(hf_pair):
     meta = load_checkpoint(folder).meta
     assert meta["sampling"] == {"temperature": 0.6, "top_p": 0.9}
     assert "<|im_start|>" in meta["chat_template_jinja"]
-    tok = Tokenizer.from_spec(meta["tokenizer"])
+    tok = open_tokenizer(meta["tokenizer"])
     assert tok.stop_ids == {2, 0} and tok.eot_id == 2
 
 

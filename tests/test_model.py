@@ -10,7 +10,7 @@ from chatterm.model import CheckpointError, GPTConfig, KVCache, load_checkpoint,
 from chatterm.model.cpu.linear import PackedLinear, can_pack
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.generator import Generator
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from helpers import byte_tokenizer_spec, tiny_model
 
 
@@ -42,7 +42,7 @@ def reference_logits(sd: dict, cfg: GPTConfig, ids: list[int]) -> torch.Tensor:
 
 def test_cached_and_uncached_greedy_agree_for_300_tokens():
     model = tiny_model(seed=1, block_size=320)
-    gen = Generator(model, Tokenizer.from_spec(byte_tokenizer_spec()))
+    gen = Generator(model, open_tokenizer(byte_tokenizer_spec()))
     ids = [72, 105, 33]
     logits, _ = gen.prefill(ids)
     uncached = list(ids)
@@ -247,7 +247,7 @@ def test_packed_linears_match_the_plain_model(dtype):
         want, got = plain(ids).float(), packed(ids).float()
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     assert torch.allclose(got, want, atol=tolerance * float(want.abs().max())), float((got - want).abs().max())
-    tok = Tokenizer.from_spec(byte_tokenizer_spec(eot=False))
+    tok = open_tokenizer(byte_tokenizer_spec(eot=False))
     settings = SamplingSettings(temperature=0, max_new_tokens=60)
     replies = [Generator(m, tok).complete([72, 105], settings).token_ids for m in (plain, packed)]
     assert len(replies[0]) == 60 and replies[0] == replies[1]

@@ -17,6 +17,7 @@ from chatterm.engine.generator import Generator
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.stop import StopStringMatcher
 from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.session import BackendInfo, ChatSession, Conversation
 from chatterm.session.backends import open_backend
 from chatterm.session.local_backend import LocalBackend
@@ -193,7 +194,7 @@ async def test_the_tui_runs_torch_on_the_torch_thread(parrot_checkpoint, forward
 
 def test_token_loop_yields_ids_and_probabilities_and_frees_the_cache_when_closed():
     model = tiny_model(seed=0)
-    gen = Generator(model, Tokenizer.from_spec(byte_tokenizer_spec(eot=False)))
+    gen = Generator(model, open_tokenizer(byte_tokenizer_spec(eot=False)))
     loop = gen.tokens([1, 2, 3], SamplingSettings(**GREEDY, max_new_tokens=6), inspect=3)
     choices = list(loop)
     assert [c.token_id for c in choices] == loop.token_ids and len(choices) == 6
@@ -210,7 +211,7 @@ def test_token_loop_yields_ids_and_probabilities_and_frees_the_cache_when_closed
 
 
 def test_reset_forgets_the_cached_prefix():
-    gen = Generator(tiny_model(seed=0), Tokenizer.from_spec(byte_tokenizer_spec()))
+    gen = Generator(tiny_model(seed=0), open_tokenizer(byte_tokenizer_spec()))
     ids = list(range(10, 40))
     assert gen.prefill(ids)[1] == 30 and gen.prefill(ids + [5])[1] == 1
     gen.reset()
@@ -261,12 +262,12 @@ def test_stop_strings_edited_while_a_reply_streams_apply_at_the_next_token(parro
 
 def test_tokenizer_key_comes_from_content():
     spec = byte_tokenizer_spec()
-    assert Tokenizer.from_spec(spec).key == Tokenizer.from_spec(dict(spec)).key
-    assert Tokenizer.from_spec({**spec, "name": "relabelled"}).key == Tokenizer.from_spec(spec).key
+    assert open_tokenizer(spec).key == open_tokenizer(dict(spec)).key
+    assert open_tokenizer({**spec, "name": "relabelled"}).key == open_tokenizer(spec).key
     other = Tokenizer.bpe_spec([bytes([i]) for i in range(256)] + MERGES[:-1], {"<|endoftext|>": 266})
-    assert Tokenizer.from_spec(other).key != Tokenizer.from_spec(spec).key
-    assert Tokenizer.gpt2().key == Tokenizer.gpt2().key != Tokenizer.from_spec(spec).key
-    builders = [PromptBuilder(Tokenizer.from_spec(spec), DEFAULT_TEMPLATE, 100) for _ in range(2)]
+    assert open_tokenizer(other).key != open_tokenizer(spec).key
+    assert Tokenizer.gpt2().key == Tokenizer.gpt2().key != open_tokenizer(spec).key
+    builders = [PromptBuilder(open_tokenizer(spec), DEFAULT_TEMPLATE, 100) for _ in range(2)]
     assert builders[0].key == builders[1].key  # two objects, one vocabulary: cached ids carry over
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from chatterm.engine.events import ContextTrimmed, Finished, TextDelta
 from chatterm.engine.settings import SamplingSettings
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.session import (
     ChatSession,
     CommandError,
@@ -25,7 +25,7 @@ GREEDY = dict(temperature=0, repetition_penalty=1.0)
 
 
 def builder(window=200):
-    return PromptBuilder(Tokenizer.from_spec(byte_tokenizer_spec()), DEFAULT_TEMPLATE, window)
+    return PromptBuilder(open_tokenizer(byte_tokenizer_spec()), DEFAULT_TEMPLATE, window)
 
 
 def chat_of(n_exchanges, system="Be brief.", words=8):

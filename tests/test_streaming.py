@@ -10,7 +10,7 @@ from chatterm.engine.events import Finished, TextDelta, TokenStep
 from chatterm.engine.generator import Generator
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.stop import StopStringMatcher
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from helpers import byte_tokenizer_spec, tiny_model
 
 GREEDY = dict(temperature=0, repetition_penalty=1.0)
@@ -61,7 +61,7 @@ def test_stream_joined_equals_text_cut_at_first_stop(text, cuts):
 
 
 def test_multibyte_characters_split_across_tokens_stream_cleanly():
-    tok = Tokenizer.from_spec(byte_tokenizer_spec())
+    tok = open_tokenizer(byte_tokenizer_spec())
     text = "café 😀 naïve 日本"
     ids = tok.encode(text)
     assert len(ids) > len(text)  # some characters span several tokens
@@ -74,7 +74,7 @@ def test_multibyte_characters_split_across_tokens_stream_cleanly():
 @hsettings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=60))
 def test_detokenizer_stream_equals_one_shot_decode(data):
-    tok = Tokenizer.from_spec(byte_tokenizer_spec())
+    tok = open_tokenizer(byte_tokenizer_spec())
     ids = list(data)  # in this tokenizer ids 0..255 are single bytes
     detok = StreamingDetokenizer(tok.token_bytes)
     streamed = "".join(detok.add(i) for i in ids) + detok.flush()
@@ -113,7 +113,7 @@ def test_settings_are_read_at_every_step(parrot):
 
 def test_cancel_takes_effect_within_one_step():
     model = tiny_model(seed=0)
-    gen = Generator(model, Tokenizer.from_spec(byte_tokenizer_spec()))
+    gen = Generator(model, open_tokenizer(byte_tokenizer_spec()))
     cancel = threading.Event()
     n = 0
     for event in gen.stream([1, 2, 3], SamplingSettings(max_new_tokens=200, seed=1), cancel=cancel, inspect=1):
@@ -126,7 +126,7 @@ def test_cancel_takes_effect_within_one_step():
 
 def test_prefix_reuse_prefills_only_new_tokens():
     model = tiny_model(seed=0)
-    gen = Generator(model, Tokenizer.from_spec(byte_tokenizer_spec()))
+    gen = Generator(model, open_tokenizer(byte_tokenizer_spec()))
     first = list(range(10, 60))
     _, n1 = gen.prefill(first)
     assert n1 == 50
@@ -140,7 +140,7 @@ def test_prefix_reuse_prefills_only_new_tokens():
 
 def test_seed_makes_sampling_reproducible_and_eos_stops():
     model = tiny_model(seed=0)
-    tok = Tokenizer.from_spec(byte_tokenizer_spec())
+    tok = open_tokenizer(byte_tokenizer_spec())
     s = SamplingSettings(temperature=1.0, top_k=0, top_p=1.0, min_p=0, seed=123, max_new_tokens=30)
     a = Generator(model, tok).complete([5, 6, 7], s)
     b = Generator(model, tok).complete([5, 6, 7], s)
@@ -151,5 +151,5 @@ def test_nan_weights_end_the_reply_with_an_error_not_a_crash():
     model = tiny_model(seed=0)
     with torch.no_grad():
         model.transformer.ln_f.weight.fill_(float("nan"))
-    done = Generator(model, Tokenizer.from_spec(byte_tokenizer_spec())).complete([1, 2], SamplingSettings())
+    done = Generator(model, open_tokenizer(byte_tokenizer_spec())).complete([1, 2], SamplingSettings())
     assert done.stop_reason == "error" and "NaN" in done.error

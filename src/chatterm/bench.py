@@ -229,7 +229,7 @@ def _ids_tokenizer(model):
     from .engine.tokenizer import Tokenizer
 
     ranks = [bytes([i]) for i in range(256)]
-    return Tokenizer.from_spec(Tokenizer.bpe_spec(ranks, {"<|endoftext|>": 256}))
+    return Tokenizer.bpe(Tokenizer.bpe_spec(ranks, {"<|endoftext|>": 256}))
 
 
 def _has_transformers() -> bool:

@@ -5,9 +5,8 @@ folder, and `{"type": "gguf", "model": "gpt2"|"llama", "tokens": [...], ...}` fr
 embedded in a GGUF file (byte-level BPE as in GPT-2/SmolLM2/Qwen/Llama 3, or a SentencePiece-style
 Llama vocabulary, turned into a BPE with byte fallback).
 
-The interface is `Tokenizer`'s (engine/tokenizer.py): `encode`, `decode`, `decode_bytes`,
-`token_bytes` (for the streaming detokenizer), `token_text`, `n_vocab`, `eot_id`, plus `bos_id`,
-`stop_ids` (every id that ends a reply: EOS, end-of-turn) and `special_tokens`.
+The interface is every tokenizer's (engine/tokenizer.py lists it), plus `add_bos`; `stop_ids`
+holds every id that ends a reply (EOS, end-of-turn). `open_tokenizer` (tokenizers.py) builds one.
 
 `encode` never turns text into special tokens: a user typing `<|im_end|>` gets the characters.
 `encode_marked(text, plain)` is for chat templates: special tokens in the template's own text are

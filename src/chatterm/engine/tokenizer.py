@@ -1,6 +1,12 @@
-"""Text <-> token ids, always through tiktoken, always offline.
+"""Text <-> token ids: what every tokenizer offers, and the tiktoken one, always offline.
 
-Two kinds of tokenizer, described by a small JSON-able spec stored in checkpoints:
+Every tokenizer offers `encode`, `encode_marked` (template text), `decode`, `decode_bytes`,
+`token_bytes` (for the streaming detokenizer), `token_text`, `n_vocab`, `eot_id`, `bos_id`,
+`stop_ids` (every id that ends a reply), `special_tokens`, `spec` and `key`. `open_tokenizer`
+(tokenizers.py) builds the one a checkpoint's tokenizer spec names: this module's `Tokenizer`, or
+`HFTokenizer` (hf_tokenizer.py: Hugging Face `tokenizer.json` files and GGUF vocabularies).
+
+`Tokenizer` runs tiktoken, for two kinds of spec (small JSON-able dicts stored in checkpoints):
 - `{"type": "gpt2"}`: OpenAI's GPT-2 BPE, read from the `vocab.bpe`/`encoder.json` files shipped
   inside this package and checked against tiktoken's own sha256 hashes (no download, ever);
 - `{"type": "bpe", "pat_str": ..., "ranks": [base64 token bytes, in rank order],
@@ -50,39 +56,28 @@ class Tokenizer:
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def from_spec(cls, spec: dict | None) -> "Tokenizer":
-        spec = spec or {"type": "gpt2"}
-        if not isinstance(spec, dict):
-            raise TokenizerError(f"bad tokenizer spec (a {type(spec).__name__}, not an object)")
-        kind = spec.get("type")
-        if kind == "gpt2":
-            return cls(_gpt2_encoding(), {"type": "gpt2"})
-        if kind == "bpe":
-            try:
-                ranks = {base64.b64decode(tok): rank for rank, tok in enumerate(spec["ranks"])}
-                # tiktoken panics mid-encode on a byte with no token: a truncated list of ranks
-                missing = [b for b in _UTF8_BYTES if bytes([b]) not in ranks]
-                if missing:
-                    raise ValueError(f"{len(missing)} bytes have no token, e.g. {missing[0]:#04x}; truncated?")
-                special = {str(k): int(v) for k, v in spec.get("special_tokens", {}).items()}
-                encoding = tiktoken.Encoding(
-                    name=spec.get("name", "custom-bpe"),
-                    pat_str=spec.get("pat_str", GPT2_PATTERN),
-                    mergeable_ranks=ranks,
-                    special_tokens=special,
-                )
-            except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
-                raise TokenizerError(f"bad BPE tokenizer spec ({e})") from e
-            return cls(encoding, spec)
-        if kind in ("huggingface", "gguf"):  # Hugging Face `tokenizers`: Llama-family models
-            from .hf_tokenizer import HFTokenizer
-
-            return HFTokenizer.from_spec(spec)
-        raise TokenizerError(f"unknown tokenizer type {kind!r}; expected 'gpt2', 'bpe', 'huggingface' or 'gguf'")
+    def gpt2(cls) -> "Tokenizer":
+        return cls(_gpt2_encoding(), {"type": "gpt2"})
 
     @classmethod
-    def gpt2(cls) -> "Tokenizer":
-        return cls.from_spec({"type": "gpt2"})
+    def bpe(cls, spec: dict) -> "Tokenizer":
+        """The byte-level BPE that a `{"type": "bpe", ...}` spec describes (see `bpe_spec`)."""
+        try:
+            ranks = {base64.b64decode(tok): rank for rank, tok in enumerate(spec["ranks"])}
+            # tiktoken panics mid-encode on a byte with no token: a truncated list of ranks
+            missing = [b for b in _UTF8_BYTES if bytes([b]) not in ranks]
+            if missing:
+                raise ValueError(f"{len(missing)} bytes have no token, e.g. {missing[0]:#04x}; truncated?")
+            special = {str(k): int(v) for k, v in spec.get("special_tokens", {}).items()}
+            encoding = tiktoken.Encoding(
+                name=spec.get("name", "custom-bpe"),
+                pat_str=spec.get("pat_str", GPT2_PATTERN),
+                mergeable_ranks=ranks,
+                special_tokens=special,
+            )
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
+            raise TokenizerError(f"bad BPE tokenizer spec ({e})") from e
+        return cls(encoding, spec)
 
     @staticmethod
     def bpe_spec(ranks: list[bytes], special_tokens: dict[str, int], pat_str: str = GPT2_PATTERN, name: str = "bpe") -> dict:

@@ -67,7 +67,8 @@ class LocalBackend:
     @classmethod
     def _load(cls, path, device, dtype, template, compile, n_head, context=None, progress=None) -> "LocalBackend":
         from ..engine.generator import Generator
-        from ..engine.tokenizer import Tokenizer, TokenizerError
+        from ..engine.tokenizer import TokenizerError
+        from ..engine.tokenizers import open_tokenizer
         from ..model import CheckpointError, load_checkpoint, pick_device, precision_name
         from ..model.cpu.linear import weights_label
         from ..model.errors import reading
@@ -87,7 +88,7 @@ class LocalBackend:
         weights = precision or weights_label(ckpt.model)  # as asked, or as stored: "Q4_K+Q6_K", "bf16", ...
         try:
             with reading(ckpt.path, "its tokenizer"):  # any failure, a Rust panic included
-                tokenizer = Tokenizer.from_spec(spec)
+                tokenizer = open_tokenizer(spec)
             generator = Generator(ckpt.model, tokenizer, compile=compile)
         except (TokenizerError, ValueError) as e:
             raise CheckpointError(f"{ckpt.path}: {e}") from e

@@ -94,7 +94,7 @@ def write_prepared(out_dir: Path, train_docs: list[str], val_docs: list[str], vo
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = train_bpe(count_words(train_docs), vocab_size - 1, progress=lambda n: log(f"  BPE: {n} tokens"))
     spec = Tokenizer.bpe_spec(ranks, {"<|endoftext|>": len(ranks)}, name=name)
-    tokenizer = Tokenizer.from_spec(spec)
+    tokenizer = Tokenizer.bpe(spec)
     train_ids = tokenize_documents(tokenizer, train_docs)
     val_ids = tokenize_documents(tokenizer, val_docs)
     torch.save(train_ids, out_dir / "train.pt")
