@@ -107,7 +107,7 @@ def test_installed_model_names_reach_the_terminal_inert(tmp_path, monkeypatch, c
     """A file in the models folder may be named anything, escape sequences included."""
     import argparse
 
-    from chatterm.models_command import cmd_models
+    from chatterm.cli.models import cmd_models
 
     monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path))
     from chatterm.session.installed_models import models_dir

@@ -9,7 +9,8 @@ import threading
 import pytest
 from textual.widgets import TextArea
 
-from chatterm.cli import _add_sampling_args, main
+from chatterm.cli import main
+from chatterm.cli.arguments import add_sampling_args
 from chatterm.engine.settings import SPECS, TYPED, SamplingSettings
 from chatterm.model.device import check_device
 from chatterm.session.config import AppConfig, load_config
@@ -25,7 +26,7 @@ from chatterm.ui.themes import load_themes
 
 def test_every_setting_gets_a_flag_with_help_and_its_built_in_default():
     parser = argparse.ArgumentParser()
-    _add_sampling_args(parser)
+    add_sampling_args(parser)
     flags = {a.dest: a for a in parser._actions if a.dest in SPECS}
     assert set(flags) == set(SPECS)
     for name, action in flags.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from chatterm import web
+from chatterm.cli import web
 from chatterm.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent

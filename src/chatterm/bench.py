@@ -106,7 +106,7 @@ def _hf_model(model):
 
 
 def run(args) -> int:
-    from .cli import UserError
+    from .cli.errors import UserError
     from .engine import torch_thread
     from .model.device import pick_device
 

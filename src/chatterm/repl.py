@@ -22,6 +22,8 @@ from typing import TextIO
 
 from .engine.events import ContextTrimmed, Finished, TextDelta, ThinkingDelta
 from .model.errors import first_line
+from .notices import warning_line
+from .quit_signals import quit_on_signals
 from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
 from .session.config import AppConfig
@@ -83,7 +85,8 @@ class PlainChat:
         """Run each line (a message or a command) until they end or /quit. `prompt`: write "> "
         after each one (default: when stdin and stdout are a terminal)."""
         interactive = self.interactive if prompt is None else prompt
-        previous = self._quit_on_terminate() if threading.current_thread() is threading.main_thread() else {}
+        on_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be handled
+        previous = quit_on_signals(self.session, self._end_on_signal) if on_main_thread else {}
         try:
             for raw in lines:
                 line = raw.rstrip("\n")
@@ -103,15 +106,12 @@ class PlainChat:
                 signal.signal(sig, handler)
         return 128 + self.terminated if self.terminated else 0
 
-    def _quit_on_terminate(self) -> dict:
-        def handler(signum, frame):
-            self.terminated = signum
-            if self.streaming:
-                self.session.stop()  # the reply ends within a token, is saved, then run() returns
-            else:
-                raise SystemExit(128 + signum)  # waiting for input: everything is saved already
-
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    def _end_on_signal(self, signum: int) -> None:
+        """SIGTERM, SIGHUP (quit_signals.py): mid-reply, the reply stops within a token and is
+        saved, then run() returns; waiting for input, everything is saved already."""
+        self.terminated = signum
+        if not self.streaming:
+            raise SystemExit(128 + signum)
 
     def say(self, text: str) -> None:
         try:
@@ -169,7 +169,7 @@ class PlainChat:
         for warning in backend.warnings if backend else ():
             if warning not in self.warned:
                 self.warned.add(warning)
-                self.note(f"chatterm: warning: {warning}")
+                self.note(warning_line(warning))
 
     # -- the FrontEnd the slash commands report to ---------------------------------------------
 

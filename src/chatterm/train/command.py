@@ -74,7 +74,7 @@ def run_prepare(args) -> int:
 
 
 def run_train(args) -> int:
-    from ..cli import UserError
+    from ..cli.errors import UserError
     from ..model.device import DTYPE_NAMES, pick_device
     from .data import prepare_text
     from .trainer import train

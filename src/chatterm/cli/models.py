@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from .errors import UserError
+
 
 def add_parser(sub) -> None:
     pull = sub.add_parser("pull", help="install a known model into the user data folder")
@@ -15,8 +17,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_pull(args) -> int:
-    from .cli import UserError
-    from .session.installed_models import PullError, pull
+    from ..session.installed_models import PullError, pull
 
     def show(line: str) -> None:
         end = "\r" if line.startswith("extracting") and sys.stderr.isatty() else "\n"
@@ -31,8 +32,8 @@ def cmd_pull(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .session.installed_models import KNOWN_MODELS, describe_installed, models_dir
-    from .session.sanitize import printable
+    from ..session.installed_models import KNOWN_MODELS, describe_installed, models_dir
+    from ..session.sanitize import printable
 
     if args.known:
         for model in KNOWN_MODELS.values():

@@ -1,7 +1,7 @@
 """`chatterm --web`: the chat TUI served to a browser on this machine, with textual-serve.
 
 - `serve_chat(args)` serves until Ctrl+C (or SIGTERM), then sends each session textual-serve's
-  quit message, waits for them to end, and returns 0. Sessions ignore SIGINT (cli.py): the
+  quit message, waits for them to end, and returns 0. Sessions ignore SIGINT (chat.py): the
   Ctrl+C typed at the server's terminal reaches the whole process group, and a session must end
   through that message, the TUI's own exit. Each browser tab gets its own `chatterm chat ...`
   process: textual-serve runs one shell command per websocket. That command is
@@ -38,7 +38,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
