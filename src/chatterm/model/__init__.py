@@ -1,6 +1,8 @@
 """Model families (torch modules), checkpoint formats, the loader that joins them, and the CPU
-layers and kernels: the bottom layer. It reads the tokenizer and chat template that come with a
-checkpoint into its metadata, but never uses them: text is the engine's.
+layers and kernels: the bottom layer, token ids in, logits out. What comes with a checkpoint
+besides its weights (the tokenizer as a spec: its files or vocabulary, special and stop ids; the
+chat template; recommended sampling values) is read into `Checkpoint.meta` as data, never built
+or run here: tokenizers are the engine's, templates the session's.
 
 Importing this package does not import torch: the pieces load on first use, so the command line
 and the config check (`model.device.check_device`) stay fast.

@@ -18,6 +18,10 @@ from typing import Protocol
 
 import torch
 
+# The biggest metadata file that comes with a checkpoint (a config, index, tokenizer config or chat
+# template, chatterm.json); a bigger one is not one, and is refused before it is read.
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
 
 class TensorSource(Protocol):
     def names(self) -> list[str]: ...

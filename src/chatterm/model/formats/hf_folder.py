@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from ...regular_file import NotRegularFileError, read_regular_text
 from ..errors import CheckpointError, json_object
+from . import MAX_JSON_BYTES
 
-MAX_JSON_BYTES = 64 * 1024 * 1024  # a config, template or index file; bigger is not one
 _SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
 
 
