@@ -91,3 +91,13 @@ async def wait_until(pilot, condition: Callable[[], object], timeout: float = 30
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition.__doc__ or condition}")
         await pilot.pause()  # handle pending messages
         await asyncio.sleep(POLL_SECONDS)  # and give worker threads the GIL between looks
+
+
+def poll_until(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> None:
+    """`wait_until` for a test without an app (a subprocess, a file): look at `condition()` every
+    POLL_SECONDS until it is true, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition.__doc__ or condition}")
+        time.sleep(POLL_SECONDS)

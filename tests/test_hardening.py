@@ -6,7 +6,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from chatterm.model import CheckpointError, load_checkpoint, save_checkpoint
 from chatterm.session import ChatSession, Conversation, clean_message
 from chatterm.session.local_backend import LocalBackend
 from chatterm.session.sanitize import printable
-from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model, train_parrot
+from helpers import byte_tokenizer_spec, poll_until, save_tiny_checkpoint, tiny_model, train_parrot
 
 MARKER = "/tmp/chatterm-pwned-marker"
 
@@ -167,25 +166,35 @@ def test_out_of_memory_ends_the_reply_with_a_message_and_the_session_lives(parro
 
 
 def test_autosave_survives_kill_at_any_moment(tmp_path):
-    """A writer is killed with SIGKILL at random moments; the file is always a whole conversation."""
-    target = tmp_path / "conv.json"
+    """A chat autosaved again and again as it grows is killed with SIGKILL in the middle of its
+    saves, early and late (bigger files); its file is always a whole conversation."""
     writer = (
-        "import sys; from chatterm.session import Conversation, write_conversation\n"
-        "c = Conversation()\n"
+        "import sys; from chatterm.session import Conversation, ConversationStore\n"
+        "store, c = ConversationStore(sys.argv[1]), Conversation()\n"
         "for i in range(100000):\n"
         "    c.add('user', 'message %d ' % i + 'x' * 2000)\n"
-        "    write_conversation(sys.argv[1], c)\n"
+        "    store.save(c)\n"
     )
-    for delay in (0.3, 0.45, 0.6, 0.8):
-        proc = subprocess.Popen([sys.executable, "-c", writer, str(target)])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if target.exists():
-            data = json.loads(target.read_text())  # never half a file
-            assert Conversation.from_dict(data).turns
-    leftovers = [p for p in tmp_path.iterdir() if p.name != "conv.json"]
-    assert all(p.name.endswith(".tmp") for p in leftovers)  # at most a stray temp file, never the target
+    for saves in (1, 5, 20, 60):
+        folder = tmp_path / f"chats-{saves}"
+        proc = subprocess.Popen([sys.executable, "-c", writer, str(folder)])
+        try:
+            poll_until(lambda: _saved_turns(folder) >= saves, timeout=60, what=f"{saves} saves in {folder.name}")
+            assert proc.poll() is None  # still saving: the kill lands among its writes
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert _saved_turns(folder) >= saves  # never half a file, nor an older one
+        leftovers = [p for p in folder.iterdir() if p.suffix != ".json" and p.name != ".locks"]
+        assert all(p.name.endswith(".tmp") for p in leftovers)  # at most a stray temp file
+
+
+def _saved_turns(folder) -> int:
+    """The turns in the one chat autosaved in `folder` (0 before its first save); a broken file
+    fails the test."""
+    saved = list(folder.glob("*.json")) if folder.is_dir() else []
+    assert len(saved) <= 1, saved
+    return len(Conversation.from_dict(json.loads(saved[0].read_text())).turns) if saved else 0
 
 
 @pytest.mark.slow
