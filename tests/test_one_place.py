@@ -1,5 +1,5 @@
-"""One way to do each thing, checked over the source tree: the layers import only downward, one
-formatter makes an error one line, pyflakes finds no dead imports or names, and property tests
+"""One way to do each thing, checked over the source tree: no import circle (Python imports and
+the C files' #include) and no import up a layer, one formatter makes an error one line, pyflakes finds no dead imports or names, and property tests
 draw the same examples on every run."""
 
 import ast
@@ -15,8 +15,8 @@ from chatterm.model.errors import first_line
 SRC = Path(__file__).resolve().parent.parent / "src" / "chatterm"
 LAYERS = ("model", "engine", "session", "ui")  # lowest first
 # Where each top-level name of the package stands, lowest first: the file helpers that every layer
-# may use, the four layers, then the front ends (cli, repl, api, bench, train, ...), which only
-# their own entry points import.
+# may use, the four layers, then the front ends (cli, repl, api, bench, train, notices, ...),
+# which only front ends import.
 BASE = ("atomic", "regular_file")
 FRONT = len(LAYERS) + 1
 
