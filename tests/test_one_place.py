@@ -21,24 +21,28 @@ BASE = ("atomic", "regular_file")
 FRONT = len(LAYERS) + 1
 
 
-def imports_of(path: Path, root: Path = SRC) -> list[str]:
-    """Absolute names of the modules `path` imports anywhere in its code (inside functions too),
+def _imports(path: Path, root: Path = SRC) -> list[tuple[str, list[str]]]:
+    """(module, the names taken from it) for each import in `path`'s code, inside functions too;
     relative imports resolved; `import_module("name")` with a written-out name counts too."""
     package = list(path.relative_to(root.parent).with_suffix("").parts)
     package = package[:-1]  # the package a module (or an __init__) sits in
-    names = []
+    found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            names += [module] + [f"{module}.{alias.name}" for alias in node.names]  # `from . import x`: x may be a module
+            found.append((".".join(base + ([node.module] if node.module else [])), [a.name for a in node.names]))
         elif isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
+            found += [(alias.name, []) for alias in node.names]
         elif (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             name = node.args[0].value
-            names.append(".".join(package) + name if name.startswith(".") else name)
-    return names
+            found.append((".".join(package) + name if name.startswith(".") else name, []))
+    return found
+
+
+def imports_of(path: Path, root: Path = SRC) -> list[str]:
+    """Absolute names of the modules `path` imports (see _imports)."""
+    return [module for module, _ in _imports(path, root)]
 
 
 def module_name(path: Path, root: Path = SRC) -> str:
@@ -54,11 +58,12 @@ def import_graph(root: Path = SRC) -> dict[str, set[str]]:
     graph = {}
     for name, path in modules.items():
         imported = set()
-        for target in imports_of(path, root):
-            while target and target not in modules:  # `import a.b.c` of a name in a.b: the module a.b
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                imported.add(target)
+        for module, names in _imports(path, root):
+            for target in [f"{module}.{n}" for n in names] or [module]:  # `from a import b`: b may be a module
+                while target and target not in modules:  # a name in a module: the module
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    imported.add(target)
         graph[name] = imported
     for path in [*root.rglob("*.c"), *root.rglob("*.h")]:
         included = re.findall(r'^\s*#\s*include\s+"([^"]+)"', path.read_text(encoding="utf-8"), re.M)
@@ -157,8 +162,9 @@ def test_the_import_check_finds_circles_and_arrows_up(tmp_path):
         "web.py": "from . import cli\n",
         "model/__init__.py": "",
         "model/loader.py": "from importlib import import_module\nimport_module('chatterm.session.chat')\n",
-        "session/__init__.py": "",
-        "session/chat.py": "from ..model import loader\n",
+        "session/__init__.py": "from .chat import *\n",
+        "session/chat.py": "from ..model import loader\nfrom . import store\n",  # store, not the package
+        "session/store.py": "",
         "model/a.h": '#include "b.h"\n',
         "model/b.h": '#include "a.h"\n#include <stdio.h>\n',
     }
