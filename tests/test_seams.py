@@ -18,7 +18,7 @@ from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.stop import StopStringMatcher
 from chatterm.engine.tokenizer import Tokenizer
 from chatterm.session import BackendInfo, ChatSession, Conversation
-from chatterm.session.backends import open_backend
+from chatterm.session.backend_factory import open_backend
 from chatterm.session.local_backend import LocalBackend
 from chatterm.session.remote_backend import RemoteBackend
 from chatterm.session.prompt import PromptBuilder

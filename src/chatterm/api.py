@@ -12,7 +12,7 @@ from typing import Iterator
 
 from .engine.events import Event, Finished, TextDelta, run_to_end
 from .engine.settings import SamplingSettings
-from .session.backends import open_backend
+from .session.backend_factory import open_backend
 from .session.config import default_checkpoint
 
 

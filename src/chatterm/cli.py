@@ -191,7 +191,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _backend_options(args, path, device, dtype, config_api_key_env: str | None = None) -> dict:
     """The flags that say how to open a model, checked, as open_backend options. Every front end
     (TUI, plain REPL, generate) opens its model with these, so a flag means the same in each."""
-    from .session.backends import REMOTE_SCHEMES
+    from .session.backend_factory import REMOTE_SCHEMES
 
     remote = {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
     if any(v is not None for v in remote.values()) and not str(path).startswith(REMOTE_SCHEMES):
@@ -292,7 +292,7 @@ def _resume(args) -> str:
 
 def _serve_web(args, checkpoint, config, problems) -> int:
     """Check the flags once here (each browser tab's session reads them again), then serve."""
-    from .session.backends import REMOTE_SCHEMES
+    from .session.backend_factory import REMOTE_SCHEMES
     from .session.models import resolve_model
     from .session.sanitize import printable
     from .web import serve_chat
@@ -356,7 +356,7 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
 
 
 def _load_backend(path, options: dict):
-    from .session.backends import REMOTE_SCHEMES, open_backend
+    from .session.backend_factory import REMOTE_SCHEMES, open_backend
     from .session.sanitize import printable
 
     try:

@@ -37,7 +37,7 @@ from .errors import first_line as _first_line
 from .families import families, family_for, family_for_gguf
 from .families.gpt2 import GPTConfig, normalize_config_keys
 from .formats import DictSource
-from .formats import state_dicts as sdmod
+from .formats import state_dicts
 from .formats.gguf import readable_types
 from .memory import check_fits
 
@@ -241,7 +241,7 @@ def _read(path: Path, n_head: int | None) -> tuple[str, GPTConfig, dict, dict]:
     if isinstance(obj, dict) and "model_args" in obj and "model" in obj:
         sd = _tensors(obj["model"], path, "its 'model' entry")
         config = _config_from(obj["model_args"], path)
-        return "nanogpt", config, sdmod.strip_prefixes(sd), {"training": {"iter_num": obj.get("iter_num")}}
+        return "nanogpt", config, state_dicts.strip_prefixes(sd), {"training": {"iter_num": obj.get("iter_num")}}
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -262,12 +262,12 @@ def _tensors(obj, path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def _plain(path: Path, sd: dict, n_head: int | None) -> tuple[str, GPTConfig, dict, dict]:
-    sd = sdmod.strip_prefixes(sd)
+    sd = state_dicts.strip_prefixes(sd)
     sidecar = _sidecar_config(path)
-    if sdmod.is_textbook(sd):
-        sd = sdmod.from_textbook(sd)
+    if state_dicts.is_textbook(sd):
+        sd = state_dicts.from_textbook(sd)
     elif "wte.weight" in sd or "h.0.attn.c_attn.weight" in sd:
-        sd = sdmod.from_hf(sd)  # a bare GPT2Model state dict
+        sd = state_dicts.from_hf(sd)  # a bare GPT2Model state dict
     if "transformer.wte.weight" not in sd:
         raise CheckpointError(f"{path}: not a GPT state dict (no token embedding 'transformer.wte.weight')")
     heads = n_head or sidecar.get("n_head")
@@ -277,7 +277,7 @@ def _plain(path: Path, sd: dict, n_head: int | None) -> tuple[str, GPTConfig, di
             f"it ({path.with_suffix('.json').name}) or pass --n-head"
         )
     eps = sidecar.get("layer_norm_eps")
-    return "state_dict", sdmod.infer_config(sd, heads, layer_norm_eps=eps), sd, {}
+    return "state_dict", state_dicts.infer_config(sd, heads, layer_norm_eps=eps), sd, {}
 
 
 def _read_hf(path: Path) -> tuple[str, GPTConfig, dict, dict]:
@@ -289,7 +289,7 @@ def _read_hf(path: Path) -> tuple[str, GPTConfig, dict, dict]:
     config = _config_from(cfg, path / "config.json")
     weights = _hf_weights(path)
     sd = _read_safetensors(weights)[0] if weights.suffix == ".safetensors" else _torch_load(weights)
-    sd = sdmod.from_hf(_tensors(sd, weights, "it"))
+    sd = state_dicts.from_hf(_tensors(sd, weights, "it"))
     return "huggingface", config, sd, {"name": path.name}
 
 

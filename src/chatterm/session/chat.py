@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
 from .attachments import Attachment, with_attachments
-from .backend import ChatBackend
+from .backend_contract import ChatBackend
 from .conversation import Conversation, Turn
 from .persistence import ConversationStore
 from .template_sandbox import TemplateError

@@ -1,6 +1,6 @@
-"""The backend that runs a checkpoint in this process (see backend.py for the interface).
+"""The backend that runs a checkpoint in this process (see backend_contract.py for the interface).
 
-Loading is slow (torch import, reading weights), so front ends open it (session/backends.py)
+Loading is slow (torch import, reading weights), so front ends open it (session/backend_factory.py)
 in a worker. One `Generator` and its KV cache live as long as the backend; prompts are built by
 `PromptBuilder` so consecutive turns share a prefix with what the cache holds.
 
@@ -21,7 +21,7 @@ from ..engine import torch_thread
 from ..engine.events import ContextTrimmed, Event, Finished
 from ..engine.settings import SamplingSettings
 from ..engine.thinking import prompt_opens_thinking, split_thinking
-from .backend import BackendInfo
+from .backend_contract import BackendInfo
 from .conversation import Conversation
 from .jinja_template import JinjaChatTemplate, JinjaPromptBuilder
 from .prompt import PromptBuilder

@@ -1,5 +1,5 @@
 """The backend for models served over the OpenAI-compatible API (vLLM, llama.cpp's llama-server,
-Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract (backend.py): it
+Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract (backend_contract.py): it
 yields engine events, ends with exactly one `Finished`, and never appends to the conversation.
 
 Modes (`mode=` overrides; otherwise chosen when the backend opens):
@@ -35,7 +35,7 @@ from typing import Iterator
 from ..engine.events import Event
 from ..engine.settings import SPECS, SamplingSettings
 from ..engine.thinking import split_thinking
-from .backend import BackendInfo
+from .backend_contract import BackendInfo
 from .conversation import Conversation
 from .prompt import PromptBuilder
 from .remote_http import BackendError, ServerAddress, ServerClient

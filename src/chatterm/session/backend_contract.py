@@ -4,7 +4,7 @@ A backend takes the conversation and the live settings and yields engine events;
 changes the conversation's turns. `ChatSession` appends the assistant turn from the `Finished`
 event that ends every reply. The local backend runs a checkpoint in this process; a remote one
 (an OpenAI-compatible server, say) implements the same members, and no front end changes.
-`open_backend` (backends.py) is the one way front ends get a backend.
+`open_backend` (backend_factory.py) is the one way front ends get a backend.
 """
 
 from __future__ import annotations
