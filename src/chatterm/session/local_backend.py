@@ -30,7 +30,7 @@ from .template import ChatTemplate
 
 class LocalBackend:
     def __init__(self, generator, template: ChatTemplate, info: BackendInfo, meta: dict | None = None) -> None:
-        self.generator = generator
+        self.generator = generator  # None once closed
         self.tokenizer = generator.tokenizer
         self.template = template
         self.info = info
@@ -105,7 +105,7 @@ class LocalBackend:
             source=str(ckpt.path),
         )
         backend = cls(generator, template, info, ckpt.meta)
-        note = getattr(ckpt.model, "decode_note", None)  # a family the fused CPU decode step does not cover
+        note = ckpt.model.decode_note  # a family the fused CPU decode step does not cover
         if note and torch_device.type == "cpu":
             backend.warnings.append(f"{ckpt.name}: {note}")
         return backend
@@ -155,12 +155,9 @@ class LocalBackend:
         """Stream more of the last (assistant) turn (see ChatBackend.continue_reply). The prompt
         is the one that asked for that turn plus the ids it was generated as, so the cache
         still holds nearly all of it: only the last token or two are prefilled."""
-        turns = conversation.turns
-        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
-            raise ValueError("nothing to continue: the last message is not a reply")
         # The conversation up to the reply asks for the reply; its text so far counts as reply.
-        head = Conversation(system=conversation.system, turns=turns[:-1], context_start=conversation.context_start)
-        body = self.prompts.reply_body_ids(turns[-1])
+        head = conversation.up_to_last_reply()
+        body = self.prompts.reply_body_ids(conversation.turns[-1])
         return self._continue_events(conversation, head, body, settings, cancel, inspect)
 
     def _continue_events(self, conversation, head, body, settings, cancel, inspect) -> Iterator[Event]:
@@ -229,6 +226,25 @@ class LocalBackend:
         """Float32 logits (len(ids), vocab) for every position of `ids`, uncached, computed on
         the torch thread."""
         return torch_thread.call(self.generator.logits, list(ids))
+
+    def close(self) -> None:
+        """Let go of the generator (the KV cache, and the weights unless a caller holds the model
+        too) and hand the GPU's freed memory back to the driver, on the torch thread, where
+        the cache was written (see ChatBackend.close)."""
+        torch_thread.call(self._free)
+
+    def _free(self) -> None:
+        import gc
+
+        import torch
+
+        if self.generator is None:  # closed already
+            return
+        on_cuda = self.generator.device.type == "cuda"
+        self.generator = None
+        if on_cuda:  # (on the CPU the memory goes back as the last reference goes)
+            gc.collect()  # a compiled decode step's reference cycles hold the model
+            torch.cuda.empty_cache()
 
 
 def _jinja_template(meta: dict, tokenizer) -> JinjaChatTemplate | None:

@@ -184,6 +184,11 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         if self.resume:
             self.commands.resume(self.resume)
 
+    def on_unmount(self) -> None:
+        """The app is done, however it ends (Ctrl+Q, the web driver's quit, a signal): stop the
+        reply in flight and close the backend (its worker closes it when that reply ends)."""
+        self.session.close()
+
     def _apply_themes(self) -> None:
         themes, problems = load_themes(theme_folders(config_dir()))
         for theme in themes:
