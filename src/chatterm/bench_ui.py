@@ -140,6 +140,7 @@ def _engine_rate(path: str, messages: list[str], scratch: Path) -> tuple[float, 
         if i:  # the first is a warm-up
             seconds += time.perf_counter() - t0
             tokens += done.new_tokens
+    session.close()
     return tokens / seconds, tokens
 
 

@@ -228,23 +228,20 @@ class LocalBackend:
         return torch_thread.call(self.generator.logits, list(ids))
 
     def close(self) -> None:
-        """Let go of the generator (the KV cache, and the weights unless a caller holds the model
-        too) and hand the GPU's freed memory back to the driver, on the torch thread, where
-        the cache was written (see ChatBackend.close)."""
-        torch_thread.call(self._free)
-
-    def _free(self) -> None:
-        import gc
-
-        import torch
-
+        """Let go of the generator: the KV cache, and the weights unless a caller holds the model
+        too (see ChatBackend.close). Any thread may: freeing runs no torch kernels, and a token
+        loop still ending on the torch thread holds its own references until it returns."""
         if self.generator is None:  # closed already
             return
         on_cuda = self.generator.device.type == "cuda"
         self.generator = None
         if on_cuda:  # (on the CPU the memory goes back as the last reference goes)
+            import gc
+
+            import torch
+
             gc.collect()  # a compiled decode step's reference cycles hold the model
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # hand the freed blocks back to the driver (other processes)
 
 
 def _jinja_template(meta: dict, tokenizer) -> JinjaChatTemplate | None:
