@@ -1,6 +1,8 @@
 """The backend for models served over the OpenAI-compatible API (vLLM, llama.cpp's llama-server,
-Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract (backend_contract.py): it
-yields engine events, ends with exactly one `Finished`, and never appends to the conversation.
+Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract
+(backend_contract.py): it yields engine events, ends with exactly one `Finished`, and never
+appends to the conversation. Each request reads the live settings when it is sent (a server
+cannot change them mid-reply); `logits` is a one-line ValueError (a server gives none).
 
 Modes (`mode=` overrides; otherwise chosen when the backend opens):
 - "chat": `/v1/chat/completions`; the server applies the model's own template. For
