@@ -1,9 +1,12 @@
 """The seams between layers: the backend contract, the one factory, the one torch thread, the two
 layers of generation, live stop strings and content-derived tokenizer keys."""
 
+import gc
+import inspect
 import io
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -18,8 +21,10 @@ from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.stop import StopStringMatcher
 from chatterm.engine.tokenizer import Tokenizer
 from chatterm.engine.tokenizers import open_tokenizer
-from chatterm.session import BackendInfo, ChatSession, Conversation
-from chatterm.session.backends import open_backend
+from chatterm.api import Model
+from chatterm.repl import PlainChat
+from chatterm.session import BackendInfo, ChatBackend, ChatSession, Conversation
+from chatterm.session.backend_factory import open_backend
 from chatterm.session.local_backend import LocalBackend
 from chatterm.session.remote_backend import RemoteBackend
 from chatterm.session.prompt import PromptBuilder
@@ -36,29 +41,54 @@ GREEDY = dict(temperature=0, repetition_penalty=1.0)
 
 class ReplayBackend:
     """A second backend written only from ChatBackend's docstring: it replays fixed replies word
-    by word, keeps no token ids, and never touches the conversation."""
+    by word (a word is a token), keeps no token ids, and never touches the conversation."""
 
     def __init__(self, replies):
         self.replies = list(replies)
         self.info = BackendInfo(name="replay", device="none", dtype="-", context_window=1000)
+        self.warnings = []
+        self.supported_settings = {}  # it ignores every setting, but says so nowhere: all "honoured"
+        self.context_is_estimate = False
+        self.inspector_note = "a replay has no token probabilities"
+        self.settings_apply_mid_reply = True  # it reads none, so none waits for the next reply
+        self.tokenizer = None
+        self.meta = {}
         self.seen = []
+        self.closed = False
 
     def reply(self, conversation, settings, *, cancel=None, inspect=0):
         self.seen.append([(t.role, t.text) for t in conversation.turns])
-        text = self.replies.pop(0)
-        words = text.split(" ")
+        return self._replay(self.replies.pop(0), cancel)
+
+    def continue_reply(self, conversation, settings, *, cancel=None, inspect=0):
+        conversation.up_to_last_reply()
+        return self._replay(self.replies.pop(0), cancel, more=True)
+
+    def complete_stream(self, prompt, settings, *, cancel=None, inspect=0):
+        return self._replay(self.replies.pop(0), cancel)
+
+    def _replay(self, text, cancel, more=False):
         shown = []
-        for i, word in enumerate(words):
+        for i, word in enumerate(text.split(" ")):
             if cancel is not None and cancel.is_set():
                 yield Finished("".join(shown), "cancelled", 10, 10, len(shown), 0.0, 0.0)
                 return
-            piece = word if i == 0 else " " + word
+            piece = word if i == 0 and not more else " " + word
             shown.append(piece)
             yield TextDelta(piece)
         yield Finished("".join(shown), "stop", 10, 10, len(shown), 0.0, 0.0)
 
+    def logits(self, ids):
+        raise ValueError("replay: a replay has no logits")
+
     def context_tokens(self, conversation, settings):
-        return sum(len(t.text.split()) for t in conversation.turns)
+        return sum(self.count_tokens(t.text) for t in conversation.turns)
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def close(self):
+        self.closed = True
 
 
 def test_a_backend_written_from_the_protocol_gets_its_replies_kept():
@@ -83,6 +113,44 @@ def test_a_backend_written_from_the_protocol_gets_its_replies_kept():
     assert done.stop_reason == "cancelled"
     last = session.conversation.turns[-1]
     assert (last.text, last.stopped, last.note) == ("one", True, "stopped")
+
+    backend.replies.append("and more")
+    assert run_to_end(session.continue_reply()).text == " and more"
+    assert session.conversation.turns[-1].text == "one and more"
+
+
+def contract_members() -> tuple[set[str], set[str]]:
+    """(attributes, methods) that ChatBackend declares, read from the Protocol itself."""
+    attributes = set(ChatBackend.__annotations__)
+    methods = {name for name, value in vars(ChatBackend).items() if inspect.isfunction(value) and not name.startswith("_")}
+    return attributes, methods
+
+
+def assert_implements_the_contract(backend):
+    attributes, methods = contract_members()
+    assert {"info", "tokenizer", "meta"} <= attributes and {"reply", "complete_stream", "logits", "close"} <= methods
+    missing = sorted(name for name in attributes | methods if not hasattr(backend, name))
+    assert not missing, f"{type(backend).__name__} lacks {missing}"
+    for name in methods:  # the same parameters, by name and kind (keyword-only stays keyword-only)
+        declared = list(inspect.signature(getattr(ChatBackend, name)).parameters.values())[1:]
+        implemented = list(inspect.signature(getattr(backend, name)).parameters.values())
+        assert [(p.name, p.kind) for p in implemented] == [(p.name, p.kind) for p in declared], name
+
+
+def test_the_local_and_remote_backends_and_the_double_implement_every_member(parrot_checkpoint):
+    assert_implements_the_contract(ReplayBackend([]))
+    local = LocalBackend.load(parrot_checkpoint)
+    assert_implements_the_contract(local)
+    assert local.tokenizer is not None and local.meta["name"] == "parrot"
+    with ScriptedServer([Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))]) as server:
+        remote = RemoteBackend.open(server.url, mode="chat")
+        try:
+            assert_implements_the_contract(remote)
+            assert remote.tokenizer is None and remote.meta == {}
+            with pytest.raises(ValueError, match=r"^http://127\.0\.0\.1:\d+: a server gives no logits"):
+                Model(remote).logits([1, 2])  # the Python API asks without probing
+        finally:
+            remote.close()
 
 
 def test_the_local_backend_only_yields_events(parrot_checkpoint):
@@ -117,6 +185,78 @@ def test_open_backend_dispatches_paths_and_urls(parrot_checkpoint, monkeypatch):
     monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", None)  # a build without it
     with pytest.raises(ValueError, match=r"^https://example\.com: remote backends are not available"):
         open_backend("https://example.com")
+
+
+# -- closing what is let go, and settings read when the request is sent ------------------------
+
+OK = Scripted(body=sse(chat_chunk("ok"), chat_chunk(None, "stop")))
+
+
+def open_chat(url):
+    return open_backend(url, mode="chat")
+
+
+def test_a_model_switch_closes_the_replaced_servers_client():
+    with ScriptedServer([OK]) as first, ScriptedServer([OK]) as second:
+        session = ChatSession(open_chat(first.url), SamplingSettings())
+        old = session.backend
+        assert run_to_end(session.send("hi")).text == "ok" and not old.client.http.is_closed
+        PlainChat(session, out=io.StringIO(), err=io.StringIO(), load_backend=open_chat).run([f"/model {second.url}\n"])
+        new = session.backend
+        assert new is not old and new.info.source == second.url.removesuffix("/v1")
+        assert old.client.http.is_closed
+        with pytest.raises(RuntimeError, match="client has been closed"):
+            old.client.http.get(f"{first.url}/models")  # its connections are gone, not just marked
+        assert run_to_end(session.send("and now?")).text == "ok" and len(second.requests) == 1
+        session.close()  # the front end is done
+        assert session.backend is None and new.client.http.is_closed
+
+
+def test_a_server_replaced_mid_reply_is_closed_when_that_reply_ends():
+    stalled = Scripted(body=sse(chat_chunk("still"), done=False), stall=True)  # then silence
+    with ScriptedServer([stalled]) as first, ScriptedServer([OK]) as second:
+        session = ChatSession(open_chat(first.url), SamplingSettings())
+        old = session.backend
+        stream = session.send("hi")
+        assert next(stream) == TextDelta("still")
+        session.use_backend(open_chat(second.url))  # the TUI's /model loads while a reply streams
+        assert not old.client.http.is_closed  # the reply goes on with the server it started on
+        session.stop()
+        done = list(stream)[-1]
+        assert (done.stop_reason, done.text) == ("cancelled", "still") and old.client.http.is_closed
+        session.close()
+
+
+async def test_the_tui_closes_its_backend_when_it_ends():
+    with ScriptedServer([OK]) as server:
+        app = make_app(server.url)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await ready(app, pilot)
+            backend = app.session.backend
+            assert not backend.client.http.is_closed
+        assert backend.client.http.is_closed and app.session.backend is None
+
+
+def test_closing_the_local_backend_lets_go_of_the_model_and_its_cache(parrot_checkpoint):
+    backend = LocalBackend.load(parrot_checkpoint)
+    model, cache = weakref.ref(backend.generator.model), weakref.ref(backend.generator.cache)
+    backend.close()
+    gc.collect()
+    assert model() is None and cache() is None
+
+
+def test_a_server_reads_the_live_settings_when_the_request_is_sent():
+    """Not a copy taken when the reply was asked for (see the contract's module doc)."""
+    with ScriptedServer([OK]) as server:
+        backend = open_chat(server.url)
+        conv = Conversation()
+        conv.add("user", "hi")
+        settings = SamplingSettings(temperature=0.9)
+        events = backend.reply(conv, settings)
+        settings.set("temperature", "0.3")  # /set between asking and sending
+        assert run_to_end(events).text == "ok"
+        assert server.requests[0]["temperature"] == 0.3 and not backend.settings_apply_mid_reply
+        backend.close()
 
 
 # -- all torch work on the one torch thread -----------------------------------------------------

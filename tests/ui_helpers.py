@@ -39,5 +39,5 @@ def notes(app):
 
 
 def passing_notes(app):
-    """The passing notes (the status bar's and the toasts', slash.py), newest last."""
+    """The passing notes (the status bar's and the toasts', front_end.py), newest last."""
     return list(app.recent_notes)

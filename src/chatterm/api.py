@@ -2,8 +2,10 @@
 
 This is a thin layer: `Model` holds the backend that `open_backend` returns (for a checkpoint,
 a `LocalBackend`: tokenizer, template, KV-cached generator) and offers the three things scripts
-need: stream text, complete text, read logits. Every torch call runs on the torch thread
-(engine/torch_thread.py), whichever thread the script calls from.
+need: stream text, complete text, read logits (a server's backend gives no logits: one-line
+ValueError). Every torch call runs on the torch thread (engine/torch_thread.py), whichever thread
+the script calls from. `close()`, or a `with` block, lets go of the model or the server's
+connections.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from typing import Iterator
 
 from .engine.events import Event, Finished, TextDelta, run_to_end
 from .engine.settings import SamplingSettings
-from .session.backends import open_backend
+from .session.backend_contract import ChatBackend
+from .session.backend_factory import open_backend
 from .session.folders import default_checkpoint
 
 
 class Model:
-    def __init__(self, backend) -> None:
+    def __init__(self, backend: ChatBackend) -> None:
         self.backend = backend
-        self.tokenizer = getattr(backend, "tokenizer", None)  # None for a remote backend
+        self.tokenizer = backend.tokenizer  # None for a remote backend
         self.info = backend.info
 
     @classmethod
@@ -35,7 +38,7 @@ class Model:
     def stream(self, prompt: str, settings: SamplingSettings | None = None, **values) -> Iterator[Event]:
         """Events (TextDelta, TokenStep, Finished) for a completion of `prompt`."""
         settings = settings or self.settings(**values)
-        return self._plain().complete_stream(prompt, settings)
+        return self.backend.complete_stream(prompt, settings)
 
     def stream_text(self, prompt: str, settings: SamplingSettings | None = None, **values) -> Iterator[str]:
         for event in self.stream(prompt, settings, **values):
@@ -47,11 +50,14 @@ class Model:
 
     def logits(self, ids: list[int]):
         """Float32 logits (len(ids), vocab) for every position, uncached."""
-        if not hasattr(self.backend, "logits"):
-            raise ValueError(f"{self.info.source or self.info.name}: this backend does not expose logits")
         return self.backend.logits(ids)
 
-    def _plain(self):
-        if not hasattr(self.backend, "complete_stream"):
-            raise ValueError(f"{self.info.source or self.info.name}: this backend only does chat replies")
-        return self.backend
+    def close(self) -> None:
+        """Let go of the model (or the server's connections); the Model is not used afterwards."""
+        self.backend.close()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -126,7 +126,7 @@ def _random_twin(path: str, folder: Path) -> str:
 
 def _engine_rate(path: str, messages: list[str], scratch: Path) -> tuple[float, int]:
     from .engine.events import run_to_end
-    from .session.backends import open_backend
+    from .session.backend_factory import open_backend
     from .session.chat import ChatSession
     from .session.persistence import ConversationStore
     from .ui.app import INSPECT_TOP
@@ -140,6 +140,7 @@ def _engine_rate(path: str, messages: list[str], scratch: Path) -> tuple[float, 
         if i:  # the first is a warm-up
             seconds += time.perf_counter() - t0
             tokens += done.new_tokens
+    session.close()
     return tokens / seconds, tokens
 
 

@@ -89,7 +89,7 @@ def _resume(args) -> str:
 
 def _serve_web(args, checkpoint, config, problems) -> int:
     """Check the flags once here (each browser tab's session reads them again), then serve."""
-    from ..session.backends import REMOTE_SCHEMES
+    from ..session.backend_factory import REMOTE_SCHEMES
     from ..session.installed_models import resolve_model
     from .web import serve_chat
 

@@ -49,13 +49,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         except ValueError as e:  # a blank message
             raise UserError(str(e)) from None
         events = _chat_failures_as_user_errors(events)
-    elif hasattr(backend, "complete_stream"):
+    else:
         try:
             events = backend.complete_stream(prompt, settings)  # on the torch thread, like chat replies
         except ValueError as e:  # the tokenizer fails on the prompt
             raise UserError(str(e)) from None
-    else:
-        raise UserError(f"{backend.info.source or backend.info.name} only does chat replies; add --chat")
     done = None
     trimmed = TrimmedStream(strip_leading=args.chat)
     for event in events:

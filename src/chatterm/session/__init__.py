@@ -3,8 +3,8 @@
 Nothing here imports torch at import time; `LocalBackend.load` does, when called.
 """
 
-from .backend import BackendInfo, ChatBackend
-from .backends import open_backend
+from .backend_contract import BackendInfo, ChatBackend
+from .backend_factory import open_backend
 from .chat import ChatSession, clean_message
 from .commands import COMMANDS, Command, CommandError, is_command, parse_command
 from .config import AppConfig, load_config, save_config

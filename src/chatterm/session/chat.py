@@ -14,7 +14,9 @@ callable taking one line, which front ends show) and never raised: the conversat
 memory and the next save tries again.
 
 Backends only stream events; the session appends the assistant turn from their `Finished`
-record (`add_reply`), so every backend, local or remote, gets the same bookkeeping.
+record (`add_reply`), so every backend, local or remote, gets the same bookkeeping. The session
+owns its backend: `use_backend` (a `/model` switch) and `close` (the front end is done) close the
+one let go, once no reply streams from it any more.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Callable, Iterator
 from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
 from .attachments import Attachment, with_attachments
-from .backend import ChatBackend
+from .backend_contract import ChatBackend
 from .conversation import Conversation, Turn
 from .persistence import ConversationStore
 from .template_sandbox import TemplateError
@@ -63,6 +65,31 @@ class ChatSession:
         self.editing: int | None = None  # index of the message that the next `send` replaces
         self.attachments: list[Attachment] = []  # files for the next message (`/read`, attachments.py)
         self.undone: list[list[Turn]] = []  # exchanges taken back by `undo`, newest last, for `redo`
+        # The backend a reply streams from, and those let go meanwhile: closed when it ends. A
+        # front end may switch models while a reply streams (the TUI loads in a worker).
+        self._backend_lock = threading.Lock()
+        self._streaming_from: ChatBackend | None = None
+        self._let_go: list[ChatBackend] = []
+
+    # -- the backend -------------------------------------------------------------------------
+
+    def use_backend(self, backend: ChatBackend | None) -> None:
+        """Reply with `backend` from now on, and close the one it replaces: now, or when the
+        reply streaming from it ends (the reply finishes on the backend it started on)."""
+        with self._backend_lock:
+            old, self.backend = self.backend, backend
+            if old is None or old is backend:
+                return
+            if old is self._streaming_from:
+                self._let_go.append(old)
+                return
+        old.close()
+
+    def close(self) -> None:
+        """The front end is done: stop the reply in flight and close the backend (after that
+        reply has ended)."""
+        self.stop()
+        self.use_backend(None)
 
     # -- replies (run these in a worker thread) ------------------------------------------------
 
@@ -92,14 +119,12 @@ class ChatSession:
     def continue_reply(self, *, inspect: int = 0) -> Iterator[Event]:
         """Generate more of the last reply (cut at max_new_tokens, stopped, or edited), appended
         to the same message. Raises ValueError (one line) when it cannot."""
-        turns = self.conversation.turns
-        if not turns or turns[-1].role != "assistant":
-            raise ValueError("nothing to continue: the last message is not a reply")
+        self.conversation.up_to_last_reply()  # raises when the last message is not a reply
         backend = self._check_backend()
         self.editing = None
         self.cancel.clear()
         events = backend.continue_reply(self.conversation, self.settings, cancel=self.cancel, inspect=inspect)
-        return self._relay(events, self.conversation, extend_reply)
+        return self._relay(backend, events, self.conversation, extend_reply)
 
     def _check_backend(self) -> ChatBackend:
         if self.backend is None:
@@ -111,21 +136,26 @@ class ChatSession:
         self.cancel.clear()
         conversation = self.conversation  # the reply belongs here even if /clear runs meanwhile
         events = backend.reply(conversation, self.settings, cancel=self.cancel, inspect=inspect)
-        return self._relay(events, conversation, add_reply, sent)
+        return self._relay(backend, events, conversation, add_reply, sent)
 
-    def _relay(self, events: Iterator[Event], conversation: Conversation,
+    def _relay(self, backend: ChatBackend, events: Iterator[Event], conversation: Conversation,
                record: Callable[[Conversation, Finished], Turn], sent: Turn | None = None) -> Iterator[Event]:
-        """Pass the events on, recording the turn they end with. When the prompt cannot even be
-        built for a message just sent (the model's template or tokenizer fails on it, before any
-        event), the message is taken back out, so that it cannot fail every later turn too, and
-        the error says so."""
+        """Pass the events of `backend` on, recording the turn they end with. When the prompt
+        cannot even be built for a message just sent (the model's template or tokenizer fails on
+        it, before any event), the message is taken back out, so that it cannot fail every later
+        turn too, and the error says so."""
+        with self._backend_lock:  # now, not when the events start: a switch meanwhile must wait too
+            self._streaming_from = backend
+        return self._relayed(backend, events, conversation, record, sent)
+
+    def _relayed(self, backend, events, conversation, record, sent) -> Iterator[Event]:
         finished = started = False
         try:
             for event in events:
                 started = True
                 if isinstance(event, Finished):  # before it is passed on: consumers see the turn
                     record(conversation, event)
-                    conversation.model = self.backend.info.name if self.backend else conversation.model
+                    conversation.model = backend.info.name
                     finished = True
                 yield event
         except ValueError as e:
@@ -138,6 +168,14 @@ class ChatSession:
             if not finished:  # the reply never came: a regenerated one's old version is shown again
                 conversation.cancel_branch()
             self.save()
+            with self._backend_lock:
+                if self._streaming_from is backend:  # (a later reply's is not this one's to clear)
+                    self._streaming_from = None
+                let_go = backend in self._let_go  # replaced while this reply streamed from it
+                if let_go:
+                    self._let_go.remove(backend)
+            if let_go:
+                backend.close()
 
     def stop(self) -> None:
         """Ask the reply in flight to stop; it ends within one decode step."""

@@ -157,9 +157,10 @@ class SlashCommands:
         self.saved_chats = SavedChats(session)
 
     def use_backend(self, backend) -> None:
-        """Chat with `backend` from now on; its recommended sampling settings become the model
-        layer (replacing the previous model's), below the user's config, flags and session."""
-        self.session.backend = backend
+        """Chat with `backend` from now on (the session closes the one it replaces); its
+        recommended sampling settings become the model layer (replacing the previous model's),
+        below the user's config, flags and session."""
+        self.session.use_backend(backend)
         recommended, problems = model_recommendation(backend)
         self.settings.set_layer(MODEL, recommended)
         for problem in problems:

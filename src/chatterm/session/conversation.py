@@ -132,6 +132,15 @@ class Conversation:
         self.turns.append(turn)
         return turn
 
+    def up_to_last_reply(self) -> "Conversation":
+        """The conversation that asked for its last turn, to continue that reply: everything
+        but the last turn, which must be an assistant reply to a user message. Raises
+        ValueError (one line) otherwise; the one place that refuses a /continue."""
+        turns = self.turns
+        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
+            raise ValueError("nothing to continue: the last message is not a reply")
+        return Conversation(system=self.system, turns=turns[:-1], context_start=self.context_start)
+
     # -- alternatives (see the module doc) -----------------------------------------------------
 
     def branch_at(self, index: int) -> None:

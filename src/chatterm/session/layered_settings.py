@@ -99,14 +99,12 @@ class LayeredSettings:
 
 def model_recommendation(backend) -> tuple[dict, list[str]]:
     """A backend's recommended sampling settings (checked) and problems with them, one line each."""
-    meta = getattr(backend, "meta", None) or {}
-    raw = meta.get("sampling") if isinstance(meta, dict) else None
+    raw = backend.meta.get("sampling")
     if raw is None:
         from .installed_models import known_sampling
 
-        return known_sampling(getattr(getattr(backend, "info", None), "source", "")), []
-    name = getattr(getattr(backend, "info", None), "name", "the model")
-    return checked_values(raw, TYPED, f"{name}'s recommended sampling: ")
+        return known_sampling(backend.info.source), []
+    return checked_values(raw, TYPED, f"{backend.info.name}'s recommended sampling: ")
 
 
 def peek_recommendation(spec: str | None) -> dict:

@@ -1,6 +1,6 @@
-"""The backend that runs a checkpoint in this process (see backend.py for the interface).
+"""The backend that runs a checkpoint in this process (see backend_contract.py for the interface).
 
-Loading is slow (torch import, reading weights), so front ends open it (session/backends.py)
+Loading is slow (torch import, reading weights), so front ends open it (session/backend_factory.py)
 in a worker. One `Generator` and its KV cache live as long as the backend; prompts are built by
 `PromptBuilder` so consecutive turns share a prefix with what the cache holds.
 
@@ -21,7 +21,7 @@ from ..engine import torch_thread
 from ..engine.events import ContextTrimmed, Event, Finished
 from ..engine.settings import SamplingSettings
 from ..engine.thinking import prompt_opens_thinking, split_thinking
-from .backend import BackendInfo
+from .backend_contract import BackendInfo
 from .conversation import Conversation
 from .jinja_template import JinjaChatTemplate, JinjaPromptBuilder
 from .prompt import PromptBuilder
@@ -30,7 +30,7 @@ from .template import ChatTemplate
 
 class LocalBackend:
     def __init__(self, generator, template: ChatTemplate, info: BackendInfo, meta: dict | None = None) -> None:
-        self.generator = generator
+        self.generator = generator  # None once closed
         self.tokenizer = generator.tokenizer
         self.template = template
         self.info = info
@@ -106,7 +106,7 @@ class LocalBackend:
             source=str(ckpt.path),
         )
         backend = cls(generator, template, info, ckpt.meta)
-        note = getattr(ckpt.model, "decode_note", None)  # a family the fused CPU decode step does not cover
+        note = ckpt.model.decode_note  # a family the fused CPU decode step does not cover
         if note and torch_device.type == "cpu":
             backend.warnings.append(f"{ckpt.name}: {note}")
         return backend
@@ -156,12 +156,9 @@ class LocalBackend:
         """Stream more of the last (assistant) turn (see ChatBackend.continue_reply). The prompt
         is the one that asked for that turn plus the ids it was generated as, so the cache
         still holds nearly all of it: only the last token or two are prefilled."""
-        turns = conversation.turns
-        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
-            raise ValueError("nothing to continue: the last message is not a reply")
         # The conversation up to the reply asks for the reply; its text so far counts as reply.
-        head = Conversation(system=conversation.system, turns=turns[:-1], context_start=conversation.context_start)
-        body = self.prompts.reply_body_ids(turns[-1])
+        head = conversation.up_to_last_reply()
+        body = self.prompts.reply_body_ids(conversation.turns[-1])
         return self._continue_events(conversation, head, body, settings, cancel, inspect)
 
     def _continue_events(self, conversation, head, body, settings, cancel, inspect) -> Iterator[Event]:
@@ -230,6 +227,22 @@ class LocalBackend:
         """Float32 logits (len(ids), vocab) for every position of `ids`, uncached, computed on
         the torch thread."""
         return torch_thread.call(self.generator.logits, list(ids))
+
+    def close(self) -> None:
+        """Let go of the generator: the KV cache, and the weights unless a caller holds the model
+        too (see ChatBackend.close). Any thread may: freeing runs no torch kernels, and a token
+        loop still ending on the torch thread holds its own references until it returns."""
+        if self.generator is None:  # closed already
+            return
+        on_cuda = self.generator.device.type == "cuda"
+        self.generator = None
+        if on_cuda:  # (on the CPU the memory goes back as the last reference goes)
+            import gc
+
+            import torch
+
+            gc.collect()  # a compiled decode step's reference cycles hold the model
+            torch.cuda.empty_cache()  # hand the freed blocks back to the driver (other processes)
 
 
 def _jinja_template(meta: dict, tokenizer) -> JinjaChatTemplate | None:

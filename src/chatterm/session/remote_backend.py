@@ -1,6 +1,8 @@
 """The backend for models served over the OpenAI-compatible API (vLLM, llama.cpp's llama-server,
-Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract (backend.py): it
-yields engine events, ends with exactly one `Finished`, and never appends to the conversation.
+Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract
+(backend_contract.py): it yields engine events, ends with exactly one `Finished`, and never
+appends to the conversation. Each request reads the live settings when it is sent (a server
+cannot change them mid-reply); `logits` is a one-line ValueError (a server gives none).
 
 Modes (`mode=` overrides; otherwise chosen when the backend opens):
 - "chat": `/v1/chat/completions`; the server applies the model's own template. For
@@ -35,7 +37,7 @@ from typing import Iterator
 from ..engine.events import Event
 from ..engine.settings import SPECS, SamplingSettings
 from ..engine.thinking import split_thinking
-from .backend import BackendInfo
+from .backend_contract import BackendInfo
 from .conversation import Conversation
 from .prompt import PromptBuilder
 from .remote_http import BackendError, ServerAddress, ServerClient
@@ -62,7 +64,9 @@ class RemoteBackend:
         self.template = template or DEFAULT_TEMPLATE
         self.warnings: list[str] = []  # one line each, for the front end to print once
         self.inspector_note: str | None = None  # set once the server turns out to give no logprobs
-        self.settings_apply_mid_reply = False  # a request's settings are fixed once it is sent
+        self.settings_apply_mid_reply = False  # a request's settings are fixed once it is sent (RemoteReply)
+        self.tokenizer = None  # the server's own: reached only through /tokenize (TokenCounter)
+        self.meta: dict = {}  # no checkpoint metadata over the API; known models' settings come by name
         self._dropped_fields: set[str] = set()  # request fields this server refused
         self.chat_works = False  # a chat reply has succeeded: chat-route failures are not about templates
         self.counter = TokenCounter(client if facts.can_tokenize else None, f"remote:{facts.address.root}/{facts.model}")
@@ -93,6 +97,7 @@ class RemoteBackend:
         return backend
 
     def close(self) -> None:
+        """Close the HTTP client and its pooled connections (see ChatBackend.close)."""
         self.client.close()
 
     # -- what the front ends show --------------------------------------------------------------
@@ -123,28 +128,34 @@ class RemoteBackend:
 
     def reply(self, conversation: Conversation, settings: SamplingSettings, *,
               cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
-        run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect)
+        run = RemoteReply(self, conversation, settings, cancel or threading.Event(), inspect)
         return split_thinking(run.events())  # a server that leaves <think> in the text
 
     def continue_reply(self, conversation: Conversation, settings: SamplingSettings, *,
                        cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
         """More of the last reply: in completion mode the transcript is sent ending with the
         partial reply, which the server extends. The chat route has no standard way to do that."""
-        turns = conversation.turns
-        if len(turns) < 2 or turns[-1].role != "assistant" or turns[-2].role != "user":
-            raise ValueError("nothing to continue: the last message is not a reply")
+        conversation.up_to_last_reply()  # raises when there is no reply to continue
         if self.mode == "chat":
             raise ValueError("this server is in chat mode, which cannot continue a reply; "
                              "start chatterm with --remote-mode completion to continue replies")
-        run = RemoteReply(self, conversation, settings.copy(), cancel or threading.Event(), inspect, continuing=True)
+        run = RemoteReply(self, conversation, settings, cancel or threading.Event(), inspect, continuing=True)
         return split_thinking(run.events())
 
     def complete_stream(self, prompt: str | list[int], settings: SamplingSettings, *,
                         cancel: threading.Event | None = None, inspect: int = 0) -> Iterator[Event]:
         """Stream a plain continuation of `prompt` (text, or the server's token ids) from
         `/v1/completions`, without any template: `chatterm generate URL --prompt ...`."""
-        run = RemoteReply(self, None, settings.copy(), cancel or threading.Event(), inspect, raw=prompt)
+        run = RemoteReply(self, None, settings, cancel or threading.Event(), inspect, raw=prompt)
         return run.events()
+
+    def logits(self, ids: list[int]):
+        """Servers stream sampled tokens (with at most 20 candidates' probabilities), never the
+        logits of every position: ValueError."""
+        raise ValueError(f"{self.info.source}: a server gives no logits; load the checkpoint itself "
+                         "(chatterm.load(PATH)) for them")
+
+    # -- what a reply asks and learns (RemoteReply, through its ReplyServer) -------------------
 
     def request(self, conversation: Conversation | None, settings: SamplingSettings, inspect: int,
                 raw: str | list[int] | None = None, continuing: bool = False) -> tuple[str, dict]:
@@ -227,8 +238,20 @@ class RemoteBackend:
             else:
                 self._dropped_fields.add(f)
                 if f in ("logprobs", "top_logprobs"):
-                    self.inspector_note = "the server gives no token probabilities"
+                    self.gives_no_probabilities()
         return bool(named)
+
+    def chat_route_worked(self) -> None:
+        self.chat_works = True
+
+    def undo_fallback(self) -> None:
+        """Completion mode failed too after a chat-route failure switched to it: back to chat,
+        and the warning that announced the switch goes (the chat route's error is reported)."""
+        self.mode = "chat"
+        self.warnings.pop()
+
+    def gives_no_probabilities(self) -> None:
+        self.inspector_note = "the server gives no token probabilities"
 
     def too_long(self, status: int, message: str) -> bool:
         if status not in (400, 413, 422) or not _TOO_LONG.search(message):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, ThinkingDelta, TokenStep
 from ..engine.settings import SamplingSettings
@@ -23,24 +23,45 @@ from ..engine.stop import StopStringMatcher
 from .api_key_scrub import StreamScrubber
 from .conversation import Conversation
 from .openai_stream import StreamFormatError, parse_chunk
-from .remote_http import StreamItem
+from .prompt import PromptBuilder
+from .remote_http import ServerClient, StreamItem
+from .remote_probe import ServerFacts
 from .server_limits import MAX_CHARS_PER_TOKEN, reply_deadline_s
-from .token_estimate import estimate_tokens
-
-if TYPE_CHECKING:
-    from .remote_backend import RemoteBackend
+from .token_estimate import TokenCounter, estimate_tokens
 
 POLL_S = 0.02  # how often a silent stream checks for cancel
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is reported, not waited for
 
 
+class ReplyServer(Protocol):
+    """What one reply uses of the backend that started it (RemoteBackend), and all it may
+    change there: what the backend learns from a reply goes through its methods."""
+
+    client: ServerClient
+    facts: ServerFacts
+    prompts: PromptBuilder  # fits the conversation to the window
+    counter: TokenCounter  # the server's tokens, or an estimate
+    mode: str  # "chat" or "completion": the route the next request takes
+
+    def request(self, conversation: Conversation | None, settings: SamplingSettings, inspect: int,
+                raw: str | list[int] | None = None, continuing: bool = False) -> tuple[str, dict]: ...
+    def stop_strings(self, settings: SamplingSettings, *, raw: bool = False) -> list[str]: ...
+    def too_long(self, status: int, message: str) -> bool: ...  # the prompt was too long (and the window learnt)
+    def learn_from_refusal(self, status: int, message: str, body: dict, route_mode: str) -> bool: ...
+    def chat_route_worked(self) -> None: ...  # a chat reply came through: chat failures are not about templates
+    def undo_fallback(self) -> None: ...  # completion failed too: back to the chat route, its warning gone
+    def gives_no_probabilities(self) -> None: ...  # replies come without logprobs: the inspector stays empty
+
+
 class RemoteReply:
     """One reply's state: retries, text released so far, counts and timings."""
 
-    def __init__(self, backend: RemoteBackend, conversation: Conversation | None, settings: SamplingSettings,
+    def __init__(self, server: ReplyServer, conversation: Conversation | None, settings: SamplingSettings,
                  cancel: threading.Event, inspect: int, raw: str | list[int] | None = None,
                  continuing: bool = False) -> None:
-        self.b, self.conv, self.settings, self.cancel, self.inspect = backend, conversation, settings, cancel, inspect
+        self.server, self.conv, self.cancel, self.inspect = server, conversation, cancel, inspect
+        self.settings = settings  # the live settings, read when each request is sent
+        self.sent = settings.copy()  # those of the request in flight: a server cannot change them mid-reply
         self.raw = raw  # a plain prompt (complete_stream) instead of a conversation
         self.continuing = continuing  # more of the conversation's last turn (completion mode)
         self.started = time.monotonic()  # reset when the reply starts streaming
@@ -60,7 +81,7 @@ class RemoteReply:
                 conv = self.conv
                 if self.continuing:  # fitted as the prompt that asked for the reply, the reply counted in
                     conv = Conversation(system=conv.system, turns=conv.turns[:-1], context_start=conv.context_start)
-                prompt = self.b.prompts.build(conv, self.settings.max_new_tokens + self._so_far())
+                prompt = self.server.prompts.build(conv, self.settings.max_new_tokens + self._so_far())
                 self.conv.context_start = conv.context_start
             except ValueError as e:
                 yield self.finish("error", str(e))
@@ -72,25 +93,26 @@ class RemoteReply:
         refusals = 0
         fallback = None  # (status, message) of a chat-route failure that made us try completion
         while True:
-            path_mode = self.b.mode if self.raw is None else "completion"
-            path, body = self.b.request(self.conv, self.settings, self.inspect, self.raw, self.continuing)
-            matcher = StopStringMatcher(self.b.stop_strings(self.settings, raw=self.raw is not None))
-            stream = self.b.client.stream(path, body)
+            path_mode = self.server.mode if self.raw is None else "completion"
+            self.sent = self.settings.copy()
+            path, body = self.server.request(self.conv, self.sent, self.inspect, self.raw, self.continuing)
+            matcher = StopStringMatcher(self.server.stop_strings(self.sent, raw=self.raw is not None))
+            stream = self.server.client.stream(path, body)
             try:
                 outcome = yield from self.read(stream, matcher)
             finally:
                 stream.close()
             if isinstance(outcome, Finished):
                 if path_mode == "chat" and outcome.error is None:
-                    self.b.chat_works = True
+                    self.server.chat_route_worked()
                 yield outcome
                 return
             status, message, retry_after = outcome.status, outcome.message, outcome.retry_after
-            if self.b.too_long(status, message) and not retried["context"]:
+            if self.server.too_long(status, message) and not retried["context"]:
                 retried["context"] = True
                 dropped = drop_oldest_turns(self.conv) if self.conv is not None else 0
                 if dropped:
-                    yield ContextTrimmed(dropped, self.b.counter.count_cached(self.b.prompts, self.conv))
+                    yield ContextTrimmed(dropped, self.server.counter.count_cached(self.server.prompts, self.conv))
                     continue
                 yield self.finish("error", f"the message is too long for the server's context window ({message})")
                 return
@@ -101,19 +123,18 @@ class RemoteReply:
                     yield self.finish("cancelled")
                     return
                 continue
-            if refusals < 3 and self.b.learn_from_refusal(status, message, body, path_mode):
+            if refusals < 3 and self.server.learn_from_refusal(status, message, body, path_mode):
                 refusals += 1
-                if fallback is None and self.b.mode != path_mode:
+                if fallback is None and self.server.mode != path_mode:
                     fallback = (status, message)
                 continue
             if fallback is not None:  # completion failed too: the chat route's error is the one to show
                 (status, message), fallback = fallback, None
-                self.b.mode = "chat"
-                self.b.warnings.pop()
+                self.server.undo_fallback()
             if status == 404 and "model" in message.lower():
-                yield self.finish("error", f"the server has no model {self.b.facts.model!r} (404): {message}")
+                yield self.finish("error", f"the server has no model {self.server.facts.model!r} (404): {message}")
                 return
-            yield self.finish("error", self.b.client.describe_status(status, message))
+            yield self.finish("error", self.server.client.describe_status(status, message))
             return
 
     def _so_far(self) -> int:
@@ -123,11 +144,11 @@ class RemoteReply:
     def read(self, stream, matcher: StopStringMatcher):
         """Yield the stream's events; return a Finished, or the StreamItem of an HTTP error."""
         finish_reason = matched_stop = None
-        max_tokens = self.settings.max_new_tokens
-        limit_s = reply_deadline_s(self.b.client.read_timeout, max_tokens)
+        max_tokens = self.sent.max_new_tokens
+        limit_s = reply_deadline_s(self.server.client.read_timeout, max_tokens)
         deadline = time.monotonic() + limit_s
         received_tokens = received_chars = 0  # our own count of this request's reply, not the server's word
-        keys = self.b.client.keys.stream()  # a server echoing the API key: never shown, never saved
+        keys = self.server.client.keys.stream()  # a server echoing the API key: never shown, never saved
         while True:
             if self.cancel.is_set():
                 return self.finish("cancelled")
@@ -139,7 +160,7 @@ class RemoteReply:
                 continue
             if item.kind == "status":
                 if self.shown:  # cannot happen over HTTP; never retry over shown text
-                    return self.finish("error", self.b.client.describe_status(item.status, item.message))
+                    return self.finish("error", self.server.client.describe_status(item.status, item.message))
                 return item
             if item.kind == "fail":
                 return self.finish("error", item.message)
@@ -151,13 +172,13 @@ class RemoteReply:
                 if finish_reason == "length":
                     return self.finish("length")
                 # "stop" from the server is a stop string or end of text; only vLLM says which.
-                return self.finish("stop" if matched_stop or self.b.mode == "completion" else "eos")
+                return self.finish("stop" if matched_stop or self.server.mode == "completion" else "eos")
             try:
                 chunk = parse_chunk(item.data)
             except StreamFormatError as e:
                 return self.finish("error", f"malformed reply from the server: {e}")
             if chunk.error:
-                return self.finish("error", f"the server failed mid-reply: {self.b.client.scrub(chunk.error)}")
+                return self.finish("error", f"the server failed mid-reply: {self.server.client.scrub(chunk.error)}")
             if chunk.prompt_tokens is not None:
                 self.prompt_tokens = chunk.prompt_tokens
                 self.cached_tokens = chunk.cached_tokens or 0
@@ -171,8 +192,8 @@ class RemoteReply:
                     return (yield from self.past_max_tokens(keys, matcher, "", max_tokens))
                 if room < len(chunk.text):  # within the count, but longer than any max_tokens tokens can be
                     return (yield from self.past_max_tokens(keys, matcher, chunk.text[:room], max_tokens))
-            if self.inspect and chunk.text and not chunk.tokens and self.b.inspector_note is None and self.steps == 0:
-                self.b.inspector_note = "the server gives no token probabilities"
+            if self.inspect and chunk.text and not chunk.tokens and self.steps == 0:
+                self.server.gives_no_probabilities()
             for token in chunk.tokens:
                 yield TokenStep(self.steps, token.token_id, token.text, token.prob, token.candidates)
                 self.steps += 1

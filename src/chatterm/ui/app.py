@@ -3,7 +3,7 @@
 The app is interactive at once; the model loads in a thread worker. Replies stream through
 `ReplyStream` (reply_stream.py), the side column toggles itself (side_panel.py), and slash
 commands run in `session.commands.SlashCommands`, which reports back through the `FrontEnd`
-methods in slash.py. Everything the user can do is a bound action with an id (remappable from
+methods in front_end.py. Everything the user can do is a bound action with an id (remappable from
 the config file's [keys], checked by keys.py), in the command palette (`palette.ChatCommands`)
 and in /help. This module imports neither torch nor the model: the first frame never waits.
 """
@@ -40,7 +40,7 @@ from .reply_stream import INSPECT_TOP, ReplyStream
 from .send_queue import SendQueue
 from .settings_panel import SettingsPanel
 from .side_panel import SidePanel
-from .slash import TuiFrontEnd
+from .front_end import TuiFrontEnd
 from .status_bar import StatusBar
 from .terminal_keys import recognise_alt_enter
 from .themes import load_themes, theme_folders
@@ -133,10 +133,10 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.checked_keys: dict[str, str] = {}
         self._warnings_shown: set[str] = set()  # the backend's warnings already in the chat
         self.inspect = INSPECT_TOP
-        # The inspector's view of each reply streamed in this session, by turn (slash.py shows the
+        # The inspector's view of each reply streamed in this session, by turn (front_end.py shows the
         # one on screen after a switch of versions or an undo).
         self.token_records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.recent_notes: collections.deque[str] = collections.deque(maxlen=50)  # passing notes (slash.py)
+        self.recent_notes: collections.deque[str] = collections.deque(maxlen=50)  # passing notes (front_end.py)
 
     # -- layout --------------------------------------------------------------------------------
 
@@ -185,6 +185,11 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         if self.resume:
             self.commands.resume(self.resume)
 
+    def on_unmount(self) -> None:
+        """The app is done, however it ends (Ctrl+Q, the web driver's quit, a signal): stop the
+        reply in flight and close the backend (its worker closes it when that reply ends)."""
+        self.session.close()
+
     def _apply_themes(self) -> None:
         themes, problems = load_themes(theme_folders(config_dir()))
         for theme in themes:
@@ -208,7 +213,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
     def load_model(self, path: str | None) -> None:
         started = time.perf_counter()
         try:
-            from ..session.backends import open_backend
+            from ..session.backend_factory import open_backend
 
             if path is None:
                 from ..session.folders import default_checkpoint
@@ -367,7 +372,7 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
         self.commands.run("/clear")
 
     def action_toggle_thinking(self) -> None:
-        self.toggle_thinking()  # slash.py
+        self.toggle_thinking()  # front_end.py
 
     def action_help(self) -> None:
         self.commands.run("/help")

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from ..engine.events import ContextTrimmed, Finished, TokenStep
+from ..session.backend_contract import ChatBackend
 
 
 @dataclass
 class ModelLoaded(Message):
-    backend: object  # a ChatBackend
+    backend: ChatBackend
     seconds: float
 
 

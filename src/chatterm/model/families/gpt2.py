@@ -162,6 +162,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    decode_note: str | None = None  # as Llama's: the fused CPU decode step covers GPT-2 whole
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config

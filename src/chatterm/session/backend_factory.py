@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backend import ChatBackend
+from .backend_contract import ChatBackend
 
 REMOTE_SCHEMES = ("http://", "https://")
 # Options only a server takes. A front end passes the same options for every spec it opens (a
