@@ -1,6 +1,6 @@
 """One way to do each thing, checked over the source tree: no import circle (Python imports and
-the C files' #include) and no import up a layer, one formatter makes an error one line, pyflakes finds no dead imports or names, and property tests
-draw the same examples on every run."""
+the C files' #include) and no import up a layer, one formatter makes an error one line, pyflakes
+finds no dead imports or names, and property tests draw the same examples on every run."""
 
 import ast
 import re

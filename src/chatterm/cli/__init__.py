@@ -1,13 +1,14 @@
 """Command line: `chatterm [MODEL]` chats; subcommands generate, convert, pull, models, prepare,
 train, eval, bench.
 
-`main` parses the command line and runs the command it names; each command is a module with
-`add_parser(subparsers)`, which registers it (chat.py, generate.py, convert.py, models.py here;
-train/command.py and bench.py beside; web.py serves the chat to a browser). arguments.py holds the flags chat and generate share,
-errors.py how a command ends: errors a user can cause end with one line on stderr and exit code
-2, tracebacks are only for bugs, and faults of the surroundings (closed standard streams, a
-reader that closes the pipe early) are not bugs either. Text from files and models is made inert
-(`session/sanitize.py`) before it reaches the terminal.
+`main` parses the command line and runs the command it names. Each command is a module with
+`add_parser(subparsers)`, which registers it: chat.py (with web.py, which serves the chat to a
+browser), generate.py, convert.py and models.py here, train/command.py and bench.py beside.
+arguments.py holds the flags chat and generate share; errors.py how a command ends: errors a user
+can cause end with one line on stderr and exit code 2, tracebacks are only for bugs, and faults
+of the surroundings (closed standard streams, a reader that closes the pipe early) are not bugs
+either. Text from files and models is made inert (`session/sanitize.py`) before it reaches the
+terminal.
 """
 
 from __future__ import annotations
