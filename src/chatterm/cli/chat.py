@@ -128,6 +128,9 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
         info = session.backend.info
         print(f"chatterm: {printable(info.name)} on {info.device} ({info.dtype}); /help for commands, Ctrl+D to quit",
               file=sys.stderr)
-    if _resume(args):
-        chat.commands.resume(_resume(args))
-    return chat.run_terminal() if chat.interactive else chat.run(sys.stdin)
+    try:
+        if _resume(args):
+            chat.commands.resume(_resume(args))
+        return chat.run_terminal() if chat.interactive else chat.run(sys.stdin)
+    finally:
+        session.close()  # a server's connections, a model's memory: the chat is over

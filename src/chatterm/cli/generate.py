@@ -29,11 +29,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..engine.events import Finished, TextDelta
-    from ..session import ChatSession, Conversation
     from ..session.folders import default_checkpoint
-    from ..session.sanitize import printable
-    from ..session.trimmed_stream import TrimmedStream
 
     checked_device_args(args)
     layers = layered_settings(args)  # generate ignores the user's config: scripts give the same output everywhere
@@ -42,7 +38,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError("the prompt is empty")
     path = args.checkpoint or str(default_checkpoint())
     backend = load_backend(path, backend_options(args, path, args.device, args.dtype))
-    settings = _with_model_recommendation(layers, backend)
+    try:
+        return _generate(args, prompt, backend, _with_model_recommendation(layers, backend))
+    finally:
+        backend.close()
+
+
+def _generate(args, prompt: str, backend, settings) -> int:
+    """Stream the reply to `prompt` to stdout (the chat template's with --chat, else a plain continuation)."""
+    from ..engine.events import Finished, TextDelta
+    from ..session import ChatSession, Conversation
+    from ..session.sanitize import printable
+    from ..session.trimmed_stream import TrimmedStream
+
     if args.chat:
         try:
             events = ChatSession(backend, settings, Conversation()).send(prompt)
