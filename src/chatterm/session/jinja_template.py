@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
-from .prompt_fit import fit_turns, keep_tail, prompt_budget
+from .prompt_fit import first_in_context, fit_turns, keep_tail, prompt_budget
 from .template import chat_messages
 from .template_sandbox import MAX_RENDERED_CHARS, TemplateError, compile_template, render
 
@@ -127,10 +127,8 @@ class JinjaPromptBuilder:
     def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
         """Prompt ids asking for the next assistant turn; may advance `context_start`."""
         turns = conversation.turns
-        if not turns or turns[-1].role != "user":
-            raise ValueError("the conversation must end with a user message")
+        first = first_in_context(turns, conversation.context_start)
         budget = prompt_budget(self.window, max_new_tokens)
-        first = min(conversation.context_start, len(turns) - 1)
         # Fitted as prompt_fit.py says. A turn's length is its segment's in the last rendering (an
         # estimate before that): the prompt is rendered again after each round of drops.
         rendered: dict[int, list[int]] = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..engine.text_stream import ids_within
 from .conversation import Conversation, Turn
-from .prompt_fit import fit_turns, keep_tail, prompt_budget
+from .prompt_fit import first_in_context, fit_turns, keep_tail, prompt_budget
 from .template import ChatTemplate
 
 
@@ -59,11 +59,9 @@ class PromptBuilder:
     def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
         """Prompt ids asking for the next assistant turn; may advance `context_start`."""
         turns = conversation.turns
-        if not turns or turns[-1].role != "user":
-            raise ValueError("the conversation must end with a user message")
+        first = first_in_context(turns, conversation.context_start)
         budget = prompt_budget(self.window, max_new_tokens)
         system = self.system_ids(conversation)
-        first = min(conversation.context_start, len(turns) - 1)
         # Only turns still in context are measured: a 1,000-turn chat costs no more per turn.
         lengths = {i: len(self.turn_ids(turns[i])) for i in range(first, len(turns))}
         fixed = len(system) + len(self._prefix)

@@ -1,7 +1,7 @@
 """How a conversation is fitted to a context window: the one rule that the built-in transcript
 (prompt.py), a model's own Jinja template (jinja_template.py), the remote backend (through
-prompt.py, and when a server says a prompt is too long) and the context meter ahead of the next
-prompt (context_fit.py) all follow.
+prompt.py, and when a server says a prompt is too long: remote_reply.py), the context meter ahead
+of the next prompt (context_fit.py) and the warning about attached files (commands.py) follow.
 
 - Room is kept for the reply: what it may use (max_new_tokens), but never more than half the
   window (`reply_reserve`); the prompt gets the rest (`prompt_budget`).
@@ -32,6 +32,14 @@ def reply_reserve(window: int, max_new_tokens: int) -> int:
 def prompt_budget(window: int, max_new_tokens: int) -> int:
     """The most tokens a prompt may take and still leave the reply its room."""
     return window - reply_reserve(window, max_new_tokens)
+
+
+def first_in_context(turns: Sequence, context_start: int) -> int:
+    """Where a prompt that asks for a reply opens before it is fitted: at `context_start`, but
+    never past the latest turn, which must be a user message (ValueError otherwise)."""
+    if not turns or turns[-1].role != "user":
+        raise ValueError("the conversation must end with a user message")
+    return min(context_start, len(turns) - 1)
 
 
 def fit_turns(turns: Sequence, start: int, size: Callable[[int], int], *, budget: int, window: int,
