@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
+from typing import Sequence
 
 from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
@@ -129,35 +130,34 @@ class JinjaPromptBuilder:
         turns = conversation.turns
         first = first_in_context(turns, conversation.context_start)
         budget = prompt_budget(self.window, max_new_tokens)
-        # Fitted as prompt_fit.py says. A turn's length is its segment's in the last rendering (an
-        # estimate before that): the prompt is rendered again after each round of drops.
-        rendered: dict[int, list[int]] = {}
-
-        def size(s: int) -> int:
-            rendered[s] = self._ids(conversation, s)
-            return len(rendered[s])
-
-        start = fit_turns(turns, self._within_render_limit(conversation, first), size, budget=budget,
-                          window=self.window, turn_size=lambda i: len(self.turn_ids(turns[i])))
-        conversation.context_start = start
-        ids = rendered[start] if start in rendered else self._ids(conversation, start)
+        # A turn's length is its segment's in the last rendering (an estimate before that), so
+        # the prompt is rendered again after each round of drops.
+        start, ids = self._fit(conversation, first, budget, turn_size=lambda i: len(self.turn_ids(turns[i])))
         return Prompt(ids=keep_tail([], ids, [], budget), dropped_turns=start - first)
 
     def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
         """The window filled up mid-reply: drop old turns to about half the window and return the
         new context, ending with the reply so far."""
         half = self.window // 2
+        _, ids = self._fit(conversation, conversation.context_start, half, reply_ids, open_on_user=False)
+        return keep_tail([], ids, [], half)
+
+    def _fit(self, conversation: Conversation, start: int, budget: int, reply_ids: Sequence[int] = (),
+             **rule) -> tuple[int, list[int]]:
+        """Advance `context_start` as prompt_fit.fit_turns says, measuring renderings of the
+        prompt (ending with `reply_ids`); the first turn kept, and that prompt."""
         rendered: dict[int, list[int]] = {}
 
         def size(s: int) -> int:
             rendered[s] = self._ids(conversation, s) + list(reply_ids)
             return len(rendered[s])
 
-        start = self._within_render_limit(conversation, conversation.context_start)
-        start = fit_turns(conversation.turns, start, size, budget=half, window=self.window, open_on_user=False)
+        start = self._within_render_limit(conversation, start)
+        start = fit_turns(conversation.turns, start, size, budget=budget, window=self.window, **rule)
         conversation.context_start = start
-        ids = rendered[start] if start in rendered else self._ids(conversation, start) + list(reply_ids)
-        return keep_tail([], ids, [], half)
+        if start not in rendered:
+            size(start)
+        return start, rendered[start]
 
     def reply_body_ids(self, turn: Turn) -> list[int]:
         """The ids of an assistant turn's content (what a continuation extends), reusing the

@@ -62,11 +62,7 @@ class PromptBuilder:
         first = first_in_context(turns, conversation.context_start)
         budget = prompt_budget(self.window, max_new_tokens)
         system = self.system_ids(conversation)
-        # Only turns still in context are measured: a 1,000-turn chat costs no more per turn.
-        lengths = {i: len(self.turn_ids(turns[i])) for i in range(first, len(turns))}
-        fixed = len(system) + len(self._prefix)
-        start = fit_turns(turns, first, lambda s: fixed + sum(lengths[i] for i in range(s, len(turns))),
-                          budget=budget, window=self.window, turn_size=lengths.__getitem__)
+        start = self._fit(turns, first, len(system) + len(self._prefix), budget)
         conversation.context_start = start
         body = [i for t in turns[start:] for i in self.turn_ids(t)]
         return Prompt(ids=keep_tail(system, body, self._prefix, budget), dropped_turns=start - first)
@@ -78,13 +74,17 @@ class PromptBuilder:
         turns = conversation.turns
         system = self.system_ids(conversation)
         tail = self._prefix + reply_ids
-        start = conversation.context_start
-        lengths = {i: len(self.turn_ids(turns[i])) for i in range(start, len(turns))}
-        start = fit_turns(turns, start, lambda s: len(system) + sum(lengths[i] for i in range(s, len(turns))) + len(tail),
-                          budget=half, window=self.window, turn_size=lengths.__getitem__, open_on_user=False)
+        start = self._fit(turns, conversation.context_start, len(system) + len(tail), half, open_on_user=False)
         conversation.context_start = start
         ids = system + [i for t in turns[start:] for i in self.turn_ids(t)] + tail
         return keep_tail([], ids, [], half)
+
+    def _fit(self, turns: list[Turn], start: int, fixed: int, budget: int, **rule) -> int:
+        """The first turn kept (prompt_fit.fit_turns) of a prompt of the turns' ids and `fixed` more."""
+        # Only turns still in context are measured: a 1,000-turn chat costs no more per turn.
+        lengths = {i: len(self.turn_ids(turns[i])) for i in range(start, len(turns))}
+        return fit_turns(turns, start, lambda s: fixed + sum(lengths[i] for i in range(s, len(turns))),
+                         budget=budget, window=self.window, turn_size=lengths.__getitem__, **rule)
 
     def reply_body_ids(self, turn: Turn) -> list[int]:
         """The ids of an assistant turn after the generation prompt, without the turn's ending:
