@@ -182,8 +182,8 @@ class RemoteBackend:
                 body["chat_template_kwargs"] = {"enable_thinking": settings.thinking}
             path = "/chat/completions"
         else:  # continuing: the prompt ends in the partial reply, for the server to extend
-            body["prompt"] = self.template.prompt_text(conversation.system, conversation.turns[conversation.context_start :],
-                                                       continuing=continuing)
+            in_context = conversation.turns[conversation.context_start :]
+            body["prompt"] = self.template.prompt_text(conversation.system, in_context, continuing=continuing)
             path = "/completions"
         for name in self._dropped_fields:
             body.pop(name, None)

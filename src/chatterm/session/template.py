@@ -12,6 +12,10 @@ The prompt ends with the assistant prefix (no trailing space: with GPT-2 style B
 belongs to the next word's token), and a reply ends where the model starts the next user line,
 so the user prefix is the default stop string. A checkpoint may carry its own template (metadata
 key "chat_template"), and the user may override it.
+
+`ChatTemplate.transcript` and `prompt_text` are the one rendering of it: for the local prompt
+(prompt.py tokenizes the same pieces, one a turn), a server's completion route and its token
+counts. `chat_messages` lists the messages a prompt holds, for Jinja templates and chat routes.
 """
 
 from __future__ import annotations
