@@ -35,7 +35,7 @@ from typing import Sequence
 from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
-from .prompt_fit import first_in_context, fit_turns, keep_tail, prompt_budget
+from .prompt_fit import drop_oldest, first_in_context, fit_turns, keep_tail, prompt_budget
 from .template import chat_messages
 from .template_sandbox import MAX_RENDERED_CHARS, TemplateError, compile_template, render
 
@@ -177,11 +177,9 @@ class JinjaPromptBuilder:
         text: a long saved chat opened on a model with a small window is cut before it is
         rendered (the window would drop those turns anyway), never refused."""
         turns = conversation.turns
-        size = len(conversation.system) + sum(len(t.text) for t in turns[start:])
-        while start < len(turns) - 1 and (size > self.max_chars - TEMPLATE_TEXT_CHARS or turns[start].role != "user"):
-            size -= len(turns[start].text)
-            start += 1
-        return start
+        chars = len(conversation.system) + sum(len(t.text) for t in turns[start:])
+        over = chars - (self.max_chars - TEMPLATE_TEXT_CHARS)  # counted in characters
+        return drop_oldest(turns, start, over, lambda i: len(turns[i].text), keep=len(turns) - 1)
 
     def _ids(self, conversation: Conversation, start: int) -> list[int]:
         """The prompt for the turns from `start` on, ending with the generation prompt."""

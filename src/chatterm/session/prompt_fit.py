@@ -15,8 +15,9 @@ of the next prompt (context_fit.py) and the warning about attached files (comman
   fits, even on a reply (`fit_turns` with `open_on_user=False`).
 - What is still too long once only the latest turn is left keeps its end (`keep_tail`).
 
-Sizes are whatever the caller counts (token ids, a server's counts, estimates). A caller that can
-only measure the whole prompt gets each turn's size as the difference that dropping it makes.
+Sizes are whatever the caller counts (token ids, a server's counts, estimates; characters, where a
+Jinja builder cuts a long saved chat before rendering it). A caller that can only measure the
+whole prompt gets each turn's size as the difference that dropping it makes.
 """
 
 from __future__ import annotations
