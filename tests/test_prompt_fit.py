@@ -1,7 +1,13 @@
 """The one prompt fitter (session/prompt_fit.py): its rule on counted sizes, then as the built-in
 transcript, a Jinja template and the context meter apply it with real tokenizers and the tiny model."""
 
+import re
+import sys
+from pathlib import Path
+
 import pytest
+
+import chatterm
 
 from chatterm.engine.hf_tokenizer import HFTokenizer
 from chatterm.engine.settings import SamplingSettings
@@ -12,7 +18,7 @@ from chatterm.session.jinja_template import JinjaChatTemplate, JinjaPromptBuilde
 from chatterm.session.local_backend import LocalBackend
 from chatterm.session.prompt import PromptBuilder
 from chatterm.session.prompt_fit import drop_oldest, fit_turns, keep_tail, prompt_budget, reply_reserve
-from chatterm.session.template import DEFAULT_TEMPLATE, chat_messages
+from chatterm.session.template import DEFAULT_TEMPLATE, ChatTemplate, chat_messages
 from helpers import byte_tokenizer_spec
 from tiny_llama import CHATML, byte_bpe
 
@@ -188,3 +194,16 @@ def test_the_context_meter_fits_as_the_next_prompt_will(parrot_checkpoint):
     assert session.context_tokens() <= backend.info.context_window // 2
     assert backend.prompts.build(conv, 40).dropped_turns == 0  # the prompt agrees: nothing more to drop
     assert fit_context(session) == 0
+
+
+def test_the_rule_and_the_transcript_are_written_once():
+    """Half the window, the template's ending and the messages a prompt holds: each in one module
+    (once there were six copies of the truncation, three of the reserve, three of the transcript)."""
+    def home(thing) -> Path:
+        return Path(sys.modules[thing.__module__].__file__).resolve()
+
+    once = {r"window\s*//\s*2": home(reply_reserve), r'split\("\{text\}"': home(ChatTemplate),
+            r'"role":\s*"system"': home(ChatTemplate)}
+    sources = {path.resolve(): path.read_text(encoding="utf-8") for path in Path(chatterm.__file__).parent.rglob("*.py")}
+    for pattern, module in once.items():
+        assert [path for path, text in sources.items() if re.search(pattern, text)] == [module], pattern

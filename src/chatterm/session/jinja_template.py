@@ -35,7 +35,7 @@ from typing import Sequence
 from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
-from .prompt_fit import drop_oldest, first_in_context, fit_turns, keep_tail, prompt_budget
+from .prompt_fit import drop_oldest, first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
 from .template import chat_messages
 from .template_sandbox import MAX_RENDERED_CHARS, TemplateError, compile_template, render
 
@@ -138,7 +138,7 @@ class JinjaPromptBuilder:
     def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
         """The window filled up mid-reply: drop old turns to about half the window and return the
         new context, ending with the reply so far."""
-        half = self.window // 2
+        half = fit_target(self.window)
         _, ids = self._fit(conversation, conversation.context_start, half, reply_ids, open_on_user=False)
         return keep_tail([], ids, [], half)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..engine.text_stream import ids_within
 from .conversation import Conversation, Turn
-from .prompt_fit import first_in_context, fit_turns, keep_tail, prompt_budget
+from .prompt_fit import first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
 from .template import ChatTemplate
 
 
@@ -70,7 +70,7 @@ class PromptBuilder:
     def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
         """The window filled up mid-reply: drop old turns to about half the window and return the
         new context, ending with the reply so far."""
-        half = self.window // 2
+        half = fit_target(self.window)
         turns = conversation.turns
         system = self.system_ids(conversation)
         tail = self._prefix + reply_ids

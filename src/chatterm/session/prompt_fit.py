@@ -35,6 +35,13 @@ def prompt_budget(window: int, max_new_tokens: int) -> int:
     return window - reply_reserve(window, max_new_tokens)
 
 
+def fit_target(window: int) -> int:
+    """What a prompt that must drop turns is cut down to: half the window (never more than a
+    budget, since the reserve is at most half), and what a refit mid-reply leaves, the reply so
+    far included."""
+    return window // 2
+
+
 def first_in_context(turns: Sequence, context_start: int) -> int:
     """Where a prompt that asks for a reply opens before it is fitted: at `context_start`, but
     never past the latest turn, which must be a user message (ValueError otherwise)."""
@@ -47,8 +54,7 @@ def fit_turns(turns: Sequence, start: int, size: Callable[[int], int], *, budget
               turn_size: Callable[[int], int] | None = None, keep: int | None = None,
               open_on_user: bool = True) -> int:
     """The first turn the prompt keeps. `size(s)` is the prompt's size when it opens on turn `s`;
-    while it is over `budget`, whole turns from `start` on are dropped down to half the window
-    (which a budget never is under: the reserve is at most half).
+    while it is over `budget`, whole turns from `start` on are dropped down to `fit_target`.
 
     `turn_size(i)`, what dropping turn `i` saves, may be an estimate where measuring is costly (a
     template render): the prompt is measured again after each round of drops, and another round
@@ -66,7 +72,7 @@ def fit_turns(turns: Sequence, start: int, size: Callable[[int], int], *, budget
 
     keep = len(turns) - 1 if keep is None else keep
     while start < keep and measure(start) > budget:
-        start = drop_oldest(turns, start, measure(start) - window // 2, turn_size or exact_size, keep=keep,
+        start = drop_oldest(turns, start, measure(start) - fit_target(window), turn_size or exact_size, keep=keep,
                             open_on_user=open_on_user)
     return start
 
