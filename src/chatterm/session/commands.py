@@ -21,6 +21,7 @@ from .config import AppConfig, update_config
 from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
 from .attachments import read_files
 from .persistence import write_conversation, write_user_file
+from .prompt_fit import prompt_budget
 from .sanitize import printable
 from .saved_chats import SavedChats, summary_title
 from .token_estimate import estimate_tokens
@@ -343,7 +344,7 @@ class SlashCommands:
         """Files that will not fit the context: say so, and what sending them anyway does."""
         window = backend.info.context_window
         used = self.session.context_tokens()
-        room = window - used - min(self.session.settings.max_new_tokens, window // 2)
+        room = prompt_budget(window, self.session.settings.max_new_tokens) - used
         if tokens > room:
             self.front.note(f"the attached files are {tokens:,} tokens, more than the {max(room, 0):,} left in the "
                             f"{window:,}-token context window: send to go on anyway (older turns are dropped and "

@@ -4,7 +4,7 @@ A conversation's `context_start` (the oldest turn still in the model's context) 
 a prompt is built. After `/load` of a long chat, or a switch to a model with a smaller window, it
 is stale until the next message: the context meter would count the whole chat (885/512) and no
 turn would be marked as out of context. `fit_context` advances it now, by the rule prompt
-building uses (prompt.py): when the turns in context leave less than room for a reply, whole
+building uses (prompt_fit.py): when the turns in context leave less than room for a reply, whole
 oldest turns are dropped down to about half the window, and the context opens on a user turn.
 It asks the backend only for `context_tokens`, so local and remote backends fit alike.
 """
@@ -12,6 +12,7 @@ It asks the backend only for `context_tokens`, so local and remote backends fit 
 from __future__ import annotations
 
 from .chat import ChatSession
+from .prompt_fit import fit_turns, prompt_budget
 
 
 def fit_context(session: ChatSession) -> int:
@@ -23,15 +24,15 @@ def fit_context(session: ChatSession) -> int:
     if backend is None or not turns:
         return 0
     window = backend.info.context_window
-    reserve = max(1, min(session.settings.max_new_tokens, window // 2))
-    if session.context_tokens() <= window - reserve:
-        return 0
     before = conversation.context_start
+
+    def size(start: int) -> int:
+        conversation.context_start = start
+        return session.context_tokens()
+
     # A chat that ends on a reply may drop every turn (the next message then opens the context);
     # one that ends on a user message keeps that message, as prompt building does.
-    limit = len(turns) if turns[-1].role == "assistant" else len(turns) - 1
-    while conversation.context_start < limit and session.context_tokens() > window // 2:
-        conversation.context_start += 1
-    while conversation.context_start < limit and turns[conversation.context_start].role != "user":
-        conversation.context_start += 1
+    keep = len(turns) if turns[-1].role == "assistant" else len(turns) - 1
+    budget = prompt_budget(window, session.settings.max_new_tokens)
+    conversation.context_start = fit_turns(turns, before, size, budget=budget, window=window, keep=keep)
     return conversation.context_start - before

@@ -30,10 +30,13 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
+from typing import Sequence
 
 from .chat import MAX_MESSAGE_CHARS
 from .conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
+from .prompt_fit import drop_oldest, first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
+from .template import chat_messages
 from .template_sandbox import MAX_RENDERED_CHARS, TemplateError, compile_template, render
 
 _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or message contains them
@@ -112,9 +115,6 @@ class JinjaPromptBuilder:
 
     # -- PromptBuilder's interface -------------------------------------------------------------
 
-    def reserve_for_reply(self, max_new_tokens: int) -> int:
-        return max(1, min(max_new_tokens, self.window // 2))
-
     def turn_ids(self, turn: Turn) -> list[int]:
         """The ids of the turn's segment in the last prompt built (an estimate before that)."""
         if turn in self._segment_ids:
@@ -128,38 +128,36 @@ class JinjaPromptBuilder:
     def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
         """Prompt ids asking for the next assistant turn; may advance `context_start`."""
         turns = conversation.turns
-        if not turns or turns[-1].role != "user":
-            raise ValueError("the conversation must end with a user message")
-        budget = self.window - self.reserve_for_reply(max_new_tokens)
-        first = min(conversation.context_start, len(turns) - 1)
-        start = self._within_render_limit(conversation, first)
-        ids = self._ids(conversation, start)
-        # Too long: drop whole oldest turns, to about half the window (see prompt.py), never
-        # opening on a reply. The turns' lengths are estimates until the prompt is rendered again.
-        while len(ids) > budget and start < len(turns) - 1:
-            excess = len(ids) - min(budget, self.window // 2)
-            start += 1
-            excess -= len(self.turn_ids(turns[start - 1]))
-            while start < len(turns) - 1 and (excess > 0 or turns[start].role != "user"):
-                excess -= len(self.turn_ids(turns[start]))
-                start += 1
-            ids = self._ids(conversation, start)
-        conversation.context_start = start
-        return Prompt(ids=ids[-budget:], dropped_turns=start - first)
+        first = first_in_context(turns, conversation.context_start)
+        budget = prompt_budget(self.window, max_new_tokens)
+        # A turn's length is its segment's in the last rendering (an estimate before that), so
+        # the prompt is rendered again after each round of drops.
+        start, ids = self._fit(conversation, first, budget, turn_size=lambda i: len(self.turn_ids(turns[i])))
+        return Prompt(ids=keep_tail([], ids, [], budget), dropped_turns=start - first)
 
     def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
         """The window filled up mid-reply: drop old turns to about half the window and return the
         new context, ending with the reply so far."""
-        half = self.window // 2
-        turns = conversation.turns
-        start = self._within_render_limit(conversation, conversation.context_start)
-        while True:
-            ids = self._ids(conversation, start) + list(reply_ids)
-            if len(ids) <= half or start >= len(turns) - 1:
-                break
-            start += 1
+        half = fit_target(self.window)
+        _, ids = self._fit(conversation, conversation.context_start, half, reply_ids, open_on_user=False)
+        return keep_tail([], ids, [], half)
+
+    def _fit(self, conversation: Conversation, start: int, budget: int, reply_ids: Sequence[int] = (),
+             **rule) -> tuple[int, list[int]]:
+        """Advance `context_start` as prompt_fit.fit_turns says, measuring renderings of the
+        prompt (ending with `reply_ids`); the first turn kept, and that prompt."""
+        rendered: dict[int, list[int]] = {}
+
+        def size(s: int) -> int:
+            rendered[s] = self._ids(conversation, s) + list(reply_ids)
+            return len(rendered[s])
+
+        start = self._within_render_limit(conversation, start)
+        start = fit_turns(conversation.turns, start, size, budget=budget, window=self.window, **rule)
         conversation.context_start = start
-        return ids[-half:]
+        if start not in rendered:
+            size(start)
+        return start, rendered[start]
 
     def reply_body_ids(self, turn: Turn) -> list[int]:
         """The ids of an assistant turn's content (what a continuation extends), reusing the
@@ -174,22 +172,14 @@ class JinjaPromptBuilder:
 
     # -- segments ------------------------------------------------------------------------------
 
-    def _messages(self, conversation: Conversation, start: int, contents: list[str] | None = None) -> list[dict]:
-        turns = conversation.turns[start:]
-        roles = (["system"] if conversation.system else []) + [t.role for t in turns]
-        texts = contents if contents is not None else ([conversation.system] if conversation.system else []) + [t.text for t in turns]
-        return [{"role": r, "content": c} for r, c in zip(roles, texts)]
-
     def _within_render_limit(self, conversation: Conversation, start: int) -> int:
         """The first turn from `start` on whose messages fit `max_chars` with the template's own
         text: a long saved chat opened on a model with a small window is cut before it is
         rendered (the window would drop those turns anyway), never refused."""
         turns = conversation.turns
-        size = len(conversation.system) + sum(len(t.text) for t in turns[start:])
-        while start < len(turns) - 1 and (size > self.max_chars - TEMPLATE_TEXT_CHARS or turns[start].role != "user"):
-            size -= len(turns[start].text)
-            start += 1
-        return start
+        chars = len(conversation.system) + sum(len(t.text) for t in turns[start:])
+        over = chars - (self.max_chars - TEMPLATE_TEXT_CHARS)  # counted in characters
+        return drop_oldest(turns, start, over, lambda i: len(turns[i].text), keep=len(turns) - 1)
 
     def _ids(self, conversation: Conversation, start: int) -> list[int]:
         """The prompt for the turns from `start` on, ending with the generation prompt."""
@@ -197,7 +187,7 @@ class JinjaPromptBuilder:
 
     def _segments(self, conversation: Conversation, start: int) -> list[list[int]]:
         """Ids per turn from `start` on (module docstring), or the whole prompt as one piece."""
-        real = self._messages(conversation, start)
+        real = chat_messages(conversation.system, conversation.turns[start:])
         turns = conversation.turns[start:]
         system = len(real) - len(turns)  # 1 with a system prompt, else 0
         marked = [dict(m, content=_PLACEHOLDER.format(i)) for i, m in enumerate(real)]

@@ -4,12 +4,9 @@ The prompt is: system prompt + the turns from `conversation.context_start` on + 
 prefix. Every turn is tokenized once and its ids kept on the turn, so consecutive prompts share
 an exact prefix and the KV cache is reused.
 
-Fitting: the budget is the context window minus room reserved for the reply. When the prompt
-does not fit, whole oldest exchanges are dropped (the system prompt and the latest user message
-always stay), and not just until it fits but until it is about half the window: then the next
-several turns append to the same prefix instead of shifting the window every turn (positions are
-learned, so a shifted context must be prefilled again from scratch). A latest user message that
-alone is too long keeps its tail.
+Fitting follows prompt_fit.py: room is kept for the reply, and a prompt that does not fit drops
+whole oldest turns (the system prompt and the latest user message always stay) down to about half
+the window; a latest user message that alone is too long keeps its tail.
 """
 
 from __future__ import annotations
@@ -18,7 +15,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from ..engine.text_stream import ids_within
 from .conversation import Conversation, Turn
+from .prompt_fit import first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
 from .template import ChatTemplate
 
 
@@ -43,9 +42,6 @@ class PromptBuilder:
         self.key = f"{tokenizer.key}:{template_key(template)}"
         self._prefix = tokenizer.encode(template.assistant_prefix)
 
-    def reserve_for_reply(self, max_new_tokens: int) -> int:
-        return max(1, min(max_new_tokens, self.window // 2))
-
     def turn_ids(self, turn: Turn) -> list[int]:
         if turn.ids is None or turn.ids_key != self.key:
             turn.ids = self.tokenizer.encode(self.template.render_turn(turn.role, turn.text))
@@ -57,66 +53,45 @@ class PromptBuilder:
         # transcript) starts every prompt with it, as its text did in training.
         bos = getattr(self.tokenizer, "bos_id", None)
         start = [bos] if getattr(self.tokenizer, "add_bos", False) and bos is not None else []
-        if not conversation.system:
-            return start
-        return start + self.tokenizer.encode(self.template.render_turn("system", conversation.system))
+        pieces = self.template.transcript(conversation.system, ())  # the system prompt's, if any
+        return start + [i for piece in pieces for i in self.tokenizer.encode(piece)]
 
     def build(self, conversation: Conversation, max_new_tokens: int) -> Prompt:
         """Prompt ids asking for the next assistant turn; may advance `context_start`."""
         turns = conversation.turns
-        if not turns or turns[-1].role != "user":
-            raise ValueError("the conversation must end with a user message")
-        budget = self.window - self.reserve_for_reply(max_new_tokens)
+        first = first_in_context(turns, conversation.context_start)
+        budget = prompt_budget(self.window, max_new_tokens)
         system = self.system_ids(conversation)
-        start = min(conversation.context_start, len(turns) - 1)
-        # Only turns still in context are measured: a 1,000-turn chat costs no more per turn.
-        lengths = {i: len(self.turn_ids(turns[i])) for i in range(start, len(turns))}
-        fixed = len(system) + len(self._prefix)
-        total = fixed + sum(lengths.values())
-        dropped = 0
-        if total > budget:
-            target = min(budget, self.window // 2)
-            while start < len(turns) - 1 and total > target:
-                total -= lengths[start]
-                start += 1
-                dropped += 1
-            while start < len(turns) - 1 and turns[start].role != "user":  # never open on a reply
-                total -= lengths[start]
-                start += 1
-                dropped += 1
+        start = self._fit(turns, first, len(system) + len(self._prefix), budget)
         conversation.context_start = start
         body = [i for t in turns[start:] for i in self.turn_ids(t)]
-        ids = system + body + self._prefix
-        if len(ids) > budget:  # the latest user message alone is too long: keep its tail
-            keep = max(budget - fixed, 1)
-            ids = (system + body[-keep:] + self._prefix)[-budget:]
-        return Prompt(ids=ids, dropped_turns=dropped)
+        return Prompt(ids=keep_tail(system, body, self._prefix, budget), dropped_turns=start - first)
 
     def refit(self, conversation: Conversation, ids_in_context: list[int], reply_ids: list[int]) -> list[int]:
         """The window filled up mid-reply: drop old turns to about half the window and return the
         new context, ending with the reply so far."""
-        half = self.window // 2
+        half = fit_target(self.window)
         turns = conversation.turns
         system = self.system_ids(conversation)
-        start = conversation.context_start
         tail = self._prefix + reply_ids
-        total = len(system) + sum(len(self.turn_ids(t)) for t in turns[start:]) + len(tail)
-        while start < len(turns) - 1 and total > half:
-            total -= len(self.turn_ids(turns[start]))
-            start += 1
+        start = self._fit(turns, conversation.context_start, len(system) + len(tail), half, open_on_user=False)
         conversation.context_start = start
         ids = system + [i for t in turns[start:] for i in self.turn_ids(t)] + tail
-        if len(ids) > half:
-            ids = ids[-half:]
-        return ids
+        return keep_tail([], ids, [], half)
+
+    def _fit(self, turns: list[Turn], start: int, fixed: int, budget: int, **rule) -> int:
+        """The first turn kept (prompt_fit.fit_turns) of a prompt of the turns' ids and `fixed` more."""
+        # Only turns still in context are measured: a 1,000-turn chat costs no more per turn.
+        lengths = {i: len(self.turn_ids(turns[i])) for i in range(start, len(turns))}
+        return fit_turns(turns, start, lambda s: fixed + sum(lengths[i] for i in range(s, len(turns))),
+                         budget=budget, window=self.window, turn_size=lengths.__getitem__, **rule)
 
     def reply_body_ids(self, turn: Turn) -> list[int]:
         """The ids of an assistant turn after the generation prompt, without the turn's ending:
         what a continuation of it extends. The ids it was generated as are reused."""
-        rendered = self.template.render_turn("assistant", turn.text)
-        ending = self.template.assistant.split("{text}", 1)[1]
+        opening = self.template.reply_opening(turn.text)
         prefix = self.template.assistant_prefix
-        body = rendered[len(prefix) : len(rendered) - len(ending)] if rendered.startswith(prefix) else turn.text
+        body = opening[len(prefix) :] if opening.startswith(prefix) else turn.text
         ids = self.turn_ids(turn)
         if ids[: len(self._prefix)] != self._prefix:
             return self.tokenizer.encode(body)
@@ -130,7 +105,7 @@ class PromptBuilder:
         if not reply_text.startswith(covered):  # cannot happen with a byte-level BPE; be safe
             return self.tokenizer.encode(self.template.render_turn("assistant", reply_text.strip()))
         rest = reply_text[len(covered) :]
-        ending = self.template.assistant.split("{text}", 1)[1]  # "\n" by default
+        ending = self.template.reply_ending  # "\n" by default
         if not reply_text.endswith(ending):
             rest += ending
         return self._prefix + list(reply_ids) + (self.tokenizer.encode(rest) if rest else [])
@@ -139,12 +114,7 @@ class PromptBuilder:
 def reuse_ids(tokenizer, text: str, ids: list[int]) -> list[int]:
     """`text` as ids that start with the longest prefix of `ids` whose bytes it begins with (so
     what the cache holds is repeated exactly); the rest is tokenized afresh."""
-    target, used, kept = text.encode("utf-8"), 0, 0
-    for token in ids:
-        raw = tokenizer.token_bytes(token)
-        if target[used : used + len(raw)] != raw:
-            break
-        used += len(raw)
-        kept += 1
-    tail = target[used:].decode("utf-8", errors="replace")
-    return list(ids[:kept]) + (tokenizer.encode(tail) if tail else [])
+    kept = ids_within(tokenizer, ids, text)
+    used = sum(len(tokenizer.token_bytes(token)) for token in kept)
+    tail = text.encode("utf-8")[used:].decode("utf-8", errors="replace")
+    return kept + (tokenizer.encode(tail) if tail else [])

@@ -43,7 +43,7 @@ from .prompt import PromptBuilder
 from .remote_http import BackendError, ServerAddress, ServerClient
 from .remote_probe import ServerFacts, probe, resolve_api_key
 from .remote_reply import RemoteReply
-from .template import DEFAULT_TEMPLATE, ChatTemplate
+from .template import DEFAULT_TEMPLATE, ChatTemplate, chat_messages
 from .token_estimate import TokenCounter
 
 __all__ = ["BackendError", "RemoteBackend"]
@@ -188,24 +188,13 @@ class RemoteBackend:
             body["prompt"] = raw
             path = "/completions"
         elif mode == "chat":
-            start = conversation.context_start
-            messages = [{"role": "system", "content": conversation.system}] if conversation.system else []
-            messages += [{"role": t.role, "content": t.text} for t in conversation.turns[start:]]
-            body["messages"] = messages
+            body["messages"] = chat_messages(conversation.system, conversation.turns[conversation.context_start :])
             if settings.thinking is not None:  # Qwen3's template switch: llama.cpp, vLLM, SGLang
                 body["chat_template_kwargs"] = {"enable_thinking": settings.thinking}
             path = "/chat/completions"
-        else:
-            t, start = self.template, conversation.context_start
-            parts = [t.render_turn("system", conversation.system)] if conversation.system else []
-            shown = conversation.turns[start:]
-            if continuing:  # the partial reply, without the turn's ending, for the server to extend
-                *shown, last = shown
-                ending = t.assistant.split("{text}", 1)[1]
-                opening = t.render_turn("assistant", last.text)
-                opening = opening[: len(opening) - len(ending)] if ending else opening
-            parts += [t.render_turn(turn.role, turn.text) for turn in shown]
-            body["prompt"] = "".join(parts) + (opening if continuing else t.assistant_prefix)
+        else:  # continuing: the prompt ends in the partial reply, for the server to extend
+            in_context = conversation.turns[conversation.context_start :]
+            body["prompt"] = self.template.prompt_text(conversation.system, in_context, continuing=continuing)
             path = "/completions"
         for name in self._dropped_fields:
             body.pop(name, None)

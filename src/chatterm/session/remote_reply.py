@@ -24,6 +24,7 @@ from .api_key_scrub import StreamScrubber
 from .conversation import Conversation
 from .openai_stream import StreamFormatError, parse_chunk
 from .prompt import PromptBuilder
+from .prompt_fit import drop_oldest
 from .remote_http import ServerClient, StreamItem
 from .remote_probe import ServerFacts
 from .server_limits import MAX_CHARS_PER_TOKEN, reply_deadline_s
@@ -245,13 +246,10 @@ class RemoteReply:
 
 
 def drop_oldest_turns(conversation: Conversation) -> int:
-    """Drop about half the turns in context (never the latest user message; the context opens on
-    a user turn). Returns how many were dropped."""
+    """Drop about half the turns in context (never the latest message; the context opens on a
+    user turn): the server said the prompt is too long, not by how much. Returns how many were
+    dropped."""
     turns, start = conversation.turns, conversation.context_start
-    last = len(turns) - 1
-    target = start + max(1, (last - start) // 2)
-    while target < last and turns[target].role != "user":
-        target += 1
-    target = min(target, last)
-    conversation.context_start = target
-    return target - start
+    over = max(1, (len(turns) - 1 - start) // 2)  # counted in turns, each one worth one
+    conversation.context_start = drop_oldest(turns, start, over, lambda i: 1, keep=len(turns) - 1)
+    return conversation.context_start - start

@@ -12,11 +12,16 @@ The prompt ends with the assistant prefix (no trailing space: with GPT-2 style B
 belongs to the next word's token), and a reply ends where the model starts the next user line,
 so the user prefix is the default stop string. A checkpoint may carry its own template (metadata
 key "chat_template"), and the user may override it.
+
+`ChatTemplate.transcript` and `prompt_text` are the one rendering of it: for the local prompt
+(prompt.py tokenizes the same pieces, one a turn), a server's completion route and its token
+counts. `chat_messages` lists the messages a prompt holds, for Jinja templates and chat routes.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,28 @@ class ChatTemplate:
             raise ValueError(f"unknown role {role!r}")
         return getattr(self, role).replace("{text}", text)
 
+    @property
+    def reply_ending(self) -> str:
+        """What follows the text of a finished assistant turn ("\\n" by default)."""
+        return self.assistant.split("{text}", 1)[1]
+
+    def reply_opening(self, text: str) -> str:
+        """An assistant turn holding `text`, without its ending: what a continuation extends."""
+        rendered = self.render_turn("assistant", text)
+        return rendered[: len(rendered) - len(self.reply_ending)]
+
+    def transcript(self, system: str, turns: Iterable) -> list[str]:
+        """The conversation as a completion model reads it: one piece a message of `chat_messages`."""
+        return [self.render_turn(m["role"], m["content"]) for m in chat_messages(system, turns)]
+
+    def prompt_text(self, system: str, turns: Sequence, *, continuing: bool = False) -> str:
+        """The whole prompt as text: the transcript, then the assistant prefix that asks for a
+        reply; `continuing`: the last turn is a reply to extend, and the prompt ends inside it."""
+        if continuing:
+            *turns, last = turns
+            return "".join(self.transcript(system, turns)) + self.reply_opening(last.text)
+        return "".join(self.transcript(system, turns)) + self.assistant_prefix
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["stop"] = list(self.stop)
@@ -61,3 +88,10 @@ class ChatTemplate:
 
 
 DEFAULT_TEMPLATE = ChatTemplate()
+
+
+def chat_messages(system: str, turns: Iterable) -> list[dict]:
+    """The messages of a prompt as chat templates and the OpenAI chat API take them: the system
+    prompt (when there is one), then each turn (anything with a role and a text)."""
+    head = [{"role": "system", "content": system}] if system else []
+    return head + [{"role": turn.role, "content": turn.text} for turn in turns]

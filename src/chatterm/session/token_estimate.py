@@ -63,9 +63,7 @@ class TokenCounter:
 
     def count_cached(self, prompts, conversation) -> int:
         """The next prompt's size without calling the server (for the context meter)."""
-        template = prompts.template
-        pieces = [template.render_turn("system", conversation.system)] if conversation.system else []
-        pieces += [template.render_turn(t.role, t.text) for t in conversation.turns[conversation.context_start :]]
+        pieces = prompts.template.transcript(conversation.system, conversation.turns[conversation.context_start :])
         total, exact = 0, True
         for piece in pieces:
             n, piece_exact = self.count(piece, cached_only=True)
