@@ -11,7 +11,7 @@ import chatterm
 
 from chatterm.engine.hf_tokenizer import HFTokenizer
 from chatterm.engine.settings import SamplingSettings
-from chatterm.engine.tokenizer import Tokenizer
+from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.session import ChatSession, Conversation
 from chatterm.session.context_fit import fit_context
 from chatterm.session.jinja_template import JinjaChatTemplate, JinjaPromptBuilder
@@ -126,7 +126,7 @@ def long_chat(system: str = "Be brief.", exchanges: int = 12, last: str = "last 
 
 
 def builtin_builder(window: int) -> PromptBuilder:
-    return PromptBuilder(Tokenizer.from_spec(byte_tokenizer_spec()), DEFAULT_TEMPLATE, window)
+    return PromptBuilder(open_tokenizer(byte_tokenizer_spec()), DEFAULT_TEMPLATE, window)
 
 
 def jinja_builder(window: int) -> JinjaPromptBuilder:
