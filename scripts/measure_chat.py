@@ -23,7 +23,7 @@ def main() -> None:
     from chatterm.engine.events import Finished
     from chatterm.engine.settings import SamplingSettings
     from chatterm.session import ChatSession, Conversation
-    from chatterm.session.local_backend import LocalBackend
+    from chatterm.session.backends.local import LocalBackend
 
     start = time.perf_counter()
     backend = LocalBackend.load(args.model, context=args.context)

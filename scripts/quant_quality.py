@@ -61,7 +61,7 @@ def main() -> int:
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--windows", type=int, default=8)
     args = p.parse_args()
-    from chatterm.session.local_backend import LocalBackend
+    from chatterm.session.backends.local import LocalBackend
 
     text = held_back_text(args.window * args.windows * 8)
     results = {}

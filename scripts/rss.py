@@ -27,7 +27,7 @@ def main() -> None:
     p.add_argument("--chat-tokens", type=int, default=900)
     args = p.parse_args()
     from chatterm.engine.settings import SamplingSettings
-    from chatterm.session.local_backend import LocalBackend
+    from chatterm.session.backends.local import LocalBackend
 
     start = time.perf_counter()
     backend = LocalBackend.load(args.model, dtype=args.dtype)

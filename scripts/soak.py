@@ -46,7 +46,7 @@ def main() -> None:
     from chatterm.engine.events import Finished
     from chatterm.engine.settings import SamplingSettings
     from chatterm.session import ChatSession, ConversationStore
-    from chatterm.session.local_backend import LocalBackend
+    from chatterm.session.backends.local import LocalBackend
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.checkpoint or tiny_checkpoint(Path(tmp))

@@ -19,7 +19,7 @@ import torch
 from chatterm.engine.tokenizer import Tokenizer
 from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import GPT, GPTConfig, save_checkpoint
-from chatterm.session.template import DEFAULT_TEMPLATE
+from chatterm.session.prompts.template import DEFAULT_TEMPLATE
 
 MERGES = [b"Us", b"er", b"As", b"si", b"st", b"an", b"nt", b"\xc3\xa9", b"he", b"ll", b"lo"]
 

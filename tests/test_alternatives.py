@@ -10,7 +10,7 @@ import pytest
 
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, Conversation, ConversationStore, read_conversation
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 
 GREEDY = dict(temperature=0, repetition_penalty=1.0)
 
@@ -119,7 +119,7 @@ def test_old_files_load_and_bad_alternatives_are_refused(tmp_path):
 
 # -- the TUI -------------------------------------------------------------------------------------
 
-from chatterm.session.config import AppConfig  # noqa: E402
+from chatterm.session.user.config import AppConfig  # noqa: E402
 from chatterm.ui.app import ChatApp  # noqa: E402
 from chatterm.ui.chat_view import AssistantMessage  # noqa: E402
 from helpers import wait_until  # noqa: E402

@@ -9,8 +9,8 @@ from chatterm.engine.events import Finished
 from chatterm.engine.hf_tokenizer import HFTokenizer
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, Conversation
-from chatterm.session.jinja_template import JinjaChatTemplate, JinjaPromptBuilder, TemplateError
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.prompts.jinja_template import JinjaChatTemplate, JinjaPromptBuilder, TemplateError
+from chatterm.session.backends.local import LocalBackend
 from tiny_llama import CHATML, LLAMA3, QWEN25, SMOLLM2, ZEPHYR, byte_bpe, hf_model, hf_tokenizer, save_hf_folder
 
 TEMPLATES = {"chatml": CHATML, "smollm2": SMOLLM2, "llama3": LLAMA3, "zephyr": ZEPHYR, "qwen2.5": QWEN25}
@@ -157,7 +157,7 @@ def test_a_failing_template_is_one_printable_line(source, says):
     "{% macro f(n) %}{% for i in range(100000) %}{{ f(n) if i < 0 }}{% endfor %}{{ f(n + 1) if n < 50 }}{% endmacro %}{{ f(0) }}",
 ])
 def test_a_template_that_loops_for_ever_is_stopped(monkeypatch, source):
-    from chatterm.session import template_sandbox
+    from chatterm.session.prompts import template_sandbox
 
     monkeypatch.setattr(template_sandbox, "MAX_RENDER_SECONDS", 0.3)
     began = time.monotonic()
@@ -252,7 +252,7 @@ def test_a_prompt_one_exchange_longer_renders_only_its_new_turns(monkeypatch):
 
 def test_a_template_that_writes_the_time_is_rendered_afresh_when_it_changes(monkeypatch):
     """Llama 3.2 writes today's date: kept placeholder renderings from yesterday must not mix in."""
-    from chatterm.session import template_sandbox
+    from chatterm.session.prompts import template_sandbox
 
     stamp = "{{ strftime_now('%d %b %Y') }}\n" + CHATML
     _, template, builder = ours(stamp)

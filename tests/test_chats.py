@@ -14,9 +14,9 @@ import pytest
 
 from chatterm.repl import PlainChat
 from chatterm.session import ChatSession, Conversation, ConversationStore
-from chatterm.session.config import AppConfig
-from chatterm.session.input_history import InputHistory
-from chatterm.session.layered_settings import LayeredSettings
+from chatterm.session.user.config import AppConfig
+from chatterm.session.user.input_history import InputHistory
+from chatterm.session.user.layered_settings import LayeredSettings
 from chatterm.ui.app import ChatApp
 from chatterm.ui.chat_view import UserMessage
 from chatterm.ui.prompt_input import PromptInput
@@ -111,7 +111,7 @@ def test_a_chat_open_in_another_chatterm_is_neither_deleted_nor_renamed(tmp_path
     store = ConversationStore(folder)
     held = saved_chat(store, "open elsewhere")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from chatterm.session.conversation_lock import ConversationLock as L; "
+        [sys.executable, "-c", "import sys; from chatterm.session.chats.conversation_lock import ConversationLock as L; "
          f"l = L(sys.argv[1]); l.acquire({held.id!r}); print('holding', flush=True); sys.stdin.read()",
          str(folder / ".locks")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": SRC})
@@ -149,7 +149,7 @@ def test_a_locks_folder_symlinked_elsewhere_never_loses_another_programs_lock_fi
 
 
 def test_a_lock_file_symlinked_elsewhere_is_replaced_not_written_through(tmp_path):
-    from chatterm.session.conversation_lock import ConversationLock
+    from chatterm.session.chats.conversation_lock import ConversationLock
 
     outside = tmp_path / "precious.txt"
     outside.write_text("not chatterm's")

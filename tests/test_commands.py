@@ -7,9 +7,9 @@ import pytest
 
 from chatterm.session import ChatSession, Conversation, ConversationStore, parse_command
 from chatterm.session.commands import COMMANDS, CommandError, SlashCommands
-from chatterm.session.config import AppConfig, load_config, save_config
-from chatterm.session.layered_settings import LayeredSettings
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.user.config import AppConfig, load_config, save_config
+from chatterm.session.user.layered_settings import LayeredSettings
+from chatterm.session.backends.local import LocalBackend
 from chatterm.repl import PlainChat
 
 

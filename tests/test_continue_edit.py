@@ -16,9 +16,9 @@ from chatterm.engine.events import Finished, TextDelta
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, Conversation
 from chatterm.session.external_editor import compose_in_editor
-from chatterm.session.layered_settings import LayeredSettings
-from chatterm.session.local_backend import LocalBackend
-from chatterm.session.remote_backend import RemoteBackend
+from chatterm.session.user.layered_settings import LayeredSettings
+from chatterm.session.backends.local import LocalBackend
+from chatterm.session.backends.remote.backend import RemoteBackend
 from chatterm.repl import PlainChat
 
 GREEDY = dict(temperature=0, repetition_penalty=1.0)
@@ -223,7 +223,7 @@ async def test_tui_select_edit_copy_and_editor_with_keys_only(parrot_checkpoint,
 def test_continue_with_a_models_own_jinja_template_reuses_the_cache(tmp_path):
     from tiny_llama import CHATML, hf_model, save_hf_folder
 
-    from chatterm.session.jinja_template import JinjaPromptBuilder
+    from chatterm.session.prompts.jinja_template import JinjaPromptBuilder
 
     backend = LocalBackend.load(save_hf_folder(tmp_path / "chatml", hf_model("qwen2", seed=3), template=CHATML))
     assert isinstance(backend.prompts, JinjaPromptBuilder)

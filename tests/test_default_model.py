@@ -8,8 +8,8 @@ import torch
 
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession
-from chatterm.session.folders import default_checkpoint
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.user.folders import default_checkpoint
+from chatterm.session.backends.local import LocalBackend
 
 CARD = Path(__file__).parent.parent / "checkpoints" / "chitchat" / "README.md"
 

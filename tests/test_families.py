@@ -12,7 +12,7 @@ from chatterm.engine.generator import Generator
 from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import load_checkpoint
 from chatterm.model.families import family_of
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 from tiny_llama import hf_model, save_hf_folder, write_gguf
 
 PROMPT = [5, 77, 120, 33, 260, 9, 41, 300, 17, 88, 140, 61]
@@ -148,9 +148,9 @@ def test_gemma3_query_pre_attn_scalar_and_global_layers_from_a_folder(tmp_path):
 def test_a_base_model_chats_from_bos_when_its_tokenizer_asks(tmp_path):
     """Gemma 3 270M has no chat template: chatterm's User:/Assistant: transcript, which must
     start at BOS as the model's text did in training (without it Gemma answers garbage)."""
-    from chatterm.session.conversation import Conversation
-    from chatterm.session.prompt import PromptBuilder
-    from chatterm.session.template import ChatTemplate
+    from chatterm.session.chats.conversation import Conversation
+    from chatterm.session.prompts.prompt import PromptBuilder
+    from chatterm.session.prompts.template import ChatTemplate
 
     path = write_gguf(tmp_path / "m.gguf", hf_model("gemma3", seed=5, **CASES["gemma3"][1]), "gemma3",
                       metadata={"tokenizer.ggml.add_bos_token": (True, "BOOL")})

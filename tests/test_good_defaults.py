@@ -10,9 +10,9 @@ from tiny_llama import hf_model, write_gguf
 
 from chatterm.engine.settings import SPECS, SamplingSettings
 from chatterm.session import open_backend
-from chatterm.session.config import AppConfig
-from chatterm.session.layered_settings import MODEL, LayeredSettings, model_recommendation, peek_recommendation
-from chatterm.session.installed_models import KNOWN_MODELS, models_dir
+from chatterm.session.user.config import AppConfig
+from chatterm.session.user.layered_settings import MODEL, LayeredSettings, model_recommendation, peek_recommendation
+from chatterm.session.user.installed_models import KNOWN_MODELS, models_dir
 
 
 def test_the_built_in_defaults_are_llama_cpps():

@@ -13,7 +13,7 @@ import torch
 from chatterm.engine.settings import SamplingSettings
 from chatterm.model import CheckpointError, load_checkpoint, save_checkpoint
 from chatterm.session import ChatSession, Conversation, clean_message
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 from chatterm.session.sanitize import printable
 from helpers import byte_tokenizer_spec, poll_until, save_tiny_checkpoint, tiny_model, train_parrot
 

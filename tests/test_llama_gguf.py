@@ -9,8 +9,8 @@ from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import GPT, CheckpointError, load_checkpoint
 from chatterm.model.formats.gguf import GGUFFile
 from chatterm.model.families.llama import Llama
-from chatterm.session.jinja_template import JinjaPromptBuilder
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.prompts.jinja_template import JinjaPromptBuilder
+from chatterm.session.backends.local import LocalBackend
 from helpers import tiny_model
 from tiny_llama import CHATML, byte_bpe, hf_model, write_gguf
 

@@ -10,7 +10,7 @@ from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.model import CheckpointError, KVCache, load_checkpoint, pack_linears
 from chatterm.model.families.llama import Llama, LlamaConfig, rotary_frequencies
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 from tiny_llama import SMOLLM2, hf_model, save_hf_folder
 
 PROMPT = [5, 77, 120, 33, 260, 9, 41]

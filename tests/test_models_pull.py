@@ -9,8 +9,8 @@ import pytest
 
 from chatterm.cli import main
 from chatterm.model import CheckpointError
-from chatterm.session import installed_models as models
-from chatterm.session.installed_models import KnownModel, PullError, extract, installed_models, resolve_model
+from chatterm.session.user import installed_models as models
+from chatterm.session.user.installed_models import KnownModel, PullError, extract, installed_models, resolve_model
 from tiny_llama import hf_model, write_gguf
 
 
@@ -110,7 +110,7 @@ def test_installed_model_names_reach_the_terminal_inert(tmp_path, monkeypatch, c
     from chatterm.cli.models import cmd_models
 
     monkeypatch.setenv("CHATTERM_DATA_DIR", str(tmp_path))
-    from chatterm.session.installed_models import models_dir
+    from chatterm.session.user.installed_models import models_dir
 
     models_dir().mkdir(parents=True, exist_ok=True)
     (models_dir() / "evil\x1b]0;pwned\x07\x1b[2J.gguf").write_bytes(b"GGUF")

@@ -208,7 +208,7 @@ def test_parrot_recites_on_the_native_kernels(parrot, dtype):
 @pytest.mark.slow  # builds the kernels again in a subprocess: ~5 s
 def test_without_a_compiler_the_pytorch_kernels_stay(tmp_path, parrot_checkpoint):
     """No C compiler (or CHATTERM_NATIVE=0): int8 still loads, on PyTorch's own kernel."""
-    code = ("from chatterm.model.cpu import native; from chatterm.session.local_backend import LocalBackend; "
+    code = ("from chatterm.model.cpu import native; from chatterm.session.backends.local import LocalBackend; "
             f"b = LocalBackend.load({str(parrot_checkpoint)!r}, dtype='int8'); "
             "print(native.unavailable_reason()); print(type(b.generator.model.lm_head).__name__)")
     for env in ({"CC": "", "PATH": str(tmp_path), "CHATTERM_CACHE_DIR": str(tmp_path / "cache")},

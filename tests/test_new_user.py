@@ -11,7 +11,7 @@ from chatterm.cli import main
 from chatterm.model.errors import CheckpointError
 from chatterm.session import open_backend
 from chatterm.session.commands import help_lines, parse_command
-from chatterm.session.installed_models import models_dir
+from chatterm.session.user.installed_models import models_dir
 from helpers import wait_until
 
 

@@ -297,7 +297,7 @@ def test_one_blocking_loop_runs_a_stream_to_its_end():
 
 
 def test_a_killed_pull_leaves_nothing_the_next_pull_does_not_remove():
-    from chatterm.session.installed_models import models_dir, remove_partial_downloads
+    from chatterm.session.user.installed_models import models_dir, remove_partial_downloads
 
     folder = models_dir()
     (folder / ".pull-abc").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""The one prompt fitter (session/prompt_fit.py): its rule on counted sizes, then as the built-in
+"""The one prompt fitter (session/prompts/prompt_fit.py): its rule on counted sizes, then as the built-in
 transcript, a Jinja template and the context meter apply it with real tokenizers and the tiny model."""
 
 import re
@@ -13,12 +13,12 @@ from chatterm.engine.hf_tokenizer import HFTokenizer
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.session import ChatSession, Conversation
-from chatterm.session.context_fit import fit_context
-from chatterm.session.jinja_template import JinjaChatTemplate, JinjaPromptBuilder
-from chatterm.session.local_backend import LocalBackend
-from chatterm.session.prompt import PromptBuilder
-from chatterm.session.prompt_fit import drop_oldest, fit_turns, keep_tail, prompt_budget, reply_reserve
-from chatterm.session.template import DEFAULT_TEMPLATE, ChatTemplate, chat_messages
+from chatterm.session.prompts.context_fit import fit_context
+from chatterm.session.prompts.jinja_template import JinjaChatTemplate, JinjaPromptBuilder
+from chatterm.session.backends.local import LocalBackend
+from chatterm.session.prompts.prompt import PromptBuilder
+from chatterm.session.prompts.prompt_fit import drop_oldest, fit_turns, keep_tail, prompt_budget, reply_reserve
+from chatterm.session.prompts.template import DEFAULT_TEMPLATE, ChatTemplate, chat_messages
 from helpers import byte_tokenizer_spec
 from tiny_llama import CHATML, byte_bpe
 

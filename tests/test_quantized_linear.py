@@ -17,7 +17,7 @@ from chatterm.model.cpu import native
 from chatterm.model.cpu.linear import TiedEmbedding
 from chatterm.model.cpu.native_linear import Q8Linear
 from chatterm.model.cpu.torch_quantized import Int4Linear, Int8Linear, dequantized_reference, quantize_linear
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="no weight-only kernels")
 

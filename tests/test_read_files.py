@@ -8,7 +8,7 @@ import pytest
 from test_commands import make_repl
 
 from chatterm.session.attachments import MAX_FILE_BYTES, Attachment, fenced
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 
 from chatterm.engine.hf_tokenizer import HFTokenizer
 from chatterm.session import Conversation
-from chatterm.session.jinja_template import JinjaChatTemplate, JinjaPromptBuilder, TemplateError
+from chatterm.session.prompts.jinja_template import JinjaChatTemplate, JinjaPromptBuilder, TemplateError
 from tiny_llama import byte_bpe
 
 FOLDER = Path(os.environ.get("CHATTERM_LLAMA_CPP_TEMPLATES", "/nonexistent"))

@@ -12,8 +12,8 @@ from remote_servers import Scripted, ScriptedServer, chat_chunk, free_port, sse
 
 from chatterm.engine.events import ContextTrimmed, Finished, TextDelta, TokenStep
 from chatterm.engine.settings import SamplingSettings
-from chatterm.session.conversation import Conversation
-from chatterm.session.remote_backend import BackendError, RemoteBackend
+from chatterm.session.chats.conversation import Conversation
+from chatterm.session.backends.remote.backend import BackendError, RemoteBackend
 
 KEY = "sk-test-secret-0123456789"
 
@@ -215,7 +215,7 @@ def test_tls_error_is_one_line():
 
 
 def test_plain_http_to_another_host_warns():
-    from chatterm.session.remote_http import ServerAddress
+    from chatterm.session.backends.remote.http import ServerAddress
 
     assert "unencrypted" in ServerAddress.parse("http://10.1.2.3:8000/v1").insecure_warning()
     for url in ("http://localhost:8080/v1", "http://127.0.0.2:1/v1", "http://[::1]:8000", "https://gpu.example/v1"):

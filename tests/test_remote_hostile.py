@@ -22,10 +22,10 @@ from remote_servers import MODELS, Scripted, ScriptedServer, chat_chunk, drip, e
 
 from chatterm.engine.events import Finished, TextDelta
 from chatterm.engine.settings import SamplingSettings
-from chatterm.session import server_limits
-from chatterm.session.conversation import Conversation
-from chatterm.session.remote_backend import BackendError, RemoteBackend
-from chatterm.session.server_limits import MAX_ERROR_BODY_BYTES, MAX_JSON_BYTES, MAX_SSE_EVENT_BYTES
+from chatterm.session.backends.remote import server_limits
+from chatterm.session.chats.conversation import Conversation
+from chatterm.session.backends.remote.backend import BackendError, RemoteBackend
+from chatterm.session.backends.remote.server_limits import MAX_ERROR_BODY_BYTES, MAX_JSON_BYTES, MAX_SSE_EVENT_BYTES
 
 JSON = {"Content-Type": "application/json"}
 

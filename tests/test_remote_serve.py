@@ -14,9 +14,9 @@ from remote_servers import CHAT_REPLY, COMPLETION_REPLY, TransformersServer, mak
 
 from chatterm.engine.events import Finished, TextDelta
 from chatterm.engine.settings import SamplingSettings
-from chatterm.session.conversation import Conversation
-from chatterm.session.remote_backend import BackendError, RemoteBackend
-from chatterm.session.template import ChatTemplate
+from chatterm.session.chats.conversation import Conversation
+from chatterm.session.backends.remote.backend import BackendError, RemoteBackend
+from chatterm.session.prompts.template import ChatTemplate
 
 pytest.importorskip("fastapi", reason="transformers[serving] is not installed")
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import sys
 
 from rich.console import Console
 
-from chatterm.session.config import AppConfig
+from chatterm.session.user.config import AppConfig
 from chatterm.ui.app import ChatApp
 from chatterm.ui.chat_view import AssistantMessage, Note
 from helpers import save_tiny_checkpoint, tiny_model, wait_until
@@ -75,7 +75,7 @@ async def test_a_server_switching_to_completion_mode_says_so_in_the_chat():
 
 
 def test_the_config_names_the_api_key_variable_never_the_key(tmp_path, monkeypatch):
-    from chatterm.session.config import load_config, save_config
+    from chatterm.session.user.config import load_config, save_config
 
     path = tmp_path / "config.toml"
     path.write_text('api_key_env = "MY_SERVER_KEY"\n')

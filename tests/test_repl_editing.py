@@ -112,7 +112,7 @@ def test_edit_puts_the_last_message_back_on_the_line():
 @pytest.mark.slow
 def test_continue_shows_where_the_chat_left_off():
     from chatterm.session import Conversation, ConversationStore
-    from chatterm.session.folders import data_dir
+    from chatterm.session.user.folders import data_dir
 
     store = ConversationStore(data_dir() / "conversations")
     chat = Conversation()

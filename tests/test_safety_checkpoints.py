@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from chatterm.model import CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 from helpers import byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
 
 SRC = str(Path(__file__).parent.parent / "src")

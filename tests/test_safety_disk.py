@@ -13,8 +13,8 @@ import pytest
 
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession, ConversationStore, read_conversation
-from chatterm.session.config import AppConfig
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.user.config import AppConfig
+from chatterm.session.backends.local import LocalBackend
 
 SRC = str(Path(__file__).parent.parent / "src")
 GREEDY = dict(temperature=0, max_new_tokens=24)

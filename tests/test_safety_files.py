@@ -115,7 +115,7 @@ def _error_of(fn, *args):
 def test_a_damaged_file_in_the_store_is_one_line_and_stays_as_it_is(tmp_path):
     """The store's own files are read like any other: a torn one is reported, never moved or
     rewritten, and the chats list leaves it out."""
-    from chatterm.session.saved_chats import SavedChats
+    from chatterm.session.chats.saved_chats import SavedChats
 
     store = ConversationStore(tmp_path / "c")
     session = ChatSession(None, store=store)
@@ -241,7 +241,7 @@ def test_save_refuses_symlinks_folders_fifos_and_devices_with_one_line(tmp_path,
 
 def test_force_is_a_trailing_flag_of_save_and_export():
     from chatterm.session.commands import parse_command
-    from chatterm.session.persistence import FileRefusedError, write_user_file
+    from chatterm.session.chats.persistence import FileRefusedError, write_user_file
 
     def parts(line):
         command = parse_command(line)
@@ -302,8 +302,8 @@ def test_two_processes_continuing_one_conversation_lose_no_turns(tmp_path):
 def test_loading_an_older_copy_never_overwrites_the_saved_chat(tmp_path):
     """A `/save` copy keeps the conversation's id; loading it later and chatting on must not
     autosave its older turns over the store's newer file of that id."""
-    from chatterm.session.persistence import write_conversation
-    from chatterm.session.saved_chats import SavedChats
+    from chatterm.session.chats.persistence import write_conversation
+    from chatterm.session.chats.saved_chats import SavedChats
 
     store = ConversationStore(tmp_path / "c")
     session = ChatSession(None, store=store, warn=lambda line: None)
@@ -376,8 +376,8 @@ def test_stray_temporary_files_are_cleaned_on_the_next_start(tmp_path):
 
 
 def test_stray_temporary_files_of_the_config_and_the_input_history_are_cleaned(tmp_path):
-    from chatterm.session.config import load_config
-    from chatterm.session.input_history import InputHistory
+    from chatterm.session.user.config import load_config
+    from chatterm.session.user.input_history import InputHistory
 
     config, history = tmp_path / "config.toml", tmp_path / "input_history.json"
     old = [tmp_path / ".config.toml.k2j3h4.tmp", tmp_path / ".input_history.json.abcd12.tmp"]

@@ -24,11 +24,11 @@ from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.api import Model
 from chatterm.repl import PlainChat
 from chatterm.session import BackendInfo, ChatBackend, ChatSession, Conversation
-from chatterm.session.backend_factory import open_backend
-from chatterm.session.local_backend import LocalBackend
-from chatterm.session.remote_backend import RemoteBackend
-from chatterm.session.prompt import PromptBuilder
-from chatterm.session.template import DEFAULT_TEMPLATE
+from chatterm.session.backends.factory import open_backend
+from chatterm.session.backends.local import LocalBackend
+from chatterm.session.backends.remote.backend import RemoteBackend
+from chatterm.session.prompts.prompt import PromptBuilder
+from chatterm.session.prompts.template import DEFAULT_TEMPLATE
 from helpers import MERGES, byte_tokenizer_spec, save_tiny_checkpoint, tiny_model
 from ui_helpers import make_app, ready, settle
 from remote_servers import Scripted, ScriptedServer, chat_chunk, sse
@@ -182,7 +182,7 @@ def test_open_backend_dispatches_paths_and_urls(parrot_checkpoint, monkeypatch):
         assert server.requests[0]["model"] == "scripted"
         remote.close()
 
-    monkeypatch.setitem(sys.modules, "chatterm.session.remote_backend", None)  # a build without it
+    monkeypatch.setitem(sys.modules, "chatterm.session.backends.remote.backend", None)  # a build without it
     with pytest.raises(ValueError, match=r"^https://example\.com: remote backends are not available"):
         open_backend("https://example.com")
 

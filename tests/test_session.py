@@ -16,9 +16,9 @@ from chatterm.session import (
     parse_command,
     read_conversation,
 )
-from chatterm.session.local_backend import LocalBackend
-from chatterm.session.prompt import PromptBuilder
-from chatterm.session.template import DEFAULT_TEMPLATE
+from chatterm.session.backends.local import LocalBackend
+from chatterm.session.prompts.prompt import PromptBuilder
+from chatterm.session.prompts.template import DEFAULT_TEMPLATE
 from helpers import byte_tokenizer_spec
 
 GREEDY = dict(temperature=0, repetition_penalty=1.0)

@@ -6,7 +6,7 @@ import io
 import sys
 
 from chatterm import cli
-from chatterm.session.config import default_config_path, load_config
+from chatterm.session.user.config import default_config_path, load_config
 
 
 def chat(monkeypatch, checkpoint, lines, *flags) -> int:

@@ -13,9 +13,9 @@ from chatterm.cli import main
 from chatterm.cli.arguments import add_sampling_args
 from chatterm.engine.settings import SPECS, TYPED, SamplingSettings
 from chatterm.model.device import check_device
-from chatterm.session.config import AppConfig, load_config
-from chatterm.session.folders import default_checkpoint
-from chatterm.session.layered_settings import LayeredSettings, checked_values
+from chatterm.session.user.config import AppConfig, load_config
+from chatterm.session.user.folders import default_checkpoint
+from chatterm.session.user.layered_settings import LayeredSettings, checked_values
 from chatterm.ui.app import ChatApp
 from chatterm.ui.keys import check_keymap, class_bindings, consumed_keys, is_key_name
 from chatterm.ui.prompt_input import PromptInput

@@ -30,7 +30,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def backend():
-    from chatterm.session.local_backend import LocalBackend
+    from chatterm.session.backends.local import LocalBackend
 
     return LocalBackend.load(GGUF, context=1024)
 

@@ -16,7 +16,7 @@ from chatterm.cli import main
 from chatterm.engine.events import Finished
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session import ChatSession
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 from chatterm.ui.chat_view import AssistantMessage
 from helpers import save_tiny_checkpoint, tiny_model, wait_until
 from tiny_llama import CHATML, QWEN25, hf_model, save_hf_folder

@@ -19,7 +19,7 @@ from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.thinking import ThinkingSplitter, prompt_opens_thinking
 from chatterm.repl import DIM, PlainChat
 from chatterm.session import ChatSession, Conversation, open_backend
-from chatterm.session.remote_backend import RemoteBackend
+from chatterm.session.backends.remote.backend import RemoteBackend
 
 THINK_WORDS = ["<|user|>", "<|system|>", "<|assistant|>", "<think>", "</think>", " pondering", " deeply",
                " hello", " there", " friend", "User:"]

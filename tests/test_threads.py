@@ -41,7 +41,7 @@ def test_a_reply_gives_the_process_its_threads_back(parrot_checkpoint):
     import torch
 
     from chatterm.engine.settings import SamplingSettings
-    from chatterm.session.local_backend import LocalBackend
+    from chatterm.session.backends.local import LocalBackend
 
     generator = LocalBackend.load(parrot_checkpoint).generator
     generator._threads.current = 1  # as after a busy spell

@@ -8,7 +8,7 @@ from chatterm.engine import torch_thread
 from chatterm.engine.events import Finished
 from chatterm.engine.settings import SamplingSettings
 from chatterm.session.chat import ChatSession
-from chatterm.session.local_backend import LocalBackend
+from chatterm.session.backends.local import LocalBackend
 
 
 def test_call_and_iterate_run_there_and_hand_back_results():

@@ -3,7 +3,7 @@
 import pytest
 from textual.command import CommandPalette
 
-from chatterm.session.config import AppConfig, load_config
+from chatterm.session.user.config import AppConfig, load_config
 from chatterm.ui.app import ChatApp
 from chatterm.ui.chat_view import AssistantMessage, UserMessage
 from chatterm.ui.prompt_input import PromptInput

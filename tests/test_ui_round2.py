@@ -14,8 +14,8 @@ import pytest
 from textual._xterm_parser import XTermParser
 from textual.widgets import TextArea
 
-from chatterm.session.conversation import Conversation
-from chatterm.session.persistence import write_conversation
+from chatterm.session.chats.conversation import Conversation
+from chatterm.session.chats.persistence import write_conversation
 from chatterm.ui.app import NARROW_BELOW, ChatApp
 from chatterm.ui.chat_view import OUT_OF_CONTEXT, AssistantMessage, UserMessage
 from chatterm.ui.keys import check_keymap, class_bindings, consumed_keys
@@ -329,7 +329,7 @@ async def test_turns_dropped_while_chatting_are_marked_out_of_context(parrot_che
 
 
 async def test_the_first_screen_on_the_shipped_model_says_how_to_get_a_real_one(parrot_checkpoint):
-    from chatterm.session.folders import default_checkpoint
+    from chatterm.session.user.folders import default_checkpoint
 
     app = make_app(default_checkpoint())
     async with app.run_test(size=(80, 24)) as pilot:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chatterm.session.config import AppConfig
+from chatterm.session.user.config import AppConfig
 from chatterm.ui.app import ChatApp
 from chatterm.ui.chat_view import Note
 from helpers import wait_until

@@ -4,7 +4,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import Input, Label
 
 from chatterm.engine.settings import SPECS
-from chatterm.session.layered_settings import LayeredSettings
+from chatterm.session.user.layered_settings import LayeredSettings
 from chatterm.ui.settings_panel import SettingsPanel
 from chatterm.ui.side_panel import SidePanel
 from helpers import wait_until

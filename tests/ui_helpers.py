@@ -1,7 +1,7 @@
 """What the Pilot tests of the TUI share: the app on a checkpoint with greedy sampling, waiting
 for the model and for a reply (by polling, never by fixed pauses), typing, the chat's notes."""
 
-from chatterm.session.config import AppConfig
+from chatterm.session.user.config import AppConfig
 from chatterm.ui.app import ChatApp
 from chatterm.ui.chat_view import Note
 from helpers import wait_until

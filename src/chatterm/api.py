@@ -14,9 +14,9 @@ from typing import Iterator
 
 from .engine.events import Event, Finished, TextDelta, run_to_end
 from .engine.settings import SamplingSettings
-from .session.backend_contract import ChatBackend
-from .session.backend_factory import open_backend
-from .session.folders import default_checkpoint
+from .session.backends.contract import ChatBackend
+from .session.backends.factory import open_backend
+from .session.user.folders import default_checkpoint
 
 
 class Model:

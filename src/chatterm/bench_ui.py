@@ -44,7 +44,7 @@ MAX_NEW_TOKENS = 256
 
 def ui_vs_engine(checkpoint: str | None, runs: int = 3) -> None:
     from .engine import torch_thread
-    from .session.folders import default_checkpoint
+    from .session.user.folders import default_checkpoint
 
     path = checkpoint or str(default_checkpoint())
     saved_env = {k: os.environ.get(k) for k in ("CHATTERM_CONFIG_DIR", "CHATTERM_DATA_DIR")}
@@ -126,9 +126,9 @@ def _random_twin(path: str, folder: Path) -> str:
 
 def _engine_rate(path: str, messages: list[str], scratch: Path) -> tuple[float, int]:
     from .engine.events import run_to_end
-    from .session.backend_factory import open_backend
+    from .session.backends.factory import open_backend
     from .session.chat import ChatSession
-    from .session.persistence import ConversationStore
+    from .session.chats.persistence import ConversationStore
     from .ui.app import INSPECT_TOP
 
     session = ChatSession(open_backend(path), _settings(), store=ConversationStore(scratch))
@@ -145,7 +145,7 @@ def _engine_rate(path: str, messages: list[str], scratch: Path) -> tuple[float, 
 
 
 async def _app_rate(path: str, messages: list[str]) -> tuple[float, int]:
-    from .session.config import AppConfig
+    from .session.user.config import AppConfig
     from .ui.app import ChatApp
     from .ui.prompt_input import PromptInput
 

@@ -1,7 +1,7 @@
 """Line editing for the plain REPL on a terminal: the standard library's readline.
 
 Arrows move in the line and walk through the history, Ctrl+A/E/K/W/U and the rest work as in a
-shell, and the history is the TUI's (`session/input_history.py`, one-line entries), so what was
+shell, and the history is the TUI's (`session/user/input_history.py`, one-line entries), so what was
 typed in either comes back in both, across launches. `prefill(text)` puts text into the next line
 for editing (`/edit`), through readline's pre-input hook. Used only when stdin and stdout are a
 terminal; elsewhere (pipes, files) the REPL reads lines as before. Where Python has no readline
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from .session.input_history import InputHistory
+from .session.user.input_history import InputHistory
 
 
 class LineEditor:

@@ -21,18 +21,18 @@ import threading
 from typing import TextIO
 
 from .engine.events import ContextTrimmed, Finished, TextDelta, ThinkingDelta
+from .line_editing import LineEditor
 from .model.errors import first_line
 from .notices import warning_line
 from .quit_signals import quit_on_signals
 from .session import ChatSession, CommandError, is_command
+from .session.chats.saved_chats import chat_line
 from .session.commands import SlashCommands
-from .session.config import AppConfig
-from .line_editing import LineEditor
-from .session.input_history import InputHistory
-from .session.layered_settings import LayeredSettings
 from .session.sanitize import osc52, printable
-from .session.saved_chats import chat_line
 from .session.trimmed_stream import TrimmedStream
+from .session.user.config import AppConfig
+from .session.user.input_history import InputHistory
+from .session.user.layered_settings import LayeredSettings
 
 
 DIM, UNDIM = "\x1b[2m", "\x1b[22m"  # SGR faint on and off: a thinking model's reasoning

@@ -32,7 +32,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def backend_options(args, path, device, dtype, config_api_key_env: str | None = None) -> dict:
     """The flags that say how to open a model, checked, as open_backend options. Every front end
     (TUI, plain REPL, generate) opens its model with these, so a flag means the same in each."""
-    from ..session.backend_factory import REMOTE_SCHEMES
+    from ..session.backends.factory import REMOTE_SCHEMES
 
     remote = {"model": args.remote_model, "api_key_env": args.api_key_env, "mode": args.remote_mode}
     if any(v is not None for v in remote.values()) and not str(path).startswith(REMOTE_SCHEMES):
@@ -67,7 +67,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 def layered_settings(args, config_values: dict | None = None):
     """Settings with the config's values and the command line's flags as layers (UserError on a bad flag)."""
     from ..engine.settings import SPECS
-    from ..session.layered_settings import COMMAND_LINE, CONFIG, LayeredSettings
+    from ..session.user.layered_settings import COMMAND_LINE, CONFIG, LayeredSettings
 
     settings = LayeredSettings()
     settings.set_layer(CONFIG, config_values or {})
@@ -92,7 +92,7 @@ def checked_device_args(args) -> None:
 def load_backend(path, options: dict):
     """The backend for `path` with `backend_options`; its warnings (plain http to another
     machine, say) are printed."""
-    from ..session.backend_factory import REMOTE_SCHEMES, open_backend
+    from ..session.backends.factory import REMOTE_SCHEMES, open_backend
 
     try:
         progress = _progress_line if sys.stderr.isatty() and not str(path).startswith(REMOTE_SCHEMES) else None

@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from ..session.config import load_config
-    from ..session.folders import default_checkpoint
+    from ..session.user.config import load_config
+    from ..session.user.folders import default_checkpoint
 
     checked_device_args(args)
     config, problems = load_config(args.config)
@@ -89,8 +89,8 @@ def _resume(args) -> str:
 
 def _serve_web(args, checkpoint, config, problems) -> int:
     """Check the flags once here (each browser tab's session reads them again), then serve."""
-    from ..session.backend_factory import REMOTE_SCHEMES
-    from ..session.installed_models import resolve_model
+    from ..session.backends.factory import REMOTE_SCHEMES
+    from ..session.user.installed_models import resolve_model
     from .web import serve_chat
 
     for problem in problems:
@@ -104,7 +104,7 @@ def _serve_web(args, checkpoint, config, problems) -> int:
 def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     from ..repl import PlainChat
     from ..session import ChatSession, Conversation, ConversationStore
-    from ..session.folders import data_dir
+    from ..session.user.folders import data_dir
     from ..session.sanitize import printable
 
     for problem in problems:

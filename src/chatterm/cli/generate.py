@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..session.folders import default_checkpoint
+    from ..session.user.folders import default_checkpoint
 
     checked_device_args(args)
     layers = layered_settings(args)  # generate ignores the user's config: scripts give the same output everywhere
@@ -95,7 +95,7 @@ def _chat_failures_as_user_errors(events):
 
 def _with_model_recommendation(layers, backend):
     """The live settings once the model's recommended ones are a layer; bad ones are warnings."""
-    from ..session.layered_settings import MODEL, model_recommendation
+    from ..session.user.layered_settings import MODEL, model_recommendation
 
     recommended, problems = model_recommendation(backend)
     for problem in problems:  # they name the model, a name its files chose

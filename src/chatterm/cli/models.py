@@ -1,4 +1,4 @@
-"""`chatterm pull NAME` and `chatterm models`: install and list models (see session/installed_models.py)."""
+"""`chatterm pull NAME` and `chatterm models`: install and list models (see session/user/installed_models.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_pull(args) -> int:
-    from ..session.installed_models import PullError, pull
+    from ..session.user.installed_models import PullError, pull
 
     def show(line: str) -> None:
         end = "\r" if line.startswith("extracting") and sys.stderr.isatty() else "\n"
@@ -32,7 +32,7 @@ def cmd_pull(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..session.installed_models import KNOWN_MODELS, describe_installed, models_dir
+    from ..session.user.installed_models import KNOWN_MODELS, describe_installed, models_dir
     from ..session.sanitize import printable
 
     if args.known:

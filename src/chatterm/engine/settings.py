@@ -8,7 +8,7 @@ is checked once, in one place, with one message.
 The built-in defaults are llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
 repetition penalty 1): a small model sampled from its raw distribution (temperature 1, every
 filter off) wanders off too often to be a good first answer. A model's own recommendation wins
-over them, and the user's over that (see `session/layered_settings.py` for the precedence).
+over them, and the user's over that (see `session/user/layered_settings.py` for the precedence).
 Temperature 0 is plain greedy decoding (argmax), whatever the filters say.
 
 The generator reads the settings object at every step, so a change made while a reply streams

@@ -3,19 +3,19 @@
 Nothing here imports torch at import time; `LocalBackend.load` does, when called.
 """
 
-from .backend_contract import BackendInfo, ChatBackend
-from .backend_factory import open_backend
+from .backends.contract import BackendInfo, ChatBackend
+from .backends.factory import open_backend
 from .chat import ChatSession, clean_message
+from .chats.conversation import Conversation, Turn
 from .commands import COMMANDS, Command, CommandError, is_command, parse_command
-from .config import AppConfig, load_config, save_config
-from .conversation import Conversation, Turn
-from .persistence import (
+from .user.config import AppConfig, load_config, save_config
+from .chats.persistence import (
     ConversationStore,
     NotAConversationError,
     read_conversation,
     write_conversation,
 )
-from .template import DEFAULT_TEMPLATE, ChatTemplate
+from .prompts.template import DEFAULT_TEMPLATE, ChatTemplate
 
 __all__ = [
     "BackendInfo", "ChatBackend", "open_backend", "ChatSession", "clean_message", "COMMANDS", "Command", "CommandError",

@@ -4,7 +4,7 @@ It ties a conversation, the live sampling settings and a backend together and of
 actions (send, regenerate, continue, undo, edit, alternatives, clear, system prompt), each as one
 call. Files attached with `/read` (`attachments`) go into the next message sent; an undone
 exchange can be put back (`redo`) until the next one. Regenerating and editing keep the earlier
-version as an alternative (conversation.py).
+version as an alternative (session/chats/conversation.py).
 Editing is two steps, so that every front end can put the text in its own input first:
 `start_edit(index)` returns the message's text, and the next `send` replaces that message. Replies are
 generators of engine events, meant to be consumed in a worker thread; nothing here knows about
@@ -28,10 +28,10 @@ from typing import Callable, Iterator
 from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
 from .attachments import Attachment, with_attachments
-from .backend_contract import ChatBackend
-from .conversation import Conversation, Turn
-from .persistence import ConversationStore
-from .template_sandbox import TemplateError
+from .backends.contract import ChatBackend
+from .chats.conversation import Conversation, Turn
+from .chats.persistence import ConversationStore
+from .prompts.template_sandbox import TemplateError
 
 MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
 

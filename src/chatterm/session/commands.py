@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from ..model.errors import first_line
-from .chat import ChatSession
-from .config import AppConfig, update_config
-from .layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
 from .attachments import read_files
-from .persistence import write_conversation, write_user_file
-from .prompt_fit import prompt_budget
+from .chat import ChatSession
+from .chats.persistence import write_conversation, write_user_file
+from .chats.saved_chats import SavedChats, summary_title
+from .prompts.prompt_fit import prompt_budget
+from .prompts.token_estimate import estimate_tokens
 from .sanitize import printable
-from .saved_chats import SavedChats, summary_title
-from .token_estimate import estimate_tokens
+from .user.config import AppConfig, update_config
+from .user.layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..engine.tokenizer import Tokenizer
-from ..session.template import DEFAULT_TEMPLATE, ChatTemplate
+from ..session.prompts.template import DEFAULT_TEMPLATE, ChatTemplate
 from .bpe import count_words, train_bpe
 
 VAL_PERCENT = 5

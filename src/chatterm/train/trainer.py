@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..atomic import atomic_write, remove_stray_temporaries
 from ..model import GPT, GPTConfig, pick_device, save_checkpoint
 from ..model.device import DTYPE_NAMES
-from ..session.template import DEFAULT_TEMPLATE
+from ..session.prompts.template import DEFAULT_TEMPLATE
 from .config import TrainConfig
 
 STATE_FILE = "train_state.pt"

@@ -23,12 +23,13 @@ from textual.widgets import Footer
 from ..model.errors import first_line
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
-from ..session.config import AppConfig
-from ..session.folders import config_dir, data_dir
-from ..session.context_fit import fit_context
-from ..session.input_history import InputHistory
-from ..session.layered_settings import CONFIG, MODEL, LayeredSettings, peek_recommendation
+from ..session.prompts.context_fit import fit_context
+from ..session.user.config import AppConfig
+from ..session.user.folders import config_dir, data_dir
+from ..session.user.input_history import InputHistory
+from ..session.user.layered_settings import CONFIG, MODEL, LayeredSettings, peek_recommendation
 from .chat_view import ChatView, UserMessage
+from .front_end import TuiFrontEnd
 from .inspector import TokenInspector
 from .keys import check_keymap, class_bindings
 from .message_actions import MessageActions
@@ -40,7 +41,6 @@ from .reply_stream import INSPECT_TOP, ReplyStream
 from .send_queue import SendQueue
 from .settings_panel import SettingsPanel
 from .side_panel import SidePanel
-from .front_end import TuiFrontEnd
 from .status_bar import StatusBar
 from .terminal_keys import recognise_alt_enter
 from .themes import load_themes, theme_folders
@@ -213,10 +213,10 @@ class ChatApp(Navigation, MessageActions, TuiFrontEnd, App):
     def load_model(self, path: str | None) -> None:
         started = time.perf_counter()
         try:
-            from ..session.backend_factory import open_backend
+            from ..session.backends.factory import open_backend
 
             if path is None:
-                from ..session.folders import default_checkpoint
+                from ..session.user.folders import default_checkpoint
 
                 if not default_checkpoint().exists():
                     self.post_message(ModelFailed(

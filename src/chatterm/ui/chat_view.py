@@ -16,7 +16,7 @@ from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.widgets import Markdown, Static
 
-from ..session.conversation import Conversation, Turn
+from ..session.chats.conversation import Conversation, Turn
 from ..session.sanitize import printable
 from .thinking_block import ThinkingBlock
 

@@ -18,7 +18,7 @@ from typing import Iterable
 
 from textual.binding import Binding
 
-from ..session.context_fit import fit_context
+from ..session.prompts.context_fit import fit_context
 from ..session.sanitize import printable
 from .chat_view import AssistantMessage, Note
 from .status_bar import NOTE_CELLS
@@ -60,7 +60,7 @@ class TuiFrontEnd:
         self.note(f"Welcome to chatterm! You are chatting with {self.session.backend.info.name}. "
                   f"Chats are saved as you go, in {folder}. F1 or /help: commands and keys; "
                   "Ctrl+P: every action.", "welcome")
-        from ..session.installed_models import real_model_hint
+        from ..session.user.installed_models import real_model_hint
 
         if hint := real_model_hint(self.session.backend.info.source):
             self.note(hint, "welcome")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from ..engine.events import ContextTrimmed, Finished, TokenStep
-from ..session.backend_contract import ChatBackend
+from ..session.backends.contract import ChatBackend
 
 
 @dataclass

@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
-from ..session.input_history import InputHistory
+from ..session.user.input_history import InputHistory
 
 
 class PromptInput(TextArea):
@@ -38,7 +38,7 @@ class PromptInput(TextArea):
 
     def __init__(self, history: InputHistory | None = None, **kwargs) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)
-        self.input_history = history  # kept across launches (session/input_history.py); None: this run only
+        self.input_history = history  # kept across launches (session/user/input_history.py); None: this run only
         self.sent: list[str] = history.load() if history else []
         self._history_pos: int | None = None  # index into history while browsing
         self._draft = ""

@@ -21,7 +21,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Static
 
 from ..engine.settings import SPECS, TYPED, parse_value
-from ..session.layered_settings import SESSION, LayeredSettings
+from ..session.user.layered_settings import SESSION, LayeredSettings
 
 
 class SettingsPanel(VerticalScroll):

@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 
-from ..session.layered_settings import LayeredSettings
+from ..session.user.layered_settings import LayeredSettings
 from .inspector import TokenInspector
 from .settings_panel import SettingsPanel
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..engine.settings import SPECS
-from .remote_http import BackendError, ServerAddress, ServerClient
+from ....engine.settings import SPECS
+from .http import BackendError, ServerAddress, ServerClient
 
 DEFAULT_CONTEXT_WINDOW = 4096  # assumed when the server does not say; the meter marks it an estimate
 STANDARD_SETTINGS = ("temperature", "top_p", "max_new_tokens", "seed", "stop")

@@ -20,7 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from .sanitize import printable
+from ..sanitize import printable
 
 ROLES = ("user", "assistant")
 FORMAT_VERSION = 2  # 1 (no "version" key): no alternatives

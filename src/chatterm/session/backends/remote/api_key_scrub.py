@@ -15,7 +15,7 @@ import json
 import re
 from urllib.parse import quote, quote_plus
 
-from ..engine.stop import StopStringMatcher
+from ....engine.stop import StopStringMatcher
 
 SHOWN_INSTEAD = "***"
 

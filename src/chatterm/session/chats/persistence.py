@@ -29,11 +29,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_write
-from ..regular_file import NotRegularFileError, read_regular
+from ...atomic import atomic_write
+from ...regular_file import NotRegularFileError, read_regular
+from ..sanitize import decode_json, printable
 from .conversation import Conversation, is_valid_id, new_conversation_id
 from .conversation_lock import ConversationLock
-from .sanitize import decode_json, printable
 
 MAX_CONVERSATION_BYTES = 256 * 1024 * 1024  # far above any real chat; stops a stray 10 GB file
 _SPECIAL_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),

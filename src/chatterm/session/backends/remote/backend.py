@@ -1,13 +1,13 @@
 """The backend for models served over the OpenAI-compatible API (vLLM, llama.cpp's llama-server,
 Ollama, `transformers serve`, SGLang). It implements the ChatBackend contract
-(backend_contract.py): it yields engine events, ends with exactly one `Finished`, and never
+(session/backends/contract.py): it yields engine events, ends with exactly one `Finished`, and never
 appends to the conversation. Each request reads the live settings when it is sent (a server
 cannot change them mid-reply); `logits` is a one-line ValueError (a server gives none).
 
 Modes (`mode=` overrides; otherwise chosen when the backend opens):
 - "chat": `/v1/chat/completions`; the server applies the model's own template. For
   instruction-tuned models.
-- "completion": `/v1/completions` with chatterm's `User:`/`Assistant:` template (template.py) and
+- "completion": `/v1/completions` with chatterm's `User:`/`Assistant:` template (session/prompts/template.py) and
   its `User:` stop. For base models.
 Auto: llama.cpp reports the model's template in `/props`: chat if it has one, else completion.
 Other servers do not say, so chat is tried first; if the chat route fails before any chat reply
@@ -34,17 +34,17 @@ import threading
 from dataclasses import replace
 from typing import Iterator
 
-from ..engine.events import Event
-from ..engine.settings import SPECS, SamplingSettings
-from ..engine.thinking import split_thinking
-from .backend_contract import BackendInfo
-from .conversation import Conversation
-from .prompt import PromptBuilder
-from .remote_http import BackendError, ServerAddress, ServerClient
-from .remote_probe import ServerFacts, probe, resolve_api_key
-from .remote_reply import RemoteReply
-from .template import DEFAULT_TEMPLATE, ChatTemplate, chat_messages
-from .token_estimate import TokenCounter
+from ....engine.events import Event
+from ....engine.settings import SPECS, SamplingSettings
+from ....engine.thinking import split_thinking
+from ...chats.conversation import Conversation
+from ...prompts.prompt import PromptBuilder
+from ...prompts.template import DEFAULT_TEMPLATE, ChatTemplate, chat_messages
+from ...prompts.token_estimate import TokenCounter
+from ..contract import BackendInfo
+from .http import BackendError, ServerAddress, ServerClient
+from .probe import ServerFacts, probe, resolve_api_key
+from .reply import RemoteReply
 
 __all__ = ["BackendError", "RemoteBackend"]
 

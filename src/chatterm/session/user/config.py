@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import remove_stray_temporaries
-from ..engine.settings import TYPED
-from ..model.device import check_device, check_dtype
-from ..regular_file import read_regular_text
+from ...atomic import remove_stray_temporaries
+from ...engine.settings import TYPED
+from ...model.device import check_device, check_dtype
+from ...regular_file import read_regular_text
+from ..chats.persistence import atomic_write_text
 from .folders import config_dir
 from .layered_settings import checked_values
-from .persistence import atomic_write_text
 
 MAX_SYSTEM_PROMPT = 20_000  # characters
 MAX_CONFIG_BYTES = 1024 * 1024  # the config is a few hundred bytes; a system prompt is capped above

@@ -15,8 +15,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from ..engine.text_stream import ids_within
-from .conversation import Conversation, Turn
+from ...engine.text_stream import ids_within
+from ..chats.conversation import Conversation, Turn
 from .prompt_fit import first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
 from .template import ChatTemplate
 

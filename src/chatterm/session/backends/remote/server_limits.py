@@ -9,7 +9,7 @@ is cut here, at a named cap, with a one-line `BodyRefused`, before it can fill m
 - Both read the raw bytes and inflate gzip/deflate themselves, a bounded piece at a time
   (httpx would inflate each network read whole: 64 KB of gzip can be 64 MB), so a cap counts the
   bytes after inflating and memory stays near the cap.
-- `reply_deadline_s` and the token caps bound a reply in time and length; remote_reply.py
+- `reply_deadline_s` and the token caps bound a reply in time and length; reply.py
   enforces them, since only it sees the tokens and can stop waiting at any moment.
 """
 

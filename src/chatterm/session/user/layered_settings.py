@@ -8,13 +8,13 @@ in place whenever a layer changes, so a change applies to the next token even mi
 `source_of(name)` says which layer a value comes from, for `/settings` and the panel.
 A model's recommendation is read from its metadata (`meta["sampling"]`: chatterm's format, a
 Hugging Face folder's generation_config.json, a GGUF's `general.sampling.*`), else from the
-table of known models (session/installed_models.py: their model cards' values). `peek_recommendation`
+table of known models (session/user/installed_models.py: their model cards' values). `peek_recommendation`
 finds it before the model loads, from files that need no torch, so the first frame shows it.
 """
 
 from __future__ import annotations
 
-from ..engine.settings import SPECS, TEXT, TYPED, SamplingSettings, format_value, parse_value, spec_for
+from ...engine.settings import SPECS, TEXT, TYPED, SamplingSettings, format_value, parse_value, spec_for
 
 BUILT_IN, MODEL, CONFIG, COMMAND_LINE, SESSION = "built-in", "model", "config", "command line", "session"
 SOURCES = (BUILT_IN, MODEL, CONFIG, COMMAND_LINE, SESSION)  # lowest precedence first

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..atomic import atomic_write
-from ..model.errors import CheckpointError
+from ...atomic import atomic_write
+from ...model.errors import CheckpointError
 from .folders import data_dir
 
 

@@ -1,12 +1,12 @@
 """A model's own Jinja chat template, and the prompt builder that goes with it.
 
 `JinjaChatTemplate.render(messages, add_generation_prompt)` renders the template as transformers'
-`apply_chat_template` does (the environment and its bounds: session/template_sandbox.py), with
+`apply_chat_template` does (the environment and its bounds: session/prompts/template_sandbox.py), with
 `bos_token`, `eos_token`, and `tools` and `documents` unset. Thinking templates render as their
 defaults say (Qwen3 thinks), as in transformers. A template that only renders with a list of tools
 (a tool-use variant) is one clear line: chatterm's chats send none.
 
-`JinjaPromptBuilder` has `PromptBuilder`'s interface (session/prompt.py), but cannot render turns
+`JinjaPromptBuilder` has `PromptBuilder`'s interface (session/prompts/prompt.py), but cannot render turns
 one at a time: a template may open with a default system prompt, or render the first turn
 differently. So it renders the whole conversation, and splits it into one segment per turn by
 rendering the conversations transformers would be given on the way: each prefix that ends with a
@@ -32,8 +32,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
-from .chat import MAX_MESSAGE_CHARS
-from .conversation import Conversation, Turn
+from ..chat import MAX_MESSAGE_CHARS
+from ..chats.conversation import Conversation, Turn
 from .prompt import Prompt, reuse_ids
 from .prompt_fit import drop_oldest, first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
 from .template import chat_messages

@@ -11,7 +11,7 @@ It asks the backend only for `context_tokens`, so local and remote backends fit 
 
 from __future__ import annotations
 
-from .chat import ChatSession
+from ..chat import ChatSession
 from .prompt_fit import fit_turns, prompt_budget
 
 

@@ -1,6 +1,6 @@
-"""The backend that runs a checkpoint in this process (see backend_contract.py for the interface).
+"""The backend that runs a checkpoint in this process (see contract.py for the interface).
 
-Loading is slow (torch import, reading weights), so front ends open it (session/backend_factory.py)
+Loading is slow (torch import, reading weights), so front ends open it (session/backends/factory.py)
 in a worker. One `Generator` and its KV cache live as long as the backend; prompts are built by
 `PromptBuilder` so consecutive turns share a prefix with what the cache holds.
 
@@ -17,15 +17,15 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator
 
-from ..engine import torch_thread
-from ..engine.events import ContextTrimmed, Event, Finished
-from ..engine.settings import SamplingSettings
-from ..engine.thinking import prompt_opens_thinking, split_thinking
-from .backend_contract import BackendInfo
-from .conversation import Conversation
-from .jinja_template import JinjaChatTemplate, JinjaPromptBuilder
-from .prompt import PromptBuilder
-from .template import ChatTemplate
+from ...engine import torch_thread
+from ...engine.events import ContextTrimmed, Event, Finished
+from ...engine.settings import SamplingSettings
+from ...engine.thinking import prompt_opens_thinking, split_thinking
+from ..chats.conversation import Conversation
+from ..prompts.jinja_template import JinjaChatTemplate, JinjaPromptBuilder
+from ..prompts.prompt import PromptBuilder
+from ..prompts.template import ChatTemplate
+from .contract import BackendInfo
 
 
 class LocalBackend:
@@ -66,12 +66,12 @@ class LocalBackend:
 
     @classmethod
     def _load(cls, path, device, dtype, template, compile, n_head, context=None, progress=None) -> "LocalBackend":
-        from ..engine.generator import Generator
-        from ..engine.tokenizer import TokenizerError
-        from ..engine.tokenizers import open_tokenizer
-        from ..model import CheckpointError, load_checkpoint, pick_device, precision_name
-        from ..model.cpu.linear import weights_label
-        from ..model.errors import reading
+        from ...engine.generator import Generator
+        from ...engine.tokenizer import TokenizerError
+        from ...engine.tokenizers import open_tokenizer
+        from ...model import CheckpointError, load_checkpoint, pick_device, precision_name
+        from ...model.cpu.linear import weights_label
+        from ...model.errors import reading
 
         torch_device = pick_device(device)
         precision = precision_name(dtype, torch_device)

@@ -6,7 +6,7 @@ event that ends every reply. The local backend runs a checkpoint in this process
 talks to an OpenAI-compatible server; both implement every member below, and front ends use
 them without probing (`hasattr`/`getattr`): a member a backend cannot do is still there and
 answers plainly (None, {}, or a one-line ValueError, as each member says).
-`open_backend` (backend_factory.py) is the one way front ends get a backend, and whoever
+`open_backend` (factory.py) is the one way front ends get a backend, and whoever
 replaces or drops one calls its `close()`.
 
 Settings: every request reads the live `SamplingSettings` object it is given, never a copy
@@ -22,14 +22,14 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol
 
-from ..engine.events import Event
-from ..engine.settings import SamplingSettings
-from .conversation import Conversation
+from ...engine.events import Event
+from ...engine.settings import SamplingSettings
+from ..chats.conversation import Conversation
 
 if TYPE_CHECKING:
     import torch
 
-    from ..engine.tokenizer import Tokenizer
+    from ...engine.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

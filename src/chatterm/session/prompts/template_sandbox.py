@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Iterator
 
-from ..model.errors import first_line
-from .sanitize import printable
+from ...model.errors import first_line
+from ..sanitize import printable
 
 MAX_RENDER_SECONDS = 5.0  # real templates take milliseconds, even for long conversations
 # The most a template may write: one that writes more (looping over its input, say) gets one line

@@ -1,4 +1,4 @@
-"""One reply from a remote server (see remote_backend.py for the modes and the contract).
+"""One reply from a remote server (see backend.py for the modes and the contract).
 
 `RemoteReply.events()` sends the request, streams the answer as engine events, and deals with
 what can go wrong before the first byte of text: a prompt too long (drop the oldest turns, retry
@@ -17,18 +17,18 @@ import threading
 import time
 from typing import Iterator, Protocol
 
-from ..engine.events import ContextTrimmed, Event, Finished, TextDelta, ThinkingDelta, TokenStep
-from ..engine.settings import SamplingSettings
-from ..engine.stop import StopStringMatcher
+from ....engine.events import ContextTrimmed, Event, Finished, TextDelta, ThinkingDelta, TokenStep
+from ....engine.settings import SamplingSettings
+from ....engine.stop import StopStringMatcher
+from ...chats.conversation import Conversation
+from ...prompts.prompt import PromptBuilder
+from ...prompts.prompt_fit import drop_oldest
+from ...prompts.token_estimate import TokenCounter, estimate_tokens
 from .api_key_scrub import StreamScrubber
-from .conversation import Conversation
+from .http import ServerClient, StreamItem
 from .openai_stream import StreamFormatError, parse_chunk
-from .prompt import PromptBuilder
-from .prompt_fit import drop_oldest
-from .remote_http import ServerClient, StreamItem
-from .remote_probe import ServerFacts
+from .probe import ServerFacts
 from .server_limits import MAX_CHARS_PER_TOKEN, reply_deadline_s
-from .token_estimate import TokenCounter, estimate_tokens
 
 POLL_S = 0.02  # how often a silent stream checks for cancel
 MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After is reported, not waited for

@@ -14,8 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from ..atomic import atomic_write, remove_stray_temporaries
-from .sanitize import decode_json
+from ...atomic import atomic_write, remove_stray_temporaries
+from ..sanitize import decode_json
 
 HISTORY_FILE = "input_history.json"
 DEFAULT_LIMIT = 500

@@ -1,8 +1,8 @@
 """`open_backend(spec)`: the one way to get a `ChatBackend`, for every front end.
 
 The TUI, the plain REPL, `chatterm generate` and the Python API all open their model here:
-- `http://...` or `https://...`: a remote server (session/remote_backend.py);
-- anything else: a checkpoint file or folder, run in this process (session/local_backend.py).
+- `http://...` or `https://...`: a remote server (session/backends/remote/backend.py);
+- anything else: a checkpoint file or folder, run in this process (session/backends/local.py).
   Names of installed models (`chatterm pull NAME`) resolve to their files in `_local_path`.
 
 Options are passed on to the backend's opener; those set to None are dropped first, so front
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backend_contract import ChatBackend
+from .contract import ChatBackend
 
 REMOTE_SCHEMES = ("http://", "https://")
 # Options only a server takes. A front end passes the same options for every spec it opens (a
@@ -31,15 +31,15 @@ def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
     text = str(spec)
     if text.startswith(REMOTE_SCHEMES):
         try:
-            from .remote_backend import RemoteBackend
+            from .remote.backend import RemoteBackend
         except ImportError as e:
-            if e.name not in (None, f"{__package__}.remote_backend"):  # the module is there, a dependency is not
+            if e.name not in (None, f"{__package__}.remote.backend"):  # the module is there, a dependency is not
                 raise ValueError(f"{text}: remote backends need the {e.name!r} package (pip install {e.name})") from None
             raise ValueError(f"{text}: remote backends are not available in this version of chatterm") from None
         return RemoteBackend.open(text, **options)
-    from .local_backend import LocalBackend
+    from .local import LocalBackend
 
-    from ..model.errors import CheckpointError
+    from ...model.errors import CheckpointError
 
     local = {name: value for name, value in options.items() if name not in REMOTE_ONLY_OPTIONS}
     path = _local_path(text)
@@ -54,7 +54,7 @@ def open_backend(spec: str | os.PathLike, **options) -> ChatBackend:
 
 
 def _local_path(spec: str) -> Path:
-    """The checkpoint that `spec` names: a path, or the name of an installed model (installed_models.py)."""
-    from .installed_models import resolve_model
+    """The checkpoint that `spec` names: a path, or the name of an installed model (session/user/installed_models.py)."""
+    from ..user.installed_models import resolve_model
 
     return resolve_model(spec)

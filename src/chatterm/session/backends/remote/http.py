@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ...sanitize import decode_json
 from .api_key_scrub import KeyScrubber
 from .openai_stream import error_text
-from .sanitize import decode_json
 from .server_limits import (ACCEPT_ENCODING, MAX_ERROR_BODY_BYTES, MAX_JSON_BYTES, BodyRefused, iter_sse_data,
                             read_capped)
 
@@ -94,7 +94,7 @@ class ServerClient:
     def __init__(self, address: ServerAddress, api_key: str | None, *, timeout: float = 120.0) -> None:
         self.address = address
         self._key = api_key or None
-        self.keys = KeyScrubber(api_key)  # also for the reply's text (remote_reply.py)
+        self.keys = KeyScrubber(api_key)  # also for the reply's text (reply.py)
         headers = {"Accept-Encoding": ACCEPT_ENCODING}  # only what server_limits can inflate in bounded pieces
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
