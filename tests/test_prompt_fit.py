@@ -13,7 +13,7 @@ from chatterm.engine.hf_tokenizer import HFTokenizer
 from chatterm.engine.settings import SamplingSettings
 from chatterm.engine.tokenizers import open_tokenizer
 from chatterm.session import ChatSession, Conversation
-from chatterm.session.prompts.context_fit import fit_context
+from chatterm.session.context_fit import fit_context
 from chatterm.session.prompts.jinja_template import JinjaChatTemplate, JinjaPromptBuilder
 from chatterm.session.backends.local import LocalBackend
 from chatterm.session.prompts.prompt import PromptBuilder

@@ -115,7 +115,7 @@ def _error_of(fn, *args):
 def test_a_damaged_file_in_the_store_is_one_line_and_stays_as_it_is(tmp_path):
     """The store's own files are read like any other: a torn one is reported, never moved or
     rewritten, and the chats list leaves it out."""
-    from chatterm.session.chats.saved_chats import SavedChats
+    from chatterm.session.saved_chats import SavedChats
 
     store = ConversationStore(tmp_path / "c")
     session = ChatSession(None, store=store)
@@ -303,7 +303,7 @@ def test_loading_an_older_copy_never_overwrites_the_saved_chat(tmp_path):
     """A `/save` copy keeps the conversation's id; loading it later and chatting on must not
     autosave its older turns over the store's newer file of that id."""
     from chatterm.session.chats.persistence import write_conversation
-    from chatterm.session.chats.saved_chats import SavedChats
+    from chatterm.session.saved_chats import SavedChats
 
     store = ConversationStore(tmp_path / "c")
     session = ChatSession(None, store=store, warn=lambda line: None)

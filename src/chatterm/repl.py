@@ -26,9 +26,9 @@ from .model.errors import first_line
 from .notices import warning_line
 from .quit_signals import quit_on_signals
 from .session import ChatSession, CommandError, is_command
-from .session.chats.saved_chats import chat_line
 from .session.commands import SlashCommands
 from .session.sanitize import osc52, printable
+from .session.saved_chats import chat_line
 from .session.trimmed_stream import TrimmedStream
 from .session.user.config import AppConfig
 from .session.user.input_history import InputHistory

@@ -23,7 +23,7 @@ from pathlib import Path
 from ..regular_file import NotRegularFileError, read_regular
 from .sanitize import printable
 
-MAX_FILE_BYTES = 100_000  # per file; a whole message is capped at chat.MAX_MESSAGE_CHARS
+MAX_FILE_BYTES = 100_000  # per file; a whole message is capped at chats/conversation.py MAX_MESSAGE_CHARS
 
 
 @dataclass(frozen=True)

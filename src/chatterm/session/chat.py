@@ -29,11 +29,9 @@ from ..engine.events import Event, Finished
 from ..engine.settings import SamplingSettings
 from .attachments import Attachment, with_attachments
 from .backends.contract import ChatBackend
-from .chats.conversation import Conversation, Turn
+from .chats.conversation import MAX_MESSAGE_CHARS, Conversation, Turn
 from .chats.persistence import ConversationStore
 from .prompts.template_sandbox import TemplateError
-
-MAX_MESSAGE_CHARS = 200_000  # a 100 KB paste is fine; megabytes are almost surely a mistake
 
 
 class MessageNotSent(ValueError):

@@ -19,10 +19,10 @@ from ..model.errors import first_line
 from .attachments import read_files
 from .chat import ChatSession
 from .chats.persistence import write_conversation, write_user_file
-from .chats.saved_chats import SavedChats, summary_title
 from .prompts.prompt_fit import prompt_budget
 from .prompts.token_estimate import estimate_tokens
 from .sanitize import printable
+from .saved_chats import SavedChats, summary_title
 from .user.config import AppConfig, update_config
 from .user.layered_settings import MODEL, SESSION, LayeredSettings, model_recommendation
 

@@ -23,7 +23,7 @@ from textual.widgets import Footer
 from ..model.errors import first_line
 from ..session import ChatSession, Conversation, ConversationStore, is_command
 from ..session.commands import SlashCommands
-from ..session.prompts.context_fit import fit_context
+from ..session.context_fit import fit_context
 from ..session.user.config import AppConfig
 from ..session.user.folders import config_dir, data_dir
 from ..session.user.input_history import InputHistory

@@ -5,7 +5,7 @@ Esc cancels), d deletes it after a y/n question, Esc closes the screen. `/` goes
 line: what is typed there keeps the chats whose title or messages hold it (every saved chat is
 searched, not only the recent ones); Up/Down and Enter still choose and open, Esc goes back to
 the list. Lines are cut to the box's width, so they never wrap. The work is done by the
-session's `SavedChats` (session/chats/saved_chats.py): opening goes through the `/load` command, so it
+session's `SavedChats` (session/saved_chats.py): opening goes through the `/load` command, so it
 behaves exactly as typing `/load ID`; a refusal (a chat open in another chatterm, say) is shown on
 the screen's own line. Titles are made inert before they are shown (and shown as plain text).
 """
@@ -20,7 +20,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
-from ..session.chats.saved_chats import chat_line, summary_title
+from ..session.saved_chats import chat_line, summary_title
 
 HINT = "↑↓ choose · Enter open · / filter · r rename · d delete · Esc close"
 

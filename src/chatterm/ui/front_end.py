@@ -18,7 +18,7 @@ from typing import Iterable
 
 from textual.binding import Binding
 
-from ..session.prompts.context_fit import fit_context
+from ..session.context_fit import fit_context
 from ..session.sanitize import printable
 from .chat_view import AssistantMessage, Note
 from .status_bar import NOTE_CELLS

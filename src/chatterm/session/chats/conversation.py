@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ..sanitize import printable
 
 ROLES = ("user", "assistant")
+MAX_MESSAGE_CHARS = 200_000  # one message; a 100 KB paste is fine, megabytes are almost surely a mistake
 FORMAT_VERSION = 2  # 1 (no "version" key): no alternatives
 # Ids name the autosave file (`<id>.json`), so they are chatterm's own, never a file's say-so: an
 # id read from a file that is not of this form (`../../x`, `/home/me/model`) is replaced.

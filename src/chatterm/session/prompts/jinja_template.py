@@ -32,8 +32,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..chat import MAX_MESSAGE_CHARS
-from ..chats.conversation import Conversation, Turn
+from ..chats.conversation import MAX_MESSAGE_CHARS, Conversation, Turn
 from .prompt import Prompt, reuse_ids
 from .prompt_fit import drop_oldest, first_in_context, fit_target, fit_turns, keep_tail, prompt_budget
 from .template import chat_messages

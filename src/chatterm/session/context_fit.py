@@ -11,8 +11,8 @@ It asks the backend only for `context_tokens`, so local and remote backends fit 
 
 from __future__ import annotations
 
-from ..chat import ChatSession
-from .prompt_fit import fit_turns, prompt_budget
+from .chat import ChatSession
+from .prompts.prompt_fit import fit_turns, prompt_budget
 
 
 def fit_context(session: ChatSession) -> int:

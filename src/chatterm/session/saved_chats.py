@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..chat import ChatSession
-from ..sanitize import printable
-from .conversation import is_valid_id, new_conversation_id
-from .persistence import ChatSummary, NotAConversationError, read_conversation
+from .chat import ChatSession
+from .chats.conversation import is_valid_id, new_conversation_id
+from .chats.persistence import ChatSummary, NotAConversationError, read_conversation
+from .sanitize import printable
 
 LIST_LENGTH = 30  # chats shown by /chats and --resume
 
