@@ -81,7 +81,7 @@ class RemoteReply:
             try:
                 conv = self.conv
                 if self.continuing:  # fitted as the prompt that asked for the reply, the reply counted in
-                    conv = Conversation(system=conv.system, turns=conv.turns[:-1], context_start=conv.context_start)
+                    conv = conv.up_to_last_reply()
                 prompt = self.server.prompts.build(conv, self.settings.max_new_tokens + self._so_far())
                 self.conv.context_start = conv.context_start
             except ValueError as e:
