@@ -5,7 +5,7 @@ folder, and `{"type": "gguf", "model": "gpt2"|"llama", "tokens": [...], ...}` fr
 embedded in a GGUF file (byte-level BPE as in GPT-2/SmolLM2/Qwen/Llama 3, or a SentencePiece-style
 Llama vocabulary, turned into a BPE with byte fallback).
 
-The interface is every tokenizer's (engine/tokenizer.py lists it), plus `add_bos`; `stop_ids`
+The interface is every tokenizer's (engine/tokenizer.py lists it); `stop_ids`
 holds every id that ends a reply (EOS, end-of-turn). `open_tokenizer` (tokenizers.py) builds one.
 
 `encode` never turns text into special tokens: a user typing `<|im_end|>` gets the characters.

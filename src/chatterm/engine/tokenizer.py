@@ -1,7 +1,7 @@
 """Text <-> token ids: what every tokenizer offers, and the tiktoken one, always offline.
 
 Every tokenizer offers `encode`, `encode_marked` (template text), `decode`, `decode_bytes`,
-`token_bytes` (for the streaming detokenizer), `token_text`, `n_vocab`, `eot_id`, `bos_id`,
+`token_bytes` (for the streaming detokenizer), `token_text`, `n_vocab`, `eot_id`, `bos_id`, `add_bos`,
 `stop_ids` (every id that ends a reply), `special_tokens`, `spec` and `key`. `open_tokenizer`
 (tokenizers.py) builds the one a checkpoint's tokenizer spec names: this module's `Tokenizer`, or
 `HFTokenizer` (hf_tokenizer.py: Hugging Face `tokenizer.json` files and GGUF vocabularies).
@@ -50,6 +50,7 @@ class Tokenizer:
         self.eot_id: int | None = encoding._special_tokens.get(ENDOFTEXT)
         self.key = spec_key(spec)  # which vocabulary produced a list of ids (module docstring)
         self.bos_id: int | None = None
+        self.add_bos = False  # whether an encoded prompt starts with bos_id (GPT-2 BPE: never)
         self.stop_ids = frozenset({self.eot_id} - {None})  # ids that end a reply
         self.special_tokens = dict(encoding._special_tokens)
 

@@ -216,8 +216,8 @@ class LocalBackend:
         torch thread. The prompt keeps its last `context_window - 1` tokens."""
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         ids = ids[-(self.info.context_window - 1) :]
-        bos = getattr(self.tokenizer, "bos_id", None)
-        if isinstance(prompt, str) and getattr(self.tokenizer, "add_bos", False) and bos is not None and ids[:1] != [bos]:
+        bos = self.tokenizer.bos_id
+        if isinstance(prompt, str) and self.tokenizer.add_bos and bos is not None and ids[:1] != [bos]:
             # Models whose tokenizer asks for it (Llama's SentencePiece vocabularies) were trained
             # with every text starting at BOS, and transformers' generate adds it: so do we.
             ids = [bos] + ids[-(self.info.context_window - 2) :]

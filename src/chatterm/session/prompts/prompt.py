@@ -51,8 +51,8 @@ class PromptBuilder:
     def system_ids(self, conversation: Conversation) -> list[int]:
         # A tokenizer that asks for BOS (Gemma's, Llama 2's: base models chatting through this
         # transcript) starts every prompt with it, as its text did in training.
-        bos = getattr(self.tokenizer, "bos_id", None)
-        start = [bos] if getattr(self.tokenizer, "add_bos", False) and bos is not None else []
+        bos = self.tokenizer.bos_id
+        start = [bos] if self.tokenizer.add_bos and bos is not None else []
         pieces = self.template.transcript(conversation.system, ())  # the system prompt's, if any
         return start + [i for piece in pieces for i in self.tokenizer.encode(piece)]
 

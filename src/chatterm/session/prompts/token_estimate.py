@@ -30,6 +30,8 @@ class TokenCounter:
         self.key = f"{key}:{'server' if client is not None else f'chars/{CHARS_PER_TOKEN}'}"
         self._counted: OrderedDict[str, list[int]] = OrderedDict()
         self.estimated = True  # whether the last count used an estimate anywhere
+        self.bos_id: int | None = None  # a server adds its own start token: none is counted here
+        self.add_bos = False
 
     def encode(self, text: str) -> list[int]:
         """Token ids from the server, or an estimate's worth of -1s. May call the server."""
