@@ -42,7 +42,7 @@ static inline float half_at(const uint8_t *p) {
 }
 
 /* Q4_K and Q5_K's 12 bytes -> 8 scales and 8 mins of 6 bits. */
-static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+static inline __attribute__((unused)) void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     for (int j = 0; j < 4; j++) {
         sc[j] = s[j] & 63;
         mn[j] = s[j + 4] & 63;
@@ -52,7 +52,7 @@ static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 }
 
 /* One super-block -> q (256 int8), scale and offset per 16 values: w[i] = scale[i/16] q[i] - offset[i/16]. */
-static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *offset) {
+static __attribute__((unused)) void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *offset) {
     switch (type) {
     case CT_Q4_K:
     case CT_Q5_K: {
@@ -137,6 +137,8 @@ static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *o
     }
     }
 }
+
+#ifdef CT_VARIANT /* the products: compiled once per variant (variant.c); the unpacking below them once */
 
 /* ---- activations: per 256, int8 values, one scale, the sum of each 16 (q8_K) ------------- */
 
@@ -490,8 +492,8 @@ static inline __attribute__((always_inline)) void dot_kq_rows(int type, const ui
 #endif
 }
 
-int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
-                 int64_t K, int nthreads) {
+static int gemv_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
+                   int64_t K, int nthreads) {
     kacts a;
     if (type < CT_Q4_K || type > CT_KQ_LAST || quantize_acts_k(x, M, K, &a)) return -1;
     int64_t nb = K / QK, row = nb * block_bytes[type];
@@ -521,6 +523,8 @@ int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, 
     return 0;
 }
 
+#else
+
 /* W (N rows of super-blocks) -> fp32 (N, K): the values the kernels compute with. */
 void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K, int nthreads) {
     int64_t nb = K / QK, row = nb * block_bytes[type];
@@ -533,3 +537,4 @@ void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K,
             for (int j = 0; j < QK; j++) o[j] = scale[j / 16] * (float)q[j] - offset[j / 16];
         }
 }
+#endif
