@@ -5,14 +5,17 @@ AVX-VNNI, AVX-512 with and without VNNI, 256 or 512 bits wide, one or two weight
 common.h's CT_VARIANT_LIST), and each family (bf16, f16, q8, q4, iq4nl, kq) calls through the
 one chosen for it. `choose(model)` picks, for each family the model's layers use, the variant
 that runs the model's own decode-step products fastest (one token; every shape weighted by how
-often a step runs it), at the model's thread count. Why measure: the widest loop is not always
+often a step runs it). Why measure: the widest loop is not always
 the fastest (Zen 4 runs 512-bit instructions as two halves; narrow rows reward sharing work
 across rows differently), and no rule written today knows tomorrow's CPU. So no variant is used
 where another measured more than a few percent faster.
 
 The measurement takes a few ms per variant (a pass over up to MEASURE_BYTES of each shape's
-weights, ROUNDS times, variants interleaved, the fastest round kept: the least disturbed by
-other work) and is cached in `kernel-choices.json` beside the compiled library, keyed by the
+weights, ROUNDS times, variants interleaved, the fastest round kept) on one thread's CPU clock:
+on a busy machine (2 cores, other processes) wall-clock times at two threads swung by 2x between
+identical variants, one thread's CPU time by under 5% (measured on the 2-core Xeon,
+scripts/kernel_speed.py --variants). The variants differ in their inner loops, which threads
+split alike, so one thread ranks them as the model's thread count does. The choice is cached in `kernel-choices.json` beside the compiled library, keyed by the
 CPU (its model name and a hash of its flags), the library build, the thread count, the family
 and the shapes: later loads read it and time nothing. A cache that cannot be read or holds
 anything unexpected is ignored (and rewritten); it is written atomically.
@@ -39,6 +42,7 @@ CACHE_NAME = "kernel-choices.json"
 ROUNDS = 3
 MEASURE_BYTES = 16 << 20  # of each shape's weights per pass: a few ms, and more than the L2 cache holds
 FALLBACK = "scalar"  # the portable C: timed only where nothing else runs
+CLOCK = time.thread_time  # see the module docstring
 
 
 def offered() -> list[str]:
@@ -65,7 +69,7 @@ def use(family: str, variant: str) -> None:
         raise ValueError(f"kernel variant {variant!r} does not run on this CPU (offered: {', '.join(offered())})")
 
 
-def choose(model: torch.nn.Module, threads: int | None = None) -> dict[str, str]:
+def choose(model: torch.nn.Module, threads: int = 1) -> dict[str, str]:
     """Set each kernel family `model` uses to its fastest variant (forced, cached or measured)
     and return {family: variant}; {} where the model uses none of chatterm's kernels."""
     if native.library() is None:
@@ -78,7 +82,6 @@ def choose(model: torch.nn.Module, threads: int | None = None) -> dict[str, str]
         for family, variant in forced.items():
             use(family, variant)
         return {family: current(family) for family in groups}
-    threads = threads or torch.get_num_threads()
     choices = _read_cache()
     keys = {family: _cache_key(family, shapes, threads) for family, shapes in groups.items()}
     names = offered()
@@ -148,10 +151,10 @@ def measure(family: str, shapes: dict[tuple, list[NativeLinear]], threads: int) 
                 use(family, name)
                 total = 0.0
                 for take, weight, x, y in samples:
-                    start = time.perf_counter()
+                    start = CLOCK()
                     for layer in take:
                         layer._matvec(x, None, y, 1, threads)
-                    total += (time.perf_counter() - start) * weight
+                    total += (CLOCK() - start) * weight
                 best[name] = min(best[name], total)
     finally:
         use(family, before)
