@@ -23,6 +23,7 @@ NEEDS = {"avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl"
          "avx512": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"},
          "avxvnni": {"avx2", "fma", "f16c", "avx_vnni"}, "avx2": {"avx2", "fma", "f16c"}, "scalar": set()}
 NEEDS["avx512vnni_1row"] = NEEDS["avx512vnni_256"] = NEEDS["avx512vnni"]
+NEEDS["avx2_1row"] = NEEDS["avx2"]
 
 
 @pytest.fixture(autouse=True)

@@ -53,7 +53,8 @@ X86_VARIANTS = {
     "avx512vnni_256": [*_AVX512, "-mavx512vnni", "-DCT_WIDTH256", "-mprefer-vector-width=256"],  # 256-bit dpbusd
     "avx512": _AVX512,  # AVX-512 without VNNI (Skylake-X): 512-bit float loops, AVX2's integer ones
     "avxvnni": [*_AVX2, "-mavxvnni"],  # 256-bit dpbusd without AVX-512 (Alder Lake, Zen 5 client)
-    "avx2": _AVX2,
+    "avx2": _AVX2,  # q8 two rows a pass, as avx512vnni
+    "avx2_1row": [*_AVX2, "-DCT_ONE_ROW"],
     "scalar": [],
 }
 VARIANTS = X86_VARIANTS if platform.machine().lower() in ("x86_64", "amd64") else {"scalar": []}

@@ -127,6 +127,6 @@ typedef struct {
 /* Every variant the build knows, in the order of preference before anything is measured (the
  * first this CPU runs is each family's default). Their compiler flags: native/__init__.py's
  * VARIANTS (the same names). A variant whose build failed (an older compiler) is left out. */
-#define CT_VARIANT_LIST(X) X(avx512vnni) X(avx512vnni_1row) X(avx512vnni_256) X(avx512) X(avxvnni) X(avx2) X(scalar)
+#define CT_VARIANT_LIST(X) X(avx512vnni) X(avx512vnni_1row) X(avx512vnni_256) X(avx512) X(avxvnni) X(avx2) X(avx2_1row) X(scalar)
 
 #endif

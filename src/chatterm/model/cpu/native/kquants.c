@@ -25,7 +25,7 @@
  * super-block to 256 int8 values and 16 scales and offsets (the same unpacking gives the fp32
  * weights, so `dequantized()` and the kernels read one thing). Measured, one thread of the
  * AVX-512 Xeon, 2048x8192 (scripts/kernel_speed.py --threads 1 --cpu-time): Q4_K 0.64 ms,
- * Q5_K 0.96, Q6_K 0.66, Q3_K 0.76, Q2_K 0.54, IQ4_XS 0.85; Q8_0 0.64, Q4_0 0.44 (kernels.c).
+ * Q5_K 0.96, Q6_K 0.66, Q3_K 0.76, Q2_K 0.54, IQ4_XS 0.85; Q8_0 0.64, Q4_0 0.44 (gemv.c).
  * A few rows at once (a short prompt) share each super-block's unpacking (dot_kq_rows): Q4_K
  * 2048x2048 at 16 rows 2.55 -> 1.42 ms.
  */
@@ -154,7 +154,7 @@ static void quantize_row_k(const float *x, int8_t *q, float *d, int16_t *sums, i
         float amax = 0.0f, nonfinite = 0.0f;
         for (int i = 0; i < QK; i++) {
             amax = fmaxf(amax, fabsf(v[i]));
-            nonfinite += v[i] - v[i]; /* NaN for NaN or inf: carried into the scale (kernels.c's quantize_row) */
+            nonfinite += v[i] - v[i]; /* NaN for NaN or inf: carried into the scale (gemv.c's quantize_row) */
         }
         float s = amax / 127.0f + nonfinite, inv = s > 0.0f ? 1.0f / s : 0.0f;
         for (int g = 0; g < QK / 16; g++) {
