@@ -1,4 +1,4 @@
-"""chatterm's own CPU matrix-vector kernels (kernels.c), built at first use and called via ctypes.
+"""chatterm's own CPU kernels (the C files here), built at first use and called via ctypes.
 
 Why native code: PyTorch's weight-only int8/int4 kernels widen the weights to floats inside the
 loop, and its bf16 matrix-vector product has no bf16 instructions to use on an AVX2 CPU; both
