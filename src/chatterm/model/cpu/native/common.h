@@ -85,6 +85,45 @@ static inline __m256i dot_u8s8(__m256i u, __m256i s) {
 #endif
 }
 
+/* The activations' 8-bit rounding, 32 values at a time: v times inv, rounded to nearest even
+ * (cvtps, as lrintf does: the same bytes as the scalar loops), clamped to -127..127, stored in
+ * order at out; *first, *last: the sums of the first and the last 16. */
+static inline void quantize_32(const float *v, float inv, int8_t *out, int *first, int *last) {
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    const __m256 vi = _mm256_set1_ps(inv);
+    __m256i q[4];
+    for (int j = 0; j < 4; j++)
+        q[j] = _mm256_max_epi32(lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + 8 * j), vi))));
+    /* packs work within 128-bit lanes: the permute puts the 32 bytes back in order */
+    __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)out, _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    __m256i a = _mm256_add_epi32(q[0], q[1]), b = _mm256_add_epi32(q[2], q[3]);
+    /* the two sums side by side: lanes 0-3 of a + 4-7 of a, then of b */
+    __m256i ab = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+    ab = _mm256_hadd_epi32(ab, ab);
+    ab = _mm256_hadd_epi32(ab, ab);
+    *first = _mm256_extract_epi32(ab, 0);
+    *last = _mm256_extract_epi32(ab, 4);
+}
+
+/* max |v| over n (a multiple of 8) floats, and their sum of v - v: 0, or NaN where one is NaN or inf */
+static inline float absmax(const float *v, int64_t n, float *nonfinite) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 x = _mm256_loadu_ps(v + i);
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, x)); /* a NaN lane keeps m: `bad` reports it */
+        bad = _mm256_add_ps(bad, _mm256_sub_ps(x, x));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(bad), _mm256_extractf128_ps(bad, 1));
+    b4 = _mm_add_ps(b4, _mm_movehl_ps(b4, b4));
+    *nonfinite = _mm_cvtss_f32(_mm_add_ss(b4, _mm_movehdup_ps(b4)));
+    return _mm_cvtss_f32(m4);
+}
+
 static inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
