@@ -25,6 +25,7 @@ variants (tests, benchmarks) and skips the cache.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -138,12 +139,13 @@ def measure(family: str, shapes: dict[tuple, list[NativeLinear]], threads: int) 
     for layers in shapes.values():
         take, size = [], 0
         for layer in layers:  # different weights of one shape: read from memory, as a step reads them
-            take.append(layer)
-            size += sum(t.numel() * t.element_size() for t in layer.buffers() if t is not None)
+            part, weight = _first_rows(layer, MEASURE_BYTES)
+            take.append(part)
+            size += _bytes(part)
             if size >= MEASURE_BYTES:
                 break
-        x = torch.randn(1, layers[0].in_features, generator=torch.Generator().manual_seed(0))
-        samples.append((take, len(layers) / len(take), x, torch.empty(1, layers[0].out_features)))
+        x = torch.randn(1, take[0].in_features, generator=torch.Generator().manual_seed(0))
+        samples.append((take, weight * len(layers) / len(take), x, torch.empty(1, take[0].out_features)))
     best = dict.fromkeys(names, float("inf"))
     try:
         for round_ in range(ROUNDS):
@@ -159,6 +161,23 @@ def measure(family: str, shapes: dict[tuple, list[NativeLinear]], threads: int) 
     finally:
         use(family, before)
     return best
+
+
+def _bytes(layer: NativeLinear) -> int:
+    return sum(t.numel() * t.element_size() for t in layer.buffers() if t is not None)
+
+
+def _first_rows(layer: NativeLinear, most: int) -> tuple[NativeLinear, float]:
+    """`layer`, or where it holds more than `most` bytes (a large output layer) a layer of its
+    first rows (views, no copy) holding about that much, and how many times that is the whole."""
+    total = _bytes(layer)
+    if total <= most:
+        return layer, 1.0
+    rows = max(16, layer.out_features * most // total)
+    part = copy.copy(layer)
+    part._buffers = {name: None if t is None else t[:rows] for name, t in layer._buffers.items()}
+    part.out_features = rows
+    return part, layer.out_features / rows
 
 
 def _cache_key(family: str, shapes: dict[tuple, list], threads: int) -> str:
