@@ -167,3 +167,15 @@ def test_a_fused_decode_step_runs_on_the_chosen_variants(parrot, monkeypatch, tm
         twin = copy.deepcopy(model)  # a new model: its first fused step sets the forced variant
         assert _decode(twin, [5, 6, 7], 10)[0] == want, variant
         assert kernel_choice.current("q8") == variant
+
+
+def test_a_large_layer_is_measured_on_its_first_rows():
+    """An output layer of a large vocabulary is timed on a slice of rows (views), scaled up."""
+    layer = Q8Linear.from_linear(nn.Linear(64, 512))
+    part, times = kernel_choice._first_rows(layer, kernel_choice._bytes(layer) // 4)
+    assert (part.out_features, times, layer.out_features) == (128, 4.0, 512)
+    assert part.weight.data_ptr() == layer.weight.data_ptr()  # no copy
+    x = torch.randn(1, 64)
+    with torch.inference_mode():
+        assert torch.equal(part(x), layer(x)[:, :128])
+    assert kernel_choice._first_rows(layer, kernel_choice._bytes(layer)) == (layer, 1.0)
