@@ -27,6 +27,10 @@ from .native_linear import NativeLinear
 
 HUGE_PAGE = 2 << 20
 _ALIGN = 64  # each buffer starts on a cache line
+# Freed memory handed back every this many bytes moved: the peak stays near the model's size
+# (measured, SmolLM2 Q4_1 file: peak 431 MB without the move; with it 494 MB trimming once at the end,
+# 458 MB every 16 MB: the model plus its largest buffer, the 28 MB output layer)
+TRIM_EVERY = 16 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h
 _available: list[bool] = []
 
@@ -67,7 +71,7 @@ def move_weights(model: torch.nn.Module) -> int:
         arena = huge_page_arena(sum(sizes))
         if arena is None:
             return 0
-        offset = 0
+        offset = trimmed = 0
         for (layer, name), size in zip(entries, sizes):
             old = layer._buffers[name]
             moved = arena[offset:offset + _nbytes(old)].view(old.dtype).view(old.shape)
@@ -75,6 +79,9 @@ def move_weights(model: torch.nn.Module) -> int:
             layer._buffers[name] = moved  # `old` freed below, unless something else holds it
             del old
             offset += size
+            if offset - trimmed >= TRIM_EVERY:  # glibc keeps freed heap pages until asked
+                return_freed_memory()
+                trimmed = offset
     return_freed_memory()
     return offset
 
