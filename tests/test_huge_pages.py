@@ -55,10 +55,11 @@ def test_a_fused_decode_step_moves_the_weights_and_decodes_the_same(monkeypatch)
     from chatterm.model.cpu import kernel_choice
     from chatterm.model.families.gpt2 import GPTConfig
 
-    monkeypatch.setenv(kernel_choice.ENV, kernel_choice.offered()[0])  # both on one variant: the same sums
+    monkeypatch.setenv(kernel_choice.ENV, kernel_choice.offered()[0])  # both on one variant: the same sums,
     config = GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=64, vocab_size=300)
     model = GPT(config).init_weights(5).eval()
     pack_linears(model, 8)
+    kernel_choice.choose(model)  # the prompt's products too (they run before the first fused step chooses)
     twin = copy.deepcopy(model)
     monkeypatch.setattr(huge_pages, "_available", [False])  # the model as it was
     want = _decode(model, [1, 2, 3], 12)

@@ -179,3 +179,17 @@ def test_a_large_layer_is_measured_on_its_first_rows():
     with torch.inference_mode():
         assert torch.equal(part(x), layer(x)[:, :128])
     assert kernel_choice._first_rows(layer, kernel_choice._bytes(layer)) == (layer, 1.0)
+
+
+@pytest.mark.slow  # three variants built: ~5 s
+def test_a_variant_the_compiler_cannot_build_is_left_out(tmp_path, monkeypatch):
+    import ctypes
+
+    monkeypatch.setattr(native, "VARIANTS", {"avx2": native.VARIANTS.get("avx2", []),
+                                             "avxvnni": ["-mno-such-flag"], "scalar": []})
+    path = tmp_path / "partial.so"
+    native._build(native._compiler(), path)
+    lib = native.declare(ctypes.CDLL(str(path)))
+    names = [lib.ct_variant_name(i).decode() for i in range(lib.ct_variant_count())]
+    assert names == ["avx2", "scalar"] if "avx2" in native.VARIANTS else names == ["scalar"]
+    assert all(lib.ct_variant_get(family) == 0 for family in range(len(kernel_choice.FAMILIES)))
