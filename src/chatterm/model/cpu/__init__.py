@@ -4,6 +4,7 @@
   and IQ4_XS; both built once per instruction-set variant through variant.c; kernels.c:
   attention, the fused decode step and the dispatch to each family's variant), built at first use;
 - `kernel_choice.py`: which variant each family runs, measured on the model's shapes and cached;
+- `huge_pages.py`: the kernel layers' weights moved into one block of 2 MB pages;
 - `native_linear.py`: the layers over them, and `stored_layer`, which turns a GGUF tensor's
   blocks into the layer that computes with them as stored;
 - `native_blocks.py`, `native_attention.py`: a decode step's blocks and attention in one call;

@@ -2,12 +2,13 @@
 
 Why: a decode step reads every weight once, front to back. In 4 KB pages SmolLM2's 134 MB of
 int8 weights are 33k pages, far more than the TLB covers, so the stream stops for a page walk
-every 4 KB. In 2 MB pages it is 67. Measured on the 2-core Xeon (one thread, CPU time, SmolLM2
-Q8_0, alternating runs): a decode step 14.1 / 14.0 ms in 4 KB pages, 13.4 / 12.8 ms in 2 MB
-ones. PyTorch's allocator asks for huge pages only with THP_MEM_ALLOC_ENABLE=1, for every large
-tensor (the KV cache too, whose untouched positions would then be resident 2 MB at a time), so
-only the weights are moved, here, into one block of fresh memory aligned to 2 MB and marked
-MADV_HUGEPAGE before it is written (one block: most layers of a small model are under 2 MB).
+every 4 KB; in 2 MB pages it is 67. Measured on the 2-core Xeon (one thread, CPU time, SmolLM2
+Q8_0, alternating runs): a decode step 13.4 / 13.5 ms as loaded, 10.7 / 9.9 ms moved here (the
+step was the linears alone, reading at ~10 GB/s where the same products in L2 ran at 25-40).
+PyTorch's allocator asks for huge pages only with THP_MEM_ALLOC_ENABLE=1, and then for every
+large tensor (the KV cache too, whose untouched positions would be resident 2 MB at a time), and
+most of a small model's layers are under 2 MB each anyway: so the weights are moved, here, into
+one block of fresh memory aligned to 2 MB and marked MADV_HUGEPAGE before it is written.
 
 `move_weights(model)` does it for every kernel layer's buffers, where the kernel offers
 transparent huge pages (`/sys/kernel/mm/transparent_hugepage/enabled` not "never"); elsewhere

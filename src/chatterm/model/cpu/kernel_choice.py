@@ -5,22 +5,22 @@ AVX-VNNI, AVX-512 with and without VNNI, 256 or 512 bits wide, one or two weight
 common.h's CT_VARIANT_LIST), and each family (bf16, f16, q8, q4, iq4nl, kq) calls through the
 one chosen for it. `choose(model)` picks, for each family the model's layers use, the variant
 that runs the model's own decode-step products fastest (one token; every shape weighted by how
-often a step runs it). Why measure: the widest loop is not always
-the fastest (Zen 4 runs 512-bit instructions as two halves; narrow rows reward sharing work
-across rows differently), and no rule written today knows tomorrow's CPU. So no variant is used
-where another measured more than a few percent faster.
+often a step runs it). Why measure: the widest loop is not always the fastest (Zen 4 runs
+512-bit instructions as two halves; on the AVX-512 Xeon the 256-bit K-quant loops beat the
+512-bit ones by 15-18%, BENCHMARKS.md), and no rule written today knows tomorrow's CPU. So no
+variant is used where another measured faster.
 
 The measurement takes a few ms per variant (a pass over up to MEASURE_BYTES of each shape's
 weights, ROUNDS times, variants interleaved, the fastest round kept) on one thread's CPU clock:
 on a busy machine (2 cores, other processes) wall-clock times at two threads swung by 2x between
 identical variants, one thread's CPU time by under 5% (measured on the 2-core Xeon,
 scripts/kernel_speed.py --variants). The variants differ in their inner loops, which threads
-split alike, so one thread ranks them as the model's thread count does. The choice is cached in `kernel-choices.json` beside the compiled library, keyed by the
-CPU (its model name and a hash of its flags), the library build, the thread count, the family
-and the shapes: later loads read it and time nothing. A cache that cannot be read or holds
-anything unexpected is ignored (and rewritten); it is written atomically.
-`CHATTERM_KERNELS=<variant>` (every family that has it) or `q8=<variant>,bf16=<variant>` forces
-variants (tests, benchmarks) and skips the cache.
+split alike, so one thread ranks them as the model's thread count does. The choice is cached
+in `kernel-choices.json` beside the compiled library, keyed by the CPU (its model name and a
+hash of its flags), the library build, the thread count measured at, the family and the shapes:
+later loads read it and time nothing. A cache that cannot be read or holds anything unexpected
+is ignored (and rewritten); it is written atomically. `CHATTERM_KERNELS=<variant>` (every
+family) or `q8=<variant>,bf16=<variant>` forces variants (tests, benchmarks) and skips the cache.
 """
 
 from __future__ import annotations
