@@ -48,6 +48,14 @@ def test_a_model_too_small_for_a_huge_page_stays_where_it_is():
     assert huge_pages.move_weights(nn.Sequential(layer)) == 0 and layer.weight is before
 
 
+def test_without_memory_to_spare_for_the_copy_nothing_moves(monkeypatch):
+    """A model that only just fits stays where it is (the move holds two copies of a buffer)."""
+    model = _layers()
+    before = model[0].weight
+    monkeypatch.setattr(huge_pages, "available_bytes", lambda: 2 * before.numel())  # less than needed
+    assert huge_pages.move_weights(model) == 0 and model[0].weight is before
+
+
 def test_a_fused_decode_step_moves_the_weights_and_decodes_the_same(monkeypatch):
     from test_native_kernels import _decode
 

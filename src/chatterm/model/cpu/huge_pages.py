@@ -13,7 +13,7 @@ one block of fresh memory aligned to 2 MB and marked MADV_HUGEPAGE before it is 
 `move_weights(model)` does it for every kernel layer's buffers, where the kernel offers
 transparent huge pages (`/sys/kernel/mm/transparent_hugepage/enabled` not "never"); elsewhere
 nothing changes. Each buffer is copied and its old memory freed in turn, so the peak is the
-model plus its largest buffer.
+model plus its largest buffer; where the system has not that much to spare, nothing moves.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import platform
 
 import torch
 
+from ..memory import available_bytes
 from .linear import return_freed_memory
 from .native_linear import NativeLinear
 
@@ -68,6 +69,9 @@ def move_weights(model: torch.nn.Module) -> int:
     entries = [(layer, name) for layer in model.modules() if isinstance(layer, NativeLinear)
                for name, t in layer._buffers.items() if t is not None and t.is_contiguous()]
     sizes = [-(-_nbytes(layer._buffers[name]) // _ALIGN) * _ALIGN for layer, name in entries]
+    room = available_bytes()
+    if room is not None and room < 2 * max(sizes, default=0) + 4 * TRIM_EVERY:
+        return 0  # the copy's overlap could run a model that only just fits out of memory
     with torch.inference_mode(False):  # called from a decode step: the arena must be a normal tensor
         arena = huge_page_arena(sum(sizes))
         if arena is None:
