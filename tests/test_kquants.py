@@ -7,14 +7,12 @@ K-quants and IQ4 types have no quantizer in the gguf package, so their tensors a
 bytes (every bit pattern of a block is a valid one) with finite fp16 scales of a chosen size.
 """
 
-import ctypes
-
 import numpy as np
 import pytest
 import torch
 
 from chatterm.model.cpu import native
-from chatterm.model.cpu.native_linear import PROMPT_DTYPE, NativeLinear, StackedLinear, stack_layers
+from chatterm.model.cpu.native_linear import PROMPT_DTYPE, StackedLinear, stack_layers
 from chatterm.model.cpu.stored import stored_layer
 
 gguf = pytest.importorskip("gguf")
@@ -158,32 +156,6 @@ def test_a_memory_mapped_tensor_is_copied_out(tmp_path, type_name):
     del mapped
     path.unlink()
     assert torch.equal(layer.dequantized(), reference(type_name, raw, n, k))
-
-
-def _build(tmp_path, name, extra_flags):
-    flags = [f for f in native.FLAGS if f != "-march=native"] + extra_flags
-    path = tmp_path / f"{name}.so"
-    native._build(native._compiler(), path, flags)
-    return native.declare(ctypes.CDLL(str(path)))
-
-
-@pytest.mark.slow  # two builds of the kernels: ~10 s
-def test_avx2_and_portable_builds_agree_with_this_cpus_build(tmp_path):
-    """Each K-quant's loops (AVX-512 VNNI here, AVX2 on older x86, scalar C elsewhere) compute
-    the same sums: within fp32 rounding of each other, and the same weights exactly."""
-    builds = {"portable": _build(tmp_path, "portable", []), "avx2": _build(tmp_path, "avx2", ["-march=haswell"])}
-    assert builds["portable"].ct_has_avx2() == 0 and builds["avx2"].ct_has_avx2() == 1
-    x = torch.randn(7, 768, generator=torch.Generator().manual_seed(4))
-    for type_name in ["F16", "IQ4_NL", *K_QUANTS]:
-        layer = stored_layer(type_name, stored(type_name, 37, 768), (37, 768), None)
-        with torch.inference_mode():
-            here, weight = layer(x), layer.dequantized()
-            for name, lib in builds.items():
-                with pytest.MonkeyPatch.context() as patch:
-                    patch.setattr(NativeLinear, "_lib", property(lambda self: lib))
-                    there = layer(x)
-                    assert torch.equal(layer.dequantized(), weight), (type_name, name)
-                assert torch.allclose(here, there, rtol=1e-5, atol=1e-5 * float(here.abs().max())), (type_name, name)
 
 
 def _kquant_llama():

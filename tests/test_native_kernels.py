@@ -155,26 +155,34 @@ def test_quantize_q8_fits_q_to_the_fp16_scale_it_keeps():
     assert float(error.abs().max()) <= float(d.float().max()) / 2 + 1e-6
 
 
+@pytest.mark.slow  # the kernels built again: ~10 s
 def test_portable_build_agrees_with_this_cpus_build(tmp_path):
-    """The scalar C paths (CPUs without AVX2) compute what the vector paths compute."""
+    """kernels.c's and kquants.c's own scalar paths (unpacking, attention; CPUs without AVX2)
+    compute what this CPU's build computes; the loops, on the portable variant of both, too.
+    (Every variant against the portable one: test_kernel_variants.py.)"""
     import ctypes
 
-    flags = [f for f in native.FLAGS if f != "-march=native"]
+    from test_kquants import K_QUANTS, stored
+
+    from chatterm.model.cpu.stored import stored_layer
+
     path = tmp_path / "portable.so"
-    native._build(native._compiler(), path, flags)
+    native._build(native._compiler(), path, native_flags=[])
     portable = native.declare(ctypes.CDLL(str(path)))
-    assert portable.ct_has_avx2() == 0
-    x = torch.randn(2, 256, generator=torch.Generator().manual_seed(4))
-    for kind in (Bf16Linear, Q8Linear, Q4Linear):
-        layer = kind.from_linear(linear(256, 48))
+    scalar = [portable.ct_variant_name(i) for i in range(portable.ct_variant_count())].index(b"scalar")
+    assert all(portable.ct_variant_set(family, scalar) == 0 for family in range(6))
+    x = torch.randn(2, 768, generator=torch.Generator().manual_seed(4))
+    layers = [kind.from_linear(linear(768, 48)) for kind in (Bf16Linear, Q8Linear, Q4Linear)]
+    layers += [stored_layer(t, stored(t, 37, 768), (37, 768), None) for t in ("F16", "IQ4_NL", *K_QUANTS)]
+    for layer in layers:
         with torch.inference_mode():
             fast = layer(x)
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(type(layer), "_lib", portable)
                 slow = layer(x)
                 unpacked = layer.dequantized()
-        assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5 * float(fast.abs().max())), kind.__name__
-        assert torch.equal(unpacked, layer.dequantized()), kind.__name__
+        assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-5 * float(fast.abs().max())), type(layer).__name__
+        assert torch.equal(unpacked, layer.dequantized()), type(layer).__name__
 
 
 def test_bf16_model_runs_bf16_linears_and_fp32_elsewhere(parrot):

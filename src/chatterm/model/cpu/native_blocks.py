@@ -13,6 +13,10 @@ position's rotary rows) returns the residual stream after the last block, or Non
 fused step does not apply (a linear that is not one of chatterm's kernels, norms not fp32,
 more than one token or sequence, a static cache); the model then runs its blocks in PyTorch.
 
+At the model's first fused step its weights move into 2 MB pages (huge_pages.py) and each
+kernel family it uses is set to the variant measured fastest on its shapes (kernel_choice.py;
+cached, so measured once per CPU and model shape).
+
 The pointers are gathered once per (model, cache) and kept beside the model, not on it (a
 deepcopy starts without them); the plan also holds every tensor it points into, so nothing it
 reads can be freed under it. Packed models are for inference only (cpu_linear.py): changing a
@@ -26,7 +30,7 @@ import weakref
 
 import torch
 
-from . import native
+from . import huge_pages, kernel_choice, native
 from .native_attention import _CACHE_DTYPES
 from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2KLinear, Q3KLinear, Q4KLinear, Q4Linear,
                             Q5KLinear, Q6KLinear, Q8Linear, StackedLinear)
@@ -103,6 +107,9 @@ def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | Non
     if not applies:
         _plans[model] = _NOT_HERE
         return None
+    if plan is None:  # the model's first fused step: its weights into huge pages, its kernels' variants
+        huge_pages.move_weights(model)  # chosen (measured once per CPU and shapes)
+        kernel_choice.choose(model)
     plan = _plans[model] = _Plan(blocks, linears_of, norms_of, cache)
     return plan
 

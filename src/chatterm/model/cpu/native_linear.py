@@ -70,6 +70,7 @@ class NativeLinear(nn.Module):
     """`y = x W^T + b` through one kernels.c function; subclasses hold W."""
 
     GEMM_ABOVE = GEMV_ROWS  # more rows than this at once: float GEMMs on slices of W unpacked (chunked_gemm)
+    FAMILY = ""  # the kernel family whose variant computes it (kernel_choice.FAMILIES)
 
     def __init__(self, linear_or_shape, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -144,6 +145,7 @@ def kernel_product(layer: NativeLinear, x: torch.Tensor) -> torch.Tensor:
 
 class Bf16Linear(NativeLinear):
     DTYPE, NAME = torch.bfloat16, "bf16"  # the 16-bit float the weight is kept in, and its kernels' suffix
+    FAMILY = NAME
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(weight.shape, bias)
@@ -173,6 +175,7 @@ class F16Linear(Bf16Linear):
     """GGUF's F16 weights as stored: bf16's loop, widened with F16C where the CPU has it."""
 
     DTYPE, NAME = torch.float16, "f16"
+    FAMILY = NAME
     GEMM_ABOVE = 24
 
 
@@ -189,6 +192,7 @@ def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Q8Linear(NativeLinear):
     GEMM_ABOVE = 32  # see GEMV_ROWS
+    FAMILY = "q8"
 
     def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__(q.shape, bias)
@@ -222,6 +226,7 @@ class Q8Linear(NativeLinear):
 
 class Q4Linear(NativeLinear):
     GEMM_ABOVE = 32
+    FAMILY = "q4"
 
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2): block b's byte j holds value j (low nibble) and j + 16 (high), 0..15
@@ -265,6 +270,7 @@ class IQ4NLLinear(NativeLinear):
     a fixed grid of 16 levels (w = d * level[q])."""
 
     GEMM_ABOVE = 32
+    FAMILY = "iq4nl"
 
     def __init__(self, packed: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
         """packed uint8 (N, K/2) in Q4Linear's (and GGUF's) nibble order; d (N, K/32)."""
@@ -298,6 +304,7 @@ class KQuantLinear(NativeLinear):
     TYPE = -1  # kquants.c's CT_Q4_K .. CT_IQ4_XS
     BLOCK_BYTES = 0
     GEMM_ABOVE = 32  # the loops take up to 4 rows per pass over the weight: see GEMV_ROWS
+    FAMILY = "kq"
 
     def __init__(self, blocks: torch.Tensor, shape: tuple[int, int], bias: torch.Tensor | None) -> None:
         """blocks: uint8 (N, K / 256 * BLOCK_BYTES), the stored bytes (kept, not copied)."""

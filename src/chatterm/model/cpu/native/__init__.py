@@ -1,16 +1,20 @@
-"""chatterm's own CPU matrix-vector kernels (kernels.c), built at first use and called via ctypes.
+"""chatterm's own CPU kernels (the C files here), built at first use and called via ctypes.
 
 Why native code: PyTorch's weight-only int8/int4 kernels widen the weights to floats inside the
 loop, and its bf16 matrix-vector product has no bf16 instructions to use on an AVX2 CPU; both
 end up well below what the memory bus allows (BENCHMARKS.md, issue 16). kernels.c does what
 llama.cpp does: bf16 weights widened in registers, and 8/4-bit weights multiplied by 8-bit
-activations in integers, with AVX2 or, where `-march=native` finds it, AVX-512 VNNI.
+activations in integers, with AVX2, AVX-VNNI or AVX-512 (VNNI) loops.
 
-How: the C files (kernels.c; kquants.c for GGUF's K-quants and IQ4_XS; common.h between them) ship with the
-package. `library()` compiles them into one library once per (sources, compiler, CPU)
-with the system C compiler (`$CC`, else gcc, else cc) into the user's cache folder
-(`$CHATTERM_CACHE_DIR`, else platformdirs' cache dir), atomically, and loads it. No compiler,
-a failed build, a non-Linux OpenMP runtime or `CHATTERM_NATIVE=0`: `library()` is None and
+How: the C files ship with the package. `library()` compiles them into one library once per
+(sources, compiler, CPU) with the system C compiler (`$CC`, else gcc, else cc) into the user's
+cache folder (`$CHATTERM_CACHE_DIR`, else platformdirs' cache dir), atomically, and loads it:
+kernels.c and kquants.c (attention, the fused decode step, unpacking, the dispatch) for this CPU
+(-march=native), and variant.c (the matrix-vector loops of gemv.c and kquants.c) once per entry
+of VARIANTS with exactly that variant's flags, so each variant is the code it names whatever
+the build machine; which one each family uses is chosen by measuring (kernel_choice.py). A
+variant the compiler cannot build (an older gcc without -mavxvnni) is left out. No compiler, a
+failed build, a non-Linux OpenMP runtime or `CHATTERM_NATIVE=0`: `library()` is None and
 callers keep PyTorch's kernels (`unavailable_reason()` says why). The library links libgomp by
 its soname, which torch has already loaded, so these loops share torch's OpenMP thread pool
 instead of starting a second one that would spin against it on a 2-core machine.
@@ -24,15 +28,36 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ....atomic import atomic_write
 
-# Every C file here goes into the one library; the header is hashed too (a change to it is a new build).
-SOURCES = sorted(Path(__file__).parent.glob("*.c"))
-HEADERS = sorted(Path(__file__).parent.glob("*.h"))
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
+HERE = Path(__file__).parent
+# Every C file here is hashed into the build key, the header too (a change to any is a new build).
+SOURCES = sorted(HERE.glob("*.c"))
+HEADERS = sorted(HERE.glob("*.h"))
+BASE_SOURCES = [HERE / "kernels.c", HERE / "kquants.c"]  # built for this CPU; variant.c includes the rest
+FLAGS = ["-O3", "-fPIC", "-fopenmp", "-fno-math-errno"]
+NATIVE_FLAGS = ["-march=native"]
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+_AVX512 = [*_AVX2, "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"]
+# name -> the flags variant.c is compiled with for it (common.h's CT_VARIANT_LIST: the same
+# names, in the order of preference before anything is measured). On other processors only
+# the portable C is built.
+X86_VARIANTS = {
+    "avx512vnni": [*_AVX512, "-mavx512vnni"],  # 512-bit loops; q8 takes two weight rows per pass over x
+    "avx512vnni_1row": [*_AVX512, "-mavx512vnni", "-DCT_ONE_ROW"],  # the same, one row at a time
+    "avx512vnni_256": [*_AVX512, "-mavx512vnni", "-DCT_WIDTH256", "-mprefer-vector-width=256"],  # 256-bit dpbusd
+    "avx512": _AVX512,  # AVX-512 without VNNI (Skylake-X): 512-bit float loops, AVX2's integer ones
+    "avxvnni": [*_AVX2, "-mavxvnni"],  # 256-bit dpbusd without AVX-512 (Alder Lake, Zen 5 client)
+    "avx2": _AVX2,  # q8 two rows a pass, as avx512vnni
+    "avx2_1row": [*_AVX2, "-DCT_ONE_ROW"],
+    "scalar": [],
+}
+VARIANTS = X86_VARIANTS if platform.machine().lower() in ("x86_64", "amd64") else {"scalar": []}
 _lock = threading.Lock()
 _state: dict = {}  # "lib": CDLL | None, "reason": str
 
@@ -46,6 +71,12 @@ def library():
             except _Unavailable as e:
                 _state["lib"], _state["reason"] = None, str(e)
         return _state["lib"]
+
+
+def build_name() -> str:
+    """The loaded library's name (kernels-<build key>): changes with its sources, compiler and CPU."""
+    library()
+    return _state.get("build", "")
 
 
 def unavailable_reason() -> str:
@@ -64,13 +95,14 @@ def _load():
     if platform.system() != "Linux":
         raise _Unavailable("native kernels are built on Linux only")  # OpenMP runtimes differ elsewhere
     compiler = _compiler()
-    path = _cache_dir() / f"kernels-{_build_key(compiler)}.so"
+    path = cache_dir() / f"kernels-{_build_key(compiler)}.so"
     if not path.exists():
         _build(compiler, path)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
         raise _Unavailable(f"cannot load {path.name}: {e}") from e
+    _state["build"] = path.stem
     return declare(lib)
 
 
@@ -86,7 +118,8 @@ def _build_key(compiler: str) -> str:
     digest = hashlib.sha256()
     for source in (*SOURCES, *HEADERS):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    digest.update(" ".join(FLAGS).encode())
+    digest.update(" ".join([*FLAGS, *NATIVE_FLAGS]).encode())
+    digest.update(repr(sorted(VARIANTS.items())).encode())
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
@@ -116,25 +149,49 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where the built library (and kernel_choice's measurements) live."""
     from platformdirs import user_cache_dir
 
     return Path(os.environ.get("CHATTERM_CACHE_DIR") or user_cache_dir("chatterm")) / "kernels"
 
 
-def _build(compiler: str, path: Path, flags: list[str] = FLAGS) -> None:
-    def compile_to(tmp: str) -> None:
+def _build(compiler: str, path: Path, native_flags: list[str] | None = None) -> None:
+    """The library at `path`: the base sources with `native_flags` (default NATIVE_FLAGS; [] is
+    the portable build), each variant with its own flags, compiled side by side, then linked."""
+    native_flags = NATIVE_FLAGS if native_flags is None else native_flags
+
+    def compile_object(args: list[str], out: str) -> str:
         try:
-            done = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", tmp, "-lm"],
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run([compiler, *FLAGS, "-c", *args, "-o", out], capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
-            raise _Unavailable(f"{compiler} failed: {e}") from e
-        if done.returncode != 0:
-            first = (done.stderr.strip().splitlines() or ["no output"])[0]
-            raise _Unavailable(f"{compiler} failed to build the kernels: {first[:200]}")
+            return f"{compiler} failed: {e}"
+        return "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["no output"])[0][:200]
+
+    def build_to(tmp: str) -> None:
+        with tempfile.TemporaryDirectory() as objects:
+            base = [([*native_flags, str(source)], f"{objects}/{source.stem}.o") for source in BASE_SOURCES]
+            variants = [([*flags, f"-DCT_VARIANT={name}", str(HERE / "variant.c")], f"{objects}/variant-{name}.o")
+                        for name, flags in VARIANTS.items()]
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                errors = list(pool.map(lambda job: compile_object(*job), base + variants))
+            failed_base = next((e for e in errors[:len(base)] if e), "")
+            if failed_base:
+                raise _Unavailable(f"{compiler} failed to build the kernels: {failed_base}")
+            built = [out for (_, out), error in zip(variants, errors[len(base):]) if not error]
+            if not built:
+                raise _Unavailable(f"{compiler} failed to build any kernel variant: {errors[len(base)]}")
+            try:
+                done = subprocess.run([compiler, "-shared", "-fopenmp", *(out for _, out in base), *built, "-o", tmp,
+                                       "-lm"], capture_output=True, text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise _Unavailable(f"{compiler} failed: {e}") from e
+            if done.returncode != 0:
+                first = (done.stderr.strip().splitlines() or ["no output"])[0]
+                raise _Unavailable(f"{compiler} failed to link the kernels: {first[:200]}")
 
     try:
-        atomic_write(path, compile_to, new_mode=0o644)
+        atomic_write(path, build_to, new_mode=0o644)
     except OSError as e:
         raise _Unavailable(f"cannot write {path}: {e.strerror or e}") from e
 
@@ -142,7 +199,15 @@ def _build(compiler: str, path: Path, flags: list[str] = FLAGS) -> None:
 def declare(lib):
     """`lib` with the C signatures of kernels.c's functions set (ctypes does not know them)."""
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.ct_has_avx2.restype = i32
+    lib.ct_variant_count.restype = i32
+    lib.ct_variant_name.argtypes = [i32]
+    lib.ct_variant_name.restype = ctypes.c_char_p
+    lib.ct_variant_supported.argtypes = [i32]
+    lib.ct_variant_supported.restype = i32
+    lib.ct_variant_set.argtypes = [i32, i32]
+    lib.ct_variant_set.restype = i32
+    lib.ct_variant_get.argtypes = [i32]
+    lib.ct_variant_get.restype = i32
     lib.ct_linear_bf16.argtypes = [p, p, p, p, i64, i64, i64, i32]
     lib.ct_linear_bf16.restype = None
     lib.ct_linear_q8.argtypes = [p, p, p, p, p, i64, i64, i64, i32]

@@ -25,7 +25,7 @@
  * super-block to 256 int8 values and 16 scales and offsets (the same unpacking gives the fp32
  * weights, so `dequantized()` and the kernels read one thing). Measured, one thread of the
  * AVX-512 Xeon, 2048x8192 (scripts/kernel_speed.py --threads 1 --cpu-time): Q4_K 0.64 ms,
- * Q5_K 0.96, Q6_K 0.66, Q3_K 0.76, Q2_K 0.54, IQ4_XS 0.85; Q8_0 0.64, Q4_0 0.44 (kernels.c).
+ * Q5_K 0.96, Q6_K 0.66, Q3_K 0.76, Q2_K 0.54, IQ4_XS 0.85; Q8_0 0.64, Q4_0 0.44 (gemv.c).
  * A few rows at once (a short prompt) share each super-block's unpacking (dot_kq_rows): Q4_K
  * 2048x2048 at 16 rows 2.55 -> 1.42 ms.
  */
@@ -42,7 +42,7 @@ static inline float half_at(const uint8_t *p) {
 }
 
 /* Q4_K and Q5_K's 12 bytes -> 8 scales and 8 mins of 6 bits. */
-static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+static inline __attribute__((unused)) void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
     for (int j = 0; j < 4; j++) {
         sc[j] = s[j] & 63;
         mn[j] = s[j + 4] & 63;
@@ -52,7 +52,7 @@ static inline void scales_k4(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
 }
 
 /* One super-block -> q (256 int8), scale and offset per 16 values: w[i] = scale[i/16] q[i] - offset[i/16]. */
-static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *offset) {
+static __attribute__((unused)) void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *offset) {
     switch (type) {
     case CT_Q4_K:
     case CT_Q5_K: {
@@ -138,6 +138,8 @@ static void unpack(int type, const uint8_t *b, int8_t *q, float *scale, float *o
     }
 }
 
+#ifdef CT_VARIANT /* the products: compiled once per variant (variant.c); the unpacking below them once */
+
 /* ---- activations: per 256, int8 values, one scale, the sum of each 16 (q8_K) ------------- */
 
 typedef struct {
@@ -147,12 +149,26 @@ typedef struct {
 } kacts;
 
 static void quantize_row_k(const float *x, int8_t *q, float *d, int16_t *sums, int64_t K) {
-    for (int64_t b = 0; b < K / QK; b++) {
+    int64_t b = 0;
+#ifdef CT_AVX2 /* the loop below 8 lanes at a time (the same bytes: common.h's quantize_32) */
+    for (; b < K / QK; b++) {
+        float nonfinite, s = absmax(x + b * QK, QK, &nonfinite) / 127.0f;
+        s += nonfinite;
+        for (int g = 0; g < QK / 16; g += 2) {
+            int first, last;
+            quantize_32(x + b * QK + g * 16, s > 0.0f ? 1.0f / s : 0.0f, q + b * QK + g * 16, &first, &last);
+            sums[b * 16 + g] = (int16_t)first;
+            sums[b * 16 + g + 1] = (int16_t)last;
+        }
+        d[b] = s;
+    }
+#endif
+    for (; b < K / QK; b++) {
         const float *v = x + b * QK;
         float amax = 0.0f, nonfinite = 0.0f;
         for (int i = 0; i < QK; i++) {
             amax = fmaxf(amax, fabsf(v[i]));
-            nonfinite += v[i] - v[i]; /* NaN for NaN or inf: carried into the scale (kernels.c's quantize_row) */
+            nonfinite += v[i] - v[i]; /* NaN for NaN or inf: carried into the scale (gemv.c's quantize_row) */
         }
         float s = amax / 127.0f + nonfinite, inv = s > 0.0f ? 1.0f / s : 0.0f;
         for (int g = 0; g < QK / 16; g++) {
@@ -490,8 +506,8 @@ static inline __attribute__((always_inline)) void dot_kq_rows(int type, const ui
 #endif
 }
 
-int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
-                 int64_t K, int nthreads) {
+static int gemv_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
+                   int64_t K, int nthreads) {
     kacts a;
     if (type < CT_Q4_K || type > CT_KQ_LAST || quantize_acts_k(x, M, K, &a)) return -1;
     int64_t nb = K / QK, row = nb * block_bytes[type];
@@ -521,6 +537,8 @@ int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, 
     return 0;
 }
 
+#else
+
 /* W (N rows of super-blocks) -> fp32 (N, K): the values the kernels compute with. */
 void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K, int nthreads) {
     int64_t nb = K / QK, row = nb * block_bytes[type];
@@ -533,3 +551,4 @@ void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K,
             for (int j = 0; j < QK; j++) o[j] = scale[j / 16] * (float)q[j] - offset[j / 16];
         }
 }
+#endif
