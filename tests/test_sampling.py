@@ -151,6 +151,25 @@ def test_nan_logits_raise_a_clear_error():
         sample(torch.full((10,), float("nan")), torch.tensor([], dtype=torch.long), SamplingSettings(), None)
 
 
+@pytest.mark.parametrize("values, expected", [
+    ([1.0, float("nan"), 3.0, 2.0], 2),  # a NaN is never chosen: the largest finite logit is
+    ([1.0, float("inf"), 3.0, float("inf")], 1),  # +inf is the largest: its first index
+    ([float("-inf"), -5.0, float("-inf")], 1),
+])
+def test_greedy_picks_as_the_filtered_argmax_with_nan_and_inf(values, expected):
+    """Plain greedy has a fast path (one argmax); it must choose as the full path does."""
+    logits, empty = torch.tensor(values), torch.tensor([], dtype=torch.long)
+    fast = sample(logits, empty, SamplingSettings(temperature=0, repetition_penalty=1.0), None)
+    full = sample(logits, empty, SamplingSettings(temperature=0, repetition_penalty=1.0), None, n_candidates=1)
+    assert fast.token_id == full.token_id == expected
+
+
+def test_greedy_with_no_finite_logit_raises_a_clear_error():
+    with pytest.raises(FloatingPointError, match="no finite logits"):
+        sample(torch.full((5,), float("-inf")), torch.tensor([], dtype=torch.long),
+               SamplingSettings(temperature=0, repetition_penalty=1.0), None)
+
+
 logit_vectors = st.lists(st.floats(-30, 30, allow_nan=False), min_size=2, max_size=60)
 
 
