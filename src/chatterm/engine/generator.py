@@ -195,6 +195,7 @@ class TokenLoop:
         vocab_limit, window_size = gen.tokenizer.n_vocab, gen.context_window
         stop_ids = gen.tokenizer.stop_ids  # end of text, end of turn: the reply is over
         logits, self.prefill_tokens = gen.prefill(ids)
+        no_ids = torch.empty(0, dtype=torch.long, device=gen.device)
         while True:
             if len(generated) >= settings.max_new_tokens:
                 self.reason = "length"
@@ -205,8 +206,11 @@ class TokenLoop:
             if settings.seed != seed:  # a new seed set mid-reply takes effect now
                 seed = settings.seed
                 rng.manual_seed(seed if seed is not None else secrets.randbits(63))
-            window = settings.repetition_window or len(ids)
-            recent = torch.tensor(ids[-window:], dtype=torch.long, device=gen.device)
+            if settings.repetition_penalty != 1.0:  # (the ids as a tensor cost 16 us a token)
+                window = settings.repetition_window or len(ids)
+                recent = torch.tensor(ids[-window:], dtype=torch.long, device=gen.device)
+            else:
+                recent = no_ids
             choice = sample(logits, recent, settings, rng, vocab_limit=vocab_limit, n_candidates=self.inspect)
             if not self.first_token_at:
                 self.first_token_at = time.perf_counter()

