@@ -26,7 +26,6 @@ family) or `q8=<variant>,bf16=<variant>` forces variants (tests, benchmarks) and
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -182,22 +181,7 @@ def _first_rows(layer: NativeLinear, most: int) -> tuple[NativeLinear, float]:
 
 def _cache_key(family: str, shapes: dict[tuple, list], threads: int) -> str:
     sizes = ",".join(sorted(f"{kind.__name__}:{n}x{k}*{len(layers)}" for (kind, n, k), layers in shapes.items()))
-    return f"{_cpu_identity()}|{native.build_name()}|threads={threads}|{family}|{sizes}"
-
-
-def _cpu_identity() -> str:
-    """The CPU's model name and a hash of its feature flags (/proc/cpuinfo)."""
-    model, flags = "", ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.partition(":")[2].strip()
-                elif line.startswith(("flags", "Features")) and not flags:
-                    flags = line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return f"{model or 'unknown CPU'} flags:{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
+    return f"{native.cpu_identity()}|{native.build_name()}|threads={threads}|{family}|{sizes}"
 
 
 def _cache_path():

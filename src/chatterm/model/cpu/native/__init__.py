@@ -125,7 +125,7 @@ def _build_key(compiler: str) -> str:
     except (OSError, subprocess.SubprocessError) as e:
         raise _Unavailable(f"{compiler} does not run: {e}") from e
     digest.update(version.encode())
-    digest.update(_cpu_flags().encode())
+    digest.update(cpu_identity().encode())
     return digest.hexdigest()[:16]
 
 
@@ -138,15 +138,21 @@ def cpu_has(flag: str) -> bool:
         return False
 
 
-def _cpu_flags() -> str:
+def cpu_identity() -> str:
+    """The CPU's model name and a hash of its feature flags (/proc/cpuinfo): what a build for
+    -march=native and a measured kernel choice hold for. Both, since a model name can stand for
+    CPUs with different flags (a cloud VM's "Intel(R) Xeon(R) Processor")."""
+    model, flags = "", ""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith(("flags", "Features", "model name")):
-                    return line
+                if line.startswith("model name") and not model:
+                    model = line.partition(":")[2].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = line.partition(":")[2].strip()
     except OSError:
         pass
-    return platform.processor()
+    return f"{model or platform.processor() or 'unknown CPU'} flags:{hashlib.sha256(flags.encode()).hexdigest()[:12]}"
 
 
 def cache_dir() -> Path:
