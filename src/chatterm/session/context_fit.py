@@ -4,7 +4,7 @@ A conversation's `context_start` (the oldest turn still in the model's context) 
 a prompt is built. After `/load` of a long chat, or a switch to a model with a smaller window, it
 is stale until the next message: the context meter would count the whole chat (885/512) and no
 turn would be marked as out of context. `fit_context` advances it now, by the rule prompt
-building uses (prompt_fit.py): when the turns in context leave less than room for a reply, whole
+building uses (prompts/prompt_fit.py): when the turns in context leave less than room for a reply, whole
 oldest turns are dropped down to about half the window, and the context opens on a user turn.
 It asks the backend only for `context_tokens`, so local and remote backends fit alike.
 """

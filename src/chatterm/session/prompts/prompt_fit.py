@@ -1,7 +1,8 @@
 """How a conversation is fitted to a context window: the one rule that the built-in transcript
 (prompt.py), a model's own Jinja template (jinja_template.py), the remote backend (through
-prompt.py, and when a server says a prompt is too long: session/backends/remote/reply.py), the context meter ahead
-of the next prompt (context_fit.py) and the warning about attached files (session/commands.py) follow.
+prompt.py, and when a server says a prompt is too long: session/backends/remote/reply.py), the
+context meter ahead of the next prompt (session/context_fit.py) and the warning about attached
+files (session/commands.py) follow.
 
 - Room is kept for the reply: what it may use (max_new_tokens), but never more than half the
   window (`reply_reserve`); the prompt gets the rest (`prompt_budget`).
