@@ -99,6 +99,7 @@ def test_stored_layer_computes_with_the_stored_values(type_name, k):
     assert torch.equal(layer.dequantized(), w)
     ids = torch.tensor([[0, 36, 5], [5, 5, 17]])
     assert torch.equal(layer.rows(ids), w[ids])
+    assert torch.equal(layer.row(36), w[36:37])
     for rows in (1, 3, 6, 37):  # the K-quant loops take rows 4 (AVX-512; AVX2: 2) at a time, then the rest
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
         with torch.inference_mode():

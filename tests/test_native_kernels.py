@@ -122,6 +122,13 @@ def test_rows_are_the_dequantized_weight(kind):
     layer = kind.from_linear(linear(96, 40))
     ids = torch.tensor([[0, 39, 7], [7, 7, 1]])
     assert torch.equal(layer.rows(ids), layer.dequantized()[ids])
+    assert all(torch.equal(layer.row(i), layer.dequantized()[i:i + 1]) for i in (0, 7, 39))
+    # a tied embedding takes one token (a decode step) through `row`, several through `rows`
+    embed = TiedEmbedding(layer, torch.float32)
+    assert torch.equal(embed(torch.tensor([[7]])), layer.dequantized()[7].view(1, 1, -1))
+    assert torch.equal(embed(ids), layer.dequantized()[ids])
+    with pytest.raises(IndexError):  # out of range, one id or several
+        embed(torch.tensor([[40]]))
 
 
 def test_q8_and_q4_put_gguf_weights_back_on_their_own_grid():
@@ -279,6 +286,7 @@ def test_fused_block_step_is_the_block_in_pytorch(dtype, monkeypatch):
     from chatterm.model.cpu.native_blocks import _Plan, _plans
 
     assert isinstance(_plans.get(model), _Plan)  # the fused step ran
+    assert _plans[model].head is not None  # and its final LayerNorm and head
     monkeypatch.setattr(gpt, "gpt2_decode_step", lambda *args: None)
     plain_ids, plain_logits = _decode(model, [1, 2, 3, 4, 5], 30)
     assert fused_ids == plain_ids
@@ -301,6 +309,7 @@ def test_fused_llama_block_step_is_the_block_in_pytorch(dtype, bias, tied, monke
     pack_linears(model, None if dtype == "bf16" else int(dtype[3:]))
     fused_ids, fused_logits = _decode(model, [1, 2, 3, 4, 5], 30)
     assert isinstance(_plans.get(model), _Plan)  # the fused step ran
+    assert _plans[model].head is not None  # and its final RMSNorm and head
     monkeypatch.setattr(llama, "llama_decode_step", lambda *args: None)
     plain_ids, plain_logits = _decode(model, [1, 2, 3, 4, 5], 30)
     assert fused_ids == plain_ids

@@ -184,6 +184,10 @@ class TiedEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = table.out_features, table.in_features
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.numel() == 1 and isinstance(self.table, NativeLinear):  # a decode step's one token
+            i = int(ids)
+            if 0 <= i < self.num_embeddings:  # (out of range: `rows` raises PyTorch's IndexError)
+                return self.table.row(i).view(*ids.shape, self.embedding_dim).to(self.dtype)
         return self.table.rows(ids).to(self.dtype)
 
     def extra_repr(self) -> str:

@@ -9,9 +9,12 @@ block (norms, q/k/v, rotary embedding for Llama, the cache write, attention, the
 projection, the MLP, both residuals) in one call, on the same kernels the layers use one by one.
 
 `gpt2_decode_step(model, x, input_pos, cache)` (and `llama_decode_step`, which also takes the
-position's rotary rows) returns the residual stream after the last block, or None where the
-fused step does not apply (a linear that is not one of chatterm's kernels, norms not fp32,
-more than one token or sequence, a static cache); the model then runs its blocks in PyTorch.
+position's rotary rows) returns the logits, the final norm and vocabulary projection run in the
+same call where the head is one of chatterm's kernels (after a step has streamed every weight,
+PyTorch's few operations there ran with cold caches: a 576-wide RMSNorm took ~110 us, not 8); or
+the residual stream after the last block where only the blocks fit; or None where the fused
+step does not apply (a linear that is not one of chatterm's kernels, norms not fp32, more than
+one token or sequence, a static cache): the model then runs its blocks in PyTorch.
 
 At the model's first fused step its weights move into 2 MB pages (huge_pages.py) and each
 kernel family it uses is set to the variant measured fastest on its shapes (kernel_choice.py;
@@ -50,6 +53,11 @@ class _Linear(ctypes.Structure):  # kernels.c's ct_lin
                 ("parts", ctypes.c_int64)]
 
 
+class _Head(ctypes.Structure):  # kernels.c's ct_head
+    _fields_ = [("is_layer_norm", ctypes.c_int64), ("norm_w", ctypes.c_void_p), ("norm_b", ctypes.c_void_p),
+                ("eps", ctypes.c_double), ("head", ctypes.POINTER(_Linear)), ("logits", ctypes.c_void_p)]
+
+
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
     _fields_ = [("lins", _Linear * 4), ("norm", ctypes.c_void_p * 4), ("kc", ctypes.c_void_p),
                 ("vc", ctypes.c_void_p)]
@@ -79,9 +87,10 @@ def _has_kernel(layer) -> bool:
 
 
 class _Plan:
-    """Every block's linears, norms and cache buffers, as kernels.c reads them."""
+    """Every block's linears, norms and cache buffers, as kernels.c reads them, and the final
+    norm and vocabulary projection where the kernels can run them too (`head`, else None)."""
 
-    def __init__(self, blocks, linears_of, norms_of, cache) -> None:
+    def __init__(self, blocks, linears_of, norms_of, cache, final) -> None:
         self.keys = cache.keys  # the cache these pointers are into
         self.tensors = [cache.keys, cache.values]  # held: nothing pointed at is freed meanwhile
         layers = []
@@ -93,9 +102,39 @@ class _Plan:
                                  cache.keys[i].data_ptr(), cache.values[i].data_ptr()))
         self.layers = (_Layer * len(layers))(*layers)
         self.n_layer = len(layers)
+        self.head = self.head_arg = self.vocab = None  # head_arg: what the kernel call takes
+        if final is not None:
+            norm, head, is_layer_norm = final
+            bias = getattr(norm, "bias", None)
+            self.tensors += [norm.weight, bias, head]
+            linear = _descriptor(head, self.tensors)
+            self.tensors.append(linear)
+            self.head = _Head(is_layer_norm, _pointer(norm.weight), _pointer(bias), norm.eps, ctypes.pointer(linear),
+                              None)
+            self.head_arg = ctypes.byref(self.head)
+            self.vocab = head.out_features
+
+    def logits_into(self) -> torch.Tensor | None:
+        """A new logits buffer the next call writes (None: the call stops at the residual stream)."""
+        if self.head is None:
+            return None
+        logits = torch.empty(self.vocab)
+        self.head.logits = logits.data_ptr()
+        return logits
 
 
-def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | None:
+def _final(norm, head, width: int, is_layer_norm: bool):
+    """(norm, head, is_layer_norm) where the kernels can run the model's final norm (LayerNorm,
+    or RMSNorm: `norm.weight`, `norm.eps`, perhaps `norm.bias`) and its vocabulary projection:
+    fp32 norm tensors and a kernel linear without bias reading the residual stream. Else None."""
+    tensors = (norm.weight, getattr(norm, "bias", None))
+    fits = (norm.weight is not None and all(t is None or (t.dtype == torch.float32 and t.numel() == width)
+                                            for t in tensors)
+            and _has_kernel(head) and head.in_features == width and getattr(head, "bias", None) is None)
+    return (norm, head, is_layer_norm) if fits else None
+
+
+def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache, final_of) -> _Plan | None:
     plan = _plans.get(model)
     if plan is _NOT_HERE:
         return None
@@ -110,7 +149,7 @@ def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache) -> _Plan | Non
     if plan is None:  # the model's first fused step: its weights into huge pages, its kernels' variants
         huge_pages.move_weights(model)  # chosen (measured once per CPU and shapes)
         kernel_choice.choose(model)
-    plan = _plans[model] = _Plan(blocks, linears_of, norms_of, cache)
+    plan = _plans[model] = _Plan(blocks, linears_of, norms_of, cache, final_of())
     return plan
 
 
@@ -138,19 +177,21 @@ def _gpt2_shapes_fit(block) -> bool:
             and all(t is not None and t.numel() == c for t in _gpt2_norms(block)[::2]))
 
 
-def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> torch.Tensor | None:
-    """GPT-2's residual stream after its last block for one token (x: (1, 1, C) fp32), or None
-    when the fused step does not apply (see the module docstring)."""
+def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> tuple[torch.Tensor, bool] | None:
+    """GPT-2's decode step for one token (x: (1, 1, C) fp32): (logits (1, 1, vocab), True) when
+    the kernels also ran the final LayerNorm and the head, (the residual stream after the last
+    block, False) when only the blocks; None when the fused step does not apply (module docstring)."""
     blocks = model.transformer.h
     first = blocks[0]
     if not _one_token(x, cache, first.attn.n_head, model.training) or first.ln_1.weight is None:
         return None
-    plan = _plan(model, blocks, _gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, cache)
+    plan = _plan(model, blocks, _gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, cache,
+                 lambda: _final(model.transformer.ln_f, model.lm_head, x.size(-1), is_layer_norm=True))
     if plan is None:
         return None
-    return _run(x, input_pos, cache, lambda out, start, half, threads: native.library().ct_gpt2_layers_step(
+    return _run(x, input_pos, cache, plan, lambda out, start, half, threads: native.library().ct_gpt2_layers_step(
         plan.layers, plan.n_layer, first.ln_1.eps, out, start, cache.max_len, first.attn.n_head,
-        first.attn.head_dim, half, threads))
+        first.attn.head_dim, half, plan.head_arg, threads))
 
 
 def _llama_linears(block):
@@ -172,28 +213,33 @@ def _llama_shapes_fit(block) -> bool:
 
 
 def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
-                      cache) -> torch.Tensor | None:
-    """A Llama-family model's residual stream after its last block for one token (x: (1, 1, C)
-    fp32; cos, sin: this position's rotary rows), or None when the fused step does not apply."""
+                      cache) -> tuple[torch.Tensor, bool] | None:
+    """A Llama-family model's decode step for one token (x: (1, 1, C) fp32; cos, sin: this
+    position's rotary rows): as gpt2_decode_step, with the final RMSNorm."""
     blocks = model.layers
     attn = blocks[0].attn
     if not _one_token(x, cache, attn.n_kv_head, model.training):
         return None
     if cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()) or cos.numel() != attn.head_dim:
         return None
-    plan = _plan(model, blocks, _llama_linears, _llama_norms, _llama_shapes_fit, cache)
+    plan = _plan(model, blocks, _llama_linears, _llama_norms, _llama_shapes_fit, cache,
+                 lambda: _final(model.norm, model.lm_head, x.size(-1), is_layer_norm=False))
     if plan is None:
         return None
-    return _run(x, input_pos, cache, lambda out, start, half, threads: native.library().ct_llama_layers_step(
+    return _run(x, input_pos, cache, plan, lambda out, start, half, threads: native.library().ct_llama_layers_step(
         plan.layers, plan.n_layer, blocks[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out, start,
-        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, threads))
+        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, plan.head_arg, threads))
 
 
-def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, kernel) -> torch.Tensor:
+def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, plan: _Plan, kernel) -> tuple[torch.Tensor, bool]:
     """The cache's bookkeeping for the new position, then `kernel(out, start, half, threads)`
-    on a copy of the residual stream, which it updates in place."""
+    on a copy of the residual stream, which it updates in place, and the logits if the plan
+    has the head."""
     start, _ = cache.reserve(0, input_pos, 1)
     out = x.reshape(-1).clone()
+    logits = plan.logits_into()
     if kernel(out.data_ptr(), start, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads()):
         raise MemoryError("the CPU decode kernel could not allocate its buffers")
-    return out.view(1, 1, -1)
+    if logits is not None:
+        return logits.view(1, 1, -1), True
+    return out.view(1, 1, -1), False

@@ -216,7 +216,9 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)  # (B, T, C)
         fused = gpt2_decode_step(self, x, input_pos, cache) if cache is not None and T == 1 else None
         if fused is not None:  # a decode step: every block in one call on the CPU kernels
-            x = fused
+            x, is_logits = fused
+            if is_logits:  # and the final norm and head too
+                return x
         else:
             for block in self.transformer.h:
                 x = block(x, input_pos, cache)

@@ -263,7 +263,9 @@ class Llama(nn.Module):
         if cache is not None and T == 1 and self.decode_note is None:
             fused = llama_decode_step(self, x, cos, sin, input_pos, cache)
         if fused is not None:  # a decode step: every block in one call on the CPU kernels
-            x = fused
+            x, is_logits = fused
+            if is_logits:  # and the final norm and head too
+                return x
         else:
             for block in self.layers:
                 x = block(x, cos, sin, input_pos, cache)

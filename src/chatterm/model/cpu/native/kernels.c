@@ -447,25 +447,47 @@ typedef struct {
     void *kc, *vc;        /* this layer's cache: (heads, max_len, hs) */
 } ct_layer;
 
+/* What follows the last block, done in the same call when the caller gives it: the final norm
+ * (LayerNorm with norm_b, RMSNorm without) and the vocabulary projection into `logits`. Why: after
+ * a step has streamed every weight, the few PyTorch operations that did this found their code and
+ * data out of the caches; a 576-wide RMSNorm that takes 8 us alone took ~110 us there. */
+typedef struct {
+    int64_t is_layer_norm; /* 1: LayerNorm (norm_b its bias, or NULL), 0: RMSNorm */
+    const float *norm_w, *norm_b;
+    double eps;
+    const ct_lin *head;
+    float *logits;
+} ct_head;
+
+static int head_apply(const ct_head *head, const float *x, int64_t C, int nthreads) {
+    float *h = (float *)malloc(sizeof(float) * (size_t)C);
+    if (!h) return -1;
+    if (head->is_layer_norm) layer_norm(x, head->norm_w, head->norm_b, h, C, (float)head->eps);
+    else rms_norm(x, head->norm_w, h, C, (float)head->eps);
+    int failed = lin_apply(head->head, h, head->logits, nthreads);
+    free(h);
+    return failed;
+}
+
 int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, float *x, int64_t pos, int64_t max_len,
-                        int64_t n_head, int64_t hs, int half, int nthreads) {
+                        int64_t n_head, int64_t hs, int half, const ct_head *head, int nthreads) {
     for (int64_t l = 0; l < n_layer; l++) {
         const ct_layer *L = &layers[l];
         if (ct_gpt2_block_step(L->lins, L->norm[0], L->norm[1], L->norm[2], L->norm[3], eps, x, L->kc, L->vc, pos,
                                max_len, n_head, hs, half, nthreads))
             return -1;
     }
-    return 0;
+    return head ? head_apply(head, x, n_head * hs, nthreads) : 0;
 }
 
 int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, const float *cos, const float *sin,
                          float *x, int64_t pos, int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs,
-                         int half, int nthreads) {
+                         int half, const ct_head *head, int nthreads) {
     for (int64_t l = 0; l < n_layer; l++) {
         const ct_layer *L = &layers[l];
         if (ct_llama_block_step(L->lins, L->norm[0], L->norm[1], eps, cos, sin, x, L->kc, L->vc, pos, max_len,
                                 n_head, n_kv_head, hs, half, nthreads))
             return -1;
     }
-    return 0;
+    return head ? head_apply(head, x, layers[0].lins[0].K, nthreads) : 0;
 }
