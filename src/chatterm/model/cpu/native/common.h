@@ -132,6 +132,27 @@ static inline float hsum(__m256 v) {
 }
 #endif
 
+/* Who shares a product's rows: `nthreads` >= 1 opens a parallel region of that many threads (one
+ * thread where the product is small); CT_TEAM means every thread of an enclosing parallel region
+ * is calling, each with its own copy of the quantized activations, and the rows are shared among
+ * them by orphaned `omp for`s (the fused decode step: one region for a whole step, kernels.c).
+ * In a team every thread must reach every `omp for` (its barrier): a thread whose allocation
+ * failed still takes its share of the loop, skipping the work, and reports the failure.
+ * The rows go in equal contiguous parts (schedule(static)). Tried and measured on SmolLM2 and
+ * GPT-2 small at two threads: chunks of 16 rows handed out in turn (libgomp's dynamic) were 25%
+ * slower (the threads' weight streams interleaved), and parts claimed chunk by chunk with the
+ * early thread taking the rest of the other's were no faster (what the barriers' waits freed,
+ * the memory bus took back: the 8-bit step already reads at the machine's bandwidth). */
+#define CT_TEAM (-1)
+#define CT_SHARE_ROWS(...)                                                                                   \
+    do {                                                                                                    \
+        if (nthreads == CT_TEAM) {                                                                          \
+            __VA_ARGS__;                                                                                    \
+        } else {                                                                                            \
+            _Pragma("omp parallel num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)") { __VA_ARGS__; } \
+        }                                                                                                   \
+    } while (0)
+
 /* IQ4_NL's and IQ4_XS's 16 levels (ggml's kvalues_iq4nl): a non-uniform grid, denser near 0. */
 static const int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 

@@ -100,14 +100,19 @@ static float dot_bf16(const uint16_t *w, const float *x, int64_t K) {
     return sum;
 }
 
-static void gemv_bf16(const float *x, const uint16_t *w, const float *bias, float *y,
-                    int64_t M, int64_t N, int64_t K, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+static void bf16_rows(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N, int64_t K) {
+#pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint16_t *row = w + n * K;
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_bf16(row, x + m * K, K) + b;
     }
+}
+
+/* nthreads: CT_TEAM or a thread count (common.h) */
+static void gemv_bf16(const float *x, const uint16_t *w, const float *bias, float *y,
+                    int64_t M, int64_t N, int64_t K, int nthreads) {
+    CT_SHARE_ROWS(bf16_rows(x, w, bias, y, M, N, K));
 }
 
 /* ---- f16 weights (GGUF's F16 as stored), fp32 activations: bf16's loop with F16C's
@@ -140,14 +145,18 @@ static float dot_f16(const uint16_t *w, const float *x, int64_t K) {
     return sum;
 }
 
-static void gemv_f16(const float *x, const uint16_t *w, const float *bias, float *y,
-                   int64_t M, int64_t N, int64_t K, int nthreads) {
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+static void f16_rows(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N, int64_t K) {
+#pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint16_t *row = w + n * K;
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_f16(row, x + m * K, K) + b;
     }
+}
+
+static void gemv_f16(const float *x, const uint16_t *w, const float *bias, float *y,
+                   int64_t M, int64_t N, int64_t K, int nthreads) {
+    CT_SHARE_ROWS(f16_rows(x, w, bias, y, M, N, K));
 }
 
 /* ---- activations quantized to blocks of 32 int8 ---------------------------------------- */
@@ -342,35 +351,45 @@ static void dot_q8_two_rows(const int8_t *w0, const int8_t *w1, const uint16_t *
 }
 #endif
 
-static int gemv_q8(const float *x, const int8_t *w, const uint16_t *wd, const float *bias, float *y,
-                 int64_t M, int64_t N, int64_t K, int nthreads) {
-    qacts a;
-    if (quantize_acts(x, M, K, &a)) return -1;
+/* ok = 0: this thread's activations could not be allocated; it takes its share of the rows and skips them */
+static void q8_rows(const qacts *a, int ok, const int8_t *w, const uint16_t *wd, const float *bias, float *y,
+                    int64_t M, int64_t N, int64_t K) {
     int64_t nb = K / BLOCK;
 #ifdef CT_TWO_ROWS
-    if (M == 1) { /* a decode step: rows two at a time, sharing the work on x */
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
-        for (int64_t i = 0; i < N / 2; i++) {
+    if (M == 1) { /* a decode step: rows two at a time, sharing the work on x (an odd last row alone) */
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < (N + 1) / 2; i++) {
             int64_t n = 2 * i;
+            if (!ok) continue;
+            if (n + 1 == N) {
+                y[n] = dot_q8(w + n * K, wd + n * nb, a->q, a->d, nb) + (bias ? bias[n] : 0.0f);
+                continue;
+            }
             float out[2];
-            dot_q8_two_rows(w + n * K, w + (n + 1) * K, wd + n * nb, wd + (n + 1) * nb, a.q, a.d, nb, out);
+            dot_q8_two_rows(w + n * K, w + (n + 1) * K, wd + n * nb, wd + (n + 1) * nb, a->q, a->d, nb, out);
             y[n] = out[0] + (bias ? bias[n] : 0.0f);
             y[n + 1] = out[1] + (bias ? bias[n + 1] : 0.0f);
         }
-        if (N % 2)
-            y[N - 1] = dot_q8(w + (N - 1) * K, wd + (N - 1) * nb, a.q, a.d, nb) + (bias ? bias[N - 1] : 0.0f);
-        free_acts(&a);
-        return 0;
+        return;
     }
 #endif
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+#pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
+        if (!ok) continue;
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_q8(w + n * K, wd + n * nb, a.q + m * K, a.d + m * nb, nb) + b;
+            y[m * N + n] = dot_q8(w + n * K, wd + n * nb, a->q + m * K, a->d + m * nb, nb) + b;
     }
-    free_acts(&a);
-    return 0;
+}
+
+static int gemv_q8(const float *x, const int8_t *w, const uint16_t *wd, const float *bias, float *y,
+                 int64_t M, int64_t N, int64_t K, int nthreads) {
+    qacts a;
+    int ok = quantize_acts(x, M, K, &a) == 0;
+    if (!ok && nthreads != CT_TEAM) return -1;
+    CT_SHARE_ROWS(q8_rows(&a, ok, w, wd, bias, y, M, N, K));
+    if (ok) free_acts(&a);
+    return ok ? 0 : -1;
 }
 
 /* ---- q4: W nibbles (N, K/2): block b's byte j holds value j (low) and j+16 (high);
@@ -453,30 +472,42 @@ static float dot_q4(const uint8_t *w, const uint16_t *wd, const uint16_t *wm, co
     return sum + offsets;
 }
 
+static void q4_rows(const qacts *a, const int8_t *xp, int ok, const uint8_t *w, const uint16_t *wd,
+                    const uint16_t *wm, const float *bias, float *y, int64_t M, int64_t N, int64_t K) {
+    int64_t nb = K / BLOCK;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        if (!ok) continue;
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = dot_q4(w + n * K / 2, wd + n * nb, wm + n * nb, a->q + m * K, xp + m * K, a->d + m * nb,
+                                  a->s + m * nb, nb) + b;
+    }
+}
+
 static int gemv_q4(const float *x, const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const float *bias,
                  float *y, int64_t M, int64_t N, int64_t K, int nthreads) {
     qacts a;
-    if (quantize_acts(x, M, K, &a)) return -1;
-    int64_t nb = K / BLOCK;
-    int8_t *xp = a.q;
+    int ok = quantize_acts(x, M, K, &a) == 0;
+    int8_t *xp = ok ? a.q : NULL;
 #ifdef CT_AVX512
-    xp = (int8_t *)malloc((size_t)(M * K));
-    if (!xp) {
-        free_acts(&a);
-        return -1;
+    if (ok) {
+        xp = (int8_t *)malloc((size_t)(M * K));
+        if (xp)
+            for (int64_t m = 0; m < M; m++) nibble_order(a.q + m * K, xp + m * K, K);
+        else {
+            free_acts(&a);
+            ok = 0;
+        }
     }
-    for (int64_t m = 0; m < M; m++) nibble_order(a.q + m * K, xp + m * K, K);
 #endif
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
-    for (int64_t n = 0; n < N; n++) {
-        float b = bias ? bias[n] : 0.0f;
-        for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_q4(w + n * K / 2, wd + n * nb, wm + n * nb, a.q + m * K, xp + m * K, a.d + m * nb,
-                                  a.s + m * nb, nb) + b;
+    if (!ok && nthreads != CT_TEAM) return -1;
+    CT_SHARE_ROWS(q4_rows(&a, xp, ok, w, wd, wm, bias, y, M, N, K));
+    if (ok) {
+        if (xp != a.q) free(xp);
+        free_acts(&a);
     }
-    if (xp != a.q) free(xp);
-    free_acts(&a);
-    return 0;
+    return ok ? 0 : -1;
 }
 
 /* ---- iq4nl: GGUF's IQ4_NL, Q4_0's nibbles (N, K/2) and fp16 scales (N, K/32), each nibble an
@@ -533,18 +564,24 @@ static float dot_iq4nl(const uint8_t *w, const uint16_t *wd, const int8_t *xq, c
     return sum;
 }
 
+static void iq4nl_rows(const qacts *a, int ok, const uint8_t *w, const uint16_t *wd, const float *bias, float *y,
+                       int64_t M, int64_t N, int64_t K) {
+    int64_t nb = K / BLOCK;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        if (!ok) continue;
+        float b = bias ? bias[n] : 0.0f;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = dot_iq4nl(w + n * K / 2, wd + n * nb, a->q + m * K, a->d + m * nb, nb) + b;
+    }
+}
+
 static int gemv_iq4nl(const float *x, const uint8_t *w, const uint16_t *wd, const float *bias, float *y, int64_t M,
                     int64_t N, int64_t K, int nthreads) {
     qacts a;
-    if (quantize_acts(x, M, K, &a)) return -1;
-    int64_t nb = K / BLOCK;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
-    for (int64_t n = 0; n < N; n++) {
-        float b = bias ? bias[n] : 0.0f;
-        for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_iq4nl(w + n * K / 2, wd + n * nb, a.q + m * K, a.d + m * nb, nb) + b;
-    }
-    free_acts(&a);
-    return 0;
+    int ok = quantize_acts(x, M, K, &a) == 0;
+    if (!ok && nthreads != CT_TEAM) return -1;
+    CT_SHARE_ROWS(iq4nl_rows(&a, ok, w, wd, bias, y, M, N, K));
+    if (ok) free_acts(&a);
+    return ok ? 0 : -1;
 }
-

@@ -9,6 +9,7 @@
  * function has a portable scalar path for CPUs without AVX2.
  */
 #include "common.h"
+#include <omp.h>
 
 /* ---- the variants: each family's loops through the table chosen for it ---------------------- */
 
@@ -212,23 +213,22 @@ static void store_kv(void *dst, const float *src, int64_t n, int half) {
     for (int64_t i = 0; i < n; i++) d[i] = fp32_to_fp16(fmaxf(-65504.0f, fminf(65504.0f, src[i])));
 }
 
-/* k, v: the cache of one layer; element size 4 (fp32) or 2 (half = 1); strides in elements. */
-int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const void *v, int64_t kv_head_stride,
-                  int64_t pos_stride, float *out, int64_t n_head, int64_t n_kv_head, int64_t S, int64_t hs,
-                  float scale, int half, int nthreads) {
+/* k, v: the cache of one layer; element size 4 (fp32) or 2 (half = 1); strides in elements.
+ * The heads are shared by the calling team's threads (an orphaned `omp for`; called outside a
+ * parallel region, one thread takes them all). 0, or -1 where this thread's scratch could not be
+ * allocated (it still reaches the loop's barrier: see CT_TEAM in common.h). */
+static int attend_heads(const float *q, int64_t q_head_stride, const void *k, const void *v, int64_t kv_head_stride,
+                        int64_t pos_stride, float *out, int64_t n_head, int64_t n_kv_head, int64_t S, int64_t hs,
+                        float scale, int half) {
     int64_t group = n_head / n_kv_head, size = half ? 2 : 4;
-    int failed = 0;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n_head * S * hs >= 16384)
+    float *scores = (float *)malloc(sizeof(float) * (size_t)S); /* one per thread, for each of its heads */
+#pragma omp for schedule(static)
     for (int64_t h = 0; h < n_head; h++) {
+        if (!scores) continue;
         const float *qh = q + h * q_head_stride;
         const char *kh = (const char *)k + (h / group) * kv_head_stride * size;
         const char *vh = (const char *)v + (h / group) * kv_head_stride * size;
         float *oh = out + h * hs;
-        float *scores = (float *)malloc(sizeof(float) * (size_t)S);
-        if (!scores) {
-            failed = 1;
-            continue;
-        }
         float top = -INFINITY, total = 0.0f;
         for (int64_t j = 0; j < S; j++) {
             scores[j] = dot_kv(qh, kh + j * pos_stride * size, hs, half) * scale;
@@ -240,17 +240,24 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
         }
         memset(oh, 0, sizeof(float) * (size_t)hs);
         for (int64_t j = 0; j < S; j++) axpy_kv(scores[j] / total, vh + j * pos_stride * size, oh, hs, half);
-        free(scores);
     }
+    int failed = !scores;
+    free(scores);
     return failed ? -1 : 0;
 }
 
-/* ---- one decode step of a whole GPT-2 block --------------------------------------------------
- * Why: at one token per step, a block is ~20 small operations, and through PyTorch each costs
- * its dispatch, allocation and Python call (measured ~0.5 ms per block on GPT-2 small, a fifth
- * of an 8-bit step). Here the block is one call: LayerNorm, the fused q/k/v projection, the
- * cache write at `pos`, attention over positions 0..pos, the output projection and residual,
- * LayerNorm, the MLP with GELU (tanh) and residual. x (C) is updated in place. */
+int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const void *v, int64_t kv_head_stride,
+                  int64_t pos_stride, float *out, int64_t n_head, int64_t n_kv_head, int64_t S, int64_t hs,
+                  float scale, int half, int nthreads) {
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && n_head * S * hs >= 16384) reduction(| : failed)
+    failed |= attend_heads(q, q_head_stride, k, v, kv_head_stride, pos_stride, out, n_head, n_kv_head, S, hs, scale,
+                           half) != 0;
+    return failed ? -1 : 0;
+}
+
+/* ---- the parts of a decode step's blocks ------------------------------------------------------
+ * A linear layer as the fused step reads it, and the element-wise work between the products. */
 
 typedef struct {
     int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
@@ -342,41 +349,6 @@ static void gelu_tanh(float *x, int64_t n) {
     }
 }
 
-int ct_gpt2_block_step(const ct_lin *lins, const float *ln1_w, const float *ln1_b, const float *ln2_w,
-                       const float *ln2_b, float eps, float *x, void *kc, void *vc, int64_t pos, int64_t max_len,
-                       int64_t n_head, int64_t hs, int half, int nthreads) {
-    const ct_lin *qkv = &lins[0], *proj = &lins[1], *fc = &lins[2], *fc_proj = &lins[3];
-    int64_t C = n_head * hs, H = fc->N;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)(C + 3 * C + C + H));
-    if (!buf) return -1;
-    float *h = buf, *q = buf + C, *att = q + 3 * C, *hidden = att + C;
-    int failed = 0;
-    layer_norm(x, ln1_w, ln1_b, h, C, eps);
-    failed |= lin_apply(qkv, h, q, nthreads);
-    int64_t size = half ? 2 : 4;
-    for (int64_t head = 0; head < n_head; head++) {
-        store_kv((char *)kc + (head * max_len + pos) * hs * size, q + C + head * hs, hs, half);
-        store_kv((char *)vc + (head * max_len + pos) * hs * size, q + 2 * C + head * hs, hs, half);
-    }
-    failed |= ct_attend_one(q, hs, kc, vc, max_len * hs, hs, att, n_head, n_head, pos + 1, hs,
-                            1.0f / sqrtf((float)hs), half, nthreads);
-    failed |= lin_apply(proj, att, h, nthreads);
-    for (int64_t i = 0; i < C; i++) x[i] += h[i];
-    layer_norm(x, ln2_w, ln2_b, h, C, eps);
-    failed |= lin_apply(fc, h, hidden, nthreads);
-    gelu_tanh(hidden, H);
-    failed |= lin_apply(fc_proj, hidden, h, nthreads);
-    for (int64_t i = 0; i < C; i++) x[i] += h[i];
-    free(buf);
-    return failed ? -1 : 0;
-}
-
-/* ---- one decode step of a whole Llama-family block -------------------------------------------
- * RMSNorm, the fused q/k/v projection (Qwen2's biases in the descriptor), rotary embedding of
- * q and k in the "rotate half" layout (cos/sin: this position's rows, hs values each), the cache
- * write, grouped-query attention, the output projection and residual, RMSNorm, SwiGLU (gate and
- * up fused: gate first) and residual. x (C) is updated in place. */
-
 static void rms_norm(const float *x, const float *w, float *out, int64_t C, float eps) {
     double sum = 0.0;
     for (int64_t i = 0; i < C; i++) sum += (double)x[i] * (double)x[i];
@@ -408,38 +380,19 @@ static void swiglu(const float *gate, const float *up, float *out, int64_t n) {
     for (; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
 }
 
-int ct_llama_block_step(const ct_lin *lins, const float *attn_norm_w, const float *mlp_norm_w, float eps,
-                        const float *cos, const float *sin, float *x, void *kc, void *vc, int64_t pos,
-                        int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs, int half, int nthreads) {
-    const ct_lin *qkv = &lins[0], *proj = &lins[1], *gate_up = &lins[2], *down = &lins[3];
-    int64_t C = qkv->K, qw = n_head * hs, kvw = n_kv_head * hs, H = down->K, size = half ? 2 : 4;
-    float *buf = (float *)malloc(sizeof(float) * (size_t)(C + qw + 2 * kvw + qw + 2 * H + H));
-    if (!buf) return -1;
-    float *h = buf, *q = h + C, *att = q + qw + 2 * kvw, *gu = att + qw, *act = gu + 2 * H;
-    float *k = q + qw, *v = k + kvw;
-    int failed = 0;
-    rms_norm(x, attn_norm_w, h, C, eps);
-    failed |= lin_apply(qkv, h, q, nthreads);
-    rope(q, cos, sin, n_head, hs);
-    rope(k, cos, sin, n_kv_head, hs);
-    for (int64_t head = 0; head < n_kv_head; head++) {
-        store_kv((char *)kc + (head * max_len + pos) * hs * size, k + head * hs, hs, half);
-        store_kv((char *)vc + (head * max_len + pos) * hs * size, v + head * hs, hs, half);
-    }
-    failed |= ct_attend_one(q, hs, kc, vc, max_len * hs, hs, att, n_head, n_kv_head, pos + 1, hs,
-                            1.0f / sqrtf((float)hs), half, nthreads);
-    failed |= lin_apply(proj, att, h, nthreads);
-    for (int64_t i = 0; i < C; i++) x[i] += h[i];
-    rms_norm(x, mlp_norm_w, h, C, eps);
-    failed |= lin_apply(gate_up, h, gu, nthreads);
-    swiglu(gu, gu + H, act, H);
-    failed |= lin_apply(down, act, h, nthreads);
-    for (int64_t i = 0; i < C; i++) x[i] += h[i];
-    free(buf);
-    return failed ? -1 : 0;
-}
-
-/* ---- a whole decode step's blocks in one call --------------------------------------------- */
+/* ---- a whole decode step in one call -------------------------------------------------------
+ * Why one call: at one token per step, a block is ~20 small operations, and through PyTorch each
+ * costs its dispatch, allocation and Python call (measured ~0.5 ms per block on GPT-2 small, a
+ * fifth of an 8-bit step).
+ * Why one parallel region for the step: every thread walks the same layers, the products' rows,
+ * the attention heads and the element-wise work shared among them by `omp for`s (whose ends are
+ * the step's barriers), as llama.cpp's graph compute does. With a region per product, the work
+ * between products (norms, rotary, the cache write, SwiGLU, each product's activation
+ * quantization) ran on one thread while the others waited: SmolLM2-135M Q4_0 at two threads
+ * decodes ~5% faster this way (where the 8-bit step streams its weights at the machine's read
+ * bandwidth, it is the same). Each thread computes the norms itself into its own buffer (576
+ * values: less than a barrier costs) and quantizes a product's activations itself, so x and the
+ * norms are read, never written, between barriers. */
 
 typedef struct {
     ct_lin lins[4];
@@ -448,9 +401,9 @@ typedef struct {
 } ct_layer;
 
 /* What follows the last block, done in the same call when the caller gives it: the final norm
- * (LayerNorm with norm_b, RMSNorm without) and the vocabulary projection into `logits`. Why: after
- * a step has streamed every weight, the few PyTorch operations that did this found their code and
- * data out of the caches; a 576-wide RMSNorm that takes 8 us alone took ~110 us there. */
+ * and the vocabulary projection into `logits`. Why: after a step has streamed every weight, the
+ * few PyTorch operations that did this found their code and data out of the caches; a 576-wide
+ * RMSNorm that takes 8 us alone took ~110 us there. */
 typedef struct {
     int64_t is_layer_norm; /* 1: LayerNorm (norm_b its bias, or NULL), 0: RMSNorm */
     const float *norm_w, *norm_b;
@@ -459,35 +412,120 @@ typedef struct {
     float *logits;
 } ct_head;
 
-static int head_apply(const ct_head *head, const float *x, int64_t C, int nthreads) {
-    float *h = (float *)malloc(sizeof(float) * (size_t)C);
-    if (!h) return -1;
+/* x += y, shared by the team */
+static void add_shared(float *x, const float *y, int64_t n) {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+/* The element-wise activations in chunks of 64 (a multiple of the vector width: every value takes
+ * the path it takes in one call), shared by the team. */
+#define CT_CHUNK 64
+
+static void gelu_shared(float *x, int64_t n) {
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < (n + CT_CHUNK - 1) / CT_CHUNK; c++)
+        gelu_tanh(x + c * CT_CHUNK, n - c * CT_CHUNK < CT_CHUNK ? n - c * CT_CHUNK : CT_CHUNK);
+}
+
+static void swiglu_shared(const float *gate, const float *up, float *out, int64_t n) {
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < (n + CT_CHUNK - 1) / CT_CHUNK; c++) {
+        int64_t at = c * CT_CHUNK;
+        swiglu(gate + at, up + at, out + at, n - at < CT_CHUNK ? n - at : CT_CHUNK);
+    }
+}
+
+static int head_apply(const ct_head *head, const float *x, float *h, int64_t C) {
     if (head->is_layer_norm) layer_norm(x, head->norm_w, head->norm_b, h, C, (float)head->eps);
     else rms_norm(x, head->norm_w, h, C, (float)head->eps);
-    int failed = lin_apply(head->head, h, head->logits, nthreads);
-    free(h);
-    return failed;
+    return lin_apply(head->head, h, head->logits, CT_TEAM);
 }
 
+static int team_size(int nthreads) { return nthreads > 1 ? nthreads : 1; }
+
+/* GPT-2: LayerNorm, the fused q/k/v projection, the cache write at `pos`, attention over
+ * positions 0..pos, the output projection and residual, LayerNorm, the MLP with GELU (tanh) and
+ * residual, for every layer; x (C) is updated in place. */
 int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, float *x, int64_t pos, int64_t max_len,
                         int64_t n_head, int64_t hs, int half, const ct_head *head, int nthreads) {
-    for (int64_t l = 0; l < n_layer; l++) {
-        const ct_layer *L = &layers[l];
-        if (ct_gpt2_block_step(L->lins, L->norm[0], L->norm[1], L->norm[2], L->norm[3], eps, x, L->kc, L->vc, pos,
-                               max_len, n_head, hs, half, nthreads))
-            return -1;
+    int64_t C = n_head * hs, H = layers[0].lins[2].N, size = half ? 2 : 4, teams = team_size(nthreads);
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(3 * C + C + H + C + teams * C));
+    if (!buf) return -1;
+    float *q = buf, *att = q + 3 * C, *hidden = att + C, *y = hidden + H, *own = y + C;
+    int failed = 0;
+#pragma omp parallel num_threads(teams) if (teams > 1) reduction(| : failed)
+    {
+        float *h = own + omp_get_thread_num() * C;
+        for (int64_t l = 0; l < n_layer; l++) {
+            const ct_layer *L = &layers[l];
+            const ct_lin *qkv = &L->lins[0], *proj = &L->lins[1], *fc = &L->lins[2], *fc_proj = &L->lins[3];
+            layer_norm(x, L->norm[0], L->norm[1], h, C, eps);
+            failed |= lin_apply(qkv, h, q, CT_TEAM) != 0;
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < n_head; g++) {
+                store_kv((char *)L->kc + (g * max_len + pos) * hs * size, q + C + g * hs, hs, half);
+                store_kv((char *)L->vc + (g * max_len + pos) * hs * size, q + 2 * C + g * hs, hs, half);
+            }
+            failed |= attend_heads(q, hs, L->kc, L->vc, max_len * hs, hs, att, n_head, n_head, pos + 1, hs,
+                                   1.0f / sqrtf((float)hs), half) != 0;
+            failed |= lin_apply(proj, att, y, CT_TEAM) != 0;
+            add_shared(x, y, C);
+            layer_norm(x, L->norm[2], L->norm[3], h, C, eps);
+            failed |= lin_apply(fc, h, hidden, CT_TEAM) != 0;
+            gelu_shared(hidden, H);
+            failed |= lin_apply(fc_proj, hidden, y, CT_TEAM) != 0;
+            add_shared(x, y, C);
+        }
+        if (head) failed |= head_apply(head, x, h, C) != 0;
     }
-    return head ? head_apply(head, x, n_head * hs, nthreads) : 0;
+    free(buf);
+    return failed ? -1 : 0;
 }
 
+/* The Llama family: RMSNorm, the fused q/k/v projection (Qwen2's biases in the descriptor),
+ * rotary embedding of q and k in the "rotate half" layout (cos/sin: this position's rows, hs
+ * values each), the cache write, grouped-query attention, the output projection and residual,
+ * RMSNorm, SwiGLU (gate and up fused: gate first) and residual, for every layer. */
 int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, const float *cos, const float *sin,
                          float *x, int64_t pos, int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs,
                          int half, const ct_head *head, int nthreads) {
-    for (int64_t l = 0; l < n_layer; l++) {
-        const ct_layer *L = &layers[l];
-        if (ct_llama_block_step(L->lins, L->norm[0], L->norm[1], eps, cos, sin, x, L->kc, L->vc, pos, max_len,
-                                n_head, n_kv_head, hs, half, nthreads))
-            return -1;
+    int64_t C = layers[0].lins[0].K, qw = n_head * hs, kvw = n_kv_head * hs, H = layers[0].lins[3].K;
+    int64_t size = half ? 2 : 4, teams = team_size(nthreads);
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(qw + 2 * kvw + qw + 2 * H + H + C + teams * C));
+    if (!buf) return -1;
+    float *q = buf, *att = q + qw + 2 * kvw, *gu = att + qw, *act = gu + 2 * H, *y = act + H, *own = y + C;
+    float *k = q + qw, *v = k + kvw;
+    int failed = 0;
+#pragma omp parallel num_threads(teams) if (teams > 1) reduction(| : failed)
+    {
+        float *h = own + omp_get_thread_num() * C;
+        for (int64_t l = 0; l < n_layer; l++) {
+            const ct_layer *L = &layers[l];
+            const ct_lin *qkv = &L->lins[0], *proj = &L->lins[1], *gate_up = &L->lins[2], *down = &L->lins[3];
+            rms_norm(x, L->norm[0], h, C, eps);
+            failed |= lin_apply(qkv, h, q, CT_TEAM) != 0;
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < n_head + n_kv_head; j++) { /* q's heads, then k's (k follows q) */
+                rope(q + j * hs, cos, sin, 1, hs);
+                if (j >= n_head) {
+                    int64_t g = j - n_head;
+                    store_kv((char *)L->kc + (g * max_len + pos) * hs * size, k + g * hs, hs, half);
+                    store_kv((char *)L->vc + (g * max_len + pos) * hs * size, v + g * hs, hs, half);
+                }
+            }
+            failed |= attend_heads(q, hs, L->kc, L->vc, max_len * hs, hs, att, n_head, n_kv_head, pos + 1, hs,
+                                   1.0f / sqrtf((float)hs), half) != 0;
+            failed |= lin_apply(proj, att, y, CT_TEAM) != 0;
+            add_shared(x, y, C);
+            rms_norm(x, L->norm[1], h, C, eps);
+            failed |= lin_apply(gate_up, h, gu, CT_TEAM) != 0;
+            swiglu_shared(gu, gu + H, act, H);
+            failed |= lin_apply(down, act, y, CT_TEAM) != 0;
+            add_shared(x, y, C);
+        }
+        if (head) failed |= head_apply(head, x, h, C) != 0;
     }
-    return head ? head_apply(head, x, layers[0].lins[0].K, nthreads) : 0;
+    free(buf);
+    return failed ? -1 : 0;
 }

@@ -506,18 +506,17 @@ static inline __attribute__((always_inline)) void dot_kq_rows(int type, const ui
 #endif
 }
 
-static int gemv_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
-                   int64_t K, int nthreads) {
-    kacts a;
-    if (type < CT_Q4_K || type > CT_KQ_LAST || quantize_acts_k(x, M, K, &a)) return -1;
+static void kq_rows(int type, const kacts *a, int ok, const uint8_t *w, const float *bias, float *y, int64_t M,
+                    int64_t N, int64_t K) {
     int64_t nb = K / QK, row = nb * block_bytes[type];
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && N * K >= 65536)
+#pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
+        if (!ok) continue;
         float b = bias ? bias[n] : 0.0f, out[KQ_ROWS];
         for (int64_t m = 0; m < M; m += KQ_ROWS) {
-            const int8_t *xq = a.q + m * K;
-            const float *xd = a.d + m * nb;
-            const int16_t *sums = a.sums + m * nb * 16;
+            const int8_t *xq = a->q + m * K;
+            const float *xd = a->d + m * nb;
+            const int16_t *sums = a->sums + m * nb * 16;
             int R = M - m < KQ_ROWS ? (int)(M - m) : KQ_ROWS;
             /* R as a constant in each call: the row loops unrolled, the accumulators in registers */
             if (R == KQ_ROWS)
@@ -533,8 +532,18 @@ static int gemv_kq(int type, const float *x, const uint8_t *w, const float *bias
             for (int r = 0; r < R; r++) y[(m + r) * N + n] = out[r] + b;
         }
     }
-    free_acts_k(&a);
-    return 0;
+}
+
+/* nthreads: CT_TEAM or a thread count (common.h) */
+static int gemv_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
+                   int64_t K, int nthreads) {
+    kacts a;
+    if (type < CT_Q4_K || type > CT_KQ_LAST) return -1; /* the same answer in every thread of a team */
+    int ok = quantize_acts_k(x, M, K, &a) == 0;
+    if (!ok && nthreads != CT_TEAM) return -1;
+    CT_SHARE_ROWS(kq_rows(type, &a, ok, w, bias, y, M, N, K));
+    if (ok) free_acts_k(&a);
+    return ok ? 0 : -1;
 }
 
 #else
