@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import weakref
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -60,7 +61,16 @@ class _Head(ctypes.Structure):  # kernels.c's ct_head
 
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
     _fields_ = [("lins", _Linear * 4), ("norm", ctypes.c_void_p * 4), ("kc", ctypes.c_void_p),
-                ("vc", ctypes.c_void_p)]
+                ("vc", ctypes.c_void_p), ("rotary_dims", ctypes.c_int64)]
+
+
+class _Form(NamedTuple):
+    """How a family's block looks to kernels.c: its four linears, its norm tensors (None where
+    absent), whether the widths are the ones kernels.c assumes, each head's rotated dims."""
+    linears: Callable
+    norms: Callable
+    shapes_fit: Callable
+    rotary_dims: Callable
 
 
 def _pointer(t: torch.Tensor | None):
@@ -90,16 +100,17 @@ class _Plan:
     """Every block's linears, norms and cache buffers, as kernels.c reads them, and the final
     norm and vocabulary projection where the kernels can run them too (`head`, else None)."""
 
-    def __init__(self, blocks, linears_of, norms_of, cache, final) -> None:
+    def __init__(self, blocks, form: _Form, cache, final) -> None:
         self.keys = cache.keys  # the cache these pointers are into
         self.tensors = [cache.keys, cache.values]  # held: nothing pointed at is freed meanwhile
         layers = []
         for i, block in enumerate(blocks):
-            linears, norms = linears_of(block), norms_of(block)
+            linears, norms = form.linears(block), form.norms(block)
             self.tensors += [*linears, *norms]
             layers.append(_Layer((_Linear * 4)(*(_descriptor(layer, self.tensors) for layer in linears)),
                                  (ctypes.c_void_p * 4)(*(_pointer(t) for t in norms), *[None] * (4 - len(norms))),
-                                 cache.keys[i].data_ptr(), cache.values[i].data_ptr()))
+                                 cache.keys[i].data_ptr(), cache.values[i].data_ptr(), form.rotary_dims(block)))
+        self.rotary_width = max((form.rotary_dims(b) for b in blocks), default=0)  # the cos/sin rows' width
         self.layers = (_Layer * len(layers))(*layers)
         self.n_layer = len(layers)
         self.head = self.head_arg = self.vocab = None  # head_arg: what the kernel call takes
@@ -134,22 +145,23 @@ def _final(norm, head, width: int, is_layer_norm: bool):
     return (norm, head, is_layer_norm) if fits else None
 
 
-def _plan(model, blocks, linears_of, norms_of, shapes_fit, cache, final_of) -> _Plan | None:
+def _plan(model, blocks, form: _Form, cache, final_of) -> _Plan | None:
     plan = _plans.get(model)
     if plan is _NOT_HERE:
         return None
     if plan is not None and plan.keys is cache.keys:
         return plan
-    applies = native.library() is not None and all(
-        all(_has_kernel(layer) for layer in linears_of(b)) and shapes_fit(b)
-        and all(t is None or t.dtype == torch.float32 for t in norms_of(b)) for b in blocks)
+    rotary = {form.rotary_dims(b) for b in blocks} - {0}  # one width of cos/sin rows for every layer
+    applies = native.library() is not None and len(rotary) <= 1 and all(
+        all(_has_kernel(layer) for layer in form.linears(b)) and form.shapes_fit(b)
+        and all(t is None or t.dtype == torch.float32 for t in form.norms(b)) for b in blocks)
     if not applies:
         _plans[model] = _NOT_HERE
         return None
     if plan is None:  # the model's first fused step: its weights into huge pages, its kernels' variants
         huge_pages.move_weights(model)  # chosen (measured once per CPU and shapes)
         kernel_choice.choose(model)
-    plan = _plans[model] = _Plan(blocks, linears_of, norms_of, cache, final_of())
+    plan = _plans[model] = _Plan(blocks, form, cache, final_of())
     return plan
 
 
@@ -177,6 +189,9 @@ def _gpt2_shapes_fit(block) -> bool:
             and all(t is not None and t.numel() == c for t in _gpt2_norms(block)[::2]))
 
 
+_GPT2 = _Form(_gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, lambda block: 0)
+
+
 def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> tuple[torch.Tensor, bool] | None:
     """GPT-2's decode step for one token (x: (1, 1, C) fp32): (logits (1, 1, vocab), True) when
     the kernels also ran the final LayerNorm and the head, (the residual stream after the last
@@ -185,7 +200,7 @@ def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> 
     first = blocks[0]
     if not _one_token(x, cache, first.attn.n_head, model.training) or first.ln_1.weight is None:
         return None
-    plan = _plan(model, blocks, _gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, cache,
+    plan = _plan(model, blocks, _GPT2, cache,
                  lambda: _final(model.transformer.ln_f, model.lm_head, x.size(-1), is_layer_norm=True))
     if plan is None:
         return None
@@ -199,32 +214,46 @@ def _llama_linears(block):
 
 
 def _llama_norms(block):
-    return (block.attn_norm.weight, block.mlp_norm.weight)
+    """The two RMSNorms' weights, then the q and k norms' (Qwen3) or None."""
+    qk = block.attn.qk_norms()
+    return (block.attn_norm.weight, block.mlp_norm.weight, *((qk[0].weight, qk[1].weight) if qk else (None, None)))
 
 
 def _llama_shapes_fit(block) -> bool:
-    """The widths kernels.c assumes (it writes buffers of these sizes): checked once per plan."""
+    """The widths kernels.c assumes (it writes buffers of these sizes), and one epsilon for every
+    RMSNorm: checked once per plan."""
     qkv, out, gate_up, down = _llama_linears(block)
     attn, c = block.attn, qkv.in_features
     q, kv = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim
+    qk = attn.qk_norms() or ()
     return (qkv.out_features == q + 2 * kv and (out.in_features, out.out_features) == (q, c)
             and gate_up.in_features == c and gate_up.out_features == 2 * down.in_features and down.out_features == c
-            and attn.head_dim % 2 == 0 and all(t.numel() == c for t in _llama_norms(block)))
+            and attn.rotary_dims % 2 == 0 and 0 <= attn.rotary_dims <= attn.head_dim
+            and all(t.numel() == c for t in _llama_norms(block)[:2])
+            and all(n.weight.numel() == attn.head_dim for n in qk)
+            and all(n.eps == block.attn_norm.eps for n in (block.mlp_norm, *qk)))
+
+
+_LLAMA = _Form(_llama_linears, _llama_norms, _llama_shapes_fit, lambda block: block.attn.rotary_dims)
 
 
 def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
                       cache) -> tuple[torch.Tensor, bool] | None:
     """A Llama-family model's decode step for one token (x: (1, 1, C) fp32; cos, sin: this
-    position's rotary rows): as gpt2_decode_step, with the final RMSNorm."""
+    position's rotary rows): as gpt2_decode_step, with the final RMSNorm. Qwen3's q/k norms,
+    SmolLM3's layers without rotation and Phi-4-mini's partial rotation are the attention's to
+    declare (`qk_norms()`, `rotary_dims`)."""
     blocks = model.layers
     attn = blocks[0].attn
     if not _one_token(x, cache, attn.n_kv_head, model.training):
         return None
-    if cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()) or cos.numel() != attn.head_dim:
-        return None
-    plan = _plan(model, blocks, _llama_linears, _llama_norms, _llama_shapes_fit, cache,
+    plan = _plan(model, blocks, _LLAMA, cache,
                  lambda: _final(model.norm, model.lm_head, x.size(-1), is_layer_norm=False))
     if plan is None:
+        return None
+    if cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
+        return None
+    if plan.rotary_width and cos.numel() != plan.rotary_width:
         return None
     return _run(x, input_pos, cache, plan, lambda out, start, half, threads: native.library().ct_llama_layers_step(
         plan.layers, plan.n_layer, blocks[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out, start,

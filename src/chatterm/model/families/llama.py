@@ -139,6 +139,7 @@ class Attention(nn.Module):
         self.split = (q_width, kv_width, kv_width)
         self.qkv = nn.Linear(config.n_embd, q_width + 2 * kv_width, bias=config.attention_bias)
         self.out = nn.Linear(q_width, config.n_embd, bias=False)
+        self.rotary_dims = config.head_dim  # each head's leading dims `position` turns (the fused step reads it)
 
     def forward(self, x, cos, sin, input_pos, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -170,8 +171,13 @@ class Attention(nn.Module):
 
     def position(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Queries and keys (B, T, nh+nkv, hs) made position-aware: the rotary embedding here;
-        a family with q/k norms or layers without rotation overrides this one step."""
+        a family with q/k norms or layers without rotation overrides this one step, and says
+        so in `qk_norms()` and `rotary_dims` (what the fused CPU decode step does instead)."""
         return rotate(qk, cos, sin)
+
+    def qk_norms(self) -> tuple[nn.Module, nn.Module] | None:
+        """The RMSNorms over each head's queries and keys before the rotation (Qwen3), or None."""
+        return None
 
 
 class SwiGLU(nn.Module):

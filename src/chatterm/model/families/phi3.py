@@ -9,9 +9,8 @@ a sequence passes the original window, which would change the keys already cache
 `sliding_window` (2047 for the 4k model) is not applied: positions past it differ from
 transformers'.
 
-With rotation over the whole head the fused CPU decode step computes the blocks (it takes the
-scaled cos/sin rows as given); with partial rotation the blocks run in PyTorch (the front ends
-say so once).
+The fused CPU decode step computes the blocks, partial rotation included (it takes the scaled
+cos/sin rows as given and turns each head's first `rotary_dims`).
 """
 
 from __future__ import annotations
@@ -40,12 +39,13 @@ class Phi3Config(LlamaConfig):
 class PartialRotaryAttention(Attention):
     def __init__(self, config: Phi3Config, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
-        self.rotated = config.rotated
+        self.rotary_dims = config.rotated
 
     def position(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        if self.rotated == self.head_dim:
+        r = self.rotary_dims
+        if r == self.head_dim:
             return rotate(qk, cos, sin)
-        return torch.cat((rotate(qk[..., :self.rotated], cos, sin), qk[..., self.rotated:]), dim=-1)
+        return torch.cat((rotate(qk[..., :r], cos, sin), qk[..., r:]), dim=-1)
 
 
 class Phi3Block(Block):
@@ -54,11 +54,6 @@ class Phi3Block(Block):
 
 class Phi3(Llama):
     block_class = Phi3Block
-
-    def __init__(self, config: Phi3Config) -> None:
-        super().__init__(config)
-        if config.rotated != config.head_dim:
-            self.decode_note = "Phi-4-mini runs on the PyTorch path (the fused CPU decode step rotates whole heads): slower"
 
     def build_rotary_tables(self) -> None:
         """Tables over the rotated dims, LongRoPE's factors applied, scaled by its attention factor."""

@@ -3,8 +3,8 @@ queries and keys pass an RMSNorm over the head's width before the rotary embeddi
 are no q/k/v biases (Qwen2's are gone). Everything else, the config's reading included, is
 Llama's.
 
-The fused CPU decode step (native_blocks.py) has no q/k norm, so Qwen3 runs its blocks in
-PyTorch: correct, slower, and the front ends say so once (`decode_note`).
+The fused CPU decode step (native_blocks.py) applies the q/k norms the attention declares
+(`qk_norms()`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ class QKNormAttention(Attention):
         q, k = qk.split((self.n_head, self.n_kv_head), dim=2)  # (B, T, nh, hs), (B, T, nkv, hs)
         return rotate(torch.cat((self.q_norm(q), self.k_norm(k)), dim=2), cos, sin)
 
+    def qk_norms(self) -> tuple[RMSNorm, RMSNorm]:
+        return self.q_norm, self.k_norm
+
 
 class Qwen3Block(Block):
     attention_class = QKNormAttention
@@ -46,7 +49,6 @@ class Qwen3Block(Block):
 
 class Qwen3(Llama):
     block_class = Qwen3Block
-    decode_note = "Qwen3 runs on the PyTorch path (the fused CPU decode step has no q/k norm yet): slower"
 
 
 def config_from_hf(raw: dict, context: int | None) -> Qwen3Config:

@@ -4,8 +4,7 @@ the rotary embedding, by default every fourth one. The config's `no_rope_layers`
 (smollm3.cpp), so that is what a GGUF file gets here too. llama.cpp's converter writes it as a
 Llama, with the query/key rows reordered.
 
-The fused CPU decode step rotates every layer, so SmolLM3 runs its blocks in PyTorch (slower;
-the front ends say so once).
+The fused CPU decode step skips the rotation where the attention's `rotary_dims` is 0.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ class NoPEAttention(Attention):
     def __init__(self, config: SmolLM3Config, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
         self.use_rope = not config.rope_layers or bool(config.rope_layers[layer_idx])
+        self.rotary_dims = self.rotary_dims if self.use_rope else 0
 
     def position(self, qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return super().position(qk, cos, sin) if self.use_rope else qk
@@ -47,7 +47,6 @@ class SmolLM3Block(Block):
 
 class SmolLM3(Llama):
     block_class = SmolLM3Block
-    decode_note = "SmolLM3 runs on the PyTorch path (the fused CPU decode step rotates every layer): slower"
 
 
 def every_nth_without_rope(n_layer: int, interval: int = NO_ROPE_INTERVAL) -> tuple:

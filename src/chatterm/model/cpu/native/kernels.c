@@ -356,14 +356,16 @@ static void rms_norm(const float *x, const float *w, float *out, int64_t C, floa
     for (int64_t i = 0; i < C; i++) out[i] = x[i] * r * w[i];
 }
 
-static void rope(float *v, const float *cos, const float *sin, int64_t heads, int64_t hs) {
-    int64_t half = hs / 2;
-    for (int64_t h = 0; h < heads; h++, v += hs)
-        for (int64_t i = 0; i < half; i++) {
-            float x1 = v[i], x2 = v[i + half];
-            v[i] = x1 * cos[i] - x2 * sin[i];
-            v[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
-        }
+/* One head's first `rotated` dims (even) turned in the "rotate half" layout: dims i and
+ * i + rotated/2 form a pair; cos, sin: `rotated` values. The rest of the head stays (Phi-4-mini
+ * turns 3/4 of each head). */
+static void rope(float *v, const float *cos, const float *sin, int64_t rotated) {
+    int64_t half = rotated / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * cos[i] - x2 * sin[i];
+        v[i + half] = x2 * cos[i + half] + x1 * sin[i + half];
+    }
 }
 
 /* out[i] = silu(gate[i]) * up[i] */
@@ -396,8 +398,11 @@ static void swiglu(const float *gate, const float *up, float *out, int64_t n) {
 
 typedef struct {
     ct_lin lins[4];
-    const float *norm[4]; /* GPT-2: ln_1 weight, bias, ln_2 weight, bias; Llama: the two RMSNorm weights */
-    void *kc, *vc;        /* this layer's cache: (heads, max_len, hs) */
+    const float *norm[4];  /* GPT-2: ln_1 weight, bias, ln_2 weight, bias; Llama: the two RMSNorm weights, then
+                            * the q and k norms' (Qwen3: over each head, before the rotation) or NULL */
+    void *kc, *vc;         /* this layer's cache: (heads, max_len, hs) */
+    int64_t rotary_dims;   /* Llama: each head's leading dims the rotary embedding turns; 0: none (SmolLM3's
+                            * NoPE layers) */
 } ct_layer;
 
 /* What follows the last block, done in the same call when the caller gives it: the final norm
@@ -484,9 +489,11 @@ int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, floa
 }
 
 /* The Llama family: RMSNorm, the fused q/k/v projection (Qwen2's biases in the descriptor),
- * rotary embedding of q and k in the "rotate half" layout (cos/sin: this position's rows, hs
- * values each), the cache write, grouped-query attention, the output projection and residual,
- * RMSNorm, SwiGLU (gate and up fused: gate first) and residual, for every layer. */
+ * Qwen3's RMSNorm over each head's q and k, the rotary embedding of q and k in the "rotate half"
+ * layout over each layer's rotary_dims (cos/sin: this position's rows, that many values each;
+ * none in SmolLM3's NoPE layers), the cache write, grouped-query attention, the output
+ * projection and residual, RMSNorm, SwiGLU (gate and up fused: gate first) and residual, for
+ * every layer. eps: every RMSNorm's. */
 int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, const float *cos, const float *sin,
                          float *x, int64_t pos, int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs,
                          int half, const ct_head *head, int nthreads) {
@@ -507,7 +514,9 @@ int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, con
             failed |= lin_apply(qkv, h, q, CT_TEAM) != 0;
 #pragma omp for schedule(static)
             for (int64_t j = 0; j < n_head + n_kv_head; j++) { /* q's heads, then k's (k follows q) */
-                rope(q + j * hs, cos, sin, 1, hs);
+                const float *head_norm = L->norm[j < n_head ? 2 : 3];
+                if (head_norm) rms_norm(q + j * hs, head_norm, q + j * hs, hs, eps); /* in place: it sums first */
+                if (L->rotary_dims) rope(q + j * hs, cos, sin, L->rotary_dims);
                 if (j >= n_head) {
                     int64_t g = j - n_head;
                     store_kv((char *)L->kc + (g * max_len + pos) * hs * size, k + g * hs, hs, half);
