@@ -317,6 +317,81 @@ def test_fused_llama_block_step_is_the_block_in_pytorch(dtype, bias, tied, monke
     assert float((fused_logits - plain_logits).abs().max()) < tolerance * float(plain_logits.abs().max())
 
 
+def _tiny(family: str, dtype: str, tied: bool = True):
+    """A tiny GPT-2 or Llama with fixed weights, packed as `dtype` (bf16, int8, int4)."""
+    import chatterm.model.families.llama as llama
+    from chatterm.model import GPT
+    from chatterm.model.families.gpt2 import GPTConfig
+
+    if family == "gpt2":
+        model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=301)).init_weights(3)
+    else:
+        model = llama.Llama(llama.LlamaConfig(block_size=64, vocab_size=301, n_layer=2, n_head=4, n_kv_head=2,
+                                              n_embd=64, intermediate_size=96, tie_embeddings=tied)).init_weights(3)
+    model = model.eval().to(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    pack_linears(model, None if dtype == "bf16" else int(dtype[3:]))
+    return model
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("dtype", ["bf16", "int8", "int4"])
+def test_a_step_by_token_id_is_the_fused_forward_step(family, dtype):
+    """decode_token (Python ints; the embedding rows and rotary rows read by the kernels) gives
+    the fused forward step's logits exactly, and declines what it cannot take."""
+    from chatterm.model import KVCache
+
+    model = _tiny(family, dtype)
+    by_id, by_tensor = KVCache.for_model(model), KVCache.for_model(model)
+    prompt = [5, 17, 300, 2]
+    with torch.inference_mode():
+        for cache in (by_id, by_tensor):
+            model(torch.tensor([prompt]), torch.arange(len(prompt)), cache)
+        token = 7
+        for position in range(len(prompt), len(prompt) + 12):
+            got = model.decode_token(token, position, by_id)
+            want = model(torch.tensor([[token]]), torch.tensor([position]), by_tensor)[0, -1]
+            assert got is not None and torch.equal(got, want), position
+            token = int(want.argmax())
+        assert by_id.length == by_tensor.length == len(prompt) + 12
+        # an id past the vocabulary, a position past the window: forward's errors are the ones raised
+        assert model.decode_token(301, by_id.length, by_id) is None
+        assert model.decode_token(-1, by_id.length, by_id) is None
+        assert model.decode_token(3, 64, by_id) is None
+        with pytest.raises(ValueError, match="unwritten"):  # the cache's own check, as forward's
+            model.decode_token(3, by_id.length + 1, by_id)
+
+
+def test_a_step_by_token_id_reads_a_packed_position_table(tmp_path):
+    """GPT-2 from a Q8_0 GGUF file: its position embedding is a packed table the kernels read by row."""
+    from chatterm.bench_llama import write_gpt2_gguf
+    from chatterm.model import GPT, KVCache, load_checkpoint
+    from chatterm.model.cpu.linear import TiedEmbedding
+    from chatterm.model.families.gpt2 import GPTConfig
+
+    source = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=301)).init_weights(4).eval()
+    write_gpt2_gguf(source, tmp_path / "m.gguf", "Q8_0")
+    model = load_checkpoint(tmp_path / "m.gguf", precision="int8", inference=True).model
+    assert isinstance(model.transformer.wpe, TiedEmbedding)
+    by_id, by_tensor = KVCache.for_model(model), KVCache.for_model(model)
+    with torch.inference_mode():
+        for cache in (by_id, by_tensor):
+            model(torch.tensor([[1, 2, 3]]), torch.arange(3), cache)
+        for position, token in zip(range(3, 9), (4, 250, 9, 9, 0, 300)):
+            got = model.decode_token(token, position, by_id)
+            want = model(torch.tensor([[token]]), torch.tensor([position]), by_tensor)[0, -1]
+            assert got is not None and torch.equal(got, want), position
+
+
+def test_a_step_by_token_id_declines_an_untied_embedding():
+    from chatterm.model import KVCache
+
+    model = _tiny("llama", "int8", tied=False)
+    cache = KVCache.for_model(model)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2]]), torch.arange(2), cache)
+        assert model.decode_token(3, 2, cache) is None  # the caller's forward() computes the embedding
+
+
 def test_fused_step_of_a_copied_model_reads_the_copy(parrot):
     import gc
 

@@ -57,6 +57,7 @@ class Generator:
         self.cache = KVCache.for_model(model, static=compile)
         self._cached_ids: list[int] = []  # the ids whose keys/values the cache holds, in order
         self._step = torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True) if compile else _decode_step
+        self._compiled = compile
         self._lock = threading.Lock()  # one token loop at a time owns the cache
         # CPU decoding picks its thread count by measuring (threads.py): a busy core slows every
         # thread that waits for it
@@ -104,13 +105,18 @@ class Generator:
     @torch.inference_mode()
     def decode(self, token_id: int) -> torch.Tensor:
         """Append one token to the cache; return the logits for the token after it."""
-        token = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
-        input_pos = torch.tensor([len(self._cached_ids)], dtype=torch.long, device=self.device)
+        position = len(self._cached_ids)
         tuner = self._threads
         if tuner is not None and tuner.threads() != torch.get_num_threads():
             torch.set_num_threads(tuner.threads())
         started = time.perf_counter()
-        logits = self._step(self.model, token, input_pos, self.cache)
+        # From Python ints in one kernel call where the model can (the fused CPU step), else
+        # the forward pass on tensors
+        logits = None if self._compiled else self.model.decode_token(token_id, position, self.cache)
+        if logits is None:
+            token = torch.tensor([[token_id]], dtype=torch.long, device=self.device)
+            input_pos = torch.tensor([position], dtype=torch.long, device=self.device)
+            logits = self._step(self.model, token, input_pos, self.cache)
         if tuner is not None:
             tuner.record(time.perf_counter() - started)
         self._cached_ids.append(token_id)

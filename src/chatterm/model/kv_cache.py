@@ -118,14 +118,22 @@ class KVCache(nn.Module):
         the bookkeeping `update` does; for a caller that writes the buffers itself (the CPU
         decode-step kernel). Layer 0 checks the positions before anything is written."""
         if layer == 0:
-            self._span = self._checked_span(input_pos, T)
-            self._length = self._span[1]  # everything after this pass's positions is stale from now on
+            # One host read per forward pass (positions are contiguous); tolist is the cheap one
+            # for a single decode position, indexing for a long prefill.
+            self._reserve_span(input_pos.tolist()[0] if T == 1 else int(input_pos[0]), T)
         return self._span
 
-    def _checked_span(self, input_pos: torch.Tensor, T: int) -> tuple[int, int]:
-        # One host read per forward pass (positions are contiguous); tolist is the cheap one for
-        # a single decode position, indexing for a long prefill.
-        start = input_pos.tolist()[0] if T == 1 else int(input_pos[0])
+    def reserve_position(self, position: int) -> int:
+        """`reserve` for one token at `position` given as an int, for every layer at once (the
+        CPU decode step called from Python ints); returns where it goes."""
+        return self._reserve_span(position, 1)[0]
+
+    def _reserve_span(self, start: int, T: int) -> tuple[int, int]:
+        self._span = self._checked_span(start, T)
+        self._length = self._span[1]  # everything after this pass's positions is stale from now on
+        return self._span
+
+    def _checked_span(self, start: int, T: int) -> tuple[int, int]:
         end = start + T
         if start > self._length:
             raise ValueError(f"KV cache: writing at position {start} would leave positions "

@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import huge_pages, kernel_choice, native
+from .linear import TiedEmbedding
 from .native_attention import _CACHE_DTYPES
 from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2KLinear, Q3KLinear, Q4KLinear, Q4Linear,
                             Q5KLinear, Q6KLinear, Q8Linear, StackedLinear)
@@ -57,6 +58,11 @@ class _Linear(ctypes.Structure):  # kernels.c's ct_lin
 class _Head(ctypes.Structure):  # kernels.c's ct_head
     _fields_ = [("is_layer_norm", ctypes.c_int64), ("norm_w", ctypes.c_void_p), ("norm_b", ctypes.c_void_p),
                 ("eps", ctypes.c_double), ("head", ctypes.POINTER(_Linear)), ("logits", ctypes.c_void_p)]
+
+
+class _Input(ctypes.Structure):  # kernels.c's ct_input
+    _fields_ = [("token", ctypes.c_int64), ("table", ctypes.POINTER(_Linear)), ("position_row", ctypes.c_void_p),
+                ("positions", ctypes.POINTER(_Linear)), ("position", ctypes.c_int64)]
 
 
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
@@ -114,8 +120,13 @@ class _Plan:
         self.layers = (_Layer * len(layers))(*layers)
         self.n_layer = len(layers)
         self.head = self.head_arg = self.vocab = None  # head_arg: what the kernel call takes
+        # The input by token id (decode_token): a tied model's embedding is the head's rows.
+        self.input = _Input(-1, None, None, None, 0)
+        self.input_arg = ctypes.byref(self.input)
+        self.x = None  # the residual stream's buffer there
+        self.token_args = None  # what a step by token id reads of the model, gathered at the first one
         if final is not None:
-            norm, head, is_layer_norm = final
+            norm, head, is_layer_norm, tied = final
             bias = getattr(norm, "bias", None)
             self.tensors += [norm.weight, bias, head]
             linear = _descriptor(head, self.tensors)
@@ -124,6 +135,9 @@ class _Plan:
                               None)
             self.head_arg = ctypes.byref(self.head)
             self.vocab = head.out_features
+            if tied:
+                self.input.table = ctypes.pointer(linear)
+                self.x = torch.empty(head.in_features)
 
     def logits_into(self) -> torch.Tensor | None:
         """A new logits buffer the next call writes (None: the call stops at the residual stream)."""
@@ -134,15 +148,17 @@ class _Plan:
         return logits
 
 
-def _final(norm, head, width: int, is_layer_norm: bool):
-    """(norm, head, is_layer_norm) where the kernels can run the model's final norm (LayerNorm,
-    or RMSNorm: `norm.weight`, `norm.eps`, perhaps `norm.bias`) and its vocabulary projection:
-    fp32 norm tensors and a kernel linear without bias reading the residual stream. Else None."""
+def _final(norm, head, embedding, width: int, is_layer_norm: bool):
+    """(norm, head, is_layer_norm, tied) where the kernels can run the model's final norm
+    (LayerNorm, or RMSNorm: `norm.weight`, `norm.eps`, perhaps `norm.bias`) and its vocabulary
+    projection: fp32 norm tensors and a kernel linear without bias reading the residual stream.
+    Else None. tied: the token embedding is the head's rows in fp32 (the kernels can read it)."""
     tensors = (norm.weight, getattr(norm, "bias", None))
     fits = (norm.weight is not None and all(t is None or (t.dtype == torch.float32 and t.numel() == width)
                                             for t in tensors)
             and _has_kernel(head) and head.in_features == width and getattr(head, "bias", None) is None)
-    return (norm, head, is_layer_norm) if fits else None
+    tied = isinstance(embedding, TiedEmbedding) and embedding.table is head and embedding.dtype == torch.float32
+    return (norm, head, is_layer_norm, tied) if fits else None
 
 
 def _plan(model, blocks, form: _Form, cache, final_of) -> _Plan | None:
@@ -165,11 +181,10 @@ def _plan(model, blocks, form: _Form, cache, final_of) -> _Plan | None:
     return plan
 
 
-def _one_token(x: torch.Tensor, cache, n_kv_head: int, training: bool) -> bool:
-    """One token of one sequence in fp32, into a dynamic cache the kernels can read."""
-    return (cache is not None and not cache.static and x.shape[:2] == (1, 1) and x.dtype == torch.float32
-            and cache.keys.dtype in _CACHE_DTYPES and cache.keys.size(1) == 1 and cache.keys.size(2) == n_kv_head
-            and not training)
+def _cache_fits(cache, n_kv_head: int, training: bool) -> bool:
+    """A dynamic cache of one sequence the kernels can read, and a model not training."""
+    return (cache is not None and not cache.static and cache.keys.dtype in _CACHE_DTYPES
+            and cache.keys.size(1) == 1 and cache.keys.size(2) == n_kv_head and not training)
 
 
 def _gpt2_linears(block):
@@ -192,21 +207,64 @@ def _gpt2_shapes_fit(block) -> bool:
 _GPT2 = _Form(_gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, lambda block: 0)
 
 
+def _gpt2_plan(model, cache) -> _Plan | None:
+    blocks = model.transformer.h
+    first = blocks[0]
+    if not _cache_fits(cache, first.attn.n_head, model.training) or first.ln_1.weight is None:
+        return None
+    return _plan(model, blocks, _GPT2, cache, lambda: _final(
+        model.transformer.ln_f, model.lm_head, model.transformer.wte, first.attn.c_attn.in_features, True))
+
+
 def gpt2_decode_step(model, x: torch.Tensor, input_pos: torch.Tensor, cache) -> tuple[torch.Tensor, bool] | None:
     """GPT-2's decode step for one token (x: (1, 1, C) fp32): (logits (1, 1, vocab), True) when
     the kernels also ran the final LayerNorm and the head, (the residual stream after the last
     block, False) when only the blocks; None when the fused step does not apply (module docstring)."""
-    blocks = model.transformer.h
-    first = blocks[0]
-    if not _one_token(x, cache, first.attn.n_head, model.training) or first.ln_1.weight is None:
-        return None
-    plan = _plan(model, blocks, _GPT2, cache,
-                 lambda: _final(model.transformer.ln_f, model.lm_head, x.size(-1), is_layer_norm=True))
+    plan = _gpt2_plan(model, cache) if x.shape[:2] == (1, 1) and x.dtype == torch.float32 else None
     if plan is None:
         return None
+    first = model.transformer.h[0]
     return _run(x, input_pos, cache, plan, lambda out, start, half, threads: native.library().ct_gpt2_layers_step(
         plan.layers, plan.n_layer, first.ln_1.eps, out, start, cache.max_len, first.attn.n_head,
-        first.attn.head_dim, half, plan.head_arg, threads))
+        first.attn.head_dim, half, None, plan.head_arg, threads))
+
+
+def gpt2_decode_token(model, token_id: int, position: int, cache) -> torch.Tensor | None:
+    """Next-token logits (vocab,) after `token_id` at `position`, from Python ints: the token's
+    and the position's embedding rows read by the kernels in the same call (see _run_token).
+    None where that does not apply; the caller then runs forward()."""
+    plan = _gpt2_plan(model, cache)
+    if plan is None or plan.x is None or not 0 <= token_id < plan.vocab:
+        return None
+    if plan.token_args is None or plan.token_args[0] is not model.transformer.wpe:
+        plan.token_args = _position_table(plan, model.transformer.wpe, model.transformer.h[0])
+    _, rows, wpe, (eps, n_head, head_dim) = plan.token_args
+    if not 0 <= position < rows:
+        return None
+    if wpe is not None:  # an fp32 table: this row's address; else the kernels read row `position`
+        plan.input.position_row = wpe.data_ptr() + position * wpe.stride(0) * 4
+    plan.input.position = position
+    return _run_token(plan, token_id, position, cache,
+                      lambda out, start, half, threads: native.library().ct_gpt2_layers_step(
+                          plan.layers, plan.n_layer, eps, out, start, cache.max_len, n_head, head_dim, half,
+                          plan.input_arg, plan.head_arg, threads))
+
+
+def _position_table(plan: _Plan, module, first) -> tuple:
+    """(module, the positions the kernels can read of it: 0 if none, an fp32 weight or None, the
+    step's constants). A packed table (TiedEmbedding of a kernel layer) is read by row index."""
+    constants = (first.ln_1.eps, first.attn.n_head, first.attn.head_dim)
+    plan.input.positions, plan.input.position_row = None, None
+    if isinstance(module, torch.nn.Embedding):
+        wpe = module.weight
+        usable = wpe.dtype == torch.float32 and wpe.dim() == 2 and wpe.is_contiguous()
+        return module, wpe.size(0) if usable else 0, wpe, constants
+    if isinstance(module, TiedEmbedding) and _has_kernel(module.table) and module.dtype == torch.float32:
+        linear = _descriptor(module.table, plan.tensors)
+        plan.tensors += [module, linear]
+        plan.input.positions = ctypes.pointer(linear)
+        return module, module.num_embeddings, None, constants
+    return module, 0, None, constants
 
 
 def _llama_linears(block):
@@ -237,27 +295,57 @@ def _llama_shapes_fit(block) -> bool:
 _LLAMA = _Form(_llama_linears, _llama_norms, _llama_shapes_fit, lambda block: block.attn.rotary_dims)
 
 
+def _llama_plan(model, cache) -> _Plan | None:
+    blocks = model.layers
+    if not _cache_fits(cache, blocks[0].attn.n_kv_head, model.training):
+        return None
+    return _plan(model, blocks, _LLAMA, cache, lambda: _final(
+        model.norm, model.lm_head, model.embed_tokens, blocks[0].attn.qkv.in_features, False))
+
+
 def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
                       cache) -> tuple[torch.Tensor, bool] | None:
     """A Llama-family model's decode step for one token (x: (1, 1, C) fp32; cos, sin: this
     position's rotary rows): as gpt2_decode_step, with the final RMSNorm. Qwen3's q/k norms,
     SmolLM3's layers without rotation and Phi-4-mini's partial rotation are the attention's to
     declare (`qk_norms()`, `rotary_dims`)."""
-    blocks = model.layers
-    attn = blocks[0].attn
-    if not _one_token(x, cache, attn.n_kv_head, model.training):
-        return None
-    plan = _plan(model, blocks, _LLAMA, cache,
-                 lambda: _final(model.norm, model.lm_head, x.size(-1), is_layer_norm=False))
-    if plan is None:
-        return None
-    if cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
+    plan = _llama_plan(model, cache) if x.shape[:2] == (1, 1) and x.dtype == torch.float32 else None
+    if plan is None or cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
         return None
     if plan.rotary_width and cos.numel() != plan.rotary_width:
         return None
+    attn = model.layers[0].attn
     return _run(x, input_pos, cache, plan, lambda out, start, half, threads: native.library().ct_llama_layers_step(
-        plan.layers, plan.n_layer, blocks[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out, start,
-        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, plan.head_arg, threads))
+        plan.layers, plan.n_layer, model.layers[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out, start,
+        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, None, plan.head_arg, threads))
+
+
+def llama_decode_token(model, token_id: int, position: int, cache) -> torch.Tensor | None:
+    """As gpt2_decode_token, for the Llama family: this position's rotary rows are found in the
+    model's tables by address."""
+    plan = _llama_plan(model, cache)
+    if plan is None or plan.x is None or not 0 <= token_id < plan.vocab:
+        return None
+    args = plan.token_args
+    if args is None or args[0] is not model.rope_cos or args[1] is not model.rope_sin:
+        args = plan.token_args = _rope_tables(model.rope_cos, model.rope_sin, plan.rotary_width, model.layers[0])
+    cos, sin, usable, (eps, n_head, n_kv_head, head_dim) = args
+    if not usable or not 0 <= position < cos.size(0):
+        return None
+    row = position * cos.stride(0) * 4
+    return _run_token(plan, token_id, position, cache,
+                      lambda out, start, half, threads: native.library().ct_llama_layers_step(
+                          plan.layers, plan.n_layer, eps, cos.data_ptr() + row, sin.data_ptr() + row, out, start,
+                          cache.max_len, n_head, n_kv_head, head_dim, half, plan.input_arg, plan.head_arg, threads))
+
+
+def _rope_tables(cos: torch.Tensor, sin: torch.Tensor, width: int, block) -> tuple:
+    """(cos, sin, whether the kernels can read a row of them by address, the step's constants
+    (kept here so a step reads no module attribute))."""
+    usable = all(t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous() and t.shape == cos.shape
+                 for t in (cos, sin)) and (width == 0 or cos.size(1) == width)
+    attn = block.attn
+    return cos, sin, usable, (block.attn_norm.eps, attn.n_head, attn.n_kv_head, attn.head_dim)
 
 
 def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, plan: _Plan, kernel) -> tuple[torch.Tensor, bool]:
@@ -272,3 +360,17 @@ def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, plan: _Plan, kernel) -
     if logits is not None:
         return logits.view(1, 1, -1), True
     return out.view(1, 1, -1), False
+
+
+def _run_token(plan: _Plan, token_id: int, position: int, cache, kernel) -> torch.Tensor:
+    """The cache's bookkeeping for `position`, then `kernel(out, start, half, threads)` reading
+    token `token_id`'s embedding (and the position's: plan.input) itself; the next-token logits (vocab,).
+    Why from ints: the two id tensors, the embedding lookup, the rotary rows' indexing and the
+    residual's copy were ~0.3 ms of a 5 ms SmolLM2 step, each PyTorch operation slow on the
+    caches the previous step had just flushed."""
+    start = cache.reserve_position(position)
+    plan.input.token = token_id
+    logits = plan.logits_into()
+    if kernel(plan.x.data_ptr(), start, _CACHE_DTYPES[cache.keys.dtype], torch.get_num_threads()):
+        raise MemoryError("the CPU decode kernel could not allocate its buffers")
+    return logits

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..kv_cache import KVCache
 from ..cpu.native_attention import attend_one
-from ..cpu.native_blocks import llama_decode_step
+from ..cpu.native_blocks import llama_decode_step, llama_decode_token
 from . import Family, Part, Sources, TensorMap, context_window, typed
 
 
@@ -278,6 +278,12 @@ class Llama(nn.Module):
         if last_logits_only:
             x = x[:, -1:, :]
         return self.lm_head(self.norm(x))  # (B, T or 1, vocab)
+
+    def decode_token(self, token_id: int, position: int, cache: KVCache) -> torch.Tensor | None:
+        """Next-token logits (vocab,) after `token_id` at `position` (Python ints), written into
+        `cache`, in one call into the CPU kernels; None where that path does not apply, and the
+        caller runs forward() with tensors."""
+        return llama_decode_token(self, token_id, position, cache) if self.decode_note is None else None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights counted once

@@ -235,9 +235,9 @@ def declare(lib):
     lib.ct_attend_one.argtypes = [p, i64, p, p, i64, i64, p, i64, i64, i64, i64, ctypes.c_float, i32, i32]
     lib.ct_attend_one.restype = i32
     f32 = ctypes.c_float
-    lib.ct_gpt2_layers_step.argtypes = [p, i64, f32, p, i64, i64, i64, i64, i32, p, i32]
+    lib.ct_gpt2_layers_step.argtypes = [p, i64, f32, p, i64, i64, i64, i64, i32, p, p, i32]
     lib.ct_gpt2_layers_step.restype = i32
-    lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, p, i32]
+    lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, p, p, i32]
     lib.ct_llama_layers_step.restype = i32
     for name in ("ct_dequant_bf16", "ct_dequant_f16", "ct_dequant_q8", "ct_dequant_q4", "ct_dequant_kq", "ct_dequant_iq4nl"):
         getattr(lib, name).restype = None

@@ -158,6 +158,8 @@ static const int8_t iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 
 
 /* K-quant (and IQ4_XS) weights (kquants.c): the `type` codes of ct_linear_kq / ct_dequant_kq. */
 enum { CT_Q4_K = 0, CT_Q5_K = 1, CT_Q6_K = 2, CT_Q2_K = 3, CT_Q3_K = 4, CT_IQ4_XS = 5, CT_KQ_LAST = CT_IQ4_XS };
+int64_t ct_kq_row_bytes(int type, int64_t K);
+void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K, int nthreads);
 int ct_linear_kq(int type, const float *x, const uint8_t *w, const float *bias, float *y, int64_t M, int64_t N,
                  int64_t K, int nthreads);
 

@@ -300,6 +300,36 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
     return -1;
 }
 
+/* Row `id` of L's weight in fp32: a token's embedding read from the tied output projection. */
+static int lin_row(const ct_lin *L, int64_t id, float *out) {
+    int64_t K = L->K, nb = K / BLOCK;
+    if (id < 0 || id >= L->N) return -1;
+    switch (L->kind) {
+    case 0:
+        ct_dequant_bf16((const uint16_t *)L->w + id * K, out, 1, K, 1);
+        return 0;
+    case 1:
+        ct_dequant_q8((const int8_t *)L->w + id * K, L->scale + id * nb, out, 1, K, 1);
+        return 0;
+    case 2:
+        ct_dequant_q4((const uint8_t *)L->w + id * K / 2, L->scale + id * nb, L->offset + id * nb, out, 1, K, 1);
+        return 0;
+    case 3:
+        ct_dequant_f16((const uint16_t *)L->w + id * K, out, 1, K, 1);
+        return 0;
+    case 4 + CT_KQ_LAST + 1:
+        ct_dequant_iq4nl((const uint8_t *)L->w + id * K / 2, L->scale + id * nb, out, 1, K, 1);
+        return 0;
+    default:
+        if (L->kind >= 4 && L->kind <= 4 + CT_KQ_LAST) {
+            int type = (int)(L->kind - 4);
+            ct_dequant_kq(type, (const uint8_t *)L->w + id * ct_kq_row_bytes(type, K), out, 1, K, 1);
+            return 0;
+        }
+    }
+    return -1; /* a stacked projection is no embedding */
+}
+
 static void layer_norm(const float *x, const float *w, const float *b, float *out, int64_t C, float eps) {
     double mean = 0.0, var = 0.0;
     for (int64_t i = 0; i < C; i++) mean += x[i];
@@ -449,12 +479,41 @@ static int head_apply(const ct_head *head, const float *x, float *h, int64_t C) 
 
 static int team_size(int nthreads) { return nthreads > 1 ? nthreads : 1; }
 
+/* Where the step's input comes from: x as given (token < 0), or token `token`'s row of `table` (a
+ * tied model's output projection), plus GPT-2's learned position embedding: `position_row` (fp32)
+ * or row `position` of `positions` (a packed table); neither where there is none. Why: the
+ * embedding's few PyTorch operations, run just after the previous step had streamed every
+ * weight, cost ~50 us of a 5 ms SmolLM2 step. */
+typedef struct {
+    int64_t token;
+    const ct_lin *table;
+    const float *position_row;
+    const ct_lin *positions;
+    int64_t position;
+} ct_input;
+
+static int read_input(const ct_input *in, float *x, int64_t C) {
+    if (!in || in->token < 0) return 0;
+    if (!in->table || in->table->K != C || lin_row(in->table, in->token, x)) return -1;
+    if (in->position_row)
+        for (int64_t i = 0; i < C; i++) x[i] += in->position_row[i];
+    if (in->positions) {
+        float *row = (float *)malloc(sizeof(float) * (size_t)C);
+        int failed = !row || in->positions->K != C || lin_row(in->positions, in->position, row);
+        for (int64_t i = 0; !failed && i < C; i++) x[i] += row[i];
+        free(row);
+        return failed ? -1 : 0;
+    }
+    return 0;
+}
+
 /* GPT-2: LayerNorm, the fused q/k/v projection, the cache write at `pos`, attention over
  * positions 0..pos, the output projection and residual, LayerNorm, the MLP with GELU (tanh) and
  * residual, for every layer; x (C) is updated in place. */
 int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, float *x, int64_t pos, int64_t max_len,
-                        int64_t n_head, int64_t hs, int half, const ct_head *head, int nthreads) {
+                        int64_t n_head, int64_t hs, int half, const ct_input *in, const ct_head *head, int nthreads) {
     int64_t C = n_head * hs, H = layers[0].lins[2].N, size = half ? 2 : 4, teams = team_size(nthreads);
+    if (read_input(in, x, C)) return -1;
     float *buf = (float *)malloc(sizeof(float) * (size_t)(3 * C + C + H + C + teams * C));
     if (!buf) return -1;
     float *q = buf, *att = q + 3 * C, *hidden = att + C, *y = hidden + H, *own = y + C;
@@ -496,8 +555,9 @@ int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, floa
  * every layer. eps: every RMSNorm's. */
 int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, const float *cos, const float *sin,
                          float *x, int64_t pos, int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs,
-                         int half, const ct_head *head, int nthreads) {
+                         int half, const ct_input *in, const ct_head *head, int nthreads) {
     int64_t C = layers[0].lins[0].K, qw = n_head * hs, kvw = n_kv_head * hs, H = layers[0].lins[3].K;
+    if (read_input(in, x, C)) return -1;
     int64_t size = half ? 2 : 4, teams = team_size(nthreads);
     float *buf = (float *)malloc(sizeof(float) * (size_t)(qw + 2 * kvw + qw + 2 * H + H + C + teams * C));
     if (!buf) return -1;

@@ -548,6 +548,9 @@ static int gemv_kq(int type, const float *x, const uint8_t *w, const float *bias
 
 #else
 
+/* The bytes of one row of K values of `type`. */
+int64_t ct_kq_row_bytes(int type, int64_t K) { return K / QK * block_bytes[type]; }
+
 /* W (N rows of super-blocks) -> fp32 (N, K): the values the kernels compute with. */
 void ct_dequant_kq(int type, const uint8_t *w, float *out, int64_t N, int64_t K, int nthreads) {
     int64_t nb = K / QK, row = nb * block_bytes[type];
