@@ -359,6 +359,8 @@ def test_a_step_by_token_id_is_the_fused_forward_step(family, dtype):
         assert model.decode_token(3, 64, by_id) is None
         with pytest.raises(ValueError, match="unwritten"):  # the cache's own check, as forward's
             model.decode_token(3, by_id.length + 1, by_id)
+        model.train()  # a model set to train is forward's, even right after a step by id
+        assert model.decode_token(3, by_id.length, by_id) is None
 
 
 def test_a_step_by_token_id_reads_a_packed_position_table(tmp_path):

@@ -102,9 +102,14 @@ class Generator:
         if self._threads is not None and torch.get_num_threads() != self._threads.maximum:
             torch.set_num_threads(self._threads.maximum)
 
-    @torch.inference_mode()
     def decode(self, token_id: int) -> torch.Tensor:
         """Append one token to the cache; return the logits for the token after it."""
+        if torch.is_inference_mode_enabled():  # the token loop's (entering it again: ~10 us a token)
+            return self._decode(token_id)
+        with torch.inference_mode():
+            return self._decode(token_id)
+
+    def _decode(self, token_id: int) -> torch.Tensor:
         position = len(self._cached_ids)
         tuner = self._threads
         if tuner is not None and tuner.threads() != torch.get_num_threads():

@@ -47,6 +47,7 @@ _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2, F16Linear: 3,
 _STACKED = 11  # kernels.c's CT_STACKED: parts of the kinds above, one after another
 _plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> _Plan (or _NOT_HERE)
 _NOT_HERE = object()
+_last = None  # (model, cache, plan) of the last step by token id, as weak references
 
 
 class _Linear(ctypes.Structure):  # kernels.c's ct_lin
@@ -233,7 +234,7 @@ def gpt2_decode_token(model, token_id: int, position: int, cache) -> torch.Tenso
     """Next-token logits (vocab,) after `token_id` at `position`, from Python ints: the token's
     and the position's embedding rows read by the kernels in the same call (see _run_token).
     None where that does not apply; the caller then runs forward()."""
-    plan = _gpt2_plan(model, cache)
+    plan = _token_plan(model, cache, _gpt2_plan)
     if plan is None or plan.x is None or not 0 <= token_id < plan.vocab:
         return None
     if plan.token_args is None or plan.token_args[0] is not model.transformer.wpe:
@@ -323,7 +324,7 @@ def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
 def llama_decode_token(model, token_id: int, position: int, cache) -> torch.Tensor | None:
     """As gpt2_decode_token, for the Llama family: this position's rotary rows are found in the
     model's tables by address."""
-    plan = _llama_plan(model, cache)
+    plan = _token_plan(model, cache, _llama_plan)
     if plan is None or plan.x is None or not 0 <= token_id < plan.vocab:
         return None
     args = plan.token_args
@@ -360,6 +361,22 @@ def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, plan: _Plan, kernel) -
     if logits is not None:
         return logits.view(1, 1, -1), True
     return out.view(1, 1, -1), False
+
+
+def _token_plan(model, cache, plan_of) -> _Plan | None:
+    """`plan_of(model, cache)`, or the last step by token id's plan where that was this model on
+    this cache (three weak references compared: the full lookup's checks cost ~30 us a step on
+    the caches the step before had flushed)."""
+    global _last
+    last = _last
+    if last is not None and last[0]() is model and last[1]() is cache and not model.training:
+        plan = last[2]()
+        if plan is not None and plan.keys is cache.keys:
+            return plan
+    plan = plan_of(model, cache)
+    if plan is not None:
+        _last = (weakref.ref(model), weakref.ref(cache), weakref.ref(plan))
+    return plan
 
 
 def _run_token(plan: _Plan, token_id: int, position: int, cache, kernel) -> torch.Tensor:
