@@ -2,8 +2,8 @@
 a tiny random transformers model with a fixed seed, loaded from its Hugging Face folder and from
 a GGUF file written as llama.cpp's converter writes it, gives transformers' logits and greedy
 tokens exactly; the fused CPU decode step (Qwen3's q/k norms, SmolLM3's layers without
-rotation, Phi-4-mini's partial rotation) decodes as the PyTorch blocks do; Gemma 3, which has
-no fused step, says so."""
+rotation, Phi-4-mini's partial rotation, Gemma 3's sliding windows, local rotary tables, post
+norms and GELU gate) decodes as the PyTorch blocks do."""
 
 import math
 
@@ -93,17 +93,18 @@ def test_logits_and_greedy_tokens_match_transformers(case, source):
     assert our_greedy(ckpt.model, open_tokenizer(ckpt.meta["tokenizer"])) == transformers_greedy(reference)
 
 
-def test_a_family_without_the_fused_step_says_so_once(case):
+def test_every_family_loads_without_a_slower_path_note(case):
+    """Every family has the fused CPU decode step: none says it runs on the PyTorch path."""
     name, _, folder, _ = case
     backend = LocalBackend.load(folder, **LOAD_WITH.get(name, {}))
-    notes = [w for w in backend.warnings if "PyTorch path" in w]
-    assert len(notes) == (1 if name == "gemma3" else 0)  # Gemma 3's sliding window is PyTorch's alone
+    assert not [w for w in backend.warnings if "PyTorch path" in w]
+    assert backend.generator.model.decode_note is None
 
 
 def test_fused_decode_step_and_pytorch_path_agree(case, tmp_path):
     """Rotary tables (Llama 3's scaled ones, LongRoPE's) reach the fused step as they reach the
     PyTorch blocks."""
-    from chatterm.model.cpu import native, native_blocks
+    from chatterm.model.cpu import native
 
     name, reference, _, _ = case
     if native.library() is None:
@@ -111,19 +112,33 @@ def test_fused_decode_step_and_pytorch_path_agree(case, tmp_path):
     # Q8_0: the fused step runs on chatterm's kernels (F32 layers are oneDNN's)
     ckpt = load_checkpoint(write_gguf(tmp_path / "q8.gguf", reference, kind_of(name), qtype="Q8_0"), inference=True,
                            **LOAD_WITH.get(name, {}))
-    model, tokenizer = ckpt.model, open_tokenizer(ckpt.meta["tokenizer"])
-    if model.decode_note is not None:
-        pytest.skip("runs on the PyTorch path only")
+    _fused_decodes_as_pytorch(ckpt.model, open_tokenizer(ckpt.meta["tokenizer"]))
+
+
+def _fused_decodes_as_pytorch(model, tokenizer):
+    """Decode steps by token id on the fused CPU step give the PyTorch blocks' logits."""
+    from chatterm.model.cpu import native_blocks
+
+    assert model.decode_note is None
     fused, plain = Generator(model, tokenizer), Generator(model, tokenizer)
     fused.prefill(PROMPT)
     plain.prefill(PROMPT)
-    for token in (7, 99, 250):
+    for token in (7, 99, 250, 3, 12):  # past the tiny windows of Gemma 3's local layers
         a = fused.decode(token)
         model.decode_note = "the PyTorch path, for this test"  # an instance attribute: this model only
         b = plain.decode(token)
         del model.decode_note
         assert torch.allclose(a, b, atol=2e-3, rtol=1e-3), (a - b).abs().max()
-    assert isinstance(native_blocks._plans.get(model), native_blocks._Plan)  # the fused step did run
+    plan = native_blocks._plans.get(model)
+    assert isinstance(plan, native_blocks._Plan) and plan.x is not None  # the fused step ran, by token id
+
+
+def test_gemma3_fused_step_takes_the_attention_scale(tmp_path):
+    """query_pre_attn_scalar other than the head width (GGUF files always have the head width)."""
+    reference = hf_model("gemma3", seed=3, num_hidden_layers=4, head_dim=16, query_pre_attn_scalar=40,
+                         sliding_window=3, layer_types=["sliding_attention", "full_attention"] * 2)
+    ckpt = load_checkpoint(save_hf_folder(tmp_path, reference), precision="int8", inference=True)
+    _fused_decodes_as_pytorch(ckpt.model, open_tokenizer(ckpt.meta["tokenizer"]))
 
 
 def test_gemma3_query_pre_attn_scalar_and_global_layers_from_a_folder(tmp_path):

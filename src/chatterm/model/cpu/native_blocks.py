@@ -63,21 +63,29 @@ class _Head(ctypes.Structure):  # kernels.c's ct_head
 
 class _Input(ctypes.Structure):  # kernels.c's ct_input
     _fields_ = [("token", ctypes.c_int64), ("table", ctypes.POINTER(_Linear)), ("position_row", ctypes.c_void_p),
-                ("positions", ctypes.POINTER(_Linear)), ("position", ctypes.c_int64)]
+                ("positions", ctypes.POINTER(_Linear)), ("position", ctypes.c_int64), ("scale", ctypes.c_double)]
+
+
+class _LlamaOpts(ctypes.Structure):  # kernels.c's ct_llama_opts
+    _fields_ = [("cos_local", ctypes.c_void_p), ("sin_local", ctypes.c_void_p), ("attn_scale", ctypes.c_double),
+                ("gelu", ctypes.c_int64)]
 
 
 class _Layer(ctypes.Structure):  # kernels.c's ct_layer
-    _fields_ = [("lins", _Linear * 4), ("norm", ctypes.c_void_p * 4), ("kc", ctypes.c_void_p),
-                ("vc", ctypes.c_void_p), ("rotary_dims", ctypes.c_int64)]
+    _fields_ = [("lins", _Linear * 4), ("norm", ctypes.c_void_p * 6), ("kc", ctypes.c_void_p),
+                ("vc", ctypes.c_void_p), ("rotary_dims", ctypes.c_int64), ("window", ctypes.c_int64)]
 
 
 class _Form(NamedTuple):
     """How a family's block looks to kernels.c: its four linears, its norm tensors (None where
-    absent), whether the widths are the ones kernels.c assumes, each head's rotated dims."""
+    absent), whether the widths are the ones kernels.c assumes, each head's rotated dims, the
+    positions a query sees (0: all)."""
     linears: Callable
     norms: Callable
     shapes_fit: Callable
     rotary_dims: Callable
+    window: Callable
+    shared: Callable  # what every block must have alike: (attention scale, the MLP's gate) for the Llama family
 
 
 def _pointer(t: torch.Tensor | None):
@@ -115,19 +123,25 @@ class _Plan:
             linears, norms = form.linears(block), form.norms(block)
             self.tensors += [*linears, *norms]
             layers.append(_Layer((_Linear * 4)(*(_descriptor(layer, self.tensors) for layer in linears)),
-                                 (ctypes.c_void_p * 4)(*(_pointer(t) for t in norms), *[None] * (4 - len(norms))),
-                                 cache.keys[i].data_ptr(), cache.values[i].data_ptr(), form.rotary_dims(block)))
+                                 (ctypes.c_void_p * 6)(*(_pointer(t) for t in norms), *[None] * (6 - len(norms))),
+                                 cache.keys[i].data_ptr(), cache.values[i].data_ptr(), form.rotary_dims(block),
+                                 form.window(block)))
         self.rotary_width = max((form.rotary_dims(b) for b in blocks), default=0)  # the cos/sin rows' width
+        shared = form.shared(blocks[0])
         self.layers = (_Layer * len(layers))(*layers)
         self.n_layer = len(layers)
         self.head = self.head_arg = self.vocab = None  # head_arg: what the kernel call takes
-        # The input by token id (decode_token): a tied model's embedding is the head's rows.
-        self.input = _Input(-1, None, None, None, 0)
+        # The input by token id (decode_token): the token embedding's rows, where they are a
+        # kernel layer's (a tied model's head, or a packed table of its own)
+        self.input = _Input(-1, None, None, None, 0, 0.0)
+        self.opts = _LlamaOpts(None, None, *shared) if shared else None  # the Llama family's (rows: set each step)
+        self.opts_arg = ctypes.byref(self.opts) if shared else None
         self.input_arg = ctypes.byref(self.input)
-        self.x = None  # the residual stream's buffer there
+        self.x = None  # the residual stream's buffer there; None: no step by token id
+        self.embed_rows = 0  # the token ids it takes
         self.token_args = None  # what a step by token id reads of the model, gathered at the first one
         if final is not None:
-            norm, head, is_layer_norm, tied = final
+            norm, head, is_layer_norm, embedding = final
             bias = getattr(norm, "bias", None)
             self.tensors += [norm.weight, bias, head]
             linear = _descriptor(head, self.tensors)
@@ -136,9 +150,13 @@ class _Plan:
                               None)
             self.head_arg = ctypes.byref(self.head)
             self.vocab = head.out_features
-            if tied:
-                self.input.table = ctypes.pointer(linear)
+            if (isinstance(embedding, TiedEmbedding) and _has_kernel(embedding.table)
+                    and embedding.dtype == torch.float32 and embedding.embedding_dim == head.in_features):
+                table = linear if embedding.table is head else _descriptor(embedding.table, self.tensors)
+                self.tensors += [embedding, table]
+                self.input.table = ctypes.pointer(table)
                 self.x = torch.empty(head.in_features)
+                self.embed_rows = embedding.num_embeddings
 
     def logits_into(self) -> torch.Tensor | None:
         """A new logits buffer the next call writes (None: the call stops at the residual stream)."""
@@ -150,16 +168,15 @@ class _Plan:
 
 
 def _final(norm, head, embedding, width: int, is_layer_norm: bool):
-    """(norm, head, is_layer_norm, tied) where the kernels can run the model's final norm
+    """(norm, head, is_layer_norm, embedding) where the kernels can run the model's final norm
     (LayerNorm, or RMSNorm: `norm.weight`, `norm.eps`, perhaps `norm.bias`) and its vocabulary
     projection: fp32 norm tensors and a kernel linear without bias reading the residual stream.
-    Else None. tied: the token embedding is the head's rows in fp32 (the kernels can read it)."""
+    Else None. embedding: the token embedding module (the plan sees whether the kernels can read it)."""
     tensors = (norm.weight, getattr(norm, "bias", None))
     fits = (norm.weight is not None and all(t is None or (t.dtype == torch.float32 and t.numel() == width)
                                             for t in tensors)
             and _has_kernel(head) and head.in_features == width and getattr(head, "bias", None) is None)
-    tied = isinstance(embedding, TiedEmbedding) and embedding.table is head and embedding.dtype == torch.float32
-    return (norm, head, is_layer_norm, tied) if fits else None
+    return (norm, head, is_layer_norm, embedding) if fits else None
 
 
 def _plan(model, blocks, form: _Form, cache, final_of) -> _Plan | None:
@@ -169,7 +186,8 @@ def _plan(model, blocks, form: _Form, cache, final_of) -> _Plan | None:
     if plan is not None and plan.keys is cache.keys:
         return plan
     rotary = {form.rotary_dims(b) for b in blocks} - {0}  # one width of cos/sin rows for every layer
-    applies = native.library() is not None and len(rotary) <= 1 and all(
+    alike = len({form.shared(b) for b in blocks}) == 1
+    applies = native.library() is not None and len(rotary) <= 1 and alike and all(
         all(_has_kernel(layer) for layer in form.linears(b)) and form.shapes_fit(b)
         and all(t is None or t.dtype == torch.float32 for t in form.norms(b)) for b in blocks)
     if not applies:
@@ -205,7 +223,7 @@ def _gpt2_shapes_fit(block) -> bool:
             and all(t is not None and t.numel() == c for t in _gpt2_norms(block)[::2]))
 
 
-_GPT2 = _Form(_gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, lambda block: 0)
+_GPT2 = _Form(_gpt2_linears, _gpt2_norms, _gpt2_shapes_fit, lambda block: 0, lambda block: 0, lambda block: ())
 
 
 def _gpt2_plan(model, cache) -> _Plan | None:
@@ -235,7 +253,7 @@ def gpt2_decode_token(model, token_id: int, position: int, cache) -> torch.Tenso
     and the position's embedding rows read by the kernels in the same call (see _run_token).
     None where that does not apply; the caller then runs forward()."""
     plan = _token_plan(model, cache, _gpt2_plan)
-    if plan is None or plan.x is None or not 0 <= token_id < plan.vocab:
+    if plan is None or plan.x is None or not 0 <= token_id < plan.embed_rows:
         return None
     if plan.token_args is None or plan.token_args[0] is not model.transformer.wpe:
         plan.token_args = _position_table(plan, model.transformer.wpe, model.transformer.h[0])
@@ -273,80 +291,100 @@ def _llama_linears(block):
 
 
 def _llama_norms(block):
-    """The two RMSNorms' weights, then the q and k norms' (Qwen3) or None."""
-    qk = block.attn.qk_norms()
-    return (block.attn_norm.weight, block.mlp_norm.weight, *((qk[0].weight, qk[1].weight) if qk else (None, None)))
+    """The two RMSNorms' weights, the q and k norms' (Qwen3, Gemma 3), the norms of the attention's
+    and the MLP's outputs (Gemma 3); None where absent."""
+    qk, post = block.attn.qk_norms(), block.post_norms()
+    return (block.attn_norm.weight, block.mlp_norm.weight, *((qk[0].weight, qk[1].weight) if qk else (None, None)),
+            *((post[0].weight, post[1].weight) if post else (None, None)))
 
 
 def _llama_shapes_fit(block) -> bool:
-    """The widths kernels.c assumes (it writes buffers of these sizes), and one epsilon for every
-    RMSNorm: checked once per plan."""
+    """The widths kernels.c assumes (it writes buffers of these sizes), one epsilon for every
+    RMSNorm, a gate it has: checked once per plan."""
     qkv, out, gate_up, down = _llama_linears(block)
     attn, c = block.attn, qkv.in_features
     q, kv = attn.n_head * attn.head_dim, attn.n_kv_head * attn.head_dim
-    qk = attn.qk_norms() or ()
+    qk, post = attn.qk_norms() or (), block.post_norms() or ()
     return (qkv.out_features == q + 2 * kv and (out.in_features, out.out_features) == (q, c)
             and gate_up.in_features == c and gate_up.out_features == 2 * down.in_features and down.out_features == c
-            and attn.rotary_dims % 2 == 0 and 0 <= attn.rotary_dims <= attn.head_dim
-            and all(t.numel() == c for t in _llama_norms(block)[:2])
+            and attn.rotary_dims % 2 == 0 and 0 <= attn.rotary_dims <= attn.head_dim and attn.window >= 0
+            and block.mlp.gate in _GATES
+            and all(n.weight.numel() == c for n in (block.attn_norm, block.mlp_norm, *post))
             and all(n.weight.numel() == attn.head_dim for n in qk)
-            and all(n.eps == block.attn_norm.eps for n in (block.mlp_norm, *qk)))
+            and all(n.eps == block.attn_norm.eps for n in (block.mlp_norm, *qk, *post)))
 
 
-_LLAMA = _Form(_llama_linears, _llama_norms, _llama_shapes_fit, lambda block: block.attn.rotary_dims)
+_GATES = {"silu": 0, "gelu_tanh": 1}  # the MLP's gate -> kernels.c's ct_llama_opts.gelu
+_LLAMA = _Form(_llama_linears, _llama_norms, _llama_shapes_fit, lambda block: block.attn.rotary_dims,
+               lambda block: block.attn.window, lambda block: (block.attn.scale, _GATES.get(block.mlp.gate)))
 
 
 def _llama_plan(model, cache) -> _Plan | None:
     blocks = model.layers
     if not _cache_fits(cache, blocks[0].attn.n_kv_head, model.training):
         return None
-    return _plan(model, blocks, _LLAMA, cache, lambda: _final(
+    return _plan(model, blocks, _LLAMA, cache, lambda: None if model.logit_softcap else _final(
         model.norm, model.lm_head, model.embed_tokens, blocks[0].attn.qkv.in_features, False))
 
 
 def llama_decode_step(model, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor,
-                      cache) -> tuple[torch.Tensor, bool] | None:
+                      cache, local: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, bool] | None:
     """A Llama-family model's decode step for one token (x: (1, 1, C) fp32; cos, sin: this
-    position's rotary rows): as gpt2_decode_step, with the final RMSNorm. Qwen3's q/k norms,
-    SmolLM3's layers without rotation and Phi-4-mini's partial rotation are the attention's to
-    declare (`qk_norms()`, `rotary_dims`)."""
+    position's rotary rows; `local`: the local layers' (Gemma 3)): as gpt2_decode_step, with the
+    final RMSNorm. What a member does differently its modules declare: the attention's
+    `qk_norms()` (Qwen3, Gemma 3), `rotary_dims` (SmolLM3's layers without rotation, Phi-4-mini's
+    partial rotation), `window` and `scale` (Gemma 3), the block's `post_norms()` and the MLP's
+    `gate` (Gemma 3), the model's `embed_scale`, `logit_softcap` and `rotary_tables()`."""
     plan = _llama_plan(model, cache) if x.shape[:2] == (1, 1) and x.dtype == torch.float32 else None
-    if plan is None or cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
+    rows = (cos, sin, *(local or ()))
+    if plan is None or not all(t.dtype == torch.float32 and t.is_contiguous() for t in rows):
         return None
-    if plan.rotary_width and cos.numel() != plan.rotary_width:
+    if plan.rotary_width and any(t.numel() != plan.rotary_width for t in rows):
         return None
+    plan.opts.cos_local, plan.opts.sin_local = (local[0].data_ptr(), local[1].data_ptr()) if local else (None, None)
     attn = model.layers[0].attn
     return _run(x, input_pos, cache, plan, lambda out, start, half, threads: native.library().ct_llama_layers_step(
         plan.layers, plan.n_layer, model.layers[0].attn_norm.eps, cos.data_ptr(), sin.data_ptr(), out, start,
-        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, None, plan.head_arg, threads))
+        cache.max_len, attn.n_head, attn.n_kv_head, attn.head_dim, half, plan.opts_arg, None, plan.head_arg,
+        threads))
 
 
 def llama_decode_token(model, token_id: int, position: int, cache) -> torch.Tensor | None:
     """As gpt2_decode_token, for the Llama family: this position's rotary rows are found in the
     model's tables by address."""
     plan = _token_plan(model, cache, _llama_plan)
-    if plan is None or plan.x is None or not 0 <= token_id < plan.vocab:
+    if plan is None or plan.x is None or not 0 <= token_id < plan.embed_rows:
         return None
+    (cos, sin), local = model.rotary_tables()
+    tables = (cos, sin, *(local or (None, None)))
     args = plan.token_args
-    if args is None or args[0] is not model.rope_cos or args[1] is not model.rope_sin:
-        args = plan.token_args = _rope_tables(model.rope_cos, model.rope_sin, plan.rotary_width, model.layers[0])
-    cos, sin, usable, (eps, n_head, n_kv_head, head_dim) = args
-    if not usable or not 0 <= position < cos.size(0):
+    if args is None or any(a is not b for a, b in zip(args[0], tables)):
+        args = plan.token_args = _rope_tables(plan, tables, model)
+    _, rows, pointers, (eps, n_head, n_kv_head, head_dim) = args
+    if not 0 <= position < rows:
         return None
-    row = position * cos.stride(0) * 4
+    cos, sin, cos_local, sin_local = (p + position * (4 * plan.rotary_width) if p else None for p in pointers)
+    plan.opts.cos_local, plan.opts.sin_local = cos_local, sin_local
     return _run_token(plan, token_id, position, cache,
                       lambda out, start, half, threads: native.library().ct_llama_layers_step(
-                          plan.layers, plan.n_layer, eps, cos.data_ptr() + row, sin.data_ptr() + row, out, start,
-                          cache.max_len, n_head, n_kv_head, head_dim, half, plan.input_arg, plan.head_arg, threads))
+                          plan.layers, plan.n_layer, eps, cos, sin, out, start, cache.max_len, n_head, n_kv_head,
+                          head_dim, half, plan.opts_arg, plan.input_arg, plan.head_arg, threads))
 
 
-def _rope_tables(cos: torch.Tensor, sin: torch.Tensor, width: int, block) -> tuple:
-    """(cos, sin, whether the kernels can read a row of them by address, the step's constants
-    (kept here so a step reads no module attribute))."""
+def _rope_tables(plan: _Plan, tables, model) -> tuple:
+    """(the model's rotary tables: cos, sin, the local layers' cos, sin or None; the positions the
+    kernels can take from them (0: none); their addresses; the step's constants: kept so that a
+    step reads no module attribute). Sets the embedding's scale."""
+    cos = tables[0]
+    width = plan.rotary_width
     usable = all(t.dtype == torch.float32 and t.dim() == 2 and t.is_contiguous() and t.shape == cos.shape
-                 for t in (cos, sin)) and (width == 0 or cos.size(1) == width)
+                 and (width == 0 or t.size(1) == width) for t in tables if t is not None)
+    pointers = tuple(t.data_ptr() if t is not None else None for t in tables)
+    plan.input.scale = float(model.embed_scale)
+    block = model.layers[0]
     attn = block.attn
-    return cos, sin, usable, (block.attn_norm.eps, attn.n_head, attn.n_kv_head, attn.head_dim)
+    return tables, cos.size(0) if usable else 0, pointers, (block.attn_norm.eps, attn.n_head, attn.n_kv_head,
+                                                             attn.head_dim)
 
 
 def _run(x: torch.Tensor, input_pos: torch.Tensor, cache, plan: _Plan, kernel) -> tuple[torch.Tensor, bool]:

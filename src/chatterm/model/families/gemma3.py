@@ -11,8 +11,9 @@
   folder's norms are read with 1 added and both run the plain RMSNorm.
 
 The KV cache holds every position for every layer (a local layer would need only its window:
-a saving left for later). The fused CPU decode step covers none of this, so Gemma 3 runs its
-blocks in PyTorch (slower; the front ends say so once).
+a saving left for later). The fused CPU decode step (native_blocks.py) does all of the above
+from what these modules declare (the window, the scale, the post norms, the gate, the local
+tables, the embedding's scale).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from . import Family, Part, Sources, TensorMap, typed
 from . import llama
+from ..cpu.native_blocks import llama_decode_step
 from .llama import Llama, LlamaConfig, RMSNorm, SwiGLU, rotary_frequencies
 from .qwen3 import QKNormAttention
 
@@ -84,6 +86,8 @@ class Gemma3Attention(QKNormAttention):
 
 
 class GeGLU(SwiGLU):
+    gate = "gelu_tanh"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).split(self.hidden, dim=-1)
         return self.down(F.gelu(gate, approximate="tanh") * up)
@@ -97,6 +101,9 @@ class Gemma3Block(nn.Module):
         self.attn = Gemma3Attention(config, layer_idx)
         self.mlp = GeGLU(config)
 
+    def post_norms(self) -> tuple[RMSNorm, RMSNorm]:
+        return self.post_attn_norm, self.post_mlp_norm
+
     def forward(self, x, cos, sin, input_pos, cache) -> torch.Tensor:
         x = x + self.post_attn_norm(self.attn(self.attn_norm(x), cos, sin, input_pos, cache))
         return x + self.post_mlp_norm(self.mlp(self.mlp_norm(x)))
@@ -104,11 +111,11 @@ class Gemma3Block(nn.Module):
 
 class Gemma3(Llama):
     block_class = Gemma3Block
-    decode_note = "Gemma 3 runs on the PyTorch path (the fused CPU decode step has no sliding window yet): slower"
 
     def __init__(self, config: Gemma3Config) -> None:
         super().__init__(config)
         self.embed_scale = math.sqrt(config.n_embd)
+        self.logit_softcap = config.final_logit_softcapping
         if self.embed_tokens.weight.is_meta:  # else built by Llama's __init__
             for name in ("rope_cos_local", "rope_sin_local"):
                 self.register_buffer(name, torch.empty(0), persistent=False)
@@ -122,6 +129,9 @@ class Gemma3(Llama):
         self.register_buffer("rope_cos_local", angles.cos(), persistent=False)  # registered here: Llama's
         self.register_buffer("rope_sin_local", angles.sin(), persistent=False)  # __init__ calls this first
 
+    def rotary_tables(self):
+        return (self.rope_cos, self.rope_sin), (self.rope_cos_local, self.rope_sin_local)
+
     def forward(self, idx, input_pos=None, cache=None, *, last_logits_only: bool = False) -> torch.Tensor:
         """As Llama.forward."""
         B, T = idx.shape
@@ -133,12 +143,20 @@ class Gemma3(Llama):
         tables = {}
         for local, cos, sin in ((0, self.rope_cos, self.rope_sin), (1, self.rope_cos_local, self.rope_sin_local)):
             tables[local] = (cos[input_pos].to(x.dtype).unsqueeze(1), sin[input_pos].to(x.dtype).unsqueeze(1))
-        for block in self.layers:
-            x = block(x, *tables[bool(block.attn.window)], input_pos, cache)
+        fused = None
+        if cache is not None and T == 1 and self.decode_note is None:
+            fused = llama_decode_step(self, x, *tables[0], input_pos, cache, local=tables[1])
+        if fused is not None:  # a decode step: every block in one call on the CPU kernels
+            x, is_logits = fused
+            if is_logits:  # and the final norm and head too (there is no cap then)
+                return x
+        else:
+            for block in self.layers:
+                x = block(x, *tables[bool(block.attn.window)], input_pos, cache)
         if last_logits_only:
             x = x[:, -1:, :]
         logits = self.lm_head(self.norm(x))  # (B, T or 1, vocab)
-        cap = self.config.final_logit_softcapping
+        cap = self.logit_softcap
         return torch.tanh(logits / cap) * cap if cap else logits
 
 

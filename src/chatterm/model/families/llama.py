@@ -139,7 +139,9 @@ class Attention(nn.Module):
         self.split = (q_width, kv_width, kv_width)
         self.qkv = nn.Linear(config.n_embd, q_width + 2 * kv_width, bias=config.attention_bias)
         self.out = nn.Linear(q_width, config.n_embd, bias=False)
-        self.rotary_dims = config.head_dim  # each head's leading dims `position` turns (the fused step reads it)
+        # What the fused CPU decode step reads of this attention, besides `qk_norms()`: each
+        # head's leading dims `position` turns, the positions a query sees (0: all), the scale
+        self.rotary_dims, self.window, self.scale = config.head_dim, 0, config.head_dim ** -0.5
 
     def forward(self, x, cos, sin, input_pos, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -181,6 +183,8 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
+    gate = "silu"  # the activation of the gate (the fused CPU decode step reads it)
+
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.hidden = config.intermediate_size
@@ -202,6 +206,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
+    def post_norms(self) -> tuple[nn.Module, nn.Module] | None:
+        """The norms of the attention's and the MLP's outputs (Gemma 3), or None."""
+        return None
+
     def forward(self, x, cos, sin, input_pos, cache) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, cache)
         return x + self.mlp(self.mlp_norm(x))
@@ -212,6 +220,8 @@ class Llama(nn.Module):
     # None where native_blocks' fused decode step computes this family's blocks; else one line
     # the front ends show once (the family runs on the PyTorch path: correct, slower).
     decode_note: str | None = None
+    embed_scale = 1.0  # the token embedding's factor (Gemma 3: sqrt of the width)
+    logit_softcap = 0.0  # logits = cap * tanh(logits / cap) where nonzero (the fused step then stops before the head)
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -278,6 +288,10 @@ class Llama(nn.Module):
         if last_logits_only:
             x = x[:, -1:, :]
         return self.lm_head(self.norm(x))  # (B, T or 1, vocab)
+
+    def rotary_tables(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+        """(cos, sin) of every layer, and of the local layers where they differ (Gemma 3), or None."""
+        return (self.rope_cos, self.rope_sin), None
 
     def decode_token(self, token_id: int, position: int, cache: KVCache) -> torch.Tensor | None:
         """Next-token logits (vocab,) after `token_id` at `position` (Python ints), written into

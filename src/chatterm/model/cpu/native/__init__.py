@@ -237,7 +237,7 @@ def declare(lib):
     f32 = ctypes.c_float
     lib.ct_gpt2_layers_step.argtypes = [p, i64, f32, p, i64, i64, i64, i64, i32, p, p, i32]
     lib.ct_gpt2_layers_step.restype = i32
-    lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, p, p, i32]
+    lib.ct_llama_layers_step.argtypes = [p, i64, f32, p, p, p, i64, i64, i64, i64, i64, i32, p, p, p, i32]
     lib.ct_llama_layers_step.restype = i32
     for name in ("ct_dequant_bf16", "ct_dequant_f16", "ct_dequant_q8", "ct_dequant_q4", "ct_dequant_kq", "ct_dequant_iq4nl"):
         getattr(lib, name).restype = None

@@ -428,11 +428,14 @@ static void swiglu(const float *gate, const float *up, float *out, int64_t n) {
 
 typedef struct {
     ct_lin lins[4];
-    const float *norm[4];  /* GPT-2: ln_1 weight, bias, ln_2 weight, bias; Llama: the two RMSNorm weights, then
-                            * the q and k norms' (Qwen3: over each head, before the rotation) or NULL */
-    void *kc, *vc;         /* this layer's cache: (heads, max_len, hs) */
-    int64_t rotary_dims;   /* Llama: each head's leading dims the rotary embedding turns; 0: none (SmolLM3's
-                            * NoPE layers) */
+    const float *norm[6]; /* GPT-2: ln_1 weight, bias, ln_2 weight, bias. Llama: the two RMSNorm weights; the q
+                           * and k norms' (Qwen3, Gemma 3: over each head, before the rotation); the norms of
+                           * the attention's and the MLP's outputs (Gemma 3); NULL where absent */
+    void *kc, *vc;        /* this layer's cache: (heads, max_len, hs) */
+    int64_t rotary_dims;  /* Llama: each head's leading dims the rotary embedding turns; 0: none (SmolLM3's
+                           * NoPE layers) */
+    int64_t window;       /* Llama: the positions a query sees, itself included (Gemma 3's local layers, which
+                           * also take the local rotary rows); 0: all */
 } ct_layer;
 
 /* What follows the last block, done in the same call when the caller gives it: the final norm
@@ -463,12 +466,28 @@ static void gelu_shared(float *x, int64_t n) {
         gelu_tanh(x + c * CT_CHUNK, n - c * CT_CHUNK < CT_CHUNK ? n - c * CT_CHUNK : CT_CHUNK);
 }
 
-static void swiglu_shared(const float *gate, const float *up, float *out, int64_t n) {
+/* out = act(gate) * up: SiLU (SwiGLU), or GELU-tanh (gelu: Gemma's GeGLU) */
+static void gated_shared(const float *gate, const float *up, float *out, int64_t n, int gelu) {
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < (n + CT_CHUNK - 1) / CT_CHUNK; c++) {
-        int64_t at = c * CT_CHUNK;
-        swiglu(gate + at, up + at, out + at, n - at < CT_CHUNK ? n - at : CT_CHUNK);
+        int64_t at = c * CT_CHUNK, m = n - at < CT_CHUNK ? n - at : CT_CHUNK;
+        if (!gelu) {
+            swiglu(gate + at, up + at, out + at, m);
+            continue;
+        }
+        memcpy(out + at, gate + at, sizeof(float) * (size_t)m);
+        gelu_tanh(out + at, m);
+        for (int64_t i = at; i < at + m; i++) out[i] *= up[i];
     }
+}
+
+/* x += RMSNorm(y) (w: its weight): every thread sums y's squares itself, then the team adds. */
+static void add_normed_shared(float *x, const float *y, const float *w, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)y[i] * (double)y[i];
+    float r = (float)(1.0 / sqrt(sum / (double)n + (double)eps));
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; i++) x[i] += y[i] * r * w[i];
 }
 
 static int head_apply(const ct_head *head, const float *x, float *h, int64_t C) {
@@ -490,11 +509,14 @@ typedef struct {
     const float *position_row;
     const ct_lin *positions;
     int64_t position;
+    double scale; /* the token's row times this (Gemma 3: sqrt of the width); 0: 1 */
 } ct_input;
 
 static int read_input(const ct_input *in, float *x, int64_t C) {
     if (!in || in->token < 0) return 0;
     if (!in->table || in->table->K != C || lin_row(in->table, in->token, x)) return -1;
+    if (in->scale > 0)
+        for (int64_t i = 0; i < C; i++) x[i] *= (float)in->scale;
     if (in->position_row)
         for (int64_t i = 0; i < C; i++) x[i] += in->position_row[i];
     if (in->positions) {
@@ -547,6 +569,14 @@ int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, floa
     return failed ? -1 : 0;
 }
 
+/* What the Llama family's members add (NULL: plain Llama): the local layers' rotary rows for this
+ * position, the attention's scale, the MLP's gate. */
+typedef struct {
+    const float *cos_local, *sin_local; /* Gemma 3: the rows of the local layers' table */
+    double attn_scale;                  /* the scores' scale; 0: 1/sqrt(hs) */
+    int64_t gelu;                       /* 1: GELU-tanh gate (Gemma's GeGLU); 0: SiLU (SwiGLU) */
+} ct_llama_opts;
+
 /* The Llama family: RMSNorm, the fused q/k/v projection (Qwen2's biases in the descriptor),
  * Qwen3's RMSNorm over each head's q and k, the rotary embedding of q and k in the "rotate half"
  * layout over each layer's rotary_dims (cos/sin: this position's rows, that many values each;
@@ -555,8 +585,11 @@ int ct_gpt2_layers_step(const ct_layer *layers, int64_t n_layer, float eps, floa
  * every layer. eps: every RMSNorm's. */
 int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, const float *cos, const float *sin,
                          float *x, int64_t pos, int64_t max_len, int64_t n_head, int64_t n_kv_head, int64_t hs,
-                         int half, const ct_input *in, const ct_head *head, int nthreads) {
+                         int half, const ct_llama_opts *opts, const ct_input *in, const ct_head *head,
+                         int nthreads) {
     int64_t C = layers[0].lins[0].K, qw = n_head * hs, kvw = n_kv_head * hs, H = layers[0].lins[3].K;
+    float scale = opts && opts->attn_scale > 0 ? (float)opts->attn_scale : 1.0f / sqrtf((float)hs);
+    int gelu = opts && opts->gelu;
     if (read_input(in, x, C)) return -1;
     int64_t size = half ? 2 : 4, teams = team_size(nthreads);
     float *buf = (float *)malloc(sizeof(float) * (size_t)(qw + 2 * kvw + qw + 2 * H + H + C + teams * C));
@@ -576,22 +609,28 @@ int ct_llama_layers_step(const ct_layer *layers, int64_t n_layer, float eps, con
             for (int64_t j = 0; j < n_head + n_kv_head; j++) { /* q's heads, then k's (k follows q) */
                 const float *head_norm = L->norm[j < n_head ? 2 : 3];
                 if (head_norm) rms_norm(q + j * hs, head_norm, q + j * hs, hs, eps); /* in place: it sums first */
-                if (L->rotary_dims) rope(q + j * hs, cos, sin, L->rotary_dims);
+                if (L->rotary_dims && L->window && opts && opts->cos_local)
+                    rope(q + j * hs, opts->cos_local, opts->sin_local, L->rotary_dims);
+                else if (L->rotary_dims)
+                    rope(q + j * hs, cos, sin, L->rotary_dims);
                 if (j >= n_head) {
                     int64_t g = j - n_head;
                     store_kv((char *)L->kc + (g * max_len + pos) * hs * size, k + g * hs, hs, half);
                     store_kv((char *)L->vc + (g * max_len + pos) * hs * size, v + g * hs, hs, half);
                 }
             }
-            failed |= attend_heads(q, hs, L->kc, L->vc, max_len * hs, hs, att, n_head, n_kv_head, pos + 1, hs,
-                                   1.0f / sqrtf((float)hs), half) != 0;
+            int64_t first = L->window && pos + 1 > L->window ? pos + 1 - L->window : 0; /* the oldest key seen */
+            failed |= attend_heads(q, hs, (const char *)L->kc + first * hs * size, (const char *)L->vc + first * hs * size,
+                                   max_len * hs, hs, att, n_head, n_kv_head, pos + 1 - first, hs, scale, half) != 0;
             failed |= lin_apply(proj, att, y, CT_TEAM) != 0;
-            add_shared(x, y, C);
+            if (L->norm[4]) add_normed_shared(x, y, L->norm[4], C, eps);
+            else add_shared(x, y, C);
             rms_norm(x, L->norm[1], h, C, eps);
             failed |= lin_apply(gate_up, h, gu, CT_TEAM) != 0;
-            swiglu_shared(gu, gu + H, act, H);
+            gated_shared(gu, gu + H, act, H, gelu);
             failed |= lin_apply(down, act, y, CT_TEAM) != 0;
-            add_shared(x, y, C);
+            if (L->norm[5]) add_normed_shared(x, y, L->norm[5], C, eps);
+            else add_shared(x, y, C);
         }
         if (head) failed |= head_apply(head, x, h, C) != 0;
     }
