@@ -1,20 +1,29 @@
-"""A decode step's transformer blocks as one call into chatterm's CPU kernels (native/kernels.c),
-for GPT-2 and the Llama family.
+"""A decode step as one call into chatterm's CPU kernels (native/kernels.c), for GPT-2 and the
+Llama family (Llama, Qwen2/3, SmolLM2/3, Phi-3/4-mini, Gemma 3).
 
 Why: at one token per step a block is ~20 small tensor operations, each paying PyTorch's
 dispatch, an allocation and a Python call: measured ~0.5 ms per block on GPT-2 small at one
 thread, a fifth of an 8-bit decode step, and on SmolLM2-135M's 30 narrow blocks a third of it
 even once each block was one call. `ct_gpt2_layers_step` / `ct_llama_layers_step` run every
 block (norms, q/k/v, rotary embedding for Llama, the cache write, attention, the output
-projection, the MLP, both residuals) in one call, on the same kernels the layers use one by one.
+projection, the MLP, both residuals) in one call and one OpenMP parallel region, on the same
+kernels the layers use one by one. What a Llama-family member does differently its modules
+declare (llama_decode_step's docstring), and the plan hands it to the C code.
 
-`gpt2_decode_step(model, x, input_pos, cache)` (and `llama_decode_step`, which also takes the
-position's rotary rows) returns the logits, the final norm and vocabulary projection run in the
-same call where the head is one of chatterm's kernels (after a step has streamed every weight,
-PyTorch's few operations there ran with cold caches: a 576-wide RMSNorm took ~110 us, not 8); or
-the residual stream after the last block where only the blocks fit; or None where the fused
-step does not apply (a linear that is not one of chatterm's kernels, norms not fp32, more than
-one token or sequence, a static cache): the model then runs its blocks in PyTorch.
+Two ways in:
+- `gpt2_decode_token(model, token_id, position, cache)` / `llama_decode_token`: from Python
+  ints (the generator's way, `Model.decode_token`): the token's embedding row (from the tied head
+  or any packed table), GPT-2's position row and the rotary rows are read by the kernels, the
+  final norm and the head run in the same call, and the next-token logits come back. After a
+  step has streamed every weight the few PyTorch operations around it ran on cold caches (a
+  576-wide RMSNorm took ~110 us, not 8; the id tensors, the lookups and the copies ~0.3 ms of a
+  5 ms SmolLM2 step). None where this does not apply (an embedding the kernels cannot read, a
+  head that is not one of their layers, logit soft-capping): the caller runs forward().
+- `gpt2_decode_step(model, x, input_pos, cache)` / `llama_decode_step`: forward()'s, with the
+  embedded token: (logits, True) where the head ran too, (the residual stream after the last
+  block, False) where only the blocks could, or None where the fused step does not apply (a
+  linear that is not one of chatterm's kernels, norms not fp32, more than one token or sequence,
+  a static cache): the model then runs its blocks in PyTorch.
 
 At the model's first fused step its weights move into 2 MB pages (huge_pages.py) and each
 kernel family it uses is set to the variant measured fastest on its shapes (kernel_choice.py;
@@ -150,7 +159,7 @@ class _Plan:
                               None)
             self.head_arg = ctypes.byref(self.head)
             self.vocab = head.out_features
-            if (isinstance(embedding, TiedEmbedding) and _has_kernel(embedding.table)
+            if (isinstance(embedding, TiedEmbedding) and type(embedding.table) in _KINDS  # (a stacked layer has no rows)
                     and embedding.dtype == torch.float32 and embedding.embedding_dim == head.in_features):
                 table = linear if embedding.table is head else _descriptor(embedding.table, self.tensors)
                 self.tensors += [embedding, table]
@@ -278,7 +287,7 @@ def _position_table(plan: _Plan, module, first) -> tuple:
         wpe = module.weight
         usable = wpe.dtype == torch.float32 and wpe.dim() == 2 and wpe.is_contiguous()
         return module, wpe.size(0) if usable else 0, wpe, constants
-    if isinstance(module, TiedEmbedding) and _has_kernel(module.table) and module.dtype == torch.float32:
+    if isinstance(module, TiedEmbedding) and type(module.table) in _KINDS and module.dtype == torch.float32:
         linear = _descriptor(module.table, plan.tensors)
         plan.tensors += [module, linear]
         plan.input.positions = ctypes.pointer(linear)
