@@ -18,7 +18,7 @@ from chatterm.model.cpu.stored import stored_layer
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
 
-QUANTIZED_BY_GGUF = ["Q8_0", "Q4_0", "Q4_1"]
+QUANTIZED_BY_GGUF = ["Q8_0", "Q4_0", "Q4_1", "Q5_0"]  # Q5_0: held as Q8_0
 K_QUANTS = ["Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_XS"]  # IQ4_XS: read by the same loops
 ALL_TYPES = ["F16", "BF16", *QUANTIZED_BY_GGUF, "IQ4_NL", *K_QUANTS]
 # the types gguf cannot quantize: values and bytes per block, where a block keeps its fp16 d
