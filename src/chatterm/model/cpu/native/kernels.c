@@ -498,9 +498,10 @@ static int head_apply(const ct_head *head, const float *x, float *h, int64_t C) 
 
 static int team_size(int nthreads) { return nthreads > 1 ? nthreads : 1; }
 
-/* Where the step's input comes from: x as given (token < 0), or token `token`'s row of `table` (a
- * tied model's output projection), plus GPT-2's learned position embedding: `position_row` (fp32)
- * or row `position` of `positions` (a packed table); neither where there is none. Why: the
+/* Where the step's input comes from: x as given (token < 0), or token `token`'s row of `table` (the
+ * token embedding as a packed layer: a tied model's output projection, or a table of its own),
+ * plus GPT-2's learned position embedding: `position_row` (fp32) or row `position` of
+ * `positions` (a packed table); neither where there is none. Why: the
  * embedding's few PyTorch operations, run just after the previous step had streamed every
  * weight, cost ~50 us of a 5 ms SmolLM2 step. */
 typedef struct {
