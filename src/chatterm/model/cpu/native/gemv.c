@@ -100,21 +100,6 @@ static float dot_bf16(const uint16_t *w, const float *x, int64_t K) {
     return sum;
 }
 
-static void bf16_rows(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N, int64_t K) {
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const uint16_t *row = w + n * K;
-        float b = bias ? bias[n] : 0.0f;
-        for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_bf16(row, x + m * K, K) + b;
-    }
-}
-
-/* nthreads: CT_TEAM or a thread count (common.h) */
-static void gemv_bf16(const float *x, const uint16_t *w, const float *bias, float *y,
-                    int64_t M, int64_t N, int64_t K, int nthreads) {
-    CT_SHARE_ROWS(bf16_rows(x, w, bias, y, M, N, K));
-}
-
 /* ---- f16 weights (GGUF's F16 as stored), fp32 activations: bf16's loop with F16C's
  *      conversion in place of the shift ------------------------------------------------------- */
 
@@ -145,18 +130,26 @@ static float dot_f16(const uint16_t *w, const float *x, int64_t K) {
     return sum;
 }
 
-static void f16_rows(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N, int64_t K) {
+/* The rows of a 16-bit weight: bf16, or IEEE half (f16 = 1) */
+static void half_rows(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N,
+                      int64_t K, int f16) {
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const uint16_t *row = w + n * K;
         float b = bias ? bias[n] : 0.0f;
-        for (int64_t m = 0; m < M; m++) y[m * N + n] = dot_f16(row, x + m * K, K) + b;
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = (f16 ? dot_f16 : dot_bf16)(row, x + m * K, K) + b;
     }
+}
+
+/* nthreads: CT_TEAM or a thread count (common.h) */
+static void gemv_bf16(const float *x, const uint16_t *w, const float *bias, float *y,
+                    int64_t M, int64_t N, int64_t K, int nthreads) {
+    CT_SHARE_ROWS(half_rows(x, w, bias, y, M, N, K, 0));
 }
 
 static void gemv_f16(const float *x, const uint16_t *w, const float *bias, float *y,
                    int64_t M, int64_t N, int64_t K, int nthreads) {
-    CT_SHARE_ROWS(f16_rows(x, w, bias, y, M, N, K));
+    CT_SHARE_ROWS(half_rows(x, w, bias, y, M, N, K, 1));
 }
 
 /* ---- activations quantized to blocks of 32 int8 ---------------------------------------- */
