@@ -9,7 +9,7 @@ from chatterm.cli import main
 
 def test_bench_prints_every_model_section(capsys):
     assert main(["bench", "--shape", "tiny", "--runs", "1", "--new-tokens", "8", "--dtypes", "fp32",
-                 "--contexts", "16,64", "--no-hf", "--sections", "decode,uncached,bound,prefill,turns"]) == 0
+                 "--contexts", "16,64", "--no-hf", "--sections", "decode,uncached,bound,prefill,turns,sampling"]) == 0
     out = capsys.readouterr().out
     plain = float(re.search(r"decode\s+([0-9.]+) tok/s with F.linear", out).group(1))
     packed = float(re.search(r"decode\s+([0-9.]+) tok/s \(cached", out).group(1))
@@ -18,6 +18,8 @@ def test_bench_prints_every_model_section(capsys):
     assert re.search(r"bandwidth [0-9.]+ GB/s", out) and "achieved" in out
     assert len(re.findall(r"prefill\s+\d+ tokens", out)) == 2
     assert re.search(r"ratio [0-9.]+x", out)
+    for label in ("greedy", "defaults"):  # the whole vocabulary, after a real step
+        assert re.search(rf"sampling \({label}, \d+ logits\):\s+\d+ us a token after a [0-9.]+ ms step", out)
     assert "[ui]" not in out
 
 

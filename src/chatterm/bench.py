@@ -10,6 +10,9 @@ Every figure is the median of `--runs` runs after a warm-up. Sections:
   spot, per dtype (int8/int4: the weight-only quantized linears, see model/cpu/torch_quantized.py);
 - prefill: prompt tokens/s and time to first token at several context lengths;
 - turns: time to first token of a chat turn after ~900 vs ~50 tokens of cached history;
+- sampling: per decoded token, the time of choosing the next token from the whole vocabulary
+  (greedy; the built-in defaults: temperature, top-k, top-p, min-p) beside the step's own, each
+  right after a step as in the app (the step leaves the caches cold);
 - ui: tokens/s of replies shown by the headless app vs the engine alone (see bench_ui.py);
 - llamacpp: decode side by side with llama.cpp's `llama-bench` on the same GGUF files, alternating
   (see bench_llama.py); runs when `--llama-bench PATH` is given or `llama-bench` is on PATH.
@@ -24,7 +27,7 @@ import time
 
 from .bench_llama import DEFAULT_PAIRS, find_llama_bench, llama_cpp_side_by_side
 
-SECTIONS = ("decode", "uncached", "bound", "prefill", "turns", "ui", "llamacpp")
+SECTIONS = ("decode", "uncached", "bound", "prefill", "turns", "sampling", "ui", "llamacpp")
 
 
 def add_parser(sub) -> None:
@@ -177,6 +180,8 @@ def _run(args) -> None:
                 print(f"[{name}] prefill {n:4d} tokens: {n / t:8.0f} tok/s, time to first token {t * 1000:6.1f} ms")
         if "turns" in sections and name == "fp32":
             _turns(gen, args)
+        if "sampling" in sections:
+            _sampling(gen, prompt, args, name)
     if "llamacpp" in sections:
         binary = find_llama_bench(args.llama_bench)
         if binary is None:
@@ -211,6 +216,31 @@ def _greedy(gen, prompt, n, runs):
     gen.complete(prompt, settings)
     results = sorted((gen.complete(prompt, settings) for _ in range(runs)), key=lambda d: d.tokens_per_s)
     return results[len(results) // 2]
+
+
+def _sampling(gen, prompt, args, name):
+    """The time `sample` takes per token over the whole vocabulary, greedy and at the built-in
+    defaults, each right after a decode step of this model (medians over --new-tokens steps)."""
+    from .engine.sampling import new_rng, sample
+    from .engine.settings import SamplingSettings
+
+    gen.prefill(prompt)
+    token = prompt[-1]
+    for label, settings in (("greedy", SamplingSettings(temperature=0)), ("defaults", SamplingSettings())):
+        rng, steps, picks = new_rng(0), [], []
+        for _ in range(args.new_tokens):  # past the window: back to the prompt (as a refit would)
+            if len(gen.cached_ids) >= gen.context_window:
+                gen.prefill(prompt)
+            t0 = time.perf_counter()
+            logits = gen.decode(token)
+            t1 = time.perf_counter()
+            token = sample(logits, (), settings, rng).token_id
+            t2 = time.perf_counter()
+            steps.append(t1 - t0)
+            picks.append(t2 - t1)
+        step, pick = statistics.median(steps), statistics.median(picks)
+        print(f"[{name}] sampling ({label}, {logits.numel()} logits): {pick * 1e6:6.0f} us a token after a "
+              f"{step * 1e3:.2f} ms step ({pick / step:.1%} of it)")
 
 
 def _cached_vs_uncached(gen, args):

@@ -27,7 +27,7 @@ import torch
 from ..model import GPT, KVCache
 from ..model.errors import first_line
 from .events import Event, Finished, run_to_end
-from .sampling import SampleResult, sample
+from .sampling import SampleResult, new_rng, sample
 from .settings import SamplingSettings
 from .threads import ThreadTuner
 from .tokenizer import Tokenizer
@@ -202,11 +202,10 @@ class TokenLoop:
         settings, cancel, generated = self.settings, self.cancel, self.token_ids
         ids = list(self.prompt_ids)
         seed = settings.seed
-        rng = torch.Generator(device=gen.device).manual_seed(seed if seed is not None else secrets.randbits(63))
+        rng = new_rng(seed if seed is not None else secrets.randbits(63))
         vocab_limit, window_size = gen.tokenizer.n_vocab, gen.context_window
         stop_ids = gen.tokenizer.stop_ids  # end of text, end of turn: the reply is over
         logits, self.prefill_tokens = gen.prefill(ids)
-        no_ids = torch.empty(0, dtype=torch.long, device=gen.device)
         while True:
             if len(generated) >= settings.max_new_tokens:
                 self.reason = "length"
@@ -216,12 +215,8 @@ class TokenLoop:
                 return
             if settings.seed != seed:  # a new seed set mid-reply takes effect now
                 seed = settings.seed
-                rng.manual_seed(seed if seed is not None else secrets.randbits(63))
-            if settings.repetition_penalty != 1.0:  # (the ids as a tensor cost 16 us a token)
-                window = settings.repetition_window or len(ids)
-                recent = torch.tensor(ids[-window:], dtype=torch.long, device=gen.device)
-            else:
-                recent = no_ids
+                rng = new_rng(seed if seed is not None else secrets.randbits(63))
+            recent = ids[-(settings.repetition_window or len(ids)):] if settings.repetition_penalty != 1.0 else ()
             choice = sample(logits, recent, settings, rng, vocab_limit=vocab_limit, n_candidates=self.inspect)
             if not self.first_token_at:
                 self.first_token_at = time.perf_counter()
