@@ -1,6 +1,6 @@
 """GGUF tensors as stored on chatterm's CPU kernels (stored.stored_layer, native/kquants.c).
 
-Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, IQ4_NL, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_XS) is checked
+Every type the kernels read (F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, IQ4_XS) is checked
 against gguf's own reference dequantization: `rows()` and `dequantized()` equal it exactly, and a
 product equals it times the activations within what quantizing the activations may cost. The
 K-quants and IQ4 types have no quantizer in the gguf package, so their tensors are random stored
@@ -18,7 +18,7 @@ from chatterm.model.cpu.stored import stored_layer
 gguf = pytest.importorskip("gguf")
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"no native kernels: {native.unavailable_reason()}")
 
-QUANTIZED_BY_GGUF = ["Q8_0", "Q4_0", "Q4_1", "Q5_0"]  # Q5_0: held as Q8_0
+QUANTIZED_BY_GGUF = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]  # Q5_0, Q5_1: held as Q8_0 (with offsets)
 K_QUANTS = ["Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "IQ4_XS"]  # IQ4_XS: read by the same loops
 ALL_TYPES = ["F16", "BF16", *QUANTIZED_BY_GGUF, "IQ4_NL", *K_QUANTS]
 # the types gguf cannot quantize: values and bytes per block, where a block keeps its fp16 d

@@ -3,7 +3,7 @@
 The module is built empty on the meta device; then, one linear layer at a time, its stored
 tensors are read, stacked where the family fuses them (q, k, v), and turned into the layer that
 will compute with them: on the CPU, chatterm's kernels on the blocks as stored (Q8_0, Q4_0,
-Q4_1, Q5_0 as Q8_0, the K-quants, F16, BF16: `stored.stored_layer`), oneDNN for fp32. A type without a
+Q4_1, Q5_0 and Q5_1 as Q8_0, the K-quants, F16, BF16: `stored.stored_layer`), oneDNN for fp32. A type without a
 kernel is dequantized to bf16 for that one tensor; nothing passes through an fp32 copy of the
 model unless the user asks for `--dtype fp32`. Sources read each tensor into memory of its own
 (GGUF with pread, not through the map), which the layer keeps or copies from, so a load peaks at
@@ -141,9 +141,9 @@ def _numel(source, name: str) -> int:
 
 def _held_bytes(source, name: str) -> int:
     """Bytes a stored tensor takes in its layer: its own, but Q4_0 gains Q4_1's offset plane and
-    Q5_0 is held as Q8_0 (34 bytes a block of 32, not 22)."""
+    Q5_0 and Q5_1 are held as Q8_0 (34 bytes a block of 32, not 22; with Q5_1's offsets 36, not 24)."""
     info = getattr(source, "tensors", {}).get(name)
-    grows = {"Q4_0": (20, 18), "Q5_0": (34, 22)}.get(info.type_name) if info is not None else None
+    grows = {"Q4_0": (20, 18), "Q5_0": (34, 22), "Q5_1": (36, 24)}.get(info.type_name) if info is not None else None
     return source.nbytes(name) * grows[0] // grows[1] if grows else source.nbytes(name)
 
 

@@ -2,7 +2,8 @@
 
 - `Bf16Linear` / `F16Linear`: the weight as bfloat16 / float16, activations and results fp32.
 - `Q8Linear`: GGUF's Q8_0 layout: blocks of 32 int8 values along the input, one fp16 scale per
-  block (`w = q * d`, q in -127..127).
+  block (`w = q * d`, q in -127..127); with an fp16 offset per block too where given (`w = q * d
+  + m`: GGUF's Q5_1, q in 0..31, held one byte a value).
 - `Q4Linear`: GGUF's Q4_1 layout: blocks of 32 4-bit values with an fp16 scale and offset per
   block (`w = q * d + m`, q in 0..15); Q4_0 is the case m = -8 d. The grid per block is the
   better of the two (`torch_quantized.quantize_int4`), so weights read from a Q4_0/Q4_1 file go
@@ -202,7 +203,8 @@ class Q8Linear(NativeLinear):
     GEMM_ABOVE = 32  # see GEMV_ROWS
     FAMILY = "q8"
 
-    def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(self, q: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None,
+                 m: torch.Tensor | None = None) -> None:
         super().__init__(q.shape, bias)
         # -128 has no positive counterpart for the kernel's sign trick; a quantizer never makes it
         # (ggml's and ours round w / (max|w| / 127)). Clamped only if present: no second copy of q,
@@ -210,26 +212,34 @@ class Q8Linear(NativeLinear):
         q = q.to(torch.int8).contiguous()
         self.register_buffer("weight", q.clamp(-127, 127) if q.numel() and int(q.min()) == -128 else q, persistent=False)
         self.register_buffer("scale", d.to(torch.float16).contiguous().view(torch.int16), persistent=False)
+        offset = m.to(torch.float16).contiguous().view(torch.int16) if m is not None else None
+        self.register_buffer("offset", offset, persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "Q8Linear":
         return cls(*quantize_q8(linear.weight), linear.bias)
 
     def _matvec(self, x, bias, y, m, threads) -> int:
-        return self._lib.ct_linear_q8(x.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(), bias,
-                                      y.data_ptr(), m, self.out_features, self.in_features, threads)
+        return self._lib.ct_linear_q8(x.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(), self._offset(),
+                                      bias, y.data_ptr(), m, self.out_features, self.in_features, threads)
 
     def _dequantize(self, out, threads, rows: slice) -> None:
-        self._lib.ct_dequant_q8(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), out.data_ptr(),
-                                out.size(0), self.in_features, threads)
+        self._lib.ct_dequant_q8(self.weight[rows].data_ptr(), self.scale[rows].data_ptr(), self._offset(rows),
+                                out.data_ptr(), out.size(0), self.in_features, threads)
+
+    def _offset(self, rows: slice = slice(None)) -> int | None:
+        return self.offset[rows].data_ptr() if self.offset is not None else None
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         q = self.weight[ids].float()
         d = self.scale[ids].view(torch.float16).float()
-        return (q.unflatten(-1, (-1, BLOCK)) * d[..., None]).flatten(-2)
+        w = q.unflatten(-1, (-1, BLOCK)) * d[..., None]
+        if self.offset is not None:
+            w = w + self.offset[ids].view(torch.float16).float()[..., None]
+        return w.flatten(-2)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", q8 (blocks of 32)"
+        return super().extra_repr() + f", q8 (blocks of 32{' with offsets' if self.offset is not None else ''})"
 
 
 class Q4Linear(NativeLinear):
@@ -400,10 +410,14 @@ class StackedLinear(nn.Module):
 
 def stack_layers(parts: list[nn.Module]) -> nn.Module:
     """One layer computing the parts' outputs one after another (q, k, v -> qkv). Parts of one
-    kernel class become one layer of that class, their rows (and biases, zeros where a part has
-    none) concatenated; parts of different classes a StackedLinear."""
+    kernel class with the same planes become one layer of that class, their rows (and biases,
+    zeros where a part has none) concatenated; other parts a StackedLinear."""
     first = parts[0]
-    if not isinstance(first, NativeLinear) or any(type(part) is not type(first) for part in parts):
+    planes = {name for name, tensor in first._buffers.items() if tensor is not None}
+    if not isinstance(first, NativeLinear) or any(
+            type(part) is not type(first)
+            or {name for name, tensor in part._buffers.items() if tensor is not None} - {"bias"} != planes - {"bias"}
+            for part in parts):  # another class, or the same without a plane (Q8_0 beside Q5_1's offsets)
         return StackedLinear(parts)
     if any(part.in_features != first.in_features for part in parts):
         raise ValueError("stacked layers need one input width")

@@ -1,7 +1,7 @@
 """GGUF tensors as stored, turned into the layers that compute with them (native_linear.py):
 `stored_layer(type, raw, shape, bias)` splits each block into the planes a layer holds (Q8_0's
-scale and values, Q4_0/Q4_1's scale, offset and nibbles; Q5_0's values widened to Q8_0's bytes,
-exactly) or takes the super-blocks as they are (the K-quants, IQ4_XS), never requantizing;
+scale and values, Q4_0/Q4_1's scale, offset and nibbles; Q5_0's and Q5_1's values widened to Q8_0's
+bytes, exactly) or takes the super-blocks as they are (the K-quants, IQ4_XS), never requantizing;
 `has_kernel(type)` says which types it takes.
 """
 
@@ -59,13 +59,27 @@ def _q4_0(raw, n, k, bias):  # w = d q - 8 d: Q4_1's form with m = -8 d (exact i
 
 def _q5_0(raw, n, k, bias):
     """w = d (q - 16), q of 5 bits: exactly Q8_0's form (an int8 in -16..15 and the same scale).
-    Why not its own kernel: llama.cpp's quantizer falls back to Q5_0 (and Q5_1) where a row is
-    not a whole number of 256-value super-blocks (Gemma 3 270M's 640-wide, Qwen2.5 0.5B's
-    896-wide layers in a Q4_K_M file); read as Q8_0 they cost 34 bytes a block, not 22, where
-    bf16 cost 64."""
+    Why not its own kernel: llama.cpp's quantizer falls back to Q5_0 (Q4_K) and Q5_1 (Q5_K) where
+    a row is not a whole number of 256-value super-blocks (Gemma 3 270M's 640-wide, Qwen2.5
+    0.5B's 896-wide, SmolLM2's 576-wide layers); read as Q8_0 they cost 34 bytes a block, not 22,
+    where bf16 cost 64."""
     d, qh, qs = _split(raw, n, [(0, 2, np.float16), (2, 4, np.uint8), (6, 16, np.uint8)], 22,
                        [k // BLOCK, k // BLOCK * 4, k // 2], [torch.float16, torch.uint8, torch.uint8])
-    qh, qs, nb = qh.numpy(), qs.numpy(), k // BLOCK
+    return Q8Linear(torch.from_numpy(_five_bits(qh.numpy(), qs.numpy(), n, k, -16)), d, bias)
+
+
+def _q5_1(raw, n, k, bias):
+    """w = d q + m, q of 5 bits (0..31): Q8_0's form with an offset per block (36 bytes a block
+    held, not 24; bf16 cost 64). See _q5_0."""
+    d, m, qh, qs = _split(raw, n, [(0, 2, np.float16), (2, 2, np.float16), (4, 4, np.uint8), (8, 16, np.uint8)], 24,
+                          [k // BLOCK, k // BLOCK, k // BLOCK * 4, k // 2],
+                          [torch.float16, torch.float16, torch.uint8, torch.uint8])
+    return Q8Linear(torch.from_numpy(_five_bits(qh.numpy(), qs.numpy(), n, k, 0)), d, bias, m)
+
+
+def _five_bits(qh: np.ndarray, qs: np.ndarray, n: int, k: int, shift: int) -> np.ndarray:
+    """Q5_0's and Q5_1's 5-bit values (low nibbles in qs, fifth bits in qh) plus `shift`, as int8 (n, k)."""
+    nb = k // BLOCK
     q = np.empty((n, k), dtype=np.int8)
     for start in range(0, n, _CHUNK_ROWS):
         rows = min(_CHUNK_ROWS, n - start)
@@ -73,8 +87,8 @@ def _q5_0(raw, n, k, bias):
         values = np.concatenate((low & 0x0F, low >> 4), axis=-1)  # (rows, nb, 32): j, then j + 16
         # bit j of the block's little-endian 32-bit qh is value j's fifth bit
         high = np.unpackbits(qh[start:start + rows].reshape(rows, nb, 4), axis=-1, bitorder="little")
-        q[start:start + rows] = ((values | (high << 4)).astype(np.int16) - 16).astype(np.int8).reshape(rows, k)
-    return Q8Linear(torch.from_numpy(q), d, bias)
+        q[start:start + rows] = ((values | (high << 4)).astype(np.int16) + shift).astype(np.int8).reshape(rows, k)
+    return q
 
 
 def _iq4_nl(raw, n, k, bias):
@@ -106,7 +120,7 @@ def _kquant(kind):
 
 # type name -> (values per block, bytes per block, maker): GGUF's block sizes (gguf.GGML_QUANT_SIZES)
 _STORED = {"Q8_0": (32, 34, _q8_0), "Q4_0": (32, 18, _q4_0), "Q4_1": (32, 20, _q4_1), "IQ4_NL": (32, 18, _iq4_nl),
-           "Q5_0": (32, 22, _q5_0),
+           "Q5_0": (32, 22, _q5_0), "Q5_1": (32, 24, _q5_1),
            "BF16": (1, 2, _half(Bf16Linear)), "F16": (1, 2, _half(F16Linear)),
            **{name: (SUPER_BLOCK, kind.BLOCK_BYTES, _kquant(kind)) for name, kind in (
                ("Q4_K", Q4KLinear), ("Q5_K", Q5KLinear), ("Q6_K", Q6KLinear), ("Q2_K", Q2KLinear), ("Q3_K", Q3KLinear),

@@ -216,7 +216,7 @@ def declare(lib):
     lib.ct_variant_get.restype = i32
     lib.ct_linear_bf16.argtypes = [p, p, p, p, i64, i64, i64, i32]
     lib.ct_linear_bf16.restype = None
-    lib.ct_linear_q8.argtypes = [p, p, p, p, p, i64, i64, i64, i32]
+    lib.ct_linear_q8.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32]
     lib.ct_linear_q8.restype = i32
     lib.ct_linear_q4.argtypes = [p, p, p, p, p, p, i64, i64, i64, i32]
     lib.ct_linear_q4.restype = i32
@@ -230,7 +230,7 @@ def declare(lib):
     lib.ct_dequant_f16.argtypes = [p, p, i64, i64, i32]
     lib.ct_dequant_kq.argtypes = [i32, p, p, i64, i64, i32]
     lib.ct_dequant_iq4nl.argtypes = [p, p, p, i64, i64, i32]
-    lib.ct_dequant_q8.argtypes = [p, p, p, i64, i64, i32]
+    lib.ct_dequant_q8.argtypes = [p, p, p, p, i64, i64, i32]
     lib.ct_dequant_q4.argtypes = [p, p, p, p, i64, i64, i32]
     lib.ct_attend_one.argtypes = [p, i64, p, p, i64, i64, p, i64, i64, i64, i64, ctypes.c_float, i32, i32]
     lib.ct_attend_one.restype = i32

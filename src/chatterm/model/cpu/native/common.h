@@ -176,8 +176,8 @@ typedef struct {
                  int nthreads);
     void (*f16)(const float *x, const uint16_t *w, const float *bias, float *y, int64_t M, int64_t N, int64_t K,
                 int nthreads);
-    int (*q8)(const float *x, const int8_t *w, const uint16_t *wd, const float *bias, float *y, int64_t M, int64_t N,
-              int64_t K, int nthreads);
+    int (*q8)(const float *x, const int8_t *w, const uint16_t *wd, const uint16_t *wm, const float *bias, float *y,
+              int64_t M, int64_t N, int64_t K, int nthreads);
     int (*q4)(const float *x, const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const float *bias, float *y,
               int64_t M, int64_t N, int64_t K, int nthreads);
     int (*iq4nl)(const float *x, const uint8_t *w, const uint16_t *wd, const float *bias, float *y, int64_t M,

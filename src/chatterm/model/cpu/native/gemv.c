@@ -1,7 +1,8 @@
 /* Matrix-vector kernels for CPU decoding: y[M,N] = x[M,K] W^T (+ bias), W stored as
  *   bf16  : W as bfloat16 (the top half of an fp32), activations fp32;
  *   q8    : W in blocks of 32 int8 values with one fp16 scale each (GGUF's Q8_0), activations
- *           quantized the same way at call time, dot products in integers;
+ *           quantized the same way at call time, dot products in integers; with an fp16 offset
+ *           per block too where given, w = q * d + m (GGUF's Q5_1, its 5-bit q widened);
  *   q4    : W in blocks of 32 4-bit values q (0..15) with an fp16 scale d and an fp16 offset m,
  *           w = q * d + m (GGUF's Q4_1; Q4_0 is m = -8 d), activations as for q8;
  *   iq4nl : GGUF's IQ4_NL, Q4_0's nibbles as indexes into a fixed grid of 16 levels;
@@ -344,9 +345,25 @@ static void dot_q8_two_rows(const int8_t *w0, const int8_t *w1, const uint16_t *
 }
 #endif
 
-/* ok = 0: this thread's activations could not be allocated; it takes its share of the rows and skips them */
-static void q8_rows(const qacts *a, int ok, const int8_t *w, const uint16_t *wd, const float *bias, float *y,
-                    int64_t M, int64_t N, int64_t K) {
+/* sum over blocks of wm[b] * xs[b]: per-block offsets (w = d q + m: GGUF's Q5_1 held as int8)
+ * times the activations' block sums */
+static float offsets_dot(const uint16_t *wm, const float *xs, int64_t nb) {
+    int64_t b = 0;
+    float sum = 0.0f;
+#ifdef CT_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; b + 8 <= nb; b += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wm + b))), _mm256_loadu_ps(xs + b), acc);
+    sum = hsum(acc);
+#endif
+    for (; b < nb; b++) sum += fp16_to_fp32(wm[b]) * xs[b];
+    return sum;
+}
+
+/* ok = 0: this thread's activations could not be allocated; it takes its share of the rows and
+ * skips them. wm: per-block offsets, or NULL (Q8_0) */
+static void q8_rows(const qacts *a, int ok, const int8_t *w, const uint16_t *wd, const uint16_t *wm,
+                    const float *bias, float *y, int64_t M, int64_t N, int64_t K) {
     int64_t nb = K / BLOCK;
 #ifdef CT_TWO_ROWS
     if (M == 1) { /* a decode step: rows two at a time, sharing the work on x (an odd last row alone) */
@@ -355,13 +372,14 @@ static void q8_rows(const qacts *a, int ok, const int8_t *w, const uint16_t *wd,
             int64_t n = 2 * i;
             if (!ok) continue;
             if (n + 1 == N) {
-                y[n] = dot_q8(w + n * K, wd + n * nb, a->q, a->d, nb) + (bias ? bias[n] : 0.0f);
+                y[n] = dot_q8(w + n * K, wd + n * nb, a->q, a->d, nb) + (bias ? bias[n] : 0.0f) +
+                       (wm ? offsets_dot(wm + n * nb, a->s, nb) : 0.0f);
                 continue;
             }
             float out[2];
             dot_q8_two_rows(w + n * K, w + (n + 1) * K, wd + n * nb, wd + (n + 1) * nb, a->q, a->d, nb, out);
-            y[n] = out[0] + (bias ? bias[n] : 0.0f);
-            y[n + 1] = out[1] + (bias ? bias[n + 1] : 0.0f);
+            y[n] = out[0] + (bias ? bias[n] : 0.0f) + (wm ? offsets_dot(wm + n * nb, a->s, nb) : 0.0f);
+            y[n + 1] = out[1] + (bias ? bias[n + 1] : 0.0f) + (wm ? offsets_dot(wm + (n + 1) * nb, a->s, nb) : 0.0f);
         }
         return;
     }
@@ -371,16 +389,17 @@ static void q8_rows(const qacts *a, int ok, const int8_t *w, const uint16_t *wd,
         if (!ok) continue;
         float b = bias ? bias[n] : 0.0f;
         for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = dot_q8(w + n * K, wd + n * nb, a->q + m * K, a->d + m * nb, nb) + b;
+            y[m * N + n] = dot_q8(w + n * K, wd + n * nb, a->q + m * K, a->d + m * nb, nb) + b +
+                           (wm ? offsets_dot(wm + n * nb, a->s + m * nb, nb) : 0.0f);
     }
 }
 
-static int gemv_q8(const float *x, const int8_t *w, const uint16_t *wd, const float *bias, float *y,
-                 int64_t M, int64_t N, int64_t K, int nthreads) {
+static int gemv_q8(const float *x, const int8_t *w, const uint16_t *wd, const uint16_t *wm, const float *bias,
+                   float *y, int64_t M, int64_t N, int64_t K, int nthreads) {
     qacts a;
     int ok = quantize_acts(x, M, K, &a) == 0;
     if (!ok && nthreads != CT_TEAM) return -1;
-    CT_SHARE_ROWS(q8_rows(&a, ok, w, wd, bias, y, M, N, K));
+    CT_SHARE_ROWS(q8_rows(&a, ok, w, wd, wm, bias, y, M, N, K));
     if (ok) free_acts(&a);
     return ok ? 0 : -1;
 }

@@ -62,9 +62,9 @@ void ct_linear_f16(const float *x, const uint16_t *w, const float *bias, float *
     chosen[CT_FAMILY_F16]->f16(x, w, bias, y, M, N, K, nthreads);
 }
 
-int ct_linear_q8(const float *x, const int8_t *w, const uint16_t *wd, const float *bias, float *y, int64_t M,
-                 int64_t N, int64_t K, int nthreads) {
-    return chosen[CT_FAMILY_Q8]->q8(x, w, wd, bias, y, M, N, K, nthreads);
+int ct_linear_q8(const float *x, const int8_t *w, const uint16_t *wd, const uint16_t *wm, const float *bias, float *y,
+                 int64_t M, int64_t N, int64_t K, int nthreads) {
+    return chosen[CT_FAMILY_Q8]->q8(x, w, wd, wm, bias, y, M, N, K, nthreads);
 }
 
 int ct_linear_q4(const float *x, const uint8_t *w, const uint16_t *wd, const uint16_t *wm, const float *bias, float *y,
@@ -98,13 +98,15 @@ void ct_dequant_f16(const uint16_t *w, float *out, int64_t N, int64_t K, int nth
         for (int64_t k = 0; k < K; k++) out[n * K + k] = fp16_to_fp32(w[n * K + k]);
 }
 
-void ct_dequant_q8(const int8_t *w, const uint16_t *wd, float *out, int64_t N, int64_t K, int nthreads) {
+/* wm: per-block offsets (w = d q + m), or NULL */
+void ct_dequant_q8(const int8_t *w, const uint16_t *wd, const uint16_t *wm, float *out, int64_t N, int64_t K,
+                   int nthreads) {
     int64_t nb = K / BLOCK;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t n = 0; n < N; n++)
         for (int64_t b = 0; b < nb; b++) {
-            float d = fp16_to_fp32(wd[n * nb + b]);
-            for (int i = 0; i < BLOCK; i++) out[n * K + b * BLOCK + i] = d * (float)w[n * K + b * BLOCK + i];
+            float d = fp16_to_fp32(wd[n * nb + b]), m = wm ? fp16_to_fp32(wm[n * nb + b]) : 0.0f;
+            for (int i = 0; i < BLOCK; i++) out[n * K + b * BLOCK + i] = d * (float)w[n * K + b * BLOCK + i] + m;
         }
 }
 
@@ -260,7 +262,8 @@ int ct_attend_one(const float *q, int64_t q_head_stride, const void *k, const vo
  * A linear layer as the fused step reads it, and the element-wise work between the products. */
 
 typedef struct {
-    int64_t kind; /* 0: bf16, 1: q8, 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a K-quant (w: its super-blocks),
+    int64_t kind; /* 0: bf16, 1: q8 (offset: per-block offsets, or NULL), 2: q4, 3: f16, 4 + CT_Q4_K..CT_KQ_LAST: a
+                   * K-quant (w: its super-blocks),
                    * 4 + CT_KQ_LAST + 1 (10): iq4nl, CT_STACKED (11): w is `parts` ct_lins whose outputs
                    * follow one another (q, k and v of one projection stored as different types) */
     int64_t N, K;
@@ -278,7 +281,7 @@ static int lin_apply(const ct_lin *L, const float *x, float *y, int nthreads) {
         ct_linear_bf16(x, (const uint16_t *)L->w, L->bias, y, 1, L->N, L->K, nthreads);
         return 0;
     case 1:
-        return ct_linear_q8(x, (const int8_t *)L->w, L->scale, L->bias, y, 1, L->N, L->K, nthreads);
+        return ct_linear_q8(x, (const int8_t *)L->w, L->scale, L->offset, L->bias, y, 1, L->N, L->K, nthreads);
     case 2:
         return ct_linear_q4(x, (const uint8_t *)L->w, L->scale, L->offset, L->bias, y, 1, L->N, L->K, nthreads);
     case 3:
@@ -309,7 +312,8 @@ static int lin_row(const ct_lin *L, int64_t id, float *out) {
         ct_dequant_bf16((const uint16_t *)L->w + id * K, out, 1, K, 1);
         return 0;
     case 1:
-        ct_dequant_q8((const int8_t *)L->w + id * K, L->scale + id * nb, out, 1, K, 1);
+        ct_dequant_q8((const int8_t *)L->w + id * K, L->scale + id * nb, L->offset ? L->offset + id * nb : NULL, out,
+                      1, K, 1);
         return 0;
     case 2:
         ct_dequant_q4((const uint8_t *)L->w + id * K / 2, L->scale + id * nb, L->offset + id * nb, out, 1, K, 1);
