@@ -78,3 +78,26 @@ def test_a_fused_decode_step_moves_the_weights_and_decodes_the_same(monkeypatch)
     assert len({t.untyped_storage().data_ptr() for t in weights}) == 1  # the first step moved them
     assert len({t.untyped_storage().data_ptr() for m in model.modules() if isinstance(m, NativeLinear)
                 for t in [m.weight]}) == len(weights)  # and the other model's stayed apart
+
+
+def test_a_loaded_model_is_ready_before_its_first_prompt(tmp_path, monkeypatch):
+    """The loader moves the weights and chooses the variants as the model finishes loading: the
+    first prompt's products run on them, and no step after the first token pauses to copy."""
+    from test_native_kernels import _decode
+
+    from chatterm.bench_llama import write_gpt2_gguf
+    from chatterm.model import GPT, load_checkpoint
+    from chatterm.model.cpu import kernel_choice
+    from chatterm.model.families.gpt2 import GPTConfig
+
+    source = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=64, vocab_size=300)).init_weights(6).eval()
+    write_gpt2_gguf(source, tmp_path / "m.gguf", "Q8_0")
+    variant = kernel_choice.offered()[-1]  # the last offered: not what the library starts on
+    monkeypatch.setenv(kernel_choice.ENV, variant)
+    model = load_checkpoint(tmp_path / "m.gguf", inference=True).model
+    assert kernel_choice.current("q8") == variant
+    weights = [m.weight for m in model.modules() if isinstance(m, NativeLinear)]
+    assert len({t.untyped_storage().data_ptr() for t in weights}) == 1  # one arena, already
+    where = [t.data_ptr() for t in weights]
+    _decode(model, [1, 2, 3], 4)
+    assert [m.weight.data_ptr() for m in model.modules() if isinstance(m, NativeLinear)] == where  # not moved again

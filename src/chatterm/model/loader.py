@@ -3,7 +3,8 @@
 The module is built empty on the meta device; then, one linear layer at a time, its stored
 tensors are read, stacked where the family fuses them (q, k, v), and turned into the layer that
 will compute with them: on the CPU, chatterm's kernels on the blocks as stored (Q8_0, Q4_0,
-Q4_1, Q5_0 and Q5_1 as Q8_0, the K-quants, F16, BF16: `stored.stored_layer`), oneDNN for fp32. A type without a
+Q4_1, Q5_0 and Q5_1 as Q8_0, the K-quants, F16, BF16: `stored.stored_layer`), oneDNN for fp32,
+and readied as it finishes (cpu/ready.py: huge pages, the kernel variants chosen). A type without a
 kernel is dequantized to bf16 for that one tensor; nothing passes through an fp32 copy of the
 model unless the user asks for `--dtype fp32`. Sources read each tensor into memory of its own
 (GGUF with pread, not through the map), which the layer keeps or copies from, so a load peaks at
@@ -26,6 +27,7 @@ import torch.nn as nn
 from .cpu import native
 from .cpu.linear import TiedEmbedding, float_linear_layer, quantized_layer, replace_module, return_freed_memory
 from .cpu.native_linear import stack_layers
+from .cpu.ready import ready
 from .cpu.stored import has_kernel, stored_layer
 from .errors import CheckpointError
 from .families import Family, Sources, TensorMap
@@ -203,6 +205,7 @@ def _assemble(family, model, source, tensor_map, where, precision, device, infer
     family.after_load(model)
     if cpu_kernels:
         model.kv_cache_dtype = cache_dtype(precision, device, inference)
+        ready(model)  # huge pages, kernel variants: before the first prompt, not after its first token
     return model
 
 

@@ -72,7 +72,7 @@ def move_weights(model: torch.nn.Module) -> int:
     room = available_bytes()
     if room is not None and room < 2 * max(sizes, default=0) + 4 * TRIM_EVERY:
         return 0  # the copy's overlap could run a model that only just fits out of memory
-    with torch.inference_mode(False):  # called from a decode step: the arena must be a normal tensor
+    with torch.inference_mode(False):  # perhaps called from a decode step: the arena must be a normal tensor
         arena = huge_page_arena(sum(sizes))
         if arena is None:
             return 0

@@ -25,9 +25,8 @@ Two ways in:
   linear that is not one of chatterm's kernels, norms not fp32, more than one token or sequence,
   a static cache): the model then runs its blocks in PyTorch.
 
-At the model's first fused step its weights move into 2 MB pages (huge_pages.py) and each
-kernel family it uses is set to the variant measured fastest on its shapes (kernel_choice.py;
-cached, so measured once per CPU and model shape).
+A model the loader did not ready (ready.py: its weights into 2 MB pages, each kernel family on
+the variant measured fastest for its shapes) is readied at its first fused step.
 
 The pointers are gathered once per (model, cache) and kept beside the model, not on it (a
 deepcopy starts without them); the plan also holds every tensor it points into, so nothing it
@@ -43,11 +42,12 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import huge_pages, kernel_choice, native
+from . import native
 from .linear import TiedEmbedding
 from .native_attention import _CACHE_DTYPES
 from .native_linear import (Bf16Linear, F16Linear, IQ4NLLinear, IQ4XSLinear, Q2KLinear, Q3KLinear, Q4KLinear, Q4Linear,
                             Q5KLinear, Q6KLinear, Q8Linear, StackedLinear)
+from .ready import ready
 
 # kernels.c's ct_lin kinds; a K-quant's (or IQ4_XS's) is 4 + its kquants.c type code
 _KINDS = {Bf16Linear: 0, Q8Linear: 1, Q4Linear: 2, F16Linear: 3,
@@ -202,9 +202,8 @@ def _plan(model, blocks, form: _Form, cache, final_of) -> _Plan | None:
     if not applies:
         _plans[model] = _NOT_HERE
         return None
-    if plan is None:  # the model's first fused step: its weights into huge pages, its kernels' variants
-        huge_pages.move_weights(model)  # chosen (measured once per CPU and shapes)
-        kernel_choice.choose(model)
+    if plan is None:  # a model the loader did not ready: its weights into huge pages, its variants chosen
+        ready(model)
     plan = _plans[model] = _Plan(blocks, form, cache, final_of())
     return plan
 
