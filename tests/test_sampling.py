@@ -262,3 +262,15 @@ def test_nan_logits_are_never_sampled_or_all_nan_raise(nans):
     finite = torch.nan_to_num(logits, nan=float("-inf"))
     top = set(torch.topk(finite, 5).indices.tolist())
     assert {sample(logits, EMPTY, s, new_rng(i)).token_id for i in range(60)} <= top
+
+
+@pytest.mark.parametrize("s", [SamplingSettings(temperature=0), SamplingSettings(temperature=0.7, top_k=20)],
+                         ids=["greedy", "sampled"])
+def test_the_inspectors_candidates_are_the_most_likely_best_first(s):
+    logits = random_logits(9, 1000)
+    result = sample(logits, EMPTY, s, new_rng(0), n_candidates=5)
+    probs = filtered(logits, EMPTY, s).double().softmax(-1)
+    top = torch.topk(probs, 5)
+    assert [i for i, _ in result.candidates] == top.indices.tolist()
+    assert [p for _, p in result.candidates] == pytest.approx(top.values.tolist(), rel=1e-5)
+    assert result.prob == pytest.approx(float(probs[result.token_id]), rel=1e-5)

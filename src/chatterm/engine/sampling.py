@@ -150,7 +150,7 @@ def sample(
         return SampleResult(token, float("nan"), [])
     if probs is None:  # greedy: show the model's (penalized) distribution, the argmax chosen
         probs = _softmax(scores)
-    best = np.argsort(-probs, kind="stable")[:n_candidates]
+    best = _largest(probs, n_candidates)
     named = best if ids is None else ids[best]
     candidates = [(int(i), float(p)) for i, p in zip(named.tolist(), probs[best].tolist()) if p > 0]
     return SampleResult(token, float(probs[pick]), candidates)
@@ -182,6 +182,15 @@ def _finite_or_raise(logits: np.ndarray) -> np.ndarray:
     if not np.isfinite(logits).any():
         raise FloatingPointError("the model produced no finite logits (NaN or inf); the weights may be broken")
     return np.where(np.isnan(logits), np.float32(-np.inf), logits)
+
+
+def _largest(values: np.ndarray, n: int) -> np.ndarray:
+    """The indexes of the n largest values, largest first (a partition, then a sort of n: the
+    inspector's candidates from a 262k vocabulary without sorting it)."""
+    if n < values.shape[-1]:
+        top = np.argpartition(values, values.shape[-1] - n)[values.shape[-1] - n:]
+        return top[np.argsort(-values[top], kind="stable")]
+    return np.argsort(-values, kind="stable")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
