@@ -274,3 +274,29 @@ def test_the_inspectors_candidates_are_the_most_likely_best_first(s):
     assert [i for i, _ in result.candidates] == top.indices.tolist()
     assert [p for _, p in result.candidates] == pytest.approx(top.values.tolist(), rel=1e-5)
     assert result.prob == pytest.approx(float(probs[result.token_id]), rel=1e-5)
+
+
+def _large_vocabularies():
+    rng = np.random.default_rng(5)
+    normal = (rng.standard_normal(100_000) * 3).astype(np.float32)
+    few = np.full(100_000, -1000.0, dtype=np.float32)
+    few[::64][:10] = np.arange(10, 0, -1)  # only a few sampled logits are large: too few pass
+    tied = normal.copy()
+    tied[np.argsort(normal)[-45:]] = 7.0  # 45 ties at the top, k = 40
+    lows = np.sort(normal)[:8]
+    return {"normal": normal, "too few pass": few, "tied": tied, "flat": np.zeros(100_000, dtype=np.float32),
+            "negative": -np.abs(normal) - 1e4 + np.isin(normal, lows)}
+
+
+@pytest.mark.parametrize("name", ["normal", "too few pass", "tied", "flat", "negative"])
+@pytest.mark.parametrize("k", [1, 40, 500])
+def test_top_k_of_a_large_vocabulary_is_the_sort_s(name, k):
+    """Top-k over a real-size vocabulary looks first among the logits above a threshold sampled
+    from every 64th: the same ids as sorting the whole vocabulary, whatever the logits."""
+    from chatterm.engine.sampling import top_k_candidates
+
+    logits = _large_vocabularies()[name]
+    kth = np.sort(logits)[-k]
+    ids, values = top_k_candidates(logits, k)
+    assert set(ids.tolist()) == set(np.flatnonzero(logits >= kth).tolist())
+    assert values.tolist() == logits[ids].tolist() and (np.diff(values) <= 0).all()  # best first

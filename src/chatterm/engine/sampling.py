@@ -77,7 +77,8 @@ def top_k_candidates(logits: np.ndarray, k: int, temperature: float = 1.0) -> tu
     with np.errstate(over="raise"):
         if k <= 0 or k >= n:
             return None, logits / t if temperature != 1.0 else logits
-        part = np.argpartition(logits, n - k - 1)[n - k - 1:]  # the k + 1 largest: does the k-th tie the next?
+        pool = _pool(logits, k + 1)  # the k + 1 largest are among these
+        part = pool[np.argpartition(logits[pool], pool.size - k - 1)[pool.size - k - 1:]]  # does the k-th tie the next?
         ids = part[np.argsort(-logits[part], kind="stable")]
         values = logits[ids] / t if temperature != 1.0 else logits[ids]
         if np.isnan(values[k]):  # NaN counts as the largest and sorts last: the caller sees it
@@ -88,6 +89,23 @@ def top_k_candidates(logits: np.ndarray, k: int, temperature: float = 1.0) -> tu
         ids = np.flatnonzero(scaled >= values[k - 1])
         ids = ids[np.argsort(-scaled[ids], kind="stable")]
         return ids, scaled[ids]
+
+
+_STRIDE = 64  # _pool's sample: every 64th logit
+
+
+def _pool(logits: np.ndarray, m: int) -> np.ndarray:
+    """Ids that hold the m largest logits: those at or above a threshold taken from every 64th
+    logit (its ~8m / 64-th largest: ~8m ids pass), else, where fewer than m pass (a NaN, an odd
+    vocabulary), every id. Why: a partition of the whole vocabulary carries an index for each of
+    its logits (0.45 ms for Gemma 3's 262k); the sample, a comparison and the ids that pass, 0.08."""
+    sample = logits[::_STRIDE]
+    j = -(-8 * m // _STRIDE)
+    if j < sample.size:
+        pool = np.flatnonzero(logits >= np.partition(sample, sample.size - j)[sample.size - j])
+        if pool.size >= m:
+            return pool
+    return np.arange(logits.shape[-1])
 
 
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
