@@ -7,7 +7,8 @@ in use fits the trained one, `long_factor` beyond, and cos/sin scaled by an atte
 The factors are picked once for the window in use, as llama.cpp does (transformers switches when
 a sequence passes the original window, which would change the keys already cached). Phi-3's
 `sliding_window` (2047 for the 4k model) is not applied: positions past it differ from
-transformers'.
+transformers', as llama.cpp's do (it turns Phi-3's window off on load, llama.cpp PR 13676; the
+later Phi-3.5 and Phi-4-mini configs give a window of 262144, none in practice).
 
 The fused CPU decode step computes the blocks, partial rotation included (it takes the scaled
 cos/sin rows as given and turns each head's first `rotary_dims`).
