@@ -413,11 +413,8 @@ def stack_layers(parts: list[nn.Module]) -> nn.Module:
     kernel class with the same planes become one layer of that class, their rows (and biases,
     zeros where a part has none) concatenated; other parts a StackedLinear."""
     first = parts[0]
-    planes = {name for name, tensor in first._buffers.items() if tensor is not None}
     if not isinstance(first, NativeLinear) or any(
-            type(part) is not type(first)
-            or {name for name, tensor in part._buffers.items() if tensor is not None} - {"bias"} != planes - {"bias"}
-            for part in parts):  # another class, or the same without a plane (Q8_0 beside Q5_1's offsets)
+            type(part) is not type(first) or _planes(part) != _planes(first) for part in parts):
         return StackedLinear(parts)
     if any(part.in_features != first.in_features for part in parts):
         raise ValueError("stacked layers need one input width")
@@ -431,6 +428,11 @@ def stack_layers(parts: list[nn.Module]) -> nn.Module:
     merged._buffers["bias"] = None if all(b is None for b in biases) else torch.cat(
         [torch.zeros(part.out_features) if b is None else b for part, b in zip(parts, biases)])
     return merged
+
+
+def _planes(layer: nn.Module) -> set[str]:
+    """The buffers a layer holds besides its bias (a Q8Linear from Q5_1 has offsets, from Q8_0 not)."""
+    return {name for name, tensor in layer._buffers.items() if tensor is not None and name != "bias"}
 
 
 # ---- GGUF tensors as stored -> layers -----------------------------------------------------
