@@ -146,6 +146,43 @@ def test_sentencepiece_vocabulary_from_gguf():
     assert tok.encode("</s>") != [2]  # typed markers stay text
 
 
+def _sentencepiece_spec(extra: list[str] = ()) -> dict:
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁", "t", "h", "e", "c", "a", "he", "▁t",
+                                                                              "▁the", "at", "▁c", "▁cat", *extra]
+    types = [2, 3, 3] + [6] * 256 + [1] * (12 + len(extra))
+    return {"type": "gguf", "model": "llama", "tokens": tokens, "token_types": types, "bos_id": 1, "eos_id": 2}
+
+
+def test_sentencepiece_merges_are_kept_in_the_cache_and_checked(tmp_path, monkeypatch):
+    """Derived once, read back on the next load; a damaged file, or one of another vocabulary, is
+    derived again (and rewritten); a cache folder that cannot be written costs only time."""
+    from chatterm.engine import gguf_tokenizer
+
+    monkeypatch.setenv("CHATTERM_CACHE_DIR", str(tmp_path / "cache"))
+    derived = []
+    derive = gguf_tokenizer._sentencepiece_merges
+    monkeypatch.setattr(gguf_tokenizer, "_sentencepiece_merges", lambda *a: derived.append(1) or derive(*a))
+    text = "the cat at the hat"
+    want = open_tokenizer(_sentencepiece_spec()).encode(text)
+    assert len(derived) == 1 and tokens_of(want) == ["▁the", "▁cat", "▁", "at", "▁the", "▁", "h", "at"]
+    [cached] = (tmp_path / "cache" / "tokenizers").iterdir()
+    assert open_tokenizer(_sentencepiece_spec()).encode(text) == want and len(derived) == 1  # read back
+    open_tokenizer(_sentencepiece_spec(["ca"]))  # another vocabulary: its own file
+    assert len(derived) == 2 and len(list(cached.parent.iterdir())) == 2
+    data = bytearray(cached.read_bytes())
+    data[-4] ^= 1  # the last right id, one off: still a piece of the vocabulary
+    cached.write_bytes(bytes(data))
+    assert open_tokenizer(_sentencepiece_spec()).encode(text) == want and len(derived) == 3
+    assert open_tokenizer(_sentencepiece_spec()).encode(text) == want and len(derived) == 3  # rewritten whole
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CHATTERM_CACHE_DIR", str(tmp_path / "file" / "cache"))  # under a file: cannot be made
+    assert open_tokenizer(_sentencepiece_spec()).encode(text) == want and len(derived) == 4
+
+
+def tokens_of(ids: list[int]) -> list[str]:
+    return [_sentencepiece_spec()["tokens"][i] for i in ids]
+
+
 @pytest.mark.parametrize("keep", [10, 200, 5000])
 def test_truncated_file_is_one_line(tmp_path, keep):
     path = write_gguf(tmp_path / "m.gguf", hf_model("qwen2", seed=3), "qwen2")

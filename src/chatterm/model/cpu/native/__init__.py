@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ....atomic import atomic_write
+from ....cache_folder import cache_folder
 
 HERE = Path(__file__).parent
 # Every C file here is hashed into the build key, the header too (a change to any is a new build).
@@ -157,9 +158,7 @@ def cpu_identity() -> str:
 
 def cache_dir() -> Path:
     """Where the built library (and kernel_choice's measurements) live."""
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("CHATTERM_CACHE_DIR") or user_cache_dir("chatterm")) / "kernels"
+    return cache_folder("kernels")
 
 
 def _build(compiler: str, path: Path, native_flags: list[str] | None = None) -> None:
