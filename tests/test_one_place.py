@@ -17,7 +17,7 @@ LAYERS = ("model", "engine", "session", "ui")  # lowest first
 # Where each top-level name of the package stands, lowest first: the file helpers that every layer
 # may use, the four layers, then the front ends (cli, repl, api, bench, train, notices, ...),
 # which only front ends import.
-BASE = ("atomic", "regular_file")
+BASE = ("atomic", "cache_folder", "regular_file")
 FRONT = len(LAYERS) + 1
 
 
