@@ -15,6 +15,7 @@ the pieces and their types) and read back, checked, on the next load (~0.2 s).
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -77,9 +78,10 @@ def tokenizer_from_gguf(spec: dict):
     return tok
 
 
-def _sentencepiece_merges(tokens: list[str], types: list[int]) -> list[tuple[str, str]]:
+def _sentencepiece_merges(tokens: list[str], types: list[int]) -> np.ndarray:
     """Every split of a normal piece into two pieces of the vocabulary is a merge; merges that
-    build earlier (higher-scored) pieces come first, as SentencePiece's BPE applies them.
+    build earlier (higher-scored) pieces come first, as SentencePiece's BPE applies them. As
+    (left id, right id) rows, int32.
 
     Only pieces of up to `MAX_MERGED_PIECE` characters get merges, so the work is linear in the
     vocabulary's size: a piece of n characters has n - 1 splits of O(n) each, and one piece of a
@@ -94,18 +96,18 @@ def _sentencepiece_merges(tokens: list[str], types: list[int]) -> list[tuple[str
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in ids and right in ids:
-                ranked.append((i, ids[left], ids[right], left, right))
+                ranked.append((i, ids[left], ids[right]))
     ranked.sort()
-    return [(left, right) for *_, left, right in ranked]
+    return np.array([(left, right) for _, left, right in ranked], dtype="<i4").reshape(-1, 2)
 
 
 _MAGIC = b"chatterm merges 1\n"  # then a sha256 of the key and the pairs, then int32 pairs (left, right id)
 
 
 def _cached_merges(tokens: list[str], types: list[int]) -> list[tuple[str, str]]:
-    """_sentencepiece_merges, from the cache folder where an earlier load left them. A file that
-    is short, foreign or damaged (its digest covers these pieces and its pairs) is derived again
-    and rewritten; a folder that cannot be written only costs the next load the time."""
+    """_sentencepiece_merges, from the cache folder where an earlier load left them, as pieces. A
+    file that is short, foreign or damaged (its digest covers these pieces and its pairs) is
+    derived again and rewritten; a folder that cannot be written only costs the next load the time."""
     key = hashlib.sha256(MAX_MERGED_PIECE.to_bytes(4, "little") + bytes(t & 0xFF for t in types)
                          + "\0".join(tokens).encode("utf-8", "surrogatepass")).digest()
     path = cache_folder("tokenizers") / f"{key.hex()[:32]}.merges"
@@ -115,16 +117,17 @@ def _cached_merges(tokens: list[str], types: list[int]) -> list[tuple[str, str]]
         data = b""
     head = len(_MAGIC) + 32
     payload = data[head:]
+    pairs = None
     if data[:len(_MAGIC)] == _MAGIC and len(payload) % 8 == 0 and data[len(_MAGIC):head] == hashlib.sha256(key + payload).digest():
         pairs = np.frombuffer(payload, dtype="<i4").reshape(-1, 2)
-        if not pairs.size or (pairs.min() >= 0 and pairs.max() < len(tokens)):
-            # two flat lists of ints: a list per pair would be 513k objects for the collector to scan
-            return [(tokens[left], tokens[right]) for left, right in zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())]
-    merges = _sentencepiece_merges(tokens, types)
-    ids = {t: i for i, t in enumerate(tokens)}
-    payload = np.array([(ids[left], ids[right]) for left, right in merges], dtype="<i4").tobytes()
-    try:
-        atomic_write(path, lambda tmp: open(tmp, "wb").write(_MAGIC + hashlib.sha256(key + payload).digest() + payload))
-    except OSError:
-        pass
-    return merges
+        if pairs.size and (pairs.min() < 0 or pairs.max() >= len(tokens)):
+            pairs = None
+    if pairs is None:
+        pairs = _sentencepiece_merges(tokens, types)
+        payload = pairs.tobytes()
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_bytes(_MAGIC + hashlib.sha256(key + payload).digest() + payload))
+        except OSError:
+            pass
+    # two flat lists of ints: a list per pair would be 513k objects for the collector to scan
+    return [(tokens[left], tokens[right]) for left, right in zip(pairs[:, 0].tolist(), pairs[:, 1].tolist())]
