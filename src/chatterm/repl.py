@@ -49,6 +49,7 @@ class PlainChat:
         self.err = err or sys.stderr
         self.load_backend = load_backend  # callable(path) -> backend, for /model
         self.quit_requested = False
+        self.interrupted = False  # Ctrl+C asked to quit (see _stop_on_ctrl_c)
         self.show_thinking = not hide_thinking  # on a terminal only (see the module doc)
         self.streaming = False
         self.terminated = 0  # the signal (SIGTERM, SIGHUP) that asked us to quit
@@ -96,6 +97,8 @@ class PlainChat:
                     self.commands.run(line)
                 else:
                     self.say(line[1:] if line.startswith("//") else line)
+                if self.interrupted:  # a second Ctrl+C whose KeyboardInterrupt was swallowed
+                    raise KeyboardInterrupt
                 if self.quit_requested or self.terminated:
                     break
                 if interactive:
@@ -121,7 +124,7 @@ class PlainChat:
 
     def stream(self, events) -> None:
         """Print a reply as it streams; Ctrl+C stops it (the partial reply stays)."""
-        previous = _install_stop_handler(self.session) if threading.current_thread() is threading.main_thread() else None
+        previous = self._stop_on_ctrl_c() if threading.current_thread() is threading.main_thread() else None
         self.streaming = True
         trimmed = TrimmedStream(strip_leading=True)  # shown as it is saved: no leading space, no blank line
         thought = TrimmedStream(strip_leading=True)
@@ -161,6 +164,22 @@ class PlainChat:
             self.streaming = False
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _stop_on_ctrl_c(self):
+        """First Ctrl+C stops the reply; a second one during the same reply quits. Returns the
+        SIGINT handler it replaced. The quit is also kept in `interrupted`, which run() checks
+        after the reply: Python only prints a KeyboardInterrupt that a handler raises while a
+        finalizer runs, and the REPL would then wait at its prompt instead of quitting."""
+        pressed = []
+
+        def handler(signum, frame):
+            if pressed:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            pressed.append(1)
+            self.session.stop()
+
+        return signal.signal(signal.SIGINT, handler)
 
     def _new_warnings(self) -> None:
         """A server's warnings learnt during a reply (a switch to completion mode, say); those
@@ -254,16 +273,3 @@ class PlainChat:
 
     def quit(self) -> None:
         self.quit_requested = True
-
-
-def _install_stop_handler(session: ChatSession):
-    """First Ctrl+C stops the reply; a second one during the same reply quits."""
-    pressed = []
-
-    def handler(signum, frame):
-        if pressed:
-            raise KeyboardInterrupt
-        pressed.append(1)
-        session.stop()
-
-    return signal.signal(signal.SIGINT, handler)
