@@ -3,7 +3,7 @@
 Used when stdin or stdout is not a terminal, or with `--plain`: dumb terminals, scripts, pipes.
 On a terminal, lines are read with readline (line_editing.py): arrows edit, Up/Down recall the
 history shared with the TUI, `/edit` puts the last message back on the line; from a pipe, lines
-are read as they come.
+are read as they come (piped_lines.py: a signal always ends the wait for one).
 Replies stream to stdout as plain text (model output made inert first); slash commands work as
 in the TUI. Ctrl+C during a reply stops the reply; Ctrl+C at the prompt (or twice) quits.
 A thinking model's reasoning is printed dimmed before the reply on a terminal (`--hide-thinking`
@@ -24,6 +24,7 @@ from .engine.events import ContextTrimmed, Finished, TextDelta, ThinkingDelta
 from .line_editing import LineEditor
 from .model.errors import first_line
 from .notices import warning_line
+from .piped_lines import piped_lines
 from .quit_signals import quit_on_signals
 from .session import ChatSession, CommandError, is_command
 from .session.commands import SlashCommands
@@ -75,12 +76,16 @@ class PlainChat:
         if self.editor is None:
             self.out.write("> ")
             self.out.flush()
-            return self.run(sys.stdin)
+            return self.run_piped()
         try:
             return self.run(self.editor.lines("> "), prompt=False)
         finally:
             self.editor.close()
             self.editor = None
+
+    def run_piped(self) -> int:
+        """Read stdin's lines as they come (piped_lines.py: a signal always ends the wait)."""
+        return self.run(piped_lines(sys.stdin))
 
     def run(self, lines, *, prompt: bool | None = None) -> int:
         """Run each line (a message or a command) until they end or /quit. `prompt`: write "> "

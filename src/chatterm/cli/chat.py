@@ -131,6 +131,6 @@ def _plain_chat(config, settings, checkpoint, problems, args) -> int:
     try:
         if _resume(args):
             chat.commands.resume(_resume(args))
-        return chat.run_terminal() if chat.interactive else chat.run(sys.stdin)
+        return chat.run_terminal() if chat.interactive else chat.run_piped()
     finally:
         session.close()  # a server's connections, a model's memory: the chat is over
