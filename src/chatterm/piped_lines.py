@@ -42,7 +42,7 @@ def _lines(fd: int, encoding: str, errors: str) -> Iterator[str]:
     pending = ""
     with _woken_by_signals() as wakeup:
         while True:
-            readable = _wait(fd, wakeup)
+            readable = select.select([fd] if wakeup is None else [fd, wakeup], [], [])[0]  # (EINTR: retried, PEP 475)
             if wakeup is not None and wakeup in readable:
                 _drain(wakeup)  # the handler runs as this frame goes on: a KeyboardInterrupt ends it here
             if fd not in readable:
@@ -56,15 +56,6 @@ def _lines(fd: int, encoding: str, errors: str) -> Iterator[str]:
                 break
     if pending:
         yield pending.removesuffix("\r")
-
-
-def _wait(fd: int, wakeup: int | None) -> list[int]:
-    watched = [fd] if wakeup is None else [fd, wakeup]
-    while True:
-        try:
-            return select.select(watched, [], [])[0]
-        except InterruptedError:  # pragma: no cover - Python retries select() itself (PEP 475)
-            continue
 
 
 @contextmanager
